@@ -1,0 +1,43 @@
+"""SAN and PAT as transformers models. Importing the package registers them with the Auto classes."""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation, AutoProcessor
+
+from .configuration_pat import PATConfig
+from .image_processing_pat import PATImageProcessor
+from .modeling_pat import (
+    PATForOpenVocabSegmentation,
+    PATForOpenVocabSegmentationOutput,
+    PATModel,
+    PATModelOutput,
+    PATPreTrainedModel,
+)
+from .processing_pat import PATProcessor
+
+
+AutoConfig.register(PATConfig.model_type, PATConfig, exist_ok=True)
+AutoModel.register(PATConfig, PATModel, exist_ok=True)
+AutoModelForSemanticSegmentation.register(PATConfig, PATForOpenVocabSegmentation, exist_ok=True)
+AutoImageProcessor.register(PATConfig, image_processor_classes={"torchvision": PATImageProcessor}, exist_ok=True)
+AutoProcessor.register(PATConfig, PATProcessor, exist_ok=True)
+
+
+def register_for_auto_classes() -> None:
+    """Make `save_pretrained` write `auto_map` and copy the code, so a saved folder loads with trust_remote_code."""
+    PATConfig.register_for_auto_class()
+    PATModel.register_for_auto_class("AutoModel")
+    PATForOpenVocabSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+    PATImageProcessor.register_for_auto_class()
+    PATProcessor.register_for_auto_class()
+
+
+__all__ = [
+    "PATConfig",
+    "PATForOpenVocabSegmentation",
+    "PATForOpenVocabSegmentationOutput",
+    "PATImageProcessor",
+    "PATModel",
+    "PATModelOutput",
+    "PATPreTrainedModel",
+    "PATProcessor",
+    "register_for_auto_classes",
+]

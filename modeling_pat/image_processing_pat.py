@@ -1,0 +1,502 @@
+"""PATImageProcessor: SAN/PAT test-time resize, CLIP normalisation, padding, label maps, semantic post-processing."""
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.image_processing_backends import TorchvisionBackend
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_transforms import group_images_by_shape, reorder_images
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageInput, PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs, Unpack
+
+
+try:
+    import PIL.Image
+except ImportError:  # PIL is optional for label maps given as arrays or tensors
+    PIL = None
+
+
+class PATImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    size_divisibility (`int`, *optional*, defaults to 32):
+        The padded height and width are rounded up to a multiple of this (SAN's `SIZE_DIVISIBILITY`); 0 or 1 = none.
+    ignore_index (`int`, *optional*, defaults to 255):
+        Label value that is never a class: used to pad label maps and as the target of `do_reduce_labels`' 0.
+    do_reduce_labels (`bool`, *optional*, defaults to `False`):
+        ADE20K convention: label 0 ("other") becomes `ignore_index` and every other value v becomes v - 1.
+    """
+
+    size_divisibility: int
+    ignore_index: int
+    do_reduce_labels: bool
+
+
+def get_resize_output_size(
+    height: int, width: int, shortest_edge: int, longest_edge: int | None = None
+) -> tuple[int, int]:
+    """(H, W) after SAN's test resize (detectron2 ResizeShortestEdge): short side = shortest_edge, long side capped."""
+    scale = shortest_edge / min(height, width)
+    if height < width:
+        new_height, new_width = float(shortest_edge), scale * width
+    else:
+        new_height, new_width = scale * height, float(shortest_edge)
+    if longest_edge is not None and max(new_height, new_width) > longest_edge:
+        cap = longest_edge / max(new_height, new_width)
+        new_height, new_width = new_height * cap, new_width * cap
+    # Round half up, as detectron2 does; transformers' get_size_with_aspect_ratio truncates (683x512 -> 853 vs 854).
+    return int(new_height + 0.5), int(new_width + 0.5)
+
+
+def get_padded_size(sizes: Sequence[Sequence[int]], size_divisibility: int = 32) -> tuple[int, int]:
+    """Padded (Hp, Wp) of a batch: the largest H and W, each rounded up to a multiple of `size_divisibility`."""
+    height = max(int(s[0]) for s in sizes)
+    width = max(int(s[1]) for s in sizes)
+    if size_divisibility and size_divisibility > 1:
+        height = math.ceil(height / size_divisibility) * size_divisibility
+        width = math.ceil(width / size_divisibility) * size_divisibility
+    return height, width
+
+
+def reduce_labels(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """[H, W] int -> [H, W]: 0 -> ignore_index, v -> v - 1, ignore_index kept (ADE20K's reduce_zero_label)."""
+    reduced = torch.where(label == 0, torch.full_like(label, ignore_index), label - 1)
+    return torch.where(label == ignore_index, label, reduced)
+
+
+def convert_segmentation_map_to_binary_masks(
+    segmentation_map: "torch.Tensor | np.ndarray", ignore_index: int | None = 255
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[H, W] label map -> (class_ids int64 [K] sorted, masks bool [K, H, W]): a mask per present non-ignored class."""
+    if isinstance(segmentation_map, np.ndarray):
+        segmentation_map = torch.from_numpy(segmentation_map.astype(np.int64))
+    if not isinstance(segmentation_map, torch.Tensor) or segmentation_map.ndim != 2:
+        raise ValueError(
+            "`segmentation_map` must be a 2-D [H, W] tensor or array of class ids, got "
+            f"{type(segmentation_map).__name__} with shape {tuple(getattr(segmentation_map, 'shape', ()))}."
+        )
+    segmentation_map = segmentation_map.to(torch.int64)
+    class_ids = torch.unique(segmentation_map)  # sorted
+    if ignore_index is not None:
+        class_ids = class_ids[class_ids != ignore_index]
+    masks = segmentation_map.unsqueeze(0) == class_ids.view(-1, 1, 1)
+    return class_ids, masks
+
+
+def resize_mask_logits(
+    mask_logits: torch.Tensor,
+    padded_size: Sequence[int] | None = None,
+    image_size: Sequence[int] | None = None,
+    output_size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """[Q, h, w] -> [Q, H, W] float32: bilinear to the padded input, crop to the image, bilinear to `output_size`."""
+    masks = mask_logits.unsqueeze(0).float()  # half-precision bilinear is not available everywhere and loses digits
+    if padded_size is not None and tuple(masks.shape[-2:]) != tuple(padded_size):
+        masks = F.interpolate(masks, size=tuple(padded_size), mode="bilinear", align_corners=False)
+    if image_size is not None:
+        masks = masks[..., : int(image_size[0]), : int(image_size[1])]
+    if output_size is not None and tuple(masks.shape[-2:]) != tuple(output_size):
+        masks = F.interpolate(masks, size=tuple(output_size), mode="bilinear", align_corners=False)
+    return masks[0]
+
+
+def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """class_logits [Q, C+1], mask_logits [Q, H, W] -> [C, H, W] = sum_q softmax(class)[q, c] * sigmoid(mask)[q]."""
+    # The void column is dropped after the softmax and the rest is not renormalised (SAN / Mask2Former).
+    class_probs = class_logits.float().softmax(dim=-1)[..., :-1]
+    mask_probs = mask_logits.float().sigmoid()
+    return torch.einsum("qc,qhw->chw", class_probs, mask_probs)
+
+
+def _field(outputs, name: str):
+    """outputs.name for ModelOutputs / namespaces, outputs[name] for plain dicts; None when absent."""
+    if isinstance(outputs, Mapping):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def _size_at(sizes, index: int) -> tuple[int, int] | None:
+    """Row `index` of a [B, 2] size table (tensor or list); a single [2] size applies to every image."""
+    if sizes is None:
+        return None
+    if isinstance(sizes, torch.Tensor):
+        row = sizes if sizes.ndim == 1 else sizes[index]
+        return int(row[0]), int(row[1])
+    first = sizes[0]
+    row = sizes if isinstance(first, int | np.integer) else sizes[index]
+    return int(row[0]), int(row[1])
+
+
+def _flatten_images(images) -> list:
+    """Check `images` and return a flat list of single images (PIL, path/URL string, [C, H, W] or [H, W, C] array)."""
+    if images is None:
+        raise ValueError("`images` must be given (an image or a list of images).")
+    items = list(images) if isinstance(images, list | tuple) else [images]
+    if isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4:
+        items = list(images)  # a [B, C, H, W] / [B, H, W, C] batch
+    flat = []
+    for item in items:
+        flat.extend(item if isinstance(item, list | tuple) else [item])
+    for index, image in enumerate(flat):
+        if isinstance(image, str) or (PIL is not None and isinstance(image, PIL.Image.Image)):
+            continue
+        if not isinstance(image, np.ndarray | torch.Tensor):
+            raise TypeError(
+                f"`images[{index}]` must be a PIL image, numpy array, torch tensor or path/URL, "
+                f"got {type(image).__name__}."
+            )
+        if image.ndim == 2:  # grayscale [H, W]: give it a channel axis so RGB conversion can expand it
+            flat[index] = image[None]
+        elif image.ndim != 3 or not (image.shape[0] in (1, 3, 4) or image.shape[-1] in (1, 3, 4)):
+            raise ValueError(
+                f"`images[{index}]` has shape {tuple(image.shape)}; expected [H, W], [C, H, W] or [H, W, C] with C in "
+                "(1, 3, 4), or a 4-D batch of those."
+            )
+    return flat
+
+
+def _label_map_to_tensor(label, index: int) -> torch.Tensor:
+    """One label map (PIL, numpy [H, W] / [H, W, 1] / [1, H, W], torch alike) -> int64 [H, W]."""
+    if PIL is not None and isinstance(label, PIL.Image.Image):
+        label = np.array(label)  # "P" (palette) images give their indices, "L" / "I" their values
+    if isinstance(label, np.ndarray):
+        if not (np.issubdtype(label.dtype, np.integer) or np.issubdtype(label.dtype, np.floating)):
+            raise TypeError(f"`segmentation_maps[{index}]` has dtype {label.dtype}; expected integer class ids.")
+        label = torch.from_numpy(label.astype(np.int64))
+    if not isinstance(label, torch.Tensor):
+        raise TypeError(
+            f"`segmentation_maps[{index}]` must be a PIL image, numpy array or torch tensor, "
+            f"got {type(label).__name__}."
+        )
+    if label.ndim == 3 and label.shape[0] == 1:
+        label = label[0]
+    elif label.ndim == 3 and label.shape[-1] == 1:
+        label = label[..., 0]
+    if label.ndim != 2:
+        raise ValueError(
+            f"`segmentation_maps[{index}]` must be a single-channel [H, W] map of class ids, got shape "
+            f"{tuple(label.shape)} (colour-coded label images must be converted to class ids first)."
+        )
+    return label.to(torch.int64)
+
+
+def _as_label_list(segmentation_maps) -> list:
+    """A single map, a [B, H, W] stack or a list/tuple of maps -> list of maps."""
+    if isinstance(segmentation_maps, list | tuple):
+        return list(segmentation_maps)
+    if isinstance(segmentation_maps, np.ndarray | torch.Tensor) and segmentation_maps.ndim == 3:
+        if segmentation_maps.shape[0] > 1 and segmentation_maps.shape[-1] > 1:
+            return list(segmentation_maps)  # [B, H, W]; [1, H, W] and [H, W, 1] are single maps
+    return [segmentation_maps]
+
+
+def _resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[H, W] int64 -> [h, w] int64 by nearest-exact sampling: input pixel floor((y + 0.5) * H / h) (pixel centres)."""
+    if tuple(label.shape) == tuple(size):
+        return label
+    # float32 holds every integer up to 2**24 exactly, far beyond any class id.
+    resized = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")
+    return resized[0, 0].round().to(torch.int64)
+
+
+# Subclasses the 5.x torchvision backend: it supplies input conversion (PIL / numpy / torch, RGB conversion,
+# channels-first, device placement), saving and kwargs handling; SAN's rounding, arithmetic order and padding need
+# only `resize`, `rescale_and_normalize` and `_preprocess` to be overridden.
+class PATImageProcessor(TorchvisionBackend):
+    r"""
+    Image processor for SAN / PAT: detectron2-style shortest-edge resize (640, long edge <= 2560, bilinear), CLIP
+    normalisation, zero padding at the bottom/right (after normalisation) to a multiple of `size_divisibility`, and
+    label maps resized with nearest-exact and padded with `ignore_index`.
+
+    Returns `pixel_values` float32 [B, 3, Hp, Wp], `image_sizes` int64 [B, 2] (resized, unpadded H, W),
+    `original_sizes` int64 [B, 2] (input H, W) and, with `segmentation_maps`, `labels` int64 [B, Hp, Wp].
+    """
+
+    valid_kwargs = PATImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+
+    resample = PILImageResampling.BILINEAR
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"shortest_edge": 640, "longest_edge": 2560}
+    default_to_square = False
+    do_resize = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    do_pad = True
+    do_convert_rgb = True
+    size_divisibility = 32
+    ignore_index = 255
+    do_reduce_labels = False
+
+    def __init__(self, **kwargs: Unpack[PATImageProcessorKwargs]):
+        super().__init__(**kwargs)
+
+    def preprocess(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None = None,
+        **kwargs: Unpack[PATImageProcessorKwargs],
+    ) -> BatchFeature:
+        r"""
+        images (`ImageInput`):
+            One image or a list (PIL, numpy HWC/CHW, torch CHW; uint8 0..255 or float on that scale); sizes may differ.
+        segmentation_maps (`ImageInput`, *optional*):
+            One label map per image (PIL, numpy or torch [H, W]), same size as its image.
+        """
+        images = _flatten_images(images)
+        kwargs.setdefault("return_tensors", "pt")
+        return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def _preprocess_image_like_inputs(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None,
+        do_convert_rgb: bool,
+        input_data_format,
+        device=None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Convert raw inputs to channels-first tensors, check them, then run `_preprocess`."""
+        images = self._prepare_image_like_inputs(
+            images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=device
+        )
+        for index, image in enumerate(images):
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(
+                    f"`images[{index}]` must have 3 (RGB) channels after conversion, got shape {tuple(image.shape)}; "
+                    "pass do_convert_rgb=True for grayscale or RGBA inputs."
+                )
+        labels = None
+        if segmentation_maps is not None:
+            labels = [_label_map_to_tensor(m, i) for i, m in enumerate(_as_label_list(segmentation_maps))]
+            if len(labels) != len(images):
+                raise ValueError(
+                    f"Got {len(images)} images but {len(labels)} `segmentation_maps`; pass one per image."
+                )
+            for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+                if tuple(label.shape) != tuple(image.shape[-2:]):
+                    raise ValueError(
+                        f"`segmentation_maps[{index}]` has size {tuple(label.shape)} but `images[{index}]` has size "
+                        f"{tuple(image.shape[-2:])}."
+                    )
+            if device is not None:
+                labels = [label.to(device) for label in labels]
+        return self._preprocess(images, labels, **kwargs)
+
+    def resize(
+        self, image: torch.Tensor, size: SizeDict, resample=None, antialias: bool = True, **kwargs
+    ) -> torch.Tensor:
+        """[..., C, H, W] -> [..., C, h, w]; `shortest_edge` sizes use detectron2 rounding (get_resize_output_size)."""
+        height, width = image.shape[-2:]
+        if size.shortest_edge:
+            new_size = get_resize_output_size(height, width, size.shortest_edge, size.longest_edge)
+            if new_size == (height, width):
+                return image
+            size = SizeDict(height=new_size[0], width=new_size[1])
+        return super().resize(image, size, resample=resample, antialias=antialias, **kwargs)
+
+    def rescale_and_normalize(
+        self,
+        images: torch.Tensor,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+    ) -> torch.Tensor:
+        """[B, C, H, W] -> float32; rescale + normalise is (x - mean / rescale_factor) / (std / rescale_factor)."""
+        images = images.to(torch.float32)
+        if do_normalize:
+            # SAN normalises 0..255 values with 255 * mean and 255 * std, computed in float64 and stored as float32;
+            # folding the rescale into the constants this way reproduces its float32 results bit for bit.
+            scale = 1.0 / rescale_factor if do_rescale else 1.0
+            num_channels = images.shape[-3]
+            mean = torch.tensor(_per_channel(image_mean, num_channels), dtype=torch.float64) * scale
+            std = torch.tensor(_per_channel(image_std, num_channels), dtype=torch.float64) * scale
+            mean = mean.to(torch.float32, copy=False).view(-1, 1, 1).to(images.device)
+            std = std.to(torch.float32, copy=False).view(-1, 1, 1).to(images.device)
+            return (images - mean) / std
+        if do_rescale:
+            return images * rescale_factor
+        return images
+
+    def _preprocess(
+        self,
+        images: list[torch.Tensor],
+        labels: list[torch.Tensor] | None,
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        do_pad: bool,
+        pad_size: SizeDict | None,
+        size_divisibility: int,
+        ignore_index: int,
+        do_reduce_labels: bool,
+        disable_grouping: bool | None,
+        return_tensors,
+        **kwargs,
+    ) -> BatchFeature:
+        """Resize, normalise and pad [3, H, W] images (and their [H, W] labels) into one batch."""
+        original_sizes = [tuple(image.shape[-2:]) for image in images]
+
+        grouped, index = group_images_by_shape(images, disable_grouping=disable_grouping)
+        processed = {}
+        for shape, stacked in grouped.items():
+            if do_resize:
+                stacked = self.resize(stacked, size=size, resample=resample)
+            processed[shape] = self.rescale_and_normalize(
+                stacked, do_rescale, rescale_factor, do_normalize, image_mean, image_std
+            )
+        images = reorder_images(processed, index)
+        image_sizes = [tuple(image.shape[-2:]) for image in images]
+
+        if labels is not None:
+            if do_reduce_labels:
+                labels = [reduce_labels(label, ignore_index) for label in labels]
+            labels = [_resize_label(label, image_size) for label, image_size in zip(labels, image_sizes, strict=True)]
+
+        if do_pad:
+            padded_size = self._padded_size(image_sizes, pad_size, size_divisibility)
+            images = [_pad_bottom_right(image, padded_size, 0.0) for image in images]
+            if labels is not None:
+                labels = [_pad_bottom_right(label, padded_size, ignore_index) for label in labels]
+
+        data = {"pixel_values": images, "image_sizes": image_sizes, "original_sizes": original_sizes}
+        if labels is not None:
+            data["labels"] = labels
+        return _to_batch_feature(data, return_tensors)
+
+    @staticmethod
+    def _padded_size(image_sizes, pad_size: SizeDict | None, size_divisibility: int) -> tuple[int, int]:
+        """The batch's padded (Hp, Wp): `pad_size` if given (must fit every image), else get_padded_size."""
+        if pad_size is None:
+            return get_padded_size(image_sizes, size_divisibility)
+        if not (pad_size.height and pad_size.width):
+            raise ValueError(f"`pad_size` must have 'height' and 'width', got {dict(pad_size)}.")
+        largest = get_padded_size(image_sizes, 1)
+        if largest[0] > pad_size.height or largest[1] > pad_size.width:
+            raise ValueError(f"`pad_size` {dict(pad_size)} is smaller than the largest resized image {largest}.")
+        return pad_size.height, pad_size.width
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs,
+        target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
+        return_segmentation_scores: bool = False,
+    ) -> "list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]":
+        """
+        Turn model outputs into per-image semantic maps.
+
+        Args:
+            outputs: a model output (or dict) with `class_queries_logits` [B, Q, C+1] (last column = void),
+                `masks_queries_logits` [B, Q, h, w] and optionally `image_sizes` [B, 2] (resized, unpadded H, W inside
+                the padded input) and `padded_sizes` [B, 2] (padded input H, W). Without `padded_sizes` the padded size
+                is rebuilt as the largest `image_sizes` rounded up to `self.size_divisibility` (what `preprocess` does
+                unless `pad_size` was given). Without `image_sizes` nothing is cropped: the masks are taken to cover
+                the whole image and are only resized to `target_sizes`.
+            target_sizes: (H, W) per image, e.g. the processor's `original_sizes`; None keeps the cropped size.
+            return_segmentation_scores: also return the [C, H, W] scores.
+
+        Returns:
+            A list of LongTensor [H, W] class maps, or with `return_segmentation_scores=True` a list of
+            `SemanticSegmentationPostProcessorOutput` with `segmentation` and float32 [C, H, W] `segmentation_scores`.
+        """
+        class_logits = _field(outputs, "class_queries_logits")
+        mask_logits = _field(outputs, "masks_queries_logits")
+        if not isinstance(class_logits, torch.Tensor) or class_logits.ndim != 3:
+            raise ValueError("`outputs.class_queries_logits` must be a [batch, queries, classes + 1] tensor.")
+        if not isinstance(mask_logits, torch.Tensor) or mask_logits.ndim != 4:
+            raise ValueError("`outputs.masks_queries_logits` must be a [batch, queries, height, width] tensor.")
+        if mask_logits.shape[:2] != class_logits.shape[:2]:
+            raise ValueError(
+                f"`outputs.class_queries_logits` {tuple(class_logits.shape)} and `outputs.masks_queries_logits` "
+                f"{tuple(mask_logits.shape)} disagree on batch size or number of queries."
+            )
+        batch_size = class_logits.shape[0]
+        if target_sizes is not None and len(target_sizes) != batch_size:
+            raise ValueError(f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}.")
+
+        image_sizes = _field(outputs, "image_sizes")
+        padded_sizes = _field(outputs, "padded_sizes")
+        if padded_sizes is None and image_sizes is not None:
+            all_sizes = [_size_at(image_sizes, i) for i in range(batch_size)]
+            padded_sizes = get_padded_size(all_sizes, self.size_divisibility)
+
+        results = []
+        for i in range(batch_size):
+            masks = resize_mask_logits(
+                mask_logits[i],
+                padded_size=_size_at(padded_sizes, i),
+                image_size=_size_at(image_sizes, i),
+                output_size=_size_at(target_sizes, i),
+            )
+            scores = semantic_inference(class_logits[i], masks)
+            segmentation = scores.argmax(dim=0)
+            if return_segmentation_scores:
+                results.append(
+                    SemanticSegmentationPostProcessorOutput(
+                        data={"segmentation": segmentation, "segmentation_scores": scores}
+                    )
+                )
+            else:
+                results.append(segmentation)
+        return results
+
+
+def _per_channel(values, num_channels: int) -> list[float]:
+    """A scalar or per-channel sequence -> list of `num_channels` floats."""
+    if isinstance(values, int | float):
+        return [float(values)] * num_channels
+    values = [float(v) for v in values]
+    if len(values) != num_channels:
+        raise ValueError(f"`image_mean` / `image_std` have {len(values)} values for {num_channels} channels.")
+    return values
+
+
+def _pad_bottom_right(tensor: torch.Tensor, size: tuple[int, int], value: float) -> torch.Tensor:
+    """[..., H, W] -> [..., Hp, Wp], the new rows and columns at the bottom/right filled with `value`."""
+    pad_height = size[0] - tensor.shape[-2]
+    pad_width = size[1] - tensor.shape[-1]
+    if pad_height == 0 and pad_width == 0:
+        return tensor
+    return F.pad(tensor, (0, pad_width, 0, pad_height), value=value)
+
+
+def _to_batch_feature(data: dict, return_tensors) -> BatchFeature:
+    """Stack per-image tensors and size lists for return_tensors "pt" (or "np"); keep lists otherwise."""
+    if return_tensors is None:
+        return BatchFeature(data=data)
+    stacked = {}
+    for key, value in data.items():
+        if key.endswith("_sizes"):
+            stacked[key] = torch.tensor(value, dtype=torch.int64).reshape(-1, 2)
+            continue
+        shapes = {tuple(v.shape) for v in value}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"Cannot stack `{key}` of different sizes {sorted(shapes)} into one tensor; use do_pad=True "
+                "(or return_tensors=None for lists)."
+            )
+        stacked[key] = torch.stack(value)
+    return BatchFeature(data=stacked, tensor_type=return_tensors)
+
+
+__all__ = [
+    "PATImageProcessor",
+    "convert_segmentation_map_to_binary_masks",
+    "get_padded_size",
+    "get_resize_output_size",
+    "reduce_labels",
+    "resize_mask_logits",
+    "semantic_inference",
+]

@@ -1,0 +1,393 @@
+"""PAT / SAN models: `PATModel` (image side) and `PATForOpenVocabSegmentation` (+ text classifier and loss).
+
+SAN in one paragraph: a frozen CLIP ViT sees the image at reduced resolution; a small side ViT sees it at full
+resolution, adds projected CLIP features at a few depths, and its Q query tokens predict mask proposals plus an
+attention bias. The bias steers the last CLIP blocks so that Q [SOS] copies of the class token become one CLIP
+embedding per mask, which is classified against CLIP text embeddings of the class names plus a learnable void.
+
+Glossary (shape letters used in every docstring): B batch, Q queries, C channels, H x W grid, L = H*W tokens,
+K attention-bias heads (= CLIP heads), D CLIP embedding dim, N classes (+1 = void, last), T prompt templates.
+
+| paper / SAN code | here |
+|---|---|
+| side adapter network | `PATSideAdapter` (`side_adapter.py`) |
+| fusion layer (`AddFusion`) | `PATFusionLayer` |
+| `MLPMaskDecoder` | `PATMaskDecoder` |
+| `FeatureExtractor` / `RecWithAttnbiasHead` | `PATClipTower.extract_features` / `.recognize` (`clip_tower.py`) |
+| `LearnableBgOvClassifier` | `PATClipTower.encode_class_names` + `PATOpenVocabClassifier` |
+| `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
+from .configuration_pat import PATConfig
+from .losses import PATSegmentationLoss, labels_to_targets
+from .side_adapter import PATChannelLayerNorm, PATFusionLayer, PATSideAdapter
+
+
+@dataclass
+class PATModelOutput(ModelOutput):
+    r"""
+    masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, height, width)`):
+        Mask-proposal logits of the final level on the side grid (stride `side_patch_size`).
+    mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
+        Unit CLIP embedding of each proposal (the recognition head's [SOS] tokens).
+    attention_bias (`torch.FloatTensor` of shape `(batch_size, num_heads, num_queries, height, width)`):
+        Attention bias of the final level (the first one when `attn_bias_num_layers > 1`).
+    query_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, side_hidden_size)`):
+        Query tokens of the final side level.
+    pixel_embeddings (`torch.FloatTensor` of shape `(batch_size, side_hidden_size, height, width)`):
+        Patch tokens of the final side level.
+    auxiliary_outputs (`list[dict]`):
+        Deep-supervision levels before the final one (training, or `output_auxiliary_logits=True`), each with
+        `masks_queries_logits`, `mask_embeddings` and `attention_bias`.
+    clip_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        CLIP trunk outputs 0..`clip_feature_layers`, each `(batch_size, 1 + clip_tokens, clip_width)`.
+    side_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Side ViT sequences after fusion, each `(batch_size, num_queries + side_tokens, side_hidden_size)`.
+    """
+
+    masks_queries_logits: torch.FloatTensor | None = None
+    mask_embeddings: torch.FloatTensor | None = None
+    attention_bias: torch.FloatTensor | None = None
+    query_embeddings: torch.FloatTensor | None = None
+    pixel_embeddings: torch.FloatTensor | None = None
+    auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
+    clip_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    side_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class PATForOpenVocabSegmentationOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+        Sum of the weighted loss terms.
+    class_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, num_classes + 1)`):
+        Scaled cosine similarity of each proposal with each class; the last column is the void class.
+    masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, height, width)`):
+        Mask-proposal logits on the side grid.
+    auxiliary_logits (`list[dict]`, *optional*):
+        `class_queries_logits` and `masks_queries_logits` of each deep-supervision level before the final one.
+    loss_dict (`dict[str, torch.FloatTensor]`, *optional*):
+        Every weighted loss term (`loss_ce`, `loss_mask`, `loss_dice`, and `_0`, `_1`, ... for auxiliary levels).
+    text_embeddings (`torch.FloatTensor` of shape `(num_classes + 1, embed_dim)`):
+        The unit classifier rows (class names, then void) the logits were computed with.
+    mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
+        Unit CLIP embedding of each proposal.
+    image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`):
+        Unpadded (height, width) of each image inside `pixel_values`, used by post-processing to crop the padding.
+    padded_sizes (`torch.LongTensor` of shape `(batch_size, 2)`):
+        (height, width) of `pixel_values`, the size the mask logits are upsampled to before cropping.
+    """
+
+    loss: torch.FloatTensor | None = None
+    class_queries_logits: torch.FloatTensor | None = None
+    masks_queries_logits: torch.FloatTensor | None = None
+    auxiliary_logits: list[dict[str, torch.Tensor]] | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    text_embeddings: torch.FloatTensor | None = None
+    mask_embeddings: torch.FloatTensor | None = None
+    image_sizes: torch.LongTensor | None = None
+    padded_sizes: torch.LongTensor | None = None
+
+
+class PATPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the attributes transformers reads; no forward."""
+
+    config: PATConfig
+    config_class = PATConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _no_split_modules = ["PATSideLayer"]
+    # The loss is normalised by the number of target masks, not by tokens: Trainer must not rescale it.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, PATSideAdapter):
+            for param in (module.pos_embed, module.query_embed, module.query_pos_embed):
+                init.normal_(param, std=std)
+        elif isinstance(module, PATFusionLayer):
+            init.kaiming_uniform_(module.proj.weight, a=1)  # Caffe2 Xavier fill, as SAN
+            init.zeros_(module.proj.bias)
+        elif isinstance(module, PATChannelLayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, PATOpenVocabClassifier):
+            init.normal_(module.void_embedding, std=module.void_embedding.shape[1] ** -0.5)
+        elif isinstance(module, PATClipTower):
+            self._init_clip(module)
+
+    def _init_clip(self, tower: PATClipTower) -> None:
+        """CLIP's own parameters (real weights always come from a checkpoint; this is for random models)."""
+        visual, clip = tower.visual, tower.clip
+        width = tower.width
+        init.normal_(visual.class_embedding, std=width**-0.5)
+        init.normal_(visual.positional_embedding, std=width**-0.5)
+        init.normal_(visual.proj, std=width**-0.5)
+        init.normal_(clip.positional_embedding, std=0.01)
+        init.normal_(clip.text_projection, std=clip.transformer.width**-0.5)
+        init.constant_(clip.logit_scale, float(torch.log(torch.tensor(1 / 0.07))))
+
+
+class PATModel(PATPreTrainedModel):
+    """Image side of SAN/PAT: `pixel_values` -> mask proposals, their CLIP embeddings and the attention bias."""
+
+    def __init__(self, config: PATConfig):
+        super().__init__(config)
+        if config.use_pyramid_tokenization:
+            raise NotImplementedError(
+                "use_pyramid_tokenization=True (PAT's feature-pyramid tokenization) is not implemented yet; "
+                "use a SAN-mode config (use_pyramid_tokenization=False)."
+            )
+        self.clip_tower = PATClipTower(config)
+        if self.clip_tower.num_heads != config.attn_bias_num_heads:
+            raise ValueError(
+                f"attn_bias_num_heads={config.attn_bias_num_heads} must equal the CLIP heads ({self.clip_tower.num_heads})."
+            )
+        self.side_adapter = PATSideAdapter(config, clip_channels=self.clip_tower.width)
+        self.post_init()
+
+    def clip_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3, floor(sH), floor(sW)): SAN's asymmetric input, resized by scale factor (not size)."""
+        scale = self.config.clip_resolution
+        if scale == 1.0:
+            return pixel_values
+        return F.interpolate(pixel_values, scale_factor=scale, mode="bilinear", align_corners=False)
+
+    def decode_level(self, side_output, clip_features: PATClipFeatures) -> dict[str, Any]:
+        """One side level -> mask logits (B, Q, H, W), attention biases and unit mask embeddings (B, Q, D)."""
+        mask_logits, attn_biases = self.side_adapter.mask_decoder(side_output.queries, side_output.patches)
+        mask_embeddings = self.clip_tower.recognize(clip_features, attn_biases, self.config.num_queries)
+        return {"masks_queries_logits": mask_logits, "mask_embeddings": mask_embeddings, "attention_bias": attn_biases[0]}
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_auxiliary_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> PATModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            Normalised images, padded to a multiple of `config.size_divisibility` (see `PATImageProcessor`).
+        output_auxiliary_logits (`bool`, *optional*):
+            Decode the deep-supervision levels before the final one too (default: in training mode only).
+        """
+        _check_pixel_values(pixel_values, self.config.size_divisibility)
+        output_auxiliary_logits = self.training if output_auxiliary_logits is None else output_auxiliary_logits
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        # 1. frozen CLIP trunk on the down-scaled image
+        clip_features = self.clip_tower.extract_features(self.clip_input(pixel_values))
+        # 2. side adapter on the full-resolution image, fusing CLIP features
+        levels = self.side_adapter.output_layers if output_auxiliary_logits else self.side_adapter.output_layers[-1:]
+        side_outputs, side_hidden = self.side_adapter(pixel_values, clip_features.maps, output_layers=levels)
+        # 3. masks + attention bias per level, and CLIP recognition of each mask under that bias
+        decoded = [self.decode_level(side_output, clip_features) for side_output in side_outputs]
+        final = decoded[-1]
+        clip_hidden = None
+        if output_hidden_states:
+            clip_hidden = tuple(
+                torch.cat([cls[:, None], fmap.flatten(2).transpose(1, 2)], dim=1)
+                for fmap, cls in zip(clip_features.maps, clip_features.cls_tokens)
+            )
+        return PATModelOutput(
+            masks_queries_logits=final["masks_queries_logits"],
+            mask_embeddings=final["mask_embeddings"],
+            attention_bias=final["attention_bias"],
+            query_embeddings=side_outputs[-1].queries,
+            pixel_embeddings=side_outputs[-1].patches,
+            auxiliary_outputs=decoded[:-1] if output_auxiliary_logits else None,
+            clip_hidden_states=clip_hidden,
+            side_hidden_states=tuple(side_hidden) if output_hidden_states else None,
+        )
+
+
+def _check_pixel_values(pixel_values: torch.Tensor, size_divisibility: int) -> None:
+    """Clear errors for inputs the model cannot take (instead of a shape error deep inside a conv)."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(
+            f"`pixel_values` must have shape (batch_size, 3, height, width), got {tuple(pixel_values.shape)}; "
+            "use PATImageProcessor to prepare images."
+        )
+    height, width = pixel_values.shape[-2:]
+    if height % size_divisibility or width % size_divisibility:
+        raise ValueError(
+            f"`pixel_values` height and width ({height}, {width}) must be multiples of size_divisibility="
+            f"{size_divisibility}; pad them (PATImageProcessor does)."
+        )
+
+
+def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
+    """Label maps must be (B, H, W) integer maps at the padded input size (the image processor pads them)."""
+    expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != expected:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"`labels` must be a tensor of shape (batch_size, height, width) = {expected}, got {shape}.")
+    if labels.is_floating_point():
+        raise TypeError("`labels` must hold integer class ids (torch.long), not floats.")
+
+
+class PATForOpenVocabSegmentation(PATPreTrainedModel):
+    """SAN/PAT with the open-vocabulary classifier: class logits over any class names (+ void) and the loss."""
+
+    def __init__(self, config: PATConfig):
+        super().__init__(config)
+        self.model = PATModel(config)
+        self.classifier = PATOpenVocabClassifier(self.model.clip_tower.embed_dim)
+        self.criterion = PATSegmentationLoss(config)
+        self._text_cache: dict[Any, torch.Tensor] = {}
+        self.post_init()
+
+    # -- text side -------------------------------------------------------------------------------------------------
+    def prompt_input_ids(self, class_names: list[str], templates=None) -> torch.Tensor:
+        """Class names -> (N, T, 77) ids of every name in every template (`config.prompt_templates` by default)."""
+        templates = list(self.config.prompt_templates if templates is None else templates)
+        prompts = [template.format(name) for name in class_names for template in templates]
+        ids = self.model.clip_tower.tokenize(prompts)
+        return ids.reshape(len(class_names), len(templates), -1).to(self.device)
+
+    def _text_weights_version(self) -> tuple:
+        """Changes whenever a text-tower weight is replaced or edited in place, so cached embeddings go stale."""
+        return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.model.clip_tower.text_parameters())
+
+    def get_class_embeddings(self, input_ids: torch.Tensor | None = None, class_names: list[str] | None = None):
+        """(N, T, L) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings, cached."""
+        if input_ids is None:
+            class_names = class_names if class_names is not None else self.default_class_names()
+            key = ("names", tuple(class_names), tuple(self.config.prompt_templates))
+        else:
+            key = ("ids", tuple(input_ids.shape), hash(input_ids.detach().cpu().numpy().tobytes()))
+        version = self._text_weights_version()
+        cached = self._text_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if input_ids is None:
+            input_ids = self.prompt_input_ids(class_names)
+        with torch.no_grad():
+            embeddings = self.model.clip_tower.encode_class_names(input_ids.to(self.device))
+        if len(self._text_cache) >= 8:  # small LRU-ish bound: drop the oldest vocabulary
+            self._text_cache.pop(next(iter(self._text_cache)))
+        self._text_cache[key] = (version, embeddings)
+        return embeddings
+
+    def default_class_names(self) -> list[str]:
+        id2label = self.config.id2label or {}
+        return [id2label[i] for i in sorted(id2label, key=int)]
+
+    def classify(self, mask_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, Q, D) mask embeddings, (N+1, D) classifier rows -> (B, Q, N+1) logits = exp(logit_scale) * cosine."""
+        scale = self.model.clip_tower.logit_scale.exp()
+        return torch.einsum("bqd,nd->bqn", mask_embeddings, scale * text_embeddings.to(mask_embeddings.dtype))
+
+    # -- forward ---------------------------------------------------------------------------------------------------
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        class_embeddings: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+        output_auxiliary_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        loss_sampling_points: dict | None = None,
+        loss_generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> PATForOpenVocabSegmentationOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            Normalised, padded images (`PATImageProcessor`).
+        input_ids (`torch.LongTensor` of shape `(num_classes, num_templates, seq_len)`, *optional*):
+            Class-name prompts from `PATProcessor(text=[...])`. One vocabulary for the whole batch.
+        attention_mask (`torch.LongTensor`, *optional*):
+            Accepted for processor compatibility; CLIP's causal text tower pools the end-of-text token and needs none.
+        class_embeddings (`torch.FloatTensor` of shape `(num_classes, embed_dim)`, *optional*):
+            Precomputed unit class embeddings (`get_class_embeddings`); skips the text tower.
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Semantic label maps at the size of `pixel_values`, `config.ignore_index` where unlabelled.
+        image_sizes / original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+            From the image processor; `image_sizes` is carried to the output for post-processing.
+        loss_sampling_points (`dict`, *optional*):
+            Recorded random points that replace the loss's random draws (see `PATSegmentationLoss.forward`).
+        loss_generator (`torch.Generator`, *optional*):
+            Generator for the loss's random point draws.
+
+        With neither `input_ids` nor `class_embeddings`, the vocabulary is `config.id2label`.
+        """
+        if sum(x is not None for x in (input_ids, class_embeddings)) > 1:
+            raise ValueError("Pass at most one of `input_ids` and `class_embeddings`.")
+        if input_ids is not None and input_ids.ndim != 3:
+            raise ValueError(
+                f"`input_ids` must have shape (num_classes, num_templates, seq_len), got {tuple(input_ids.shape)}."
+            )
+        if class_embeddings is None:
+            class_embeddings = self.get_class_embeddings(input_ids=input_ids)
+        text_embeddings = self.classifier(class_embeddings)
+        want_aux = output_auxiliary_logits if output_auxiliary_logits is not None else (self.training or labels is not None)
+        outputs = self.model(
+            pixel_values, output_auxiliary_logits=want_aux, output_hidden_states=output_hidden_states, return_dict=True
+        )
+        class_logits = self.classify(outputs.mask_embeddings, text_embeddings)
+        auxiliary = [
+            {"class_queries_logits": self.classify(aux["mask_embeddings"], text_embeddings),
+             "masks_queries_logits": aux["masks_queries_logits"]}
+            for aux in outputs.auxiliary_outputs or []
+        ]
+        loss, loss_dict = None, None
+        if labels is not None:
+            _check_labels(labels, pixel_values)
+            loss, loss_dict = self.compute_loss(
+                class_logits, outputs.masks_queries_logits, auxiliary, labels, loss_sampling_points, loss_generator
+            )
+        batch, _, height, width = pixel_values.shape
+        padded = torch.tensor([[height, width]], device=pixel_values.device).expand(batch, 2)
+        return PATForOpenVocabSegmentationOutput(
+            loss=loss,
+            class_queries_logits=class_logits,
+            masks_queries_logits=outputs.masks_queries_logits,
+            auxiliary_logits=auxiliary or None,
+            loss_dict=loss_dict,
+            text_embeddings=text_embeddings,
+            mask_embeddings=outputs.mask_embeddings,
+            image_sizes=image_sizes if image_sizes is not None else padded.clone(),
+            padded_sizes=padded.clone(),
+        )
+
+    def compute_loss(self, class_logits, mask_logits, auxiliary, labels, sampling_points=None, generator=None):
+        """SAN's weighted loss of the final level and every auxiliary level -> (total, weighted terms)."""
+        targets = labels_to_targets(labels, class_logits.shape[-1] - 1, self.config.ignore_index)
+        levels = [(class_logits, mask_logits)] + [
+            (aux["class_queries_logits"], aux["masks_queries_logits"]) for aux in auxiliary
+        ]
+        total, weighted, _, _ = self.criterion(levels, targets, sampling_points, generator)
+        return total, weighted
+
+
+__all__ = [
+    "PATForOpenVocabSegmentation",
+    "PATForOpenVocabSegmentationOutput",
+    "PATModel",
+    "PATModelOutput",
+    "PATPreTrainedModel",
+]

@@ -1,0 +1,223 @@
+"""PATProcessor: PATImageProcessor + open_clip-exact CLIP tokenisation of prompt-template ensembles of class names."""
+
+import html
+from functools import lru_cache
+
+import torch
+from tokenizers import pre_tokenizers
+from transformers import CLIPTokenizer
+from transformers.image_processing_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .configuration_pat import VILD_TEMPLATES
+from .image_processing_pat import PATImageProcessor
+
+
+# Only used when the tokenizer does not state a usable `model_max_length`; all CLIP text towers use 77.
+DEFAULT_CONTEXT_LENGTH = 77
+
+
+def clean_prompt(text: str) -> str:
+    """open_clip's "lower" text cleaning: ftfy fix, HTML unescape (twice), whitespace collapse, lower-case."""
+    try:
+        import ftfy
+    except ImportError as error:  # ftfy comes with open_clip_torch; without it ids would silently differ
+        raise ImportError(
+            "PATProcessor needs `ftfy` (pip install ftfy) to clean prompts exactly as open_clip."
+        ) from error
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).strip().lower()
+
+
+@lru_cache(maxsize=8)
+def _pretokenizer_pattern(special_tokens: tuple[str, ...]):
+    """open_clip's word-splitting regex (case-insensitive, special tokens first), compiled with `regex`."""
+    import regex
+
+    special = "|".join(regex.escape(token) for token in special_tokens)
+    return regex.compile(special + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+
+
+# Maps the UTF-8 bytes of a word onto the printable characters the byte-level BPE vocabulary is written in.
+_BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+
+
+def encode_prompts(tokenizer, prompts: list[str], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> (input_ids, attention_mask) int64 [N, context_length], exactly as open_clip's tokenizer."""
+    # The BPE model and vocabulary are the tokenizer's, but cleaning and word splitting follow open_clip rather than
+    # CLIPTokenizer's normaliser and pre-tokeniser: those differ on rare inputs (ftfy fixes, HTML entities, Greek final
+    # sigma, "'ſ", literal "<|endoftext|>"), and a tokenizer reloaded from disk rebuilds them, so patching them fails.
+    special = {token: tokenizer.convert_tokens_to_ids(token) for token in (tokenizer.bos_token, tokenizer.eos_token)}
+    pattern = _pretokenizer_pattern(tuple(special))
+    bpe = tokenizer.backend_tokenizer.model
+    sot, eot = special[tokenizer.bos_token], special[tokenizer.eos_token]
+
+    input_ids = torch.zeros(len(prompts), context_length, dtype=torch.int64)  # zero padding, as open_clip
+    attention_mask = torch.zeros(len(prompts), context_length, dtype=torch.int64)
+    for row, prompt in enumerate(prompts):
+        ids = [sot]
+        for word in pattern.findall(clean_prompt(prompt)):
+            if word in special:
+                ids.append(special[word])
+            else:
+                ids.extend(token.id for token in bpe.tokenize(_BYTE_LEVEL.pre_tokenize_str(word)[0][0]))
+        ids.append(eot)
+        if len(ids) > context_length:  # truncate, keeping end-of-text as the last token
+            ids = ids[: context_length - 1] + [eot]
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def clip_tokenizer_from_open_clip(
+    model_name: str | None = "ViT-B-16", context_length: int | None = None
+) -> CLIPTokenizer:
+    """A transformers CLIPTokenizer with open_clip's vocabulary, merges, special tokens and context length; offline.
+
+    `model_name` is an open_clip architecture name; None gives open_clip's default CLIP BPE tokenizer (the one every
+    OpenAI-style CLIP uses), for towers built from a custom config.
+    """
+    import open_clip
+
+    if model_name is None:
+        reference = open_clip.tokenizer.SimpleTokenizer(context_length=context_length or DEFAULT_CONTEXT_LENGTH)
+    elif open_clip.get_model_config(model_name) is None:
+        raise ValueError(f"open_clip has no model named {model_name!r} (see open_clip.list_models()).")
+    else:
+        reference = open_clip.get_tokenizer(model_name, context_length=context_length)
+    if not isinstance(reference, open_clip.tokenizer.SimpleTokenizer):
+        raise NotImplementedError(
+            f"open_clip model {model_name!r} uses {type(reference).__name__}; only the CLIP BPE SimpleTokenizer "
+            "is supported."
+        )
+    if getattr(reference, "reduction_fn", None) is not None or reference.clean_fn.__name__ != "_clean_lower":
+        raise NotImplementedError(f"open_clip model {model_name!r} uses non-default text cleaning or token reduction.")
+    merges = [pair for pair, _ in sorted(reference.bpe_ranks.items(), key=lambda item: item[1])]
+    sot_token = reference.decoder[reference.sot_token_id]
+    eot_token = reference.decoder[reference.eot_token_id]
+    # pad_token is only what the tokenizer pads with when called on its own; PATProcessor pads with id 0 like open_clip
+    # (id 0 is the byte "!", which cannot be made a special token without changing how "!" is tokenised).
+    return CLIPTokenizer(
+        vocab=dict(reference.encoder),
+        merges=merges,
+        bos_token=sot_token,
+        eos_token=eot_token,
+        unk_token=eot_token,
+        pad_token=eot_token,
+        model_max_length=reference.context_length,
+    )
+
+
+class PATProcessor(ProcessorMixin):
+    r"""
+    Wraps a [`PATImageProcessor`] and a CLIP tokenizer. Class names are expanded into every prompt template and
+    tokenised exactly as open_clip does (ids, zero padding, truncation), giving `input_ids` and `attention_mask` of
+    shape [num_classes, num_templates, context_length]; images give `pixel_values`, `image_sizes`, `original_sizes`
+    (and `labels` with `segmentation_maps`).
+
+    Args:
+        image_processor ([`PATImageProcessor`]): the image processor.
+        tokenizer ([`CLIPTokenizer`]): CLIP BPE tokenizer; build it offline with `PATProcessor.from_open_clip`.
+        prompt_templates (`list[str]`, *optional*): templates with one `{}`; defaults to the 14 ViLD templates.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, prompt_templates=None, **kwargs):
+        self.prompt_templates = _check_templates(VILD_TEMPLATES if prompt_templates is None else prompt_templates)
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_open_clip(cls, model_name: str = "ViT-B-16", prompt_templates=None, **image_processor_kwargs):
+        """Build the processor offline: tokenizer from open_clip's bundled BPE vocabulary, default image processor."""
+        return cls(
+            image_processor=PATImageProcessor(**image_processor_kwargs),
+            tokenizer=clip_tokenizer_from_open_clip(model_name),
+            prompt_templates=prompt_templates,
+        )
+
+    @classmethod
+    def from_config(cls, config, **image_processor_kwargs):
+        """The processor a PATConfig needs: its CLIP tokenizer, prompt templates, size_divisibility, ignore_index."""
+        import open_clip
+
+        # Towers built from a custom `clip_config` (e.g. the tiny test preset) have a name open_clip does not know;
+        # they still use the standard CLIP BPE vocabulary.
+        text_config = (config.clip_config or {}).get("text_cfg", {})
+        known = open_clip.get_model_config(config.clip_model_name) is not None
+        tokenizer = clip_tokenizer_from_open_clip(
+            config.clip_model_name if known else None, context_length=text_config.get("context_length")
+        )
+        image_processor_kwargs = {
+            "size_divisibility": config.size_divisibility,
+            "ignore_index": config.ignore_index,
+            **image_processor_kwargs,
+        }
+        return cls(PATImageProcessor(**image_processor_kwargs), tokenizer, prompt_templates=config.prompt_templates)
+
+    @property
+    def context_length(self) -> int:
+        """Token sequence length: the tokenizer's `model_max_length` (77 for CLIP)."""
+        length = getattr(self.tokenizer, "model_max_length", None)
+        return length if isinstance(length, int) and 0 < length < 100_000 else DEFAULT_CONTEXT_LENGTH
+
+    def __call__(
+        self,
+        images=None,
+        text: str | list[str] | None = None,
+        segmentation_maps=None,
+        prompt_templates: list[str] | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        images / segmentation_maps: passed to the image processor together with `**kwargs` (e.g. do_resize=False).
+        text: class names (or one name); returns `input_ids` / `attention_mask` int64 [num_classes, num_templates, L].
+        prompt_templates: overrides `self.prompt_templates` for this call.
+        """
+        if images is None and text is None:
+            raise ValueError("PATProcessor needs `images`, `text` (class names) or both.")
+        if segmentation_maps is not None and images is None:
+            raise ValueError("`segmentation_maps` were given without `images`.")
+        data = {}
+        if images is not None:
+            image_inputs = self.image_processor(
+                images, segmentation_maps=segmentation_maps, return_tensors=return_tensors, **kwargs
+            )
+            data.update(image_inputs)
+        elif kwargs:
+            raise TypeError(f"Unexpected keyword arguments without `images`: {sorted(kwargs)}.")
+        if text is not None:
+            data.update(self.encode_class_names(text, prompt_templates))
+        if return_tensors is None:
+            return BatchFeature(data=data)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def encode_class_names(self, class_names: str | list[str], prompt_templates: list[str] | None = None) -> dict:
+        """Class names -> {"input_ids", "attention_mask"} int64 [num_classes, num_templates, context_length]."""
+        if isinstance(class_names, str):
+            class_names = [class_names]
+        if not isinstance(class_names, list | tuple) or not all(isinstance(name, str) for name in class_names):
+            raise TypeError("`text` must be a class name or a list of class names (strings).")
+        if len(class_names) == 0:
+            raise ValueError("`text` must contain at least one class name.")
+        templates = self.prompt_templates if prompt_templates is None else _check_templates(prompt_templates)
+        prompts = [template.format(name) for name in class_names for template in templates]
+        input_ids, attention_mask = encode_prompts(self.tokenizer, prompts, self.context_length)
+        shape = (len(class_names), len(templates), self.context_length)
+        return {"input_ids": input_ids.view(shape), "attention_mask": attention_mask.view(shape)}
+
+    def post_process_semantic_segmentation(self, *args, **kwargs):
+        """See [`PATImageProcessor.post_process_semantic_segmentation`]."""
+        return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
+
+
+def _check_templates(templates) -> list[str]:
+    """Validate prompt templates (a non-empty list of strings with a `{}` each) and return them as a list."""
+    if isinstance(templates, str):
+        templates = [templates]
+    templates = list(templates)
+    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
+        raise ValueError("`prompt_templates` must be a non-empty list of strings that each contain '{}'.")
+    return templates
+
+
+__all__ = ["PATProcessor", "clean_prompt", "clip_tokenizer_from_open_clip", "encode_prompts"]

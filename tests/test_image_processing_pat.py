@@ -1,0 +1,348 @@
+"""Tests for PATImageProcessor: golden parity, real photos, label maps, post-processing, errors, save/load."""
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+
+from modeling_pat.image_processing_pat import (
+    PATImageProcessor,
+    convert_segmentation_map_to_binary_masks,
+    get_padded_size,
+    get_resize_output_size,
+    reduce_labels,
+    resize_mask_logits,
+    semantic_inference,
+)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOLERANCE = 1e-5  # DECISIONS.md item 6
+
+
+def fixture(*parts: str) -> Path:
+    """Path of a fixture file; a missing file fails the test (parity tests must never skip)."""
+    path = FIXTURES.joinpath(*parts)
+    assert path.is_file(), f"missing test fixture {path} (copy it from ../shared into tests/fixtures/)"
+    return path
+
+
+def load_rgb(name: str) -> Image.Image:
+    """A fixture photo as an RGB PIL image (data/images/<name> or samples/<name>)."""
+    folder = ("samples",) if name in ("astronaut.png", "chelsea.png", "coffee.png") else ("data", "images")
+    return Image.open(fixture(*folder, name)).convert("RGB")
+
+
+def load_label(stem: str) -> np.ndarray:
+    """A fixture label map [H, W] uint8."""
+    return np.array(Image.open(fixture("data", "labels", f"{stem}.png")))
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_file(fixture("san_tiny", "inference_io.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return PATImageProcessor()
+
+
+def assert_close(actual, expected, name, tolerance=TOLERANCE):
+    diff = (actual.double() - expected.double()).abs().max().item()
+    print(f"{name}: max abs diff {diff:.3g} (tolerance {tolerance:g})")
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert diff <= tolerance, f"{name}: max abs diff {diff} > {tolerance}"
+
+
+# ---------------------------------------------------------------- golden parity
+
+
+@pytest.mark.parity
+def test_golden_pixel_values(golden, processor):
+    images = [Image.open(fixture("san_tiny", f"image_{i}.png")) for i in range(2)]
+    inputs = processor(images, do_resize=False)
+    assert inputs["pixel_values"].dtype == torch.float32
+    assert_close(inputs["pixel_values"], golden["input.batch"], "input.batch")
+    assert torch.equal(inputs["image_sizes"], golden["input.image_sizes"])
+    assert torch.equal(inputs["original_sizes"], golden["input.image_sizes"])
+    assert inputs["image_sizes"].dtype == inputs["original_sizes"].dtype == torch.int64
+
+
+def golden_outputs(golden, with_padded_sizes=True):
+    outputs = {
+        "class_queries_logits": golden["pred.class_logits"],
+        "masks_queries_logits": golden["side.mask_logits"],
+        "image_sizes": golden["input.image_sizes"],
+    }
+    if with_padded_sizes:
+        outputs["padded_sizes"] = torch.tensor([[128, 128], [128, 128]])
+    return outputs
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("with_padded_sizes", [True, False])
+def test_golden_semantic_segmentation(golden, processor, with_padded_sizes):
+    results = processor.post_process_semantic_segmentation(
+        golden_outputs(golden, with_padded_sizes),
+        target_sizes=golden["input.output_sizes"],
+        return_segmentation_scores=True,
+    )
+    assert len(results) == 2
+    for i, result in enumerate(results):
+        assert isinstance(result, SemanticSegmentationPostProcessorOutput)
+        assert_close(result.segmentation_scores, golden[f"pred.sem_seg.{i}"], f"pred.sem_seg.{i}")
+        assert result.segmentation.dtype == torch.int64
+        assert torch.equal(result.segmentation, golden[f"pred.label_map.{i}"].long()), f"pred.label_map.{i}"
+        png = torch.from_numpy(np.array(Image.open(fixture("san_tiny", f"pred_label_{i}.png")))).long()
+        assert torch.equal(result.segmentation, png)
+
+
+@pytest.mark.parity
+def test_golden_pure_functions(golden):
+    """The module-level helpers an evaluation loop reuses reproduce the golden scores on their own."""
+    for i in range(2):
+        masks = resize_mask_logits(
+            golden["side.mask_logits"][i],
+            padded_size=(128, 128),
+            image_size=golden["input.image_sizes"][i].tolist(),
+            output_size=golden["input.output_sizes"][i].tolist(),
+        )
+        scores = semantic_inference(golden["pred.class_logits"][i], masks)
+        assert_close(scores, golden[f"pred.sem_seg.{i}"], f"semantic_inference {i}")
+
+
+def test_post_process_plain_list_and_defaults(golden, processor):
+    outputs = SimpleNamespace(**golden_outputs(golden))  # attribute access, like a ModelOutput
+    maps = processor.post_process_semantic_segmentation(outputs)
+    assert all(isinstance(m, torch.Tensor) and m.shape == (128, 128) and m.dtype == torch.int64 for m in maps)
+    assert torch.equal(maps[0], golden["pred.label_map.0"].long())
+    # Without image_sizes nothing is cropped: maps stay at mask resolution, or go straight to the target size.
+    bare = {k: golden_outputs(golden)[k] for k in ("class_queries_logits", "masks_queries_logits")}
+    assert processor.post_process_semantic_segmentation(bare)[0].shape == (8, 8)
+    assert processor.post_process_semantic_segmentation(bare, target_sizes=[(20, 30), (5, 6)])[1].shape == (5, 6)
+
+
+def test_post_process_half_precision(golden, processor):
+    outputs = {k: v.half() if v.is_floating_point() else v for k, v in golden_outputs(golden).items()}
+    result = processor.post_process_semantic_segmentation(outputs, return_segmentation_scores=True)[0]
+    assert result.segmentation_scores.dtype == torch.float32
+    assert_close(result.segmentation_scores, golden["pred.sem_seg.0"], "float16 logits", tolerance=5e-3)
+
+
+def test_semantic_inference_drops_void_after_softmax():
+    class_logits = torch.tensor([[0.0, 0.0, 0.0], [2.0, -1.0, 5.0]])  # [Q=2, C+1=3]
+    mask_logits = torch.zeros(2, 1, 1)  # sigmoid = 0.5
+    scores = semantic_inference(class_logits, mask_logits)
+    expected = 0.5 * (class_logits.softmax(-1)[:, :2]).sum(0)
+    assert scores.shape == (2, 1, 1)
+    assert torch.allclose(scores[:, 0, 0], expected)
+    assert scores.sum() < 1.0  # no renormalisation after dropping void
+
+
+# ---------------------------------------------------------------- resize rule and real photos
+
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ((512, 683), (640, 854)),  # round half up (transformers' helper would give 853)
+        ((300, 400), (640, 853)),
+        ((513, 513), (640, 640)),
+        ((683, 512), (854, 640)),
+        ((100, 1000), (256, 2560)),  # long edge capped at 2560
+        ((1000, 100), (2560, 256)),
+        ((640, 960), (640, 960)),
+    ],
+)
+def test_resize_rule(size, expected):
+    assert get_resize_output_size(*size, 640, 2560) == expected
+
+
+def test_defaults(processor):
+    assert processor.do_resize and processor.do_rescale and processor.do_normalize and processor.do_pad
+    assert dict(processor.size) == {"shortest_edge": 640, "longest_edge": 2560}
+    assert processor.size_divisibility == 32 and processor.ignore_index == 255
+    assert processor.do_reduce_labels is False and processor.do_convert_rgb is True
+    assert tuple(processor.image_mean) == (0.48145466, 0.4578275, 0.40821073)
+    assert tuple(processor.image_std) == (0.26862954, 0.26130258, 0.27577711)
+
+
+def test_real_photos_mixed_batch(processor):
+    names = ["ade150_ADE_val_00000001.jpg", "ade150_ADE_val_00000003.jpg", "cocostuff_000000001503.jpg", "chelsea.png"]
+    photos = [load_rgb(name) for name in names]
+    # Mixed input types in one batch: PIL, numpy HWC, torch CHW.
+    images = [photos[0], np.array(photos[1]), torch.from_numpy(np.array(photos[2])).permute(2, 0, 1), photos[3]]
+    inputs = processor(images)
+
+    original = [(p.height, p.width) for p in photos]
+    expected_sizes = [get_resize_output_size(h, w, 640, 2560) for h, w in original]
+    assert inputs["original_sizes"].tolist() == [list(s) for s in original]
+    assert inputs["image_sizes"].tolist() == [list(s) for s in expected_sizes]
+    assert expected_sizes == [(640, 854), (640, 853), (640, 853), (640, 962)]
+
+    padded = (640, 992)  # largest H and W, each rounded up to 32
+    assert inputs["pixel_values"].shape == (4, 3, *padded) and inputs["pixel_values"].dtype == torch.float32
+    for pixels, (h, w) in zip(inputs["pixel_values"], expected_sizes, strict=True):
+        assert torch.count_nonzero(pixels[:, h:, :]) == 0 and torch.count_nonzero(pixels[:, :, w:]) == 0
+        content = pixels[:, :h, :w]
+        assert content.min() >= -1.80 and content.max() <= 2.15  # CLIP-normalised 0..255 range
+        assert content[:, -1, :].abs().sum() > 0 and content[:, :, -1].abs().sum() > 0  # content reaches the edge
+
+    # Each image alone gives the same unpadded pixels as in the batch (resize is per image).
+    alone = processor(photos[1])
+    h, w = expected_sizes[1]
+    assert alone["pixel_values"].shape == (1, 3, 640, 864)
+    assert torch.equal(alone["pixel_values"][0, :, :h, :w], inputs["pixel_values"][1, :, :h, :w])
+
+
+def test_resize_close_to_pil_bilinear():
+    """The torchvision antialiased bilinear resize stays within one grey level of PIL's (SAN/detectron2 uses PIL)."""
+    photo = load_rgb("voc_vainf_sample23.png")
+    inputs = PATImageProcessor(do_normalize=False, do_rescale=False, do_pad=False)(photo)
+    h, w = inputs["image_sizes"][0].tolist()
+    reference = torch.from_numpy(np.array(photo.resize((w, h), Image.BILINEAR))).permute(2, 0, 1).float()
+    assert (inputs["pixel_values"][0] - reference).abs().max() <= 1.0
+
+
+def test_input_formats_agree(processor):
+    photo = load_rgb("coffee.png").resize((96, 64))
+    as_pil = processor(photo, do_resize=False)["pixel_values"]
+    as_numpy = processor(np.array(photo), do_resize=False)["pixel_values"]
+    as_torch = processor(torch.from_numpy(np.array(photo)).permute(2, 0, 1), do_resize=False)["pixel_values"]
+    as_batch = processor(torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None], do_resize=False)["pixel_values"]
+    assert as_pil.shape == (1, 3, 64, 96)
+    assert torch.equal(as_pil, as_numpy) and torch.equal(as_pil, as_torch) and torch.equal(as_pil, as_batch)
+    gray = processor(photo.convert("L"), do_resize=False)["pixel_values"]
+    rgba = processor(photo.convert("RGBA"), do_resize=False)["pixel_values"]
+    assert gray.shape == rgba.shape == (1, 3, 64, 96)
+    assert torch.equal(rgba, as_pil)
+
+
+def test_padding_options():
+    photo = load_rgb("chelsea.png").resize((50, 40))
+    plain = PATImageProcessor(do_resize=False)
+    assert plain(photo)["pixel_values"].shape == (1, 3, 64, 64)
+    assert plain(photo, size_divisibility=0)["pixel_values"].shape == (1, 3, 40, 50)
+    assert plain(photo, pad_size={"height": 100, "width": 120})["pixel_values"].shape == (1, 3, 100, 120)
+    assert plain(photo, do_pad=False)["pixel_values"].shape == (1, 3, 40, 50)
+    assert get_padded_size([(40, 50), (65, 10)], 32) == (96, 64)
+    with pytest.raises(ValueError, match="do_pad"):
+        plain([photo, photo.resize((30, 30))], do_pad=False)
+    with pytest.raises(ValueError, match="pad_size"):
+        plain(photo, pad_size={"height": 20, "width": 20})
+
+
+# ---------------------------------------------------------------- label maps
+
+
+def test_labels_resize_nearest_and_ignore_padding():
+    stems = ["ade150_ADE_val_00000002", "cocostuff_000000001490"]
+    images = [load_rgb(f"{stem}.jpg") for stem in stems]
+    labels = [load_label(stem) for stem in stems]
+    inputs = PATImageProcessor()(images, segmentation_maps=[Image.fromarray(labels[0]), torch.from_numpy(labels[1])])
+
+    assert inputs["labels"].dtype == torch.int64
+    assert inputs["labels"].shape == (2, *inputs["pixel_values"].shape[-2:])
+    for label, out, (h, w) in zip(labels, inputs["labels"], inputs["image_sizes"].tolist(), strict=True):
+        assert torch.all(out[h:, :] == 255) and torch.all(out[:, w:] == 255)
+        # nearest-exact: output pixel (y, x) takes input pixel floor((y + 0.5) * H_in / H_out), exact rationals
+        rows = [min((2 * y + 1) * label.shape[0] // (2 * h), label.shape[0] - 1) for y in range(h)]
+        cols = [min((2 * x + 1) * label.shape[1] // (2 * w), label.shape[1] - 1) for x in range(w)]
+        assert torch.equal(out[:h, :w], torch.from_numpy(label[np.ix_(rows, cols)].astype(np.int64)))
+        assert set(out[:h, :w].unique().tolist()) <= set(np.unique(label).tolist())
+
+
+def test_labels_reduce_ade():
+    stem = "ade150_ADE_val_00000001"
+    label = load_label(stem)
+    inputs = PATImageProcessor()(
+        load_rgb(f"{stem}.jpg"), segmentation_maps=label, do_reduce_labels=True, do_resize=False
+    )
+    h, w = label.shape
+    out = inputs["labels"][0]
+    expected = np.where(label == 0, 255, label.astype(np.int64) - 1)
+    assert torch.equal(out[:h, :w], torch.from_numpy(expected))
+    assert torch.all(out[h:, :] == 255) and torch.all(out[:, w:] == 255)
+    assert set(out.unique().tolist()) == {0, 1, 2, 4, 6, 9, 17, 255}  # ADE ids 1,2,3,5,7,10,18 minus one
+    # Existing ignore pixels stay ignored; 1 -> 0; 150 -> 149.
+    assert reduce_labels(torch.tensor([0, 1, 150, 255])).tolist() == [255, 0, 149, 255]
+
+
+def test_labels_keep_ignore_without_reduce():
+    stem = "voc_vainf_sample1"
+    label = load_label(stem)
+    inputs = PATImageProcessor(do_resize=False)(load_rgb(f"{stem}.png"), segmentation_maps=[label])
+    out = inputs["labels"][0]
+    assert out.shape == (544, 544)
+    assert torch.equal(out[:513, :513], torch.from_numpy(label.astype(np.int64)))
+    assert set(out.unique().tolist()) == {0, 1, 255}
+
+
+def test_convert_segmentation_map_to_binary_masks():
+    label = load_label("cocostuff_000000001818")
+    class_ids, masks = convert_segmentation_map_to_binary_masks(label, ignore_index=255)
+    assert class_ids.dtype == torch.int64 and class_ids.tolist() == [23, 123]
+    assert masks.dtype == torch.bool and masks.shape == (2, *label.shape)
+    assert torch.equal(masks.sum(0), torch.from_numpy(label != 255).long())  # disjoint, cover all non-ignored
+    ids_t, masks_t = convert_segmentation_map_to_binary_masks(torch.from_numpy(label), ignore_index=255)
+    assert torch.equal(ids_t, class_ids) and torch.equal(masks_t, masks)
+    empty_ids, empty_masks = convert_segmentation_map_to_binary_masks(torch.full((4, 5), 255))
+    assert empty_ids.shape == (0,) and empty_masks.shape == (0, 4, 5)
+    with pytest.raises(ValueError, match="segmentation_map"):
+        convert_segmentation_map_to_binary_masks(torch.zeros(2, 4, 5))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_errors(processor, golden):
+    photo = load_rgb("chelsea.png").resize((32, 32))
+    with pytest.raises(TypeError, match="images"):
+        processor(42)
+    with pytest.raises(TypeError, match=r"images\[1\]"):
+        processor([photo, {"not": "an image"}])
+    with pytest.raises(ValueError, match="images"):
+        processor(torch.zeros(5, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
+        processor(torch.zeros(4, 32, 32, dtype=torch.uint8), do_convert_rgb=False)
+    with pytest.raises(ValueError, match="segmentation_maps"):
+        processor(photo, segmentation_maps=np.zeros((16, 16), np.uint8))  # wrong size
+    with pytest.raises(ValueError, match="segmentation_maps"):
+        processor(photo, segmentation_maps=np.zeros((32, 32, 3), np.uint8))  # colour label image
+    with pytest.raises(ValueError, match="segmentation_maps"):
+        processor([photo, photo], segmentation_maps=[np.zeros((32, 32), np.uint8)])  # one map for two images
+    with pytest.raises(TypeError, match="segmentation_maps"):
+        processor(photo, segmentation_maps=["label.png"])
+    with pytest.raises(ValueError, match="target_sizes"):
+        processor.post_process_semantic_segmentation(golden_outputs(golden), target_sizes=[(10, 10)])
+    with pytest.raises(ValueError, match="masks_queries_logits"):
+        processor.post_process_semantic_segmentation({"class_queries_logits": torch.zeros(1, 2, 3)})
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def test_save_load_round_trip(tmp_path):
+    custom = PATImageProcessor(
+        size={"shortest_edge": 320, "longest_edge": 640}, size_divisibility=64, do_reduce_labels=True
+    )
+    custom.save_pretrained(tmp_path)
+    assert (tmp_path / "preprocessor_config.json").is_file()
+    loaded = PATImageProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == custom.to_dict()
+    assert loaded.size_divisibility == 64 and loaded.do_reduce_labels is True
+    assert dict(loaded.size) == {"shortest_edge": 320, "longest_edge": 640}
+
+    stem = "ade150_ADE_val_00000003"
+    photo, label = load_rgb(f"{stem}.jpg"), load_label(stem)
+    a, b = custom(photo, segmentation_maps=label), loaded(photo, segmentation_maps=label)
+    assert a["pixel_values"].shape == (1, 3, 320, 448)  # 300x400 -> 320x427 -> padded to 64
+    assert all(torch.equal(a[k], b[k]) for k in ("pixel_values", "image_sizes", "original_sizes", "labels"))
+    assert math.isclose(loaded.rescale_factor, 1 / 255)

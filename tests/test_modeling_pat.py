@@ -1,0 +1,154 @@
+"""PATModel / PATForOpenVocabSegmentation on the tiny config: shapes, loss and gradients, save/load, text cache."""
+
+import pytest
+import torch
+
+from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATModel
+
+from conftest import tiny_config, tiny_model
+
+
+def random_labels(pixel_values, num_classes=6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    b, _, h, w = pixel_values.shape
+    coarse = torch.randint(0, num_classes, (b, 1, h // 16, w // 16), generator=generator).float()
+    labels = torch.nn.functional.interpolate(coarse, size=(h, w), mode="nearest")[:, 0].long()
+    labels[:, :8] = 255
+    return labels
+
+
+def test_output_shapes_follow_the_config(model, pixel_values):
+    config = model.config
+    with torch.no_grad():
+        out = model(pixel_values)
+    grid = (pixel_values.shape[2] // config.side_patch_size, pixel_values.shape[3] // config.side_patch_size)
+    assert out.class_queries_logits.shape == (2, config.num_queries, len(config.id2label) + 1)
+    assert out.masks_queries_logits.shape == (2, config.num_queries, *grid)
+    assert out.mask_embeddings.shape == (2, config.num_queries, config.clip_config["embed_dim"])
+    assert out.text_embeddings.shape == (len(config.id2label) + 1, config.clip_config["embed_dim"])
+    assert out.padded_sizes.tolist() == [[128, 160]] * 2
+    assert out.auxiliary_logits is None and out.loss is None  # eval mode decodes the final level only
+
+
+def test_image_side_model_outputs(pixel_values):
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = PATModel(config).eval()
+    with torch.no_grad():
+        out = model(pixel_values, output_auxiliary_logits=True, output_hidden_states=True)
+    assert out.attention_bias.shape == (2, config.attn_bias_num_heads, config.num_queries, 8, 10)
+    assert out.query_embeddings.shape == (2, config.num_queries, config.side_hidden_size)
+    assert out.pixel_embeddings.shape == (2, config.side_hidden_size, 8, 10)
+    assert len(out.auxiliary_outputs) == len(config.deep_supervision_layers) - 1
+    assert len(out.clip_hidden_states) == config.clip_feature_layers + 1
+    assert out.clip_hidden_states[0].shape == (2, 1 + 4 * 5, 64)
+    assert len(out.side_hidden_states) == config.side_num_hidden_layers + 1
+
+
+def test_return_dict_false_gives_the_same_values_as_a_tuple(model, pixel_values):
+    with torch.no_grad():
+        out = model(pixel_values)
+        tup = model(pixel_values, return_dict=False)
+    assert isinstance(tup, tuple)
+    torch.testing.assert_close(tup[0], out.class_queries_logits)
+    torch.testing.assert_close(tup[1], out.masks_queries_logits)
+
+
+def test_batch_equals_single_images(model, pixel_values):
+    with torch.no_grad():
+        batch = model(pixel_values)
+        singles = [model(pixel_values[i : i + 1]) for i in range(2)]
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(batch.class_queries_logits[i], single.class_queries_logits[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batch.masks_queries_logits[i], single.masks_queries_logits[0], atol=1e-5, rtol=1e-4)
+
+
+def test_loss_backward_reaches_exactly_the_trainable_parameters(pixel_values):
+    model = tiny_model().train()
+    out = model(pixel_values, labels=random_labels(pixel_values), loss_generator=torch.Generator().manual_seed(0))
+    assert set(out.loss_dict) == {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0"}
+    torch.testing.assert_close(out.loss, sum(out.loss_dict.values()))
+    out.loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "model.clip_tower.clip.visual.positional_embedding" in trainable
+    assert "classifier.void_embedding" in trainable
+    assert all(n.startswith("model.side_adapter.") for n in trainable - {
+        "model.clip_tower.clip.visual.positional_embedding", "classifier.void_embedding"})
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        else:
+            assert param.grad is None, name
+
+
+def test_labels_must_match_the_padded_input(model, pixel_values):
+    with pytest.raises(ValueError, match="labels"):
+        model(pixel_values, labels=torch.zeros(2, 64, 64, dtype=torch.long))
+    with pytest.raises(TypeError, match="labels"):
+        model(pixel_values, labels=torch.zeros(2, 128, 160))
+
+
+def test_pixel_values_are_checked(model):
+    with pytest.raises(ValueError, match="size_divisibility"):
+        model(torch.randn(1, 3, 100, 128))
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(torch.randn(1, 4, 128, 128))
+
+
+def test_text_inputs_embeddings_and_default_vocabulary_agree(model, pixel_values):
+    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    ids = model.prompt_input_ids(names)
+    assert ids.shape == (len(names), len(model.config.prompt_templates), 77)
+    with torch.no_grad():
+        by_default = model(pixel_values).class_queries_logits
+        by_ids = model(pixel_values, input_ids=ids).class_queries_logits
+        by_embeddings = model(pixel_values, class_embeddings=model.get_class_embeddings(ids)).class_queries_logits
+        subset = model(pixel_values, input_ids=ids[:2]).class_queries_logits
+    torch.testing.assert_close(by_ids, by_default)
+    torch.testing.assert_close(by_embeddings, by_default)
+    assert subset.shape[-1] == 3
+
+
+def test_text_cache_is_reused_and_invalidated_by_weight_edits(model):
+    first = model.get_class_embeddings(class_names=["cat", "sky"])
+    assert model.get_class_embeddings(class_names=["cat", "sky"]) is first
+    with torch.no_grad():
+        projection = model.model.clip_tower.clip.text_projection
+        projection.add_(torch.randn(projection.shape, generator=torch.Generator().manual_seed(0)))
+    recomputed = model.get_class_embeddings(class_names=["cat", "sky"])
+    assert recomputed is not first and not torch.allclose(recomputed, first)
+
+
+def test_save_and_reload_gives_identical_outputs(tmp_path, model, pixel_values):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    reloaded = PATForOpenVocabSegmentation.from_pretrained(tmp_path).eval()
+    for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values).class_queries_logits, model(pixel_values).class_queries_logits)
+    assert reloaded.config.to_dict()["fusion_clip_layers"] == list(model.config.fusion_clip_layers)
+
+
+def test_from_pretrained_in_bfloat16(tmp_path, model, pixel_values):
+    model.save_pretrained(tmp_path)
+    half = PATForOpenVocabSegmentation.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert half.model.side_adapter.pos_embed.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = half(pixel_values.bfloat16())
+    assert out.class_queries_logits.dtype == torch.bfloat16
+    assert torch.isfinite(out.class_queries_logits.float()).all()
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"), [("san-clip-vit-b16", 8_370_866), ("san-clip-vit-l14-336", 9_321_650)]
+)
+def test_trainable_parameter_counts_match_the_official_logs(preset, expected):
+    with torch.device("meta"):
+        model = PATForOpenVocabSegmentation(PATConfig.from_preset(preset))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+
+
+def test_pyramid_tokenization_is_refused_until_built():
+    with pytest.raises(NotImplementedError, match="use_pyramid_tokenization"):
+        PATModel(tiny_config(use_pyramid_tokenization=True))

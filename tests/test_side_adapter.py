@@ -1,0 +1,101 @@
+"""Side adapter units: shapes from the config, SAN's positional quirks, fusion and the mask decoder."""
+
+import torch
+
+from modeling_pat.side_adapter import PATChannelLayerNorm, PATFusionLayer, PATMaskDecoder, PATMLP, PATSideAdapter
+
+from conftest import tiny_config
+
+
+def clip_maps(config, grid=(4, 5), batch=2):
+    width = config.clip_config["vision_cfg"]["width"]
+    return [torch.randn(batch, width, *grid) for _ in range(config.clip_feature_layers + 1)]
+
+
+def test_outputs_shapes_follow_config_for_non_square_input():
+    config = tiny_config()
+    torch.manual_seed(0)
+    adapter = PATSideAdapter(config, clip_channels=64)
+    for p in (adapter.pos_embed, adapter.query_embed, adapter.query_pos_embed):
+        torch.nn.init.normal_(p, std=0.02)
+    pixels = torch.randn(2, 3, 128, 160)
+    outputs, hidden = adapter(pixels, clip_maps(config))
+    grid = (128 // config.side_patch_size, 160 // config.side_patch_size)
+    assert len(outputs) == len(config.deep_supervision_layers)
+    for out in outputs:
+        assert out.queries.shape == (2, config.num_queries, config.side_hidden_size)
+        assert out.patches.shape == (2, config.side_hidden_size, *grid)
+    assert len(hidden) == config.side_num_hidden_layers + 1
+    # the outputs are the hidden states of the supervision blocks (after fusion, before the position re-add)
+    last = hidden[config.deep_supervision_layers[-1]]
+    torch.testing.assert_close(outputs[-1].queries, last[:, : config.num_queries])
+
+
+def test_positional_table_resized_only_when_token_count_differs():
+    config = tiny_config()  # 8x8 table
+    adapter = PATSideAdapter(config, clip_channels=64)
+    torch.nn.init.normal_(adapter.pos_embed)
+    torch.nn.init.normal_(adapter.query_pos_embed)
+    same_count = adapter.positional_embedding((4, 16))  # 64 tokens, other shape: SAN reuses the table as is
+    torch.testing.assert_close(same_count[:, config.num_queries :], adapter.pos_embed)
+    resized = adapter.positional_embedding((8, 10))
+    assert resized.shape == (1, config.num_queries + 80, config.side_hidden_size)
+    torch.testing.assert_close(resized[:, : config.num_queries], adapter.query_pos_embed)
+
+
+def test_fusion_touches_patch_tokens_only():
+    config = tiny_config()
+    adapter = PATSideAdapter(config, clip_channels=64)
+    x = torch.randn(2, config.num_queries + 64, config.side_hidden_size)
+    fused = adapter.fuse(0, x, clip_maps(config, grid=(4, 4)), (8, 8))
+    torch.testing.assert_close(fused[:, : config.num_queries], x[:, : config.num_queries])
+    assert not torch.allclose(fused[:, config.num_queries :], x[:, config.num_queries :])
+    unfused_position = max(config.fusion_side_layers) + 1
+    assert adapter.fuse(unfused_position, x, clip_maps(config), (8, 8)) is x
+
+
+def test_fusion_layer_projects_then_resizes_bilinearly():
+    layer = PATFusionLayer(16, 8)
+    clip_map = torch.randn(1, 16, 3, 3)
+    term = layer.project(clip_map, (6, 6))
+    assert term.shape == (1, 8, 6, 6)
+    tokens = torch.zeros(1, 36, 8)
+    torch.testing.assert_close(layer(tokens, clip_map, (6, 6)), term.flatten(2).transpose(1, 2))
+
+
+def test_channel_layer_norm_matches_layer_norm_over_channels():
+    norm = PATChannelLayerNorm(6, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 6, 3, 4)
+    expected = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (6,), norm.weight, norm.bias, 1e-6)
+    torch.testing.assert_close(norm(x), expected.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_conv_and_linear_forms_agree():
+    linear = PATMLP(5, 7, 3, 3)
+    conv = PATMLP(5, 7, 3, 3, conv=True)
+    for a, b in zip(linear.layers, conv.layers):
+        b.weight.data = a.weight.data[:, :, None, None].clone()
+        b.bias.data = a.bias.data.clone()
+    x = torch.randn(2, 5, 4, 4)
+    torch.testing.assert_close(conv(x), linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), atol=1e-6, rtol=1e-5)
+
+
+def test_mask_decoder_shapes_and_bias_scaling():
+    config = tiny_config(attn_bias_num_layers=2)
+    decoder = PATMaskDecoder(config)
+    queries = torch.randn(2, config.num_queries, config.side_hidden_size)
+    patches = torch.randn(2, config.side_hidden_size, 8, 10)
+    mask_logits, biases = decoder(queries, patches)
+    assert mask_logits.shape == (2, config.num_queries, 8, 10)
+    assert len(biases) == 2
+    assert all(b.shape == (2, config.attn_bias_num_heads, config.num_queries, 8, 10) for b in biases)
+    # the learnable scalar affine is applied elementwise: w * bias + b
+    with torch.no_grad():
+        decoder.bias_scaling.weight.fill_(2.0)
+        decoder.bias_scaling.bias.fill_(0.0)
+        doubled = decoder(queries, patches)[1][0]
+        decoder.bias_scaling.weight.fill_(1.0)
+        single = decoder(queries, patches)[1][0]
+    torch.testing.assert_close(doubled, 2 * single)
