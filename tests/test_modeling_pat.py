@@ -152,3 +152,23 @@ def test_trainable_parameter_counts_match_the_official_logs(preset, expected):
 def test_pyramid_tokenization_is_refused_until_built():
     with pytest.raises(NotImplementedError, match="use_pyramid_tokenization"):
         PATModel(tiny_config(use_pyramid_tokenization=True))
+
+
+def test_mixed_size_real_photos_end_to_end():
+    from PIL import Image
+
+    from modeling_pat import PATProcessor
+
+    from conftest import FIXTURES
+
+    model = tiny_model()
+    processor = PATProcessor.from_config(model.config, size={"shortest_edge": 128, "longest_edge": 512})
+    paths = [FIXTURES / "data/images/ade150_ADE_val_00000003.jpg", FIXTURES / "samples/coffee.png"]
+    images = [Image.open(p).convert("RGB") for p in paths]
+    inputs = processor(images=images, text=["wall", "sky", "cup"], return_tensors="pt")
+    assert inputs["pixel_values"].shape[-2:] == (128, 192)  # both padded to one multiple-of-32 size
+    with torch.no_grad():
+        outputs = model(**inputs)
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=inputs["original_sizes"].tolist())
+    assert [tuple(m.shape) for m in maps] == [(img.height, img.width) for img in images]
+    assert all(int(m.max()) < 3 for m in maps)
