@@ -97,8 +97,7 @@ def attach_eval_hooks(model, recorder: Recorder) -> None:
     recorder.input(tower.visual.ln_pre, "clip.embeddings_before_ln_pre")
     recorder.output(side.patch_embed, "side.patch_embed", lambda y: y.flatten(2).transpose(1, 2))
     for name, fusion in side.fusion_layers.items():
-        recorder.output(fusion.proj, f"side.fusion.{name}.proj")
-        recorder.output(fusion, f"side.fusion.{name}.output")
+        recorder.output(fusion.proj, f"side.fusion.{name}.proj")  # before the resize to the side grid
     decoder = side.mask_decoder
     recorder.output(decoder.query_mlp, "side.decoder.query_mlp")
     recorder.output(decoder.pix_mlp, "side.decoder.pix_mlp")
@@ -158,6 +157,8 @@ def run_inference(model, processor, folder: Path, description: dict) -> dict:
     q = config.num_queries
     h, w = outputs.masks_queries_logits.shape[-2:]
     for i, state in enumerate(hidden.side_hidden_states):
+        if i in model.model.side_adapter.fusion_map:  # patch tokens after block i and its fusion
+            ours[f"side.fusion.layer_{i}.output"] = state[:, q:]
         ours[f"side.out.{i}.query"] = state[:, :q]
         ours[f"side.out.{i}.x"] = state[:, q:].transpose(1, 2).reshape(state.shape[0], -1, h, w)
     results = processor.post_process_semantic_segmentation(

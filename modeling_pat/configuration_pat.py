@@ -127,6 +127,39 @@ class PATConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     use_pyramid_tokenization: bool = False
 
+    # PAT (architecture.md section 3; every default is the register's choice). Stages: early, mid, late.
+    pyramid_side_layers: list[int] | tuple[int, ...] = (1, 2, 3)
+    pyramid_scales: list[int] | tuple[int, ...] = (4, 2, 1)
+    codebook_sizes: list[int] | tuple[int, ...] = (128, 64, 32)
+    latent_codebook_size: int = 256
+    code_dim: int = 32
+    vq_beta: float = 0.25
+    use_vmf: bool = True
+    hsattn_kappa: float = 30.0
+    token_mixer_hidden_dim: int = 256
+    use_token_mixer: bool = True
+    global_attn_num_heads: int = 6
+    use_pixel_residual: bool = True
+    unified_tokens: bool = False
+    dysample_groups: int = 4
+    decoder_hidden_size: int = 256
+    decoder_num_attention_heads: int = 8
+    decoder_mlp_ratio: float = 4.0
+    decoder_num_extra_layers: int = 2
+    decoder_attn_window: int | None = 16
+    decoder_stages: list[str] | tuple[str, ...] = ("early", "mid", "late")
+    shared_decoder: bool = True
+    spade_hidden_dim: int = 128
+    vq_loss_weight: float = 0.1
+    use_spatial_alignment: bool = True
+    spatial_alignment_weight: float = 0.1
+    crf_num_samples: int = 1000
+    reconstruction_weight: float = 1.0
+    reconstruction_mse_weight: float = 1.0
+    reconstruction_l1_weight: float = 0.1
+    reconstruction_perceptual_weight: float = 0.1
+    perceptual_network: str = "auto"
+
     def validate_architecture(self):
         """Fail at construction on settings the model cannot build (called by `@strict`)."""
         if self.side_hidden_size % self.side_num_attention_heads != 0:

@@ -32,6 +32,9 @@ from transformers.utils.generic import can_return_tuple
 from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
 from .configuration_pat import PATConfig
 from .losses import PATSegmentationLoss, labels_to_targets
+from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
+from .quantizer import PATVectorQuantizer
+from .samplers import PATDySample
 from .side_adapter import PATChannelLayerNorm, PATFusionLayer, PATSideAdapter
 
 
@@ -55,6 +58,16 @@ class PATModelOutput(ModelOutput):
         CLIP trunk outputs 0..`clip_feature_layers`, each `(batch_size, 1 + clip_tokens, clip_width)`.
     side_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
         Side ViT sequences after fusion, each `(batch_size, num_queries + side_tokens, side_hidden_size)`.
+    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*, PAT mode):
+        The image rebuilt from the tokens, in the normalised input space (training, or `output_reconstruction`).
+    quantized_features / codebook_indices (`dict[str, torch.Tensor]`, *optional*, PAT mode):
+        Per codebook (`early`, `mid`, `late`, `latent`): the straight-through quantised maps `(batch_size, code_dim,
+        h_s, w_s)` and the code indices `(batch_size, h_s, w_s)`.
+    codebook_losses / codebook_perplexity / codebook_usage (`dict[str, torch.FloatTensor]`, *optional*, PAT mode):
+        Per codebook: the VQ loss (codebook + commitment), the perplexity of the code usage in the batch and the
+        fraction of codes used.
+    local_tokens (`dict[str, torch.FloatTensor]`, *optional*, PAT mode):
+        The semantic branch's local tokens per pyramid stage, `(batch_size, codebook_size, code_dim)`.
     """
 
     masks_queries_logits: torch.FloatTensor | None = None
@@ -65,6 +78,13 @@ class PATModelOutput(ModelOutput):
     auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
     clip_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     side_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    reconstruction: torch.FloatTensor | None = None
+    quantized_features: dict[str, torch.Tensor] | None = None
+    codebook_indices: dict[str, torch.Tensor] | None = None
+    codebook_losses: dict[str, torch.Tensor] | None = None
+    codebook_perplexity: dict[str, torch.Tensor] | None = None
+    codebook_usage: dict[str, torch.Tensor] | None = None
+    local_tokens: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -130,6 +150,8 @@ class PATPreTrainedModel(PreTrainedModel):
             init.normal_(module.void_embedding, std=module.void_embedding.shape[1] ** -0.5)
         elif isinstance(module, PATClipTower):
             self._init_clip(module)
+        elif isinstance(module, (PATDySample, PATVectorQuantizer)):
+            module.reset_parameters()  # offsets start near zero (DySample); codebook ~ N(0, 1) (choice V2)
 
     def _init_clip(self, tower: PATClipTower) -> None:
         """CLIP's own parameters (real weights always come from a checkpoint; this is for random models)."""
@@ -148,17 +170,14 @@ class PATModel(PATPreTrainedModel):
 
     def __init__(self, config: PATConfig):
         super().__init__(config)
-        if config.use_pyramid_tokenization:
-            raise NotImplementedError(
-                "use_pyramid_tokenization=True (PAT's feature-pyramid tokenization) is not implemented yet; "
-                "use a SAN-mode config (use_pyramid_tokenization=False)."
-            )
         self.clip_tower = PATClipTower(config)
         if self.clip_tower.num_heads != config.attn_bias_num_heads:
             raise ValueError(
                 f"attn_bias_num_heads={config.attn_bias_num_heads} must equal the CLIP heads ({self.clip_tower.num_heads})."
             )
         self.side_adapter = PATSideAdapter(config, clip_channels=self.clip_tower.width)
+        # PAT's additions; absent in SAN mode, which is then exactly SAN
+        self.tokenization = PATPyramidTokenization(config) if config.use_pyramid_tokenization else None
         self.post_init()
 
     def clip_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -174,12 +193,33 @@ class PATModel(PATPreTrainedModel):
         mask_embeddings = self.clip_tower.recognize(clip_features, attn_biases, self.config.num_queries)
         return {"masks_queries_logits": mask_logits, "mask_embeddings": mask_embeddings, "attention_bias": attn_biases[0]}
 
+    def decode_pat(self, tokens: PATTokenizationOutput, side_output, clip_features: PATClipFeatures) -> dict[str, Any]:
+        """PAT's final level (choice M2): decoder masks, recognised under SAN's bias built from the final tokens."""
+        decoder = self.side_adapter.mask_decoder
+        attn_biases = decoder.attention_bias(decoder.query_mlp(tokens.global_tokens), side_output.patches)
+        mask_embeddings = self.clip_tower.recognize(clip_features, attn_biases, self.config.num_queries)
+        return {
+            "masks_queries_logits": tokens.masks_queries_logits,
+            "mask_embeddings": mask_embeddings,
+            "attention_bias": attn_biases[0],
+        }
+
+    def run_side_adapter(self, pixel_values: torch.Tensor, clip_features: PATClipFeatures, levels, local_tokens):
+        """The side ViT; in PAT mode with the semantic branch hooked in after the pyramid blocks."""
+        hook, queries = None, None
+        if self.tokenization is not None:
+            hook, queries = self.tokenization.semantic_hook(local_tokens), self.tokenization.query_embed()
+        return self.side_adapter(
+            pixel_values, clip_features.maps, output_layers=levels, stage_hook=hook, query_embed=queries
+        )
+
     @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_auxiliary_logits: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_reconstruction: bool | None = None,
         **kwargs,
     ) -> PATModelOutput:
         r"""
@@ -187,36 +227,68 @@ class PATModel(PATPreTrainedModel):
             Normalised images, padded to a multiple of `config.size_divisibility` (see `PATImageProcessor`).
         output_auxiliary_logits (`bool`, *optional*):
             Decode the deep-supervision levels before the final one too (default: in training mode only).
+        output_reconstruction (`bool`, *optional*):
+            PAT mode: also reconstruct the image (default: in training mode only).
         """
         _check_pixel_values(pixel_values, self.config.size_divisibility)
         output_auxiliary_logits = self.training if output_auxiliary_logits is None else output_auxiliary_logits
+        output_reconstruction = self.training if output_reconstruction is None else output_reconstruction
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
+        pat = self.tokenization is not None
         # 1. frozen CLIP trunk on the down-scaled image
         clip_features = self.clip_tower.extract_features(self.clip_input(pixel_values))
-        # 2. side adapter on the full-resolution image, fusing CLIP features
-        levels = self.side_adapter.output_layers if output_auxiliary_logits else self.side_adapter.output_layers[-1:]
-        side_outputs, side_hidden = self.side_adapter(pixel_values, clip_features.maps, output_layers=levels)
+        # 2. side adapter on the full-resolution image, fusing CLIP features (+ PAT's semantic branch)
+        all_levels = self.side_adapter.output_layers
+        levels = all_levels[-1:] if pat or not output_auxiliary_logits else all_levels  # PAT: block 8 only (M3)
+        local_tokens = {}
+        side_outputs, side_hidden, fusion_terms = self.run_side_adapter(pixel_values, clip_features, levels, local_tokens)
         # 3. masks + attention bias per level, and CLIP recognition of each mask under that bias
-        decoded = [self.decode_level(side_output, clip_features) for side_output in side_outputs]
-        final = decoded[-1]
-        clip_hidden = None
-        if output_hidden_states:
-            clip_hidden = tuple(
-                torch.cat([cls[:, None], fmap.flatten(2).transpose(1, 2)], dim=1)
-                for fmap, cls in zip(clip_features.maps, clip_features.cls_tokens)
+        tokens = None
+        if pat:  # pixel branch, latent VQ, shared decoder; SAN's own head on block 8 is the auxiliary level
+            tokens = self.tokenization(
+                pixel_values, fusion_terms, side_outputs[-1].queries, side_outputs[-1].patches, local_tokens,
+                reconstruct=output_reconstruction,
             )
+            auxiliary = [self.decode_level(side_outputs[-1], clip_features)] if output_auxiliary_logits else []
+            final = self.decode_pat(tokens, side_outputs[-1], clip_features)
+        else:
+            decoded = [self.decode_level(side_output, clip_features) for side_output in side_outputs]
+            final, auxiliary = decoded[-1], decoded[:-1]
         return PATModelOutput(
             masks_queries_logits=final["masks_queries_logits"],
             mask_embeddings=final["mask_embeddings"],
             attention_bias=final["attention_bias"],
             query_embeddings=side_outputs[-1].queries,
             pixel_embeddings=side_outputs[-1].patches,
-            auxiliary_outputs=decoded[:-1] if output_auxiliary_logits else None,
-            clip_hidden_states=clip_hidden,
+            auxiliary_outputs=auxiliary if output_auxiliary_logits else None,
+            clip_hidden_states=_clip_hidden_states(clip_features) if output_hidden_states else None,
             side_hidden_states=tuple(side_hidden) if output_hidden_states else None,
+            **(_tokenization_fields(tokens) if pat else {}),
         )
+
+
+def _clip_hidden_states(clip_features: PATClipFeatures) -> tuple[torch.Tensor, ...]:
+    """CLIP trunk outputs as (B, 1 + h*w, C) sequences [cls; patches]."""
+    return tuple(
+        torch.cat([cls[:, None], fmap.flatten(2).transpose(1, 2)], dim=1)
+        for fmap, cls in zip(clip_features.maps, clip_features.cls_tokens)
+    )
+
+
+def _tokenization_fields(tokens: PATTokenizationOutput) -> dict[str, Any]:
+    """PAT-only output fields, keyed by codebook name (early, mid, late, latent)."""
+    quantizers = tokens.quantizer_outputs()
+    return {
+        "reconstruction": tokens.reconstruction,
+        "quantized_features": {name: out.quantized for name, out in quantizers.items()},
+        "codebook_indices": {name: out.indices for name, out in quantizers.items()},
+        "codebook_losses": {name: out.loss for name, out in quantizers.items()},
+        "codebook_perplexity": {name: out.perplexity for name, out in quantizers.items()},
+        "codebook_usage": {name: out.usage for name, out in quantizers.items()},
+        "local_tokens": tokens.local_tokens,
+    }
 
 
 def _check_pixel_values(pixel_values: torch.Tensor, size_divisibility: int) -> None:

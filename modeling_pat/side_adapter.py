@@ -38,20 +38,16 @@ class PATChannelLayerNorm(nn.Module):
 
 
 class PATFusionLayer(nn.Module):
-    """Add fusion: tokens (B, L, C) + resize(conv1x1(LN(clip_map (B, C_clip, h, w)))) -> (B, L, C)."""
+    """clip_map (B, C_clip, h, w) -> fusion term f (B, C, H, W) = resize(conv1x1(LN(clip_map))), added to side tokens."""
 
     def __init__(self, clip_channels: int, side_channels: int, eps: float = 1e-6):
         super().__init__()
         self.norm = PATChannelLayerNorm(clip_channels, eps)
         self.proj = nn.Conv2d(clip_channels, side_channels, kernel_size=1)
 
-    def project(self, clip_map: torch.Tensor, grid) -> torch.Tensor:
-        """(B, C_clip, h, w) -> (B, C, H, W): the fusion term f (also PAT's pixel-branch input)."""
+    def forward(self, clip_map: torch.Tensor, grid) -> torch.Tensor:
         y = self.proj(self.norm(clip_map))
         return F.interpolate(y, size=tuple(grid), mode="bilinear", align_corners=False)
-
-    def forward(self, tokens: torch.Tensor, clip_map: torch.Tensor, grid) -> torch.Tensor:
-        return tokens + self.project(clip_map, grid).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, L, C)
 
 
 class PATSideAttention(nn.Module):
@@ -182,34 +178,54 @@ class PATSideAdapter(nn.Module):
             pos = pos.flatten(2).transpose(1, 2)
         return torch.cat([self.query_pos_embed, pos], dim=1)
 
-    def fuse(self, position: int, x: torch.Tensor, clip_maps: list[torch.Tensor], grid) -> torch.Tensor:
-        """Add CLIP output `fusion_map[position]` to the patch tokens of x (B, Q+L, C); queries are untouched."""
+    def fuse(self, position: int, x: torch.Tensor, clip_maps: list[torch.Tensor], grid, fusion_terms: dict):
+        """Add CLIP output `fusion_map[position]` to the patch tokens of x (B, Q+L, C); queries are untouched.
+
+        The projected term f (B, C, H, W) is kept in `fusion_terms[position]` (PAT's pixel branch reuses it).
+        """
         if position not in self.fusion_map:
             return x
         q = self.num_queries
         fusion = self.fusion_layers[f"layer_{position}"]
-        return torch.cat([x[:, :q], fusion(x[:, q:], clip_maps[self.fusion_map[position]], grid)], dim=1)
+        term = fusion(clip_maps[self.fusion_map[position]], grid)
+        fusion_terms[position] = term
+        return torch.cat([x[:, :q], x[:, q:] + term.flatten(2).transpose(1, 2)], dim=1)
 
     def forward(
-        self, pixel_values: torch.Tensor, clip_maps: list[torch.Tensor], output_layers=None
-    ) -> tuple[list[PATSideOutput], list[torch.Tensor]]:
-        """Returns the outputs of `output_layers` (default: all deep-supervision blocks) and all hidden states."""
+        self,
+        pixel_values: torch.Tensor,
+        clip_maps: list[torch.Tensor],
+        output_layers=None,
+        stage_hook=None,
+        query_embed: torch.Tensor | None = None,
+    ) -> tuple[list[PATSideOutput], list[torch.Tensor], dict[int, torch.Tensor]]:
+        """Run the side ViT -> (outputs of `output_layers`, hidden states, fusion terms by side position).
+
+        `output_layers` defaults to all deep-supervision blocks. `stage_hook(position, before, after)` is called after
+        every block (with the sequence before and after fusion) and returns the sequence to continue with: PAT's
+        semantic branch updates the query tokens there. `query_embed` (1 or B, Q, C) replaces the learned queries.
+        """
         output_layers = self.output_layers if output_layers is None else tuple(output_layers)
         patches = self.patch_embed(pixel_values)  # (B, C, H, W)
         b, c, h, w = patches.shape
         pos = self.positional_embedding((h, w))
-        x = torch.cat([self.query_embed.expand(b, -1, -1), patches.flatten(2).transpose(1, 2)], dim=1) + pos
-        x = self.fuse(0, x, clip_maps, (h, w))
+        queries = self.query_embed if query_embed is None else query_embed
+        x = torch.cat([queries.expand(b, -1, -1), patches.flatten(2).transpose(1, 2)], dim=1) + pos
+        fusion_terms = {}
+        x = self.fuse(0, x, clip_maps, (h, w), fusion_terms)
         hidden_states, outputs = [x], []
         for i, layer in enumerate(self.layers, start=1):
-            x = self.fuse(i, layer(x), clip_maps, (h, w))
+            before = layer(x)
+            x = self.fuse(i, before, clip_maps, (h, w), fusion_terms)
+            if stage_hook is not None:
+                x = stage_hook(i, before, x)
             hidden_states.append(x)
             if i in output_layers:
                 q = self.num_queries
                 outputs.append(PATSideOutput(x[:, :q], x[:, q:].transpose(1, 2).reshape(b, c, h, w)))
             if i < len(self.layers):
                 x = x + pos  # SAN re-adds the positions after every block but the last
-        return outputs, hidden_states
+        return outputs, hidden_states, fusion_terms
 
 
 __all__ = [

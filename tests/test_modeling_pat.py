@@ -149,11 +149,6 @@ def test_trainable_parameter_counts_match_the_official_logs(preset, expected):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
 
 
-def test_pyramid_tokenization_is_refused_until_built():
-    with pytest.raises(NotImplementedError, match="use_pyramid_tokenization"):
-        PATModel(tiny_config(use_pyramid_tokenization=True))
-
-
 def test_mixed_size_real_photos_end_to_end():
     from PIL import Image
 

@@ -19,7 +19,8 @@ def test_outputs_shapes_follow_config_for_non_square_input():
     for p in (adapter.pos_embed, adapter.query_embed, adapter.query_pos_embed):
         torch.nn.init.normal_(p, std=0.02)
     pixels = torch.randn(2, 3, 128, 160)
-    outputs, hidden = adapter(pixels, clip_maps(config))
+    outputs, hidden, terms = adapter(pixels, clip_maps(config))
+    assert sorted(terms) == sorted(config.fusion_side_layers)
     grid = (128 // config.side_patch_size, 160 // config.side_patch_size)
     assert len(outputs) == len(config.deep_supervision_layers)
     for out in outputs:
@@ -47,20 +48,22 @@ def test_fusion_touches_patch_tokens_only():
     config = tiny_config()
     adapter = PATSideAdapter(config, clip_channels=64)
     x = torch.randn(2, config.num_queries + 64, config.side_hidden_size)
-    fused = adapter.fuse(0, x, clip_maps(config, grid=(4, 4)), (8, 8))
+    terms = {}
+    fused = adapter.fuse(0, x, clip_maps(config, grid=(4, 4)), (8, 8), terms)
     torch.testing.assert_close(fused[:, : config.num_queries], x[:, : config.num_queries])
-    assert not torch.allclose(fused[:, config.num_queries :], x[:, config.num_queries :])
+    torch.testing.assert_close(fused[:, config.num_queries :] - x[:, config.num_queries :], terms[0].flatten(2).transpose(1, 2))
     unfused_position = max(config.fusion_side_layers) + 1
-    assert adapter.fuse(unfused_position, x, clip_maps(config), (8, 8)) is x
+    assert adapter.fuse(unfused_position, x, clip_maps(config), (8, 8), terms) is x
+    assert list(terms) == [0]
 
 
 def test_fusion_layer_projects_then_resizes_bilinearly():
     layer = PATFusionLayer(16, 8)
     clip_map = torch.randn(1, 16, 3, 3)
-    term = layer.project(clip_map, (6, 6))
+    term = layer(clip_map, (6, 6))
     assert term.shape == (1, 8, 6, 6)
-    tokens = torch.zeros(1, 36, 8)
-    torch.testing.assert_close(layer(tokens, clip_map, (6, 6)), term.flatten(2).transpose(1, 2))
+    expected = torch.nn.functional.interpolate(layer.proj(layer.norm(clip_map)), size=(6, 6), mode="bilinear")
+    torch.testing.assert_close(term, expected)
 
 
 def test_channel_layer_norm_matches_layer_norm_over_channels():

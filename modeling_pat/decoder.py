@@ -1,0 +1,357 @@
+"""PAT's shared decoder and heads (architecture.md sections 3.9-3.11; choices R1, SP1, TR1, M1, RH1).
+
+Top-down decoding (R1), from the latent codes on the side grid to the early stage's grid:
+    y = Conv1x1(z_latent);  e = g_8
+    for s in (late, mid, early), the stages kept in `decoder_stages`:
+        y = Up_s(y)                       DySample by the ratio of consecutive stage scales (identity for 1)
+        y = TransformerLayer_s(y)         pre-norm, 2-D sin-cos PE on q/k (TR1)
+        y = SPADE_s(y, z_q,s)             affine-free channel LayerNorm modulated by the stage codes (SP1)
+        e = e + CrossAttn_s(LN e, LN y)   the global tokens read the decoded map
+    y = Up_final(y)                       identity unless stages were dropped (see below)
+    y = TransformerLayer_x(y), decoder_num_extra_layers times
+Heads: masks = MLP_q(e) . MLP_p(y) (M1); reconstruction = ConvT(GELU(ConvT(LN y))) at 4x (RH1).
+
+Attention (DECISIONS section 7): global on the side grid (scale 1, 40x40 = 1,600 tokens at 640 px, cheap), and
+non-overlapping `decoder_attn_window` x `decoder_attn_window` windows on every larger map (80x80, 160x160),
+with the window grid shifted by half a window in every other windowed layer (mid: plain, early: shifted,
+extra 1: plain, extra 2: shifted) so information crosses window borders. The shift pads the map (top/left by
+window // 2, bottom/right up to a multiple of the window) and masks the padded keys: no cyclic roll, so nothing
+wraps around the image border; maps not divisible by the window are padded and masked the same way. A map that
+fits in one window uses global attention. `decoder_attn_window=None` is the paper-literal global form.
+
+Dropped stages ("dropping decoder stages" ablation, section 3.16): a dropped stage loses its upsampler, layer,
+SPADE and cross-attention. Its upsampling is folded into the next kept stage (e.g. without "mid" the early
+stage upsamples by 4), or into a final upsampler when the dropped stages are the last ones, so the output
+always lives on the early stage's grid and the heads are unchanged.
+
+Shapes: B batch, Q queries, C decoder width (256), D code dim (32), T side width (240), H x W a stage grid,
+L = H * W tokens, N windows, w window size.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_pat import PATConfig
+from .samplers import build_upsampler
+from .semantic_branch import PATGlobalTokenAttention
+from .side_adapter import PATChannelLayerNorm, PATMLP
+
+
+STAGES = ("early", "mid", "late")
+DECODING_ORDER = ("late", "mid", "early")
+
+
+def sincos_position_embedding_2d(
+    height: int, width: int, dim: int, device=None, dtype=None, temperature: float = 10000.0
+) -> torch.Tensor:
+    """(H*W, C) fixed 2-D sine-cosine encoding (DETR): first half encodes the row, second half the column.
+
+    Positions are pixel centres normalised to (0, 2*pi), so one image location gets the same code at every stage
+    of the top-down decoder. Sines and cosines are concatenated rather than interleaved as in DETR: a fixed
+    channel permutation, irrelevant in front of a learned projection.
+    """
+    if dim % 4:
+        raise ValueError(f"the 2-D sin-cos embedding needs a width divisible by 4, got {dim}.")
+    quarter = dim // 4
+    freqs = temperature ** (-torch.arange(quarter, device=device, dtype=torch.float32) / quarter)  # (C/4,)
+
+    def encode(length: int) -> torch.Tensor:  # (length, C/2)
+        positions = (torch.arange(length, device=device, dtype=torch.float32) + 0.5) / length * (2 * math.pi)
+        angles = positions[:, None] * freqs
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    rows = encode(height)[:, None].expand(height, width, dim // 2)
+    cols = encode(width)[None].expand(height, width, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(height * width, dim).to(dtype)  # (H, W, C) -> (L, C)
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) with H, W multiples of w -> (B * N, w * w, C), windows in row-major order per image."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c)
+    return x.transpose(2, 3).reshape(-1, window * window, c)  # (B, H/w, W/w, w, w, C) -> (B*N, w*w, C)
+
+
+def window_merge(windows: torch.Tensor, height: int, width: int, window: int) -> torch.Tensor:
+    """(B * N, w * w, C) -> (B, H, W, C), the inverse of `window_partition`."""
+    c = windows.shape[-1]
+    x = windows.view(-1, height // window, width // window, window, window, c)
+    return x.transpose(2, 3).reshape(-1, height, width, c)  # (B, H/w, w, W/w, w, C) -> (B, H, W, C)
+
+
+class PATDecoderAttention(nn.Module):
+    """Multi-head self-attention over a map, global or in (optionally shifted) non-overlapping windows (TR1).
+
+    The sin-cos PE is added to the inputs of the q and k projections (DETR; v sees none); by linearity this is
+    qkv(x) + W_qk pos, computed once per forward and shared by the batch.
+
+    Shape:
+        x: (B, C, H, W) -> (B, C, H, W)
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int | None = None, shift: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be a multiple of num_heads ({num_heads}).")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be positive or None, got {window}.")
+        self.num_heads, self.window, self.shift = num_heads, window, shift
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.project(x.permute(0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, 3C)
+        if self.window is None or (h <= self.window and w <= self.window):
+            out = self.attend(qkv.reshape(b, h * w, 3 * c)).view(b, h, w, c)
+        else:
+            out = self.window_attend(qkv)
+        return self.proj(out).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, 3C): q and k carry the position embedding, v does not."""
+        h, w, c = tokens.shape[1:]
+        pos = sincos_position_embedding_2d(h, w, c, tokens.device, tokens.dtype).view(h, w, c)
+        pos_qk = F.linear(pos, self.qkv.weight[: 2 * c])  # no bias: qkv(tokens) already adds it
+        return self.qkv(tokens) + F.pad(pos_qk, (0, c))
+
+    def attend(self, qkv: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, L, 3C) fused q/k/v, optional (N, L) boolean mask of keys to attend to -> (N, L, C)."""
+        n, length, c3 = qkv.shape
+        # (N, L, 3C) -> (N, L, 3, heads, C/heads) -> three (N, heads, L, C/heads)
+        q, k, v = qkv.view(n, length, 3, self.num_heads, -1).transpose(1, 3).unbind(2)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (N, 1, 1, L), broadcast over queries
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return out.transpose(1, 2).reshape(n, length, c3 // 3)  # (N, heads, L, C/heads) -> (N, L, C)
+
+    def window_attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3C) -> (B, H, W, C) attention inside w x w windows, shifted by w // 2 when `shift`."""
+        b, h, w, _ = qkv.shape
+        size = self.window
+        # Shift by padding top/left (no cyclic roll, so no wrap-around); pad bottom/right to a multiple of w.
+        # Every window keeps at least one real pixel (all pads are < w), so no softmax row is fully masked.
+        top = size // 2 if self.shift else 0
+        bottom, right = -(h + top) % size, -(w + top) % size
+        padded_h, padded_w = h + top + bottom, w + top + right
+        windows = window_partition(F.pad(qkv, (0, 0, top, right, top, bottom)), size)  # (B*N, w*w, 3C)
+        key_mask = None
+        if top or bottom or right:
+            rows = torch.arange(padded_h, device=qkv.device)
+            cols = torch.arange(padded_w, device=qkv.device)
+            real = ((rows >= top) & (rows < top + h))[:, None] & ((cols >= top) & (cols < top + w))[None]
+            key_mask = window_partition(real[None, :, :, None], size)[..., 0].repeat(b, 1)  # (B*N, w*w)
+        out = window_merge(self.attend(windows, key_mask), padded_h, padded_w, size)
+        return out[:, top : top + h, top : top + w]
+
+
+class PATDecoderLayer(nn.Module):
+    """Pre-norm transformer layer on a map: y + Attn(LN y), then + MLP(LN y) with GELU.
+
+    Shape:
+        y: (B, C, H, W) -> (B, C, H, W)
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window: int | None = None, shift: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = PATDecoderAttention(dim, num_heads, window, shift)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        y = y + self.attn(self.norm1(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        x = y.permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C): norm and MLP act per pixel on channels
+        x = x + self.mlp(self.norm2(x))
+        # back to standard NCHW memory: the convs and samplers downstream may `view` their inputs
+        return x.permute(0, 3, 1, 2).contiguous()
+
+
+class PATSpade(nn.Module):
+    """SPADE (SP1): norm(y) * (1 + gamma(z)) + beta(z), norm = affine-free LayerNorm over channels per pixel.
+
+    A channel LayerNorm rather than SPADE's BatchNorm: per-GPU batches are small and the inputs are transformer
+    tokens. The condition is nearest-resized to y's grid when it differs (codes are discrete: no blending).
+
+    Shape:
+        y: (B, C, H, W), condition: (B, D, h, w) -> (B, C, H, W)
+    """
+
+    def __init__(self, channels: int, code_dim: int, hidden_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.shared = nn.Sequential(nn.Conv2d(code_dim, hidden_dim, 3, padding=1), nn.ReLU())
+        self.gamma = nn.Conv2d(hidden_dim, channels, 3, padding=1)
+        self.beta = nn.Conv2d(hidden_dim, channels, 3, padding=1)
+
+    def forward(self, y: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if condition.shape[-2:] != y.shape[-2:]:
+            condition = F.interpolate(condition, size=y.shape[-2:], mode="nearest")
+        # written over dim 1 rather than as a permuted F.layer_norm, so the output keeps y's NCHW memory layout
+        mean = y.mean(1, keepdim=True)
+        normalized = (y - mean) * torch.rsqrt(y.var(1, unbiased=False, keepdim=True) + self.eps)
+        hidden = self.shared(condition.to(y.dtype))
+        return normalized * (1 + self.gamma(hidden)) + self.beta(hidden)
+
+
+@dataclass
+class PATDecoderOutput:
+    """Output of `PATSharedDecoder`.
+
+    pixel_features: of shape `(batch_size, hidden_size, height, width)`, y_final on the early stage's grid.
+    global_tokens: of shape `(batch_size, num_queries, side_hidden_size)`, e_final; None when decoded without.
+    stage_features: y after each kept stage's SPADE, in decoding order (late, mid, early); only on request.
+    """
+
+    pixel_features: torch.Tensor
+    global_tokens: torch.Tensor | None = None
+    stage_features: list[torch.Tensor] | None = None
+
+
+class PATDecoderStage(nn.Module):
+    """One top-down stage: y <- SPADE(Layer(Up(y)), z_q); e <- e + CrossAttn(LN e, LN y).
+
+    Shape:
+        y: (B, C, h, w), quantized: (B, D, H, W), tokens: (B, Q, T) or None -> (B, C, H, W), (B, Q, T) or None
+    """
+
+    def __init__(self, upsampler: nn.Module, layer: nn.Module, spade: nn.Module, cross_attn: nn.Module | None):
+        super().__init__()
+        self.upsampler, self.layer, self.spade, self.cross_attn = upsampler, layer, spade, cross_attn
+
+    def forward(self, y: torch.Tensor, quantized: torch.Tensor, tokens: torch.Tensor | None):
+        y = self.spade(self.layer(self.upsampler(y)), quantized)
+        if self.cross_attn is not None and tokens is not None:
+            tokens = self.cross_attn(tokens, y.flatten(2).transpose(1, 2))  # memory (B, C, H, W) -> (B, L, C)
+        return y, tokens
+
+
+def attention_plan(scales: list[int], window: int | None) -> list[tuple[int | None, bool]]:
+    """(window, shift) per decoder layer from the layers' scales: windows above the side grid, alternating shift."""
+    plan, windowed = [], 0
+    for scale in scales:
+        if window is None or scale <= 1:
+            plan.append((None, False))
+        else:
+            plan.append((window, windowed % 2 == 1))
+            windowed += 1
+    return plan
+
+
+def _upsampler(channels: int, from_scale: int, to_scale: int, groups: int) -> nn.Module:
+    """Upsampler from one stage scale to the next (identity for equal scales)."""
+    if to_scale % from_scale:
+        raise ValueError(
+            f"decoder stage scales must each divide the next (late -> early), got {from_scale} -> {to_scale}."
+        )
+    return build_upsampler(channels, to_scale // from_scale, groups)
+
+
+class PATSharedDecoder(nn.Module):
+    """Top-down shared decoder (R1): latent codes + pyramid codes + global tokens -> stride-4 features and tokens.
+
+    `decode_global_tokens=False` builds it without cross-attentions (a pixel-only decoder, e.g. for the
+    "separate decoders" ablation), so no parameter is left without a gradient.
+
+    Shape:
+        z_latent: (B, D, H, W); quantized[s]: (B, D, k_s H, k_s W); global_tokens: (B, Q, T) or None
+        -> pixel_features (B, C, k_early H, k_early W), global_tokens (B, Q, T) or None
+    """
+
+    def __init__(self, config: PATConfig, decode_global_tokens: bool = True):
+        super().__init__()
+        unknown = set(config.decoder_stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"decoder_stages must be a subset of {STAGES}, got unknown {sorted(unknown)}.")
+        dim, groups = config.decoder_hidden_size, config.dysample_groups
+        scales = dict(zip(STAGES, config.pyramid_scales))
+        kept = [s for s in DECODING_ORDER if s in config.decoder_stages]
+        layer_scales = [scales[s] for s in kept] + [scales["early"]] * config.decoder_num_extra_layers
+        plan = iter(attention_plan(layer_scales, config.decoder_attn_window))
+
+        def layer() -> PATDecoderLayer:
+            return PATDecoderLayer(dim, config.decoder_num_attention_heads, config.decoder_mlp_ratio, *next(plan))
+
+        self.input_proj = nn.Conv2d(config.code_dim, dim, kernel_size=1)
+        self.stages = nn.ModuleDict()
+        scale = 1  # z_latent lives on the side grid
+        for s in kept:
+            cross_attn = None
+            if decode_global_tokens:
+                cross_attn = PATGlobalTokenAttention(config.side_hidden_size, dim, config.global_attn_num_heads)
+            spade = PATSpade(dim, config.code_dim, config.spade_hidden_dim)
+            self.stages[s] = PATDecoderStage(_upsampler(dim, scale, scales[s], groups), layer(), spade, cross_attn)
+            scale = scales[s]
+        # dropped trailing stages: their upsampling happens here, so the output stays on the early grid
+        self.final_upsampler = _upsampler(dim, scale, scales["early"], groups)
+        self.extra_layers = nn.ModuleList(layer() for _ in range(config.decoder_num_extra_layers))
+
+    def forward(
+        self,
+        z_latent: torch.Tensor,
+        quantized: dict[str, torch.Tensor],
+        global_tokens: torch.Tensor | None = None,
+        output_stage_features: bool = False,
+    ) -> PATDecoderOutput:
+        y, tokens, stage_features = self.input_proj(z_latent), global_tokens, []
+        for name, stage in self.stages.items():
+            y, tokens = stage(y, quantized[name], tokens)
+            stage_features.append(y)
+        y = self.final_upsampler(y)
+        for layer in self.extra_layers:
+            y = layer(y)
+        return PATDecoderOutput(y, tokens, stage_features if output_stage_features else None)
+
+
+class PATMaskHead(nn.Module):
+    """Final masks (M1): einsum of MLP_q(global tokens) and the 1x1-conv MLP_p(pixel features).
+
+    Shape:
+        global_tokens: (B, Q, T), pixel_features: (B, C, H, W) -> (B, Q, H, W)
+    """
+
+    def __init__(self, config: PATConfig):
+        super().__init__()
+        hidden, embed, depth = config.mask_mlp_dim, config.mask_embed_dim, config.mask_mlp_num_layers
+        self.query_mlp = PATMLP(config.side_hidden_size, hidden, embed, depth)
+        self.pixel_mlp = PATMLP(config.decoder_hidden_size, hidden, embed, depth, conv=True)
+
+    def forward(self, global_tokens: torch.Tensor, pixel_features: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bqc,bchw->bqhw", self.query_mlp(global_tokens), self.pixel_mlp(pixel_features))
+
+
+class PATReconstructionHead(nn.Module):
+    """Image reconstruction (RH1): channel LN, ConvT(C -> hidden, 2, 2), GELU, ConvT(hidden -> 3, 2, 2).
+
+    Predicts the normalised input image (the network's input space).
+
+    Shape:
+        pixel_features: (B, C, H, W) -> (B, 3, 4H, 4W)
+    """
+
+    def __init__(self, channels: int = 256, hidden: int = 128, out_channels: int = 3):
+        super().__init__()
+        self.norm = PATChannelLayerNorm(channels)
+        self.up1 = nn.ConvTranspose2d(channels, hidden, kernel_size=2, stride=2)
+        self.up2 = nn.ConvTranspose2d(hidden, out_channels, kernel_size=2, stride=2)
+
+    def forward(self, pixel_features: torch.Tensor) -> torch.Tensor:
+        return self.up2(F.gelu(self.up1(self.norm(pixel_features))))
+
+
+__all__ = [
+    "PATDecoderAttention",
+    "PATDecoderLayer",
+    "PATDecoderOutput",
+    "PATDecoderStage",
+    "PATMaskHead",
+    "PATReconstructionHead",
+    "PATSharedDecoder",
+    "PATSpade",
+    "attention_plan",
+    "sincos_position_embedding_2d",
+]
