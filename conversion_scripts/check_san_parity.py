@@ -38,7 +38,7 @@ from conversion_scripts.convert_san_to_hf import (  # noqa: E402
     load_converted_weights,
     rename_key,
 )
-from modeling_pat import PATForOpenVocabSegmentation, PATImageProcessor, PATProcessor  # noqa: E402
+from modeling_pat import PATForOpenVocabSegmentation, PATProcessor  # noqa: E402
 
 
 DEFAULT_ATOL = 1e-5

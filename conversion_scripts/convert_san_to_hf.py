@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere in a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from modeling_pat import PATConfig, PATForOpenVocabSegmentation  # noqa: E402
+from modeling_pat import PATConfig, PATForOpenVocabSegmentation, write_model_card  # noqa: E402
 
 
 HUB_REPO_ID = "Mendel192/san"
@@ -295,7 +295,8 @@ def main(argv=None) -> int:
     checkpoint_path = args.checkpoint_path or download_checkpoint(args.config)
     model = convert(checkpoint_path, config)
     save(model, args.output_dir)
-    print(f"Saved the converted model to {args.output_dir}")
+    write_model_card(args.output_dir, converted_from=HUB_REPO_ID, source_checkpoint=Path(checkpoint_path).name)
+    print(f"Saved the converted model and its model card to {args.output_dir}")
     if args.verify:
         verify(model, args.output_dir)
     return 0

@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from .configuration_pat import PATConfig
 from .image_processing_pat import PATImageProcessor
+from .image_tokenizer import PATImageTokenizer, PATImageTokenizerOutput
 from .modeling_pat import (
     PATForOpenVocabSegmentation,
     PATForOpenVocabSegmentationOutput,
@@ -11,6 +12,8 @@ from .modeling_pat import (
     PATModelOutput,
     PATPreTrainedModel,
 )
+from .model_card import write_model_card
+from .pipeline_pat import PATImageSegmentationPipeline, register_pipeline
 from .processing_pat import PATProcessor
 
 
@@ -19,6 +22,8 @@ AutoModel.register(PATConfig, PATModel, exist_ok=True)
 AutoModelForSemanticSegmentation.register(PATConfig, PATForOpenVocabSegmentation, exist_ok=True)
 AutoImageProcessor.register(PATConfig, image_processor_classes={"torchvision": PATImageProcessor}, exist_ok=True)
 AutoProcessor.register(PATConfig, PATProcessor, exist_ok=True)
+# pipeline("image-segmentation") accepts candidate_labels for SAN/PAT; every other model behaves as before
+register_pipeline()
 
 
 def register_for_auto_classes() -> None:
@@ -35,9 +40,14 @@ __all__ = [
     "PATForOpenVocabSegmentation",
     "PATForOpenVocabSegmentationOutput",
     "PATImageProcessor",
+    "PATImageSegmentationPipeline",
+    "PATImageTokenizer",
+    "PATImageTokenizerOutput",
     "PATModel",
     "PATModelOutput",
     "PATPreTrainedModel",
     "PATProcessor",
     "register_for_auto_classes",
+    "register_pipeline",
+    "write_model_card",
 ]

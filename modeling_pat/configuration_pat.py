@@ -134,6 +134,8 @@ class PATConfig(PreTrainedConfig):
     latent_codebook_size: int = 256
     code_dim: int = 32
     vq_beta: float = 0.25
+    vq_diversity_weight: float = 1.0
+    vq_diversity_temperature: float = 0.1
     use_vmf: bool = True
     hsattn_kappa: float = 30.0
     token_mixer_hidden_dim: int = 256

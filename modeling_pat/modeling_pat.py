@@ -26,14 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
 from .configuration_pat import PATConfig
 from .losses import PATSegmentationLoss, labels_to_targets
+from .pat_losses import PATTokenizationLoss
+from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
-from .quantizer import PATVectorQuantizer
+from .quantizer import PATQuantizerOutput, PATVectorQuantizer
 from .samplers import PATDySample
 from .side_adapter import PATChannelLayerNorm, PATFusionLayer, PATSideAdapter
 
@@ -99,7 +102,16 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
     auxiliary_logits (`list[dict]`, *optional*):
         `class_queries_logits` and `masks_queries_logits` of each deep-supervision level before the final one.
     loss_dict (`dict[str, torch.FloatTensor]`, *optional*):
-        Every weighted loss term (`loss_ce`, `loss_mask`, `loss_dice`, and `_0`, `_1`, ... for auxiliary levels).
+        The weighted loss terms that sum to `loss`: SAN's `loss_ce`, `loss_mask`, `loss_dice` (and `_0`, `_1`, ... for
+        auxiliary levels) and, in PAT mode, the group totals `loss_vq`, `loss_spatial_alignment`,
+        `loss_reconstruction`.
+    loss_details (`dict[str, torch.FloatTensor]`, *optional*, PAT mode):
+        For logging: the PAT groups broken down per codebook / stage / term (`loss_vq_early`, `loss_sa_crf_mid`,
+        `loss_rec_mse`, ...), each weighted; they sum to their group, not to `loss`.
+    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*, PAT mode):
+        The image rebuilt from the tokens (normalised input space), when computed.
+    codebook_perplexity (`dict[str, torch.FloatTensor]`, *optional*, PAT mode):
+        Perplexity of each codebook's usage in the batch (`early`, `mid`, `late`, `latent`).
     text_embeddings (`torch.FloatTensor` of shape `(num_classes + 1, embed_dim)`):
         The unit classifier rows (class names, then void) the logits were computed with.
     mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
@@ -115,6 +127,9 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
     masks_queries_logits: torch.FloatTensor | None = None
     auxiliary_logits: list[dict[str, torch.Tensor]] | None = None
     loss_dict: dict[str, torch.Tensor] | None = None
+    loss_details: dict[str, torch.Tensor] | None = None
+    reconstruction: torch.FloatTensor | None = None
+    codebook_perplexity: dict[str, torch.Tensor] | None = None
     text_embeddings: torch.FloatTensor | None = None
     mask_embeddings: torch.FloatTensor | None = None
     image_sizes: torch.LongTensor | None = None
@@ -213,6 +228,17 @@ class PATModel(PATPreTrainedModel):
             pixel_values, clip_features.maps, output_layers=levels, stage_hook=hook, query_embed=queries
         )
 
+    def encode_tokens(self, pixel_values: torch.Tensor) -> tuple[PATPixelBranchOutput, PATQuantizerOutput]:
+        """PAT only: the image's codes without the decoder or heads -> (pyramid quantizer outputs, latent ones)."""
+        if self.tokenization is None:
+            raise ValueError("Tokens exist only in PAT mode (config.use_pyramid_tokenization=True).")
+        _check_pixel_values(pixel_values, self.config.size_divisibility)
+        clip_features = self.clip_tower.extract_features(self.clip_input(pixel_values))
+        local_tokens = {}
+        last = self.side_adapter.output_layers[-1:]
+        side_outputs, _, fusion_terms = self.run_side_adapter(pixel_values, clip_features, last, local_tokens)
+        return self.tokenization.encode(pixel_values, fusion_terms, side_outputs[-1].patches)
+
     @can_return_tuple
     def forward(
         self,
@@ -308,6 +334,16 @@ def _check_pixel_values(pixel_values: torch.Tensor, size_divisibility: int) -> N
         )
 
 
+def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> torch.Tensor:
+    """(B, 1, H, W) float mask of the real (unpadded) pixels of each image; all ones without `image_sizes`."""
+    mask = pixel_values.new_ones(pixel_values.shape[0], 1, *pixel_values.shape[-2:])
+    if image_sizes is not None:
+        mask.zero_()
+        for b, (height, width) in enumerate(image_sizes.tolist()):
+            mask[b, :, :height, :width] = 1.0
+    return mask
+
+
 def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
     """Label maps must be (B, H, W) integer maps at the padded input size (the image processor pads them)."""
     expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
@@ -326,6 +362,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         self.model = PATModel(config)
         self.classifier = PATOpenVocabClassifier(self.model.clip_tower.embed_dim)
         self.criterion = PATSegmentationLoss(config)
+        self.tokenization_loss = None
+        if config.use_pyramid_tokenization:
+            self.tokenization_loss = PATTokenizationLoss(config, clip_feature_fn=self.clip_perceptual_features)
         self._text_cache: dict[Any, torch.Tensor] = {}
         self.post_init()
 
@@ -360,6 +399,14 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             self._text_cache.pop(next(iter(self._text_cache)))
         self._text_cache[key] = (version, embeddings)
         return embeddings
+
+    def clip_perceptual_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """[0, 1] images (B, 3, H, W) -> frozen-CLIP feature maps after each trunk block (the fallback perceptual
+        network when no VGG weights are available: they cannot be downloaded here; gradients reach the images)."""
+        tower = self.model.clip_tower
+        mean = images.new_tensor(OPENAI_CLIP_MEAN)[:, None, None]
+        std = images.new_tensor(OPENAI_CLIP_STD)[:, None, None]
+        return tower.extract_features(self.model.clip_input((images - mean) / std)).maps[1:]
 
     def default_class_names(self) -> list[str]:
         id2label = self.config.id2label or {}
@@ -418,7 +465,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         text_embeddings = self.classifier(class_embeddings)
         want_aux = output_auxiliary_logits if output_auxiliary_logits is not None else (self.training or labels is not None)
         outputs = self.model(
-            pixel_values, output_auxiliary_logits=want_aux, output_hidden_states=output_hidden_states, return_dict=True
+            pixel_values, output_auxiliary_logits=want_aux, output_hidden_states=output_hidden_states,
+            output_reconstruction=want_aux, return_dict=True,
         )
         class_logits = self.classify(outputs.mask_embeddings, text_embeddings)
         auxiliary = [
@@ -426,12 +474,18 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
              "masks_queries_logits": aux["masks_queries_logits"]}
             for aux in outputs.auxiliary_outputs or []
         ]
-        loss, loss_dict = None, None
+        loss, loss_dict, loss_details = None, None, None
         if labels is not None:
             _check_labels(labels, pixel_values)
             loss, loss_dict = self.compute_loss(
                 class_logits, outputs.masks_queries_logits, auxiliary, labels, loss_sampling_points, loss_generator
             )
+            if self.tokenization_loss is not None:
+                tokenization_total, loss_details = self.compute_tokenization_loss(
+                    pixel_values, outputs, image_sizes, loss_generator
+                )
+                loss = loss + tokenization_total
+                loss_dict.update({k: loss_details.pop(k) for k in PATTokenizationLoss.GROUP_KEYS if k in loss_details})
         batch, _, height, width = pixel_values.shape
         padded = torch.tensor([[height, width]], device=pixel_values.device).expand(batch, 2)
         return PATForOpenVocabSegmentationOutput(
@@ -440,10 +494,26 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             masks_queries_logits=outputs.masks_queries_logits,
             auxiliary_logits=auxiliary or None,
             loss_dict=loss_dict,
+            loss_details=loss_details,
+            reconstruction=outputs.reconstruction,
+            codebook_perplexity=outputs.codebook_perplexity,
             text_embeddings=text_embeddings,
             mask_embeddings=outputs.mask_embeddings,
             image_sizes=image_sizes if image_sizes is not None else padded.clone(),
             padded_sizes=padded.clone(),
+        )
+
+    def compute_tokenization_loss(self, pixel_values, outputs: PATModelOutput, image_sizes=None, generator=None):
+        """PAT's VQ, spatial-alignment and reconstruction losses (weighted) -> (total, weighted terms)."""
+        image, valid = pixel_values, _valid_pixel_mask(pixel_values, image_sizes)
+        reconstruction = outputs.reconstruction
+        if reconstruction is not None and reconstruction.shape[-2:] != image.shape[-2:]:
+            # coarser pyramids (e.g. scales 1, 1, 1) reconstruct at a lower resolution: compare at that size
+            image = F.adaptive_avg_pool2d(image, reconstruction.shape[-2:])
+            valid = F.adaptive_avg_pool2d(valid, reconstruction.shape[-2:]) > 0.5
+        pyramid = {name: outputs.quantized_features[name] for name in ("early", "mid", "late")}
+        return self.tokenization_loss(
+            image, pyramid, outputs.codebook_losses, reconstruction, valid_mask=valid, generator=generator
         )
 
     def compute_loss(self, class_logits, mask_logits, auxiliary, labels, sampling_points=None, generator=None):

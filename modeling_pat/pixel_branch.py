@@ -41,6 +41,14 @@ def stage_strides(config: PATConfig) -> list[int]:
     return strides
 
 
+def build_quantizer(config: PATConfig, in_channels: int, codebook_size: int) -> PATVectorQuantizer:
+    """A codebook of `codebook_size` codes with the config's code dim, beta, vMF switch and diversity term."""
+    return PATVectorQuantizer(
+        in_channels, codebook_size, config.code_dim, config.vq_beta, config.use_vmf,
+        config.vq_diversity_weight, config.vq_diversity_temperature,
+    )
+
+
 class PATPixelBranch(nn.Module):
     """(B, 3, H, W) image + fusion terms [(B, C, H/16, W/16)] per stage -> quantised pyramid (B, D, H_s, W_s)."""
 
@@ -59,10 +67,7 @@ class PATPixelBranch(nn.Module):
             self.downsamplers = nn.ModuleList(
                 PATConvDownsample(channels[i], width, factor) for i, factor in enumerate(factors)
             )
-        self.quantizers = nn.ModuleList(
-            PATVectorQuantizer(width, size, config.code_dim, config.vq_beta, config.use_vmf)
-            for size in config.codebook_sizes
-        )
+        self.quantizers = nn.ModuleList(build_quantizer(config, width, size) for size in config.codebook_sizes)
 
     def residuals(self, pixel_values: torch.Tensor) -> list[torch.Tensor | None]:
         """The image-derived residual pyramid x_s (choice P1), or Nones without the pixel residual."""
@@ -88,4 +93,4 @@ class PATPixelBranch(nn.Module):
         return output
 
 
-__all__ = ["PATPixelBranch", "PATPixelBranchOutput", "STAGES", "stage_strides"]
+__all__ = ["PATPixelBranch", "PATPixelBranchOutput", "STAGES", "build_quantizer", "stage_strides"]

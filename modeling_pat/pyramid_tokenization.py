@@ -18,8 +18,8 @@ from torch import nn
 
 from .configuration_pat import PATConfig
 from .decoder import PATMaskHead, PATReconstructionHead, PATSharedDecoder
-from .pixel_branch import STAGES, PATPixelBranch, PATPixelBranchOutput
-from .quantizer import PATQuantizerOutput, PATVectorQuantizer
+from .pixel_branch import STAGES, PATPixelBranch, PATPixelBranchOutput, build_quantizer
+from .quantizer import PATQuantizerOutput
 from .semantic_branch import PATSemanticBranch, PATTokenMixer
 
 
@@ -48,9 +48,7 @@ class PATPyramidTokenization(nn.Module):
         self.num_queries = config.num_queries
         self.stage_positions = {position: i for i, position in enumerate(config.pyramid_side_layers)}
         self.pixel_branch = PATPixelBranch(config)
-        self.latent_quantizer = PATVectorQuantizer(
-            config.side_hidden_size, config.latent_codebook_size, config.code_dim, config.vq_beta, config.use_vmf
-        )
+        self.latent_quantizer = build_quantizer(config, config.side_hidden_size, config.latent_codebook_size)
         self.semantic_branch = PATSemanticBranch(config)
         # "unified pixel/segmentation tokens" ablation: the global tokens are read from the latent (local) token
         # table instead of having their own embeddings (choice, see the README's register of choices).
@@ -110,9 +108,7 @@ class PATPyramidTokenization(nn.Module):
 
         queries (B, Q, C) and patches (B, C, H, W) are the side ViT's final output (g_8, z_8).
         """
-        terms = [fusion_terms[position] for position in self.stage_positions]
-        pyramid = self.pixel_branch(pixel_values, terms)
-        latent = self.latent_quantizer(patches)
+        pyramid, latent = self.encode(pixel_values, fusion_terms, patches)
         decoded = self.decoder(latent.quantized, pyramid.quantized, queries)
         masks = self.mask_head(decoded.global_tokens, decoded.pixel_features)
         reconstruction = None
@@ -130,6 +126,11 @@ class PATPyramidTokenization(nn.Module):
             local_tokens=dict(local_tokens),
             reconstruction=reconstruction,
         )
+
+    def encode(self, pixel_values, fusion_terms: dict[int, torch.Tensor], patches: torch.Tensor):
+        """Quantise the pyramid (pixel branch on the fusion terms) and the final side map (B, C, H, W) (latent)."""
+        terms = [fusion_terms[position] for position in self.stage_positions]
+        return self.pixel_branch(pixel_values, terms), self.latent_quantizer(patches)
 
     def decode_codes(self, indices: dict[str, torch.Tensor]) -> torch.Tensor:
         """Codes {early, mid, late, latent: (B, H_s, W_s)} -> reconstructed image (B, 3, 4*H_early, 4*W_early)."""

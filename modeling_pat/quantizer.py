@@ -18,10 +18,11 @@ class PATQuantizerOutput:
 
     quantized: torch.Tensor  # straight-through codes: value e_k*, gradient to `encoded`
     indices: torch.Tensor  # (B, H, W) or (B, N) int64
-    loss: torch.Tensor  # codebook term + beta * commitment term
+    loss: torch.Tensor  # codebook term + beta * commitment term (+ diversity_weight * diversity)
     encoded: torch.Tensor  # h: the (normalised) projection, before quantisation
     perplexity: torch.Tensor  # exp(entropy of the batch's code histogram), in [1, K]
     usage: torch.Tensor  # fraction of the K codes used in the batch, in [1/K, 1]
+    diversity: torch.Tensor | None = None  # log K - entropy of the batch's mean soft assignment, in [0, log K]
 
 
 def code_statistics(indices: torch.Tensor, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +45,14 @@ class PATVectorQuantizer(nn.Module):
     # vectors, squared-distance argmin. Loss: mean ||sg(h) - e||^2 + beta * mean ||h - sg(e)||^2 over positions.
 
     def __init__(
-        self, in_channels: int, codebook_size: int, code_dim: int = 32, beta: float = 0.25, use_vmf: bool = True
+        self,
+        in_channels: int,
+        codebook_size: int,
+        code_dim: int = 32,
+        beta: float = 0.25,
+        use_vmf: bool = True,
+        diversity_weight: float = 0.0,
+        diversity_temperature: float = 0.1,
     ):
         super().__init__()
         if codebook_size < 1 or code_dim < 1:
@@ -53,6 +61,8 @@ class PATVectorQuantizer(nn.Module):
         self.code_dim = code_dim
         self.beta = beta
         self.use_vmf = use_vmf
+        self.diversity_weight = diversity_weight
+        self.diversity_temperature = diversity_temperature
         self.proj = nn.Conv2d(in_channels, code_dim, kernel_size=1)
         self.codebook = nn.Parameter(torch.empty(codebook_size, code_dim))
         self.reset_parameters()
@@ -88,6 +98,22 @@ class PATVectorQuantizer(nn.Module):
             similarity = 2 * similarity - codebook.pow(2).sum(-1)
         return similarity.argmax(-1).view(encoded.shape[:-1])
 
+    def diversity(self, encoded: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> scalar log K - H(mean soft assignment): 0 when the batch spreads evenly over all K codes.
+
+        Without it a learnable codebook with no EMA or restarts (choice V2) collapses onto a few codes: codes that
+        are never chosen get no gradient. The soft assignment gives every code a gradient, stays stateless (nothing
+        is mutated in forward) and is differentiable w.r.t. both the encoder and the codebook.
+        """
+        flat = encoded.reshape(-1, self.code_dim)
+        codebook = self.normalized_codebook().to(flat.dtype)
+        logits = flat @ codebook.T  # (M, K)
+        if not self.use_vmf:
+            logits = 2 * logits - codebook.pow(2).sum(-1) - flat.pow(2).sum(-1, keepdim=True)  # -||h - e||^2
+        mean_assignment = (logits.float() / self.diversity_temperature).softmax(-1).mean(0)  # (K,)
+        entropy = -torch.xlogy(mean_assignment, mean_assignment).sum()
+        return torch.log(torch.tensor(float(self.codebook_size), device=entropy.device)) - entropy
+
     def _quantize(self, encoded: torch.Tensor) -> PATQuantizerOutput:
         """(..., D) channels-last encoded vectors -> output fields in the same layout."""
         indices = self.assign(encoded)
@@ -98,13 +124,19 @@ class PATVectorQuantizer(nn.Module):
         codebook_term = F.mse_loss(codes, encoded.detach()) * self.code_dim
         commitment_term = F.mse_loss(encoded, codes.detach()) * self.code_dim
         perplexity, usage = code_statistics(indices, self.codebook_size)
+        loss = codebook_term + self.beta * commitment_term
+        diversity = None
+        if self.diversity_weight:
+            diversity = self.diversity(encoded)
+            loss = loss + self.diversity_weight * diversity
         return PATQuantizerOutput(
             quantized=quantized,
             indices=indices,
-            loss=codebook_term + self.beta * commitment_term,
+            loss=loss,
             encoded=encoded,
             perplexity=perplexity,
             usage=usage,
+            diversity=diversity,
         )
 
     def forward(self, x: torch.Tensor) -> PATQuantizerOutput:
@@ -121,4 +153,7 @@ class PATVectorQuantizer(nn.Module):
         return self._quantize(encoded)
 
     def extra_repr(self) -> str:
-        return f"codebook_size={self.codebook_size}, code_dim={self.code_dim}, beta={self.beta}, vmf={self.use_vmf}"
+        return (
+            f"codebook_size={self.codebook_size}, code_dim={self.code_dim}, beta={self.beta}, vmf={self.use_vmf}, "
+            f"diversity_weight={self.diversity_weight}"
+        )

@@ -1,0 +1,351 @@
+"""Hub-ready model cards (`README.md`) for saved SAN/PAT folders, written with `huggingface_hub.ModelCard`.
+
+    from modeling_pat.model_card import write_model_card
+
+    write_model_card(
+        "san-vit-b16-hf",
+        converted_from="Mendel192/san",
+        source_checkpoint="san_vit_b_16.pth",
+        eval_results=[{"dataset_name": "ADE20K-150", "dataset_type": "scene_parse_150", "dataset_split": "validation",
+                       "mean_iou": 27.5}],
+    )
+
+The YAML metadata carries `library_name: transformers`, `pipeline_tag: image-segmentation`, the licence, tags,
+datasets, `base_model`, `metrics: [mean_iou]` and, with evaluation results, a `model-index`. Nothing here touches the
+network (`ModelCard.validate()` would POST to the Hub, so it is never called).
+"""
+
+import json
+import logging
+import re
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .configuration_pat import PATConfig
+
+
+logger = logging.getLogger(__name__)
+
+# open_clip architecture -> Hub id of the same (OpenAI) CLIP weights, the default `base_model`.
+CLIP_BASE_MODELS = {
+    "ViT-B-16": "openai/clip-vit-base-patch16",
+    "ViT-L-14-336": "openai/clip-vit-large-patch14-336",
+}
+BASE_TAGS = ["vision", "image-segmentation", "semantic-segmentation", "open-vocabulary", "clip"]
+EVAL_RESULT_KEYS = {"dataset_name", "dataset_type", "dataset_split", "dataset_config", "mean_iou"}
+OFFICIAL_SAN_REPO = "Mendel192/san"
+_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+SAN_CITATION = """@inproceedings{xu2023side,
+  title     = {Side Adapter Network for Open-Vocabulary Semantic Segmentation},
+  author    = {Xu, Mengde and Zhang, Zheng and Wei, Fangyun and Hu, Han and Bai, Xiang},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2023}
+}"""
+PAT_CITATION = """@article{zhang2024pat,
+  title   = {Incorporating Feature Pyramid Tokenization and Open Vocabulary Semantic Segmentation},
+  author  = {Zhang, Jianyu and Zhang, Li and Li, Shijian},
+  journal = {arXiv preprint arXiv:2412.14145},
+  year    = {2024}
+}"""
+
+SAN_SUMMARY = (
+    "**SAN** (Side Adapter Network, Xu et al., CVPR 2023) for open-vocabulary semantic segmentation. A small side "
+    "network attached to a frozen CLIP model predicts mask proposals and attention biases; the biases steer CLIP's "
+    "last layers so that each proposal gets its own CLIP embedding, which is classified against CLIP text embeddings "
+    "of class names. The class names are chosen at inference time, so the model is not limited to the classes it "
+    "was trained on."
+)
+PAT_SUMMARY = (
+    "**PAT** (Feature Pyramid Tokenization, arXiv 2412.14145) for open-vocabulary semantic segmentation. PAT builds "
+    "on SAN (a side network attached to a frozen CLIP model, whose mask proposals are classified against CLIP text "
+    "embeddings of class names chosen at inference time) and adds feature-pyramid tokenization: multi-resolution "
+    "CLIP features are clustered by learnable codebooks and decoded by a pixel-reconstruction branch and a semantic "
+    "branch that guides the segmentation."
+)
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+{{ summary }}
+
+This checkpoint is in the `transformers` format of the `modeling_pat` package (`PATForOpenVocabSegmentation`,
+{{ mode_name }} mode: `use_pyramid_tokenization: {{ pyramid }}`).
+
+## Model description
+
+| | |
+|---|---|
+| Architecture | {{ mode_name }}{% if mode_name == "PAT" %} (feature-pyramid tokenization on top of SAN){% endif %} |
+| CLIP | {{ clip_line }} |
+| Side adapter | {{ side_layers }} layers, width {{ side_width }}, {{ num_queries }} mask queries |
+{%- if pyramid_line %}
+| Pyramid tokenization | {{ pyramid_line }} |
+{%- endif %}
+{%- if num_parameters %}
+| Parameters | {{ num_parameters }} (CLIP included) |
+{%- endif %}
+| Default vocabulary | {{ vocabulary_line }} |
+| Prompt templates | {{ num_templates }} (each class name is embedded as the mean over them) |
+
+## Intended uses and limitations
+
+Use it to segment images into regions named by class names you choose, e.g. "cat, sofa, floor", including classes
+that were not in the training data, and for research on open-vocabulary segmentation.
+
+Limitations:
+
+- Every pixel is assigned exactly one of the given names: there is no "other" or "unknown" output, so leave no
+  visible class out (or add a catch-all name such as "background").
+- Recognition comes from CLIP: rare, abstract or very fine-grained names, and names that overlap ("car" and
+  "vehicle"), are less reliable, and prompt wording matters. CLIP's and the training data's biases carry over.
+- Masks are predicted on a grid of stride {{ side_patch_size }} and upsampled, so thin structures and boundaries
+  are coarse.
+- Not suitable for safety-critical decisions (medical, surveillance, driving) without separate validation.
+
+## How to use
+
+With the `modeling_pat` package installed (`import modeling_pat` registers the model classes and an
+image-segmentation pipeline that accepts `candidate_labels`):
+
+```python
+import modeling_pat  # noqa: F401
+from transformers import pipeline
+
+segmenter = pipeline("image-segmentation", model="{{ repo_id }}")
+segments = segmenter("photo.jpg", candidate_labels=["cat", "sofa", "floor", "wall"])
+for segment in segments:  # one entry per class present: label, score and a PIL mask at the image size
+    print(segment["label"], round(segment["score"], 3))
+
+segmenter("photo.jpg")  # without candidate_labels: the default vocabulary in config.id2label
+```
+
+Without the package, through the code stored in this repository (`trust_remote_code=True`):
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoModelForSemanticSegmentation, AutoProcessor
+
+model = AutoModelForSemanticSegmentation.from_pretrained("{{ repo_id }}", trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+
+class_names = ["cat", "sofa", "floor", "wall"]
+inputs = processor(images=Image.open("photo.jpg").convert("RGB"), text=class_names, return_tensors="pt")
+with torch.no_grad():
+    outputs = model(**inputs)
+label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=inputs["original_sizes"].tolist())[0]
+```
+
+`pipeline("image-segmentation", model="{{ repo_id }}", trust_remote_code=True)` also loads without the package, but
+that is transformers' stock pipeline: it ignores `candidate_labels` and segments with `config.id2label`.
+
+## Training
+
+{{ training_section }}
+
+## Evaluation
+
+{{ evaluation_section }}
+
+## Citation
+
+```bibtex
+{{ citations }}
+```
+"""
+
+
+def write_model_card(
+    model_dir,
+    *,
+    base_model: str | None = None,
+    datasets: str | list[str] | None = None,
+    eval_results: list[dict] | None = None,
+    license: str = "mit",
+    training_summary: str | None = None,
+    tags: list[str] | None = None,
+    model_name: str | None = None,
+    repo_id: str | None = None,
+    converted_from: str | None = None,
+    source_checkpoint: str | None = None,
+) -> Path:
+    """Write `model_dir/README.md` for the saved SAN/PAT model in `model_dir` and return its path.
+
+    Args:
+        model_dir: a `save_pretrained` folder (its `config.json` decides SAN vs PAT wording and the description).
+        base_model: Hub id of the CLIP weights; default: derived from `config.clip_model_name` when known.
+        datasets: Hub dataset id(s) the model was trained on.
+        eval_results: dicts with `dataset_name`, `dataset_type` (Hub dataset id), `mean_iou` (in percent, as
+            the papers report it) and optionally `dataset_split`, `dataset_config`; written as the `model-index`.
+        license: Hub licence id; "mit" is the licence of the SAN code and released weights. Pass the licence
+            that covers your weights.
+        training_summary: Markdown for the "Training" section (data, recipe).
+        tags: extra tags, added to vision / image-segmentation / semantic-segmentation / open-vocabulary / clip /
+            san or pat.
+        model_name: the card's title and `model-index` name (default: the folder name).
+        repo_id: the Hub id used in the usage snippets (default: `model_name`).
+        converted_from: Hub repo (or URL / path) of the original checkpoint the weights were converted from, e.g.
+            "Mendel192/san"; the "Training" section then says so.
+        source_checkpoint: the checkpoint file inside `converted_from`, e.g. "san_vit_b_16.pth".
+    """
+    model_dir = Path(model_dir)
+    config = PATConfig.from_pretrained(model_dir)
+    is_pat = bool(config.use_pyramid_tokenization)
+    model_name = model_name or model_dir.resolve().name
+    base_model = base_model or CLIP_BASE_MODELS.get(config.clip_model_name)
+    results = [_eval_result(entry) for entry in eval_results or []]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        license=license,
+        tags=BASE_TAGS + ["pat" if is_pat else "san"] + list(tags or []),
+        datasets=datasets,
+        base_model=base_model,
+        metrics=["mean_iou"],
+        model_name=model_name,
+        eval_results=results or None,
+    )
+    if not _has_remote_code(model_dir):
+        logger.warning(
+            "%s has no `auto_map` in config.json: the card's trust_remote_code example will not work. Call "
+            "modeling_pat.register_for_auto_classes() before save_pretrained to ship the code.", model_dir
+        )
+    card = ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE,
+        model_name=model_name,
+        repo_id=repo_id or model_name,
+        summary=PAT_SUMMARY if is_pat else SAN_SUMMARY,
+        mode_name="PAT" if is_pat else "SAN",
+        pyramid=str(is_pat).lower(),
+        training_section=_training_section(training_summary, datasets, converted_from, source_checkpoint),
+        evaluation_section=_evaluation_section(results),
+        citations=SAN_CITATION + ("\n\n" + PAT_CITATION if is_pat else ""),
+        num_parameters=_count_parameters(model_dir),
+        **_description(config, is_pat, base_model),
+    )
+    path = model_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def _eval_result(entry: dict) -> EvalResult:
+    """{"dataset_name", "dataset_type", "mean_iou", ["dataset_split", "dataset_config"]} -> EvalResult."""
+    unknown = set(entry) - EVAL_RESULT_KEYS
+    missing = {"dataset_name", "dataset_type", "mean_iou"} - set(entry)
+    if unknown or missing:
+        raise ValueError(
+            f"eval_results entries take {sorted(EVAL_RESULT_KEYS)}; got unknown {sorted(unknown)} / missing "
+            f"{sorted(missing)} in {entry!r}."
+        )
+    return EvalResult(
+        task_type="image-segmentation",
+        task_name="Open-vocabulary semantic segmentation",
+        dataset_type=entry["dataset_type"],
+        dataset_name=entry["dataset_name"],
+        dataset_split=entry.get("dataset_split"),
+        dataset_config=entry.get("dataset_config"),
+        metric_type="mean_iou",
+        metric_name="mIoU",
+        metric_value=float(entry["mean_iou"]),
+    )
+
+
+def _description(config: PATConfig, is_pat: bool, base_model: str | None) -> dict:
+    """The template's architecture fields, read from the config."""
+    id2label = config.id2label or {}
+    names = [id2label[key] for key in sorted(id2label, key=int)]
+    preview = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    pyramid_line = None
+    if is_pat and hasattr(config, "codebook_sizes"):
+        pyramid_line = (
+            f"scales {list(config.pyramid_scales)}, codebooks {list(config.codebook_sizes)} "
+            f"(+ latent {config.latent_codebook_size}), code dim {config.code_dim}"
+        )
+    clip_line = f"open_clip `{config.clip_model_name}`"
+    if base_model:
+        clip_line += f" (weights of [`{base_model}`](https://huggingface.co/{base_model}))"
+    clip_line += f", frozen, input scaled by {config.clip_resolution}"
+    vocabulary_line = f"{len(names)} classes from `config.id2label`" + (f" ({preview})" if names else "")
+    return {
+        "clip_line": clip_line,
+        "side_layers": config.side_num_hidden_layers,
+        "side_width": config.side_hidden_size,
+        "side_patch_size": config.side_patch_size,
+        "num_queries": config.num_queries,
+        "pyramid_line": pyramid_line,
+        "vocabulary_line": vocabulary_line,
+        "num_templates": len(config.prompt_templates),
+    }
+
+
+def _training_section(training_summary, datasets, converted_from, source_checkpoint) -> str:
+    parts = []
+    if converted_from:
+        parts.append(_conversion_note(converted_from, source_checkpoint))
+    if training_summary:
+        parts.append(training_summary.strip())
+    if datasets:
+        names = [datasets] if isinstance(datasets, str) else list(datasets)
+        links = ", ".join(f"[`{name}`](https://huggingface.co/datasets/{name})" for name in names)
+        parts.append(f"Training data: {links}.")
+    return "\n\n".join(parts) if parts else "No training details were provided for this checkpoint."
+
+
+def _conversion_note(converted_from: str, source_checkpoint: str | None) -> str:
+    """The "converted, not trained here" paragraph; the official SAN repo also gets its training data and recipe."""
+    is_hub_repo = _HUB_REPO_ID.match(converted_from) is not None
+    where = f"[`{converted_from}`](https://huggingface.co/{converted_from})" if is_hub_repo else f"`{converted_from}`"
+    if source_checkpoint:
+        where += f" (`{source_checkpoint}`)"
+    if converted_from.lower() == OFFICIAL_SAN_REPO.lower():
+        return (
+            f"No training was done for this repository: the weights were converted from the official SAN checkpoint "
+            f"{where} with `conversion_scripts/convert_san_to_hf.py` of `modeling_pat`. The SAN authors trained it "
+            "on COCO-Stuff (171 classes); see the SAN paper and `configs/san_clip_vit_res4_coco.yaml` in "
+            "[MendelXu/SAN](https://github.com/MendelXu/SAN) for the recipe."
+        )
+    return (
+        f"The weights were converted from the SAN-format checkpoint {where} with "
+        "`conversion_scripts/convert_san_to_hf.py` of `modeling_pat`."
+    )
+
+
+def _evaluation_section(results: list[EvalResult]) -> str:
+    if not results:
+        return "No evaluation results are reported for this checkpoint."
+    rows = ["| Dataset | Split | mIoU (%) |", "|---|---|---|"]
+    for result in results:
+        config = f" ({result.dataset_config})" if result.dataset_config else ""
+        rows.append(f"| {result.dataset_name}{config} | {result.dataset_split or '-'} | {result.metric_value:.1f} |")
+    return "\n".join(rows)
+
+
+def _has_remote_code(model_dir: Path) -> bool:
+    config_path = model_dir / "config.json"
+    return config_path.is_file() and "auto_map" in json.loads(config_path.read_text(encoding="utf-8"))
+
+
+def _count_parameters(model_dir: Path) -> str | None:
+    """Total parameters of the `*.safetensors` weights in `model_dir`, e.g. "437.6M", from the file headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(path, framework="pt") as weights:
+            for key in weights.keys():
+                count = 1
+                for dim in weights.get_slice(key).get_shape():
+                    count *= dim
+                total += count
+    if total == 0:
+        return None
+    return f"{total / 1e6:.1f}M" if total >= 1e5 else f"{total / 1e3:.1f}K"
+
+
+__all__ = ["write_model_card"]

@@ -1,0 +1,382 @@
+"""`PATImageSegmentationPipeline`: the stock image-segmentation pipeline plus open-vocabulary `candidate_labels`.
+
+A strict superset of transformers' `ImageSegmentationPipeline` (hf_conventions.md section 3.4):
+
+* For a SAN/PAT model it accepts `candidate_labels` (a list of names, one comma-separated string, or one list per
+  image for a list of images) and `prompt_templates`; without labels it segments with `config.id2label`.
+* For any other model every call goes to the stock implementation unchanged.
+
+Output, as the stock `subtask="semantic"` branch: per image a list of `{"score", "label", "mask"}`, one entry per
+class present in the label map, `mask` a PIL mode "L" image (0 / 255) at the original image size. `score` is a
+float (the stock semantic branch gives None): the mean, over the class's pixels, of the class's share of the
+per-pixel semantic scores, i.e. how clearly the winning class won there (1.0 = no other class had any score).
+
+Text embeddings come from `model.get_class_embeddings`, whose cache is keyed by vocabulary and text-weight version,
+and are passed to the model as `class_embeddings`, so the text tower runs once per vocabulary, not once per image.
+(So, unlike the sketch in hf_conventions.md 3.4, labels are not tokenised per image in `preprocess`: each image
+carries its resolved vocabulary, and `_forward` looks the embeddings up for the batch.) A batch whose images have
+different vocabularies runs once over their union; each image's logits are then its own columns plus void.
+
+    import modeling_pat  # registers the model classes and (see `register_pipeline`) this pipeline
+    from transformers import pipeline
+
+    segmenter = pipeline("image-segmentation", model="san-vit-b16-hf")
+    segmenter("samples/coffee.png", candidate_labels=["cup", "saucer", "table"])
+    segmenter(["a.png", "b.png"], candidate_labels=[["cat", "sofa"], ["car", "road"]], batch_size=2)
+
+Without registration, `pipeline("image-segmentation", model=..., pipeline_class=PATImageSegmentationPipeline)`
+gives the same pipeline with no process-wide side effect.
+"""
+
+import collections.abc
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+from transformers.image_utils import load_image
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+from transformers.utils import logging as hf_logging
+
+from .configuration_pat import PATConfig
+
+
+logger = hf_logging.get_logger(__name__)
+
+TASK = "image-segmentation"
+# Bound on the pipeline's memo of tokenised vocabularies (custom prompt templates only; ids never go stale).
+_MAX_MEMOISED_VOCABULARIES = 8
+
+
+@dataclass(frozen=True)
+class PATVocabulary:
+    """One image's vocabulary: class names and prompt templates. Hashable (batches group images by it), and a
+    dataclass rather than a tuple, so the pipeline's device transfer, which rebuilds tuples, leaves it whole."""
+
+    names: tuple[str, ...]
+    templates: tuple[str, ...]
+
+
+def normalize_candidate_labels(candidate_labels) -> list[str]:
+    """A comma-separated string or a list of names -> a list of unique, non-empty names (order kept)."""
+    if isinstance(candidate_labels, str):
+        names = [name.strip() for name in candidate_labels.split(",")]
+        names = [name for name in names if name]
+    elif isinstance(candidate_labels, list | tuple) and all(isinstance(name, str) for name in candidate_labels):
+        names = [name.strip() for name in candidate_labels]
+        if not all(names):
+            raise ValueError(f"`candidate_labels` contains an empty name: {list(candidate_labels)!r}.")
+    else:
+        raise TypeError(
+            "`candidate_labels` must be a list of class names, a comma-separated string, or (for a list of images) "
+            f"one such entry per image; got {candidate_labels!r}."
+        )
+    if not names:
+        raise ValueError("`candidate_labels` must contain at least one class name.")
+    return list(dict.fromkeys(names))
+
+
+def normalize_prompt_templates(prompt_templates) -> list[str]:
+    """One template or a list of them, each with one `{}` for the class name."""
+    templates = [prompt_templates] if isinstance(prompt_templates, str) else list(prompt_templates)
+    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
+        raise ValueError(f"`prompt_templates` must be strings that each contain '{{}}', got {prompt_templates!r}.")
+    return templates
+
+
+def is_per_image_labels(candidate_labels) -> bool:
+    """True for one entry per image: a list of label lists, comma strings or None (= `config.id2label`) with at
+    least one list among them. A flat list of strings is one vocabulary shared by every image."""
+    return (
+        isinstance(candidate_labels, list | tuple)
+        and len(candidate_labels) > 0
+        and all(entry is None or isinstance(entry, list | tuple | str) for entry in candidate_labels)
+        and any(isinstance(entry, list | tuple) for entry in candidate_labels)
+    )
+
+
+def collate_open_vocab_batch(items: list[dict]) -> dict:
+    """Preprocessed single images -> one batch: `pixel_values` zero-padded at the bottom/right to the largest
+    (H, W) (what `PATImageProcessor` does for a batch: both are multiples of `size_divisibility`), other tensors
+    concatenated, other values collected into a list (one entry per image, as the stock collator does)."""
+    keys = list(items[0].keys())
+    if any(list(item.keys()) != keys for item in items):
+        raise ValueError("The elements of the batch contain different keys; cannot batch them.")
+    batch = {}
+    for key in keys:
+        values = [item[key] for item in items]
+        if key == "pixel_values":
+            height = max(v.shape[-2] for v in values)
+            width = max(v.shape[-1] for v in values)
+            # (1, 3, h, w) -> (1, 3, H, W), zeros after normalisation as PATImageProcessor pads
+            values = [F.pad(v, (0, width - v.shape[-1], 0, height - v.shape[-2])) for v in values]
+            batch[key] = torch.cat(values, dim=0)
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.cat(values, dim=0)
+        else:
+            batch[key] = values
+    return batch
+
+
+def _leaves(nested) -> list:
+    """Flatten the nested lists the pipeline wraps per-image values in (`[v]` single, `[[v1], [v2]]` batched)."""
+    if isinstance(nested, list | tuple):
+        return [leaf for item in nested for leaf in _leaves(item)]
+    return [nested]
+
+
+class PATImageSegmentationPipeline(ImageSegmentationPipeline):
+    r"""
+    Image segmentation with open-vocabulary SAN/PAT models; the stock `ImageSegmentationPipeline` for every other
+    model.
+
+    Extra call (or construction) arguments, SAN/PAT models only:
+        candidate_labels (`str`, `list[str]` or `list[list[str]]`, *optional*):
+            Class names to segment with: a list, one comma-separated string, or, for a list of images, one list per
+            image (a None entry means the default for that image). Default: the model's `config.id2label`. May also
+            be given per image as `{"image": ..., "candidate_labels": [...]}` inputs.
+        prompt_templates (`str` or `list[str]`, *optional*):
+            Templates with one `{}`; each name's text embedding is the mean over them. Default:
+            `model.config.prompt_templates`.
+
+    Only `subtask=None` or `"semantic"` is available for SAN/PAT; `threshold`, `mask_threshold` and
+    `overlap_mask_area_threshold` are accepted and, as in the stock semantic branch, unused. Images in a batch
+    (`batch_size > 1`) may have different sizes; each still gets masks at its original size. Each entry's
+    `score` is a float (see the module docstring).
+    """
+
+    # -- model dispatch --------------------------------------------------------------------------------------------
+    @property
+    def is_open_vocabulary(self) -> bool:
+        """Whether the model is SAN/PAT (also when loaded as remote code, hence duck typing, not isinstance)."""
+        model = getattr(self, "model", None)
+        return getattr(getattr(model, "config", None), "model_type", None) == PATConfig.model_type and callable(
+            getattr(model, "get_class_embeddings", None)
+        )
+
+    def check_model_type(self, supported_models):
+        if self.is_open_vocabulary:
+            return
+        super().check_model_type(supported_models)
+
+    # -- arguments -------------------------------------------------------------------------------------------------
+    def __call__(self, inputs=None, candidate_labels=None, **kwargs):
+        """See the class docstring and [`ImageSegmentationPipeline.__call__`]; `images=` is accepted as there."""
+        if "images" in kwargs:
+            inputs = kwargs.pop("images")
+        if not self.is_open_vocabulary:
+            if candidate_labels is not None or "prompt_templates" in kwargs:
+                logger.warning(
+                    f"{type(self.model).__name__} is not an open-vocabulary model: `candidate_labels` and "
+                    "`prompt_templates` are ignored (as the stock image-segmentation pipeline does)."
+                )
+                kwargs.pop("prompt_templates", None)
+            return super().__call__(inputs, **kwargs)
+        if is_per_image_labels(candidate_labels):
+            if not isinstance(inputs, list) or len(inputs) != len(candidate_labels):
+                raise ValueError(
+                    "Per-image `candidate_labels` (a list of lists) need a list of images of the same length; got "
+                    f"{len(candidate_labels)} label lists for {type(inputs).__name__} inputs."
+                )
+            inputs = [{"image": image, "candidate_labels": labels} for image, labels in zip(inputs, candidate_labels)]
+        elif candidate_labels is not None:
+            kwargs["candidate_labels"] = candidate_labels
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_parameters(self, **kwargs):
+        candidate_labels = kwargs.pop("candidate_labels", None)
+        prompt_templates = kwargs.pop("prompt_templates", None)
+        preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
+        if self.is_open_vocabulary:
+            if candidate_labels is not None:
+                if is_per_image_labels(candidate_labels):
+                    raise ValueError("Per-image `candidate_labels` can only be given when calling the pipeline.")
+                preprocess_params["candidate_labels"] = normalize_candidate_labels(candidate_labels)
+            if prompt_templates is not None:
+                preprocess_params["prompt_templates"] = normalize_prompt_templates(prompt_templates)
+        return preprocess_params, forward_params, postprocess_params
+
+    def resolve_vocabulary(self, candidate_labels=None, prompt_templates=None) -> PATVocabulary:
+        """Resolve one image's vocabulary: the given names or `config.id2label`, the given or the config's templates."""
+        config = self.model.config
+        if prompt_templates is None:
+            prompt_templates = config.prompt_templates
+        templates = tuple(normalize_prompt_templates(prompt_templates))
+        if candidate_labels is None:
+            id2label = config.id2label or {}
+            if not id2label:
+                raise ValueError("The model has no `config.id2label` vocabulary: pass `candidate_labels`.")
+            return PATVocabulary(tuple(id2label[key] for key in sorted(id2label, key=int)), templates)
+        return PATVocabulary(tuple(normalize_candidate_labels(candidate_labels)), templates)
+
+    # -- the three steps -------------------------------------------------------------------------------------------
+    def preprocess(self, image, subtask=None, timeout=None, candidate_labels=None, prompt_templates=None):
+        if not self.is_open_vocabulary:
+            return super().preprocess(image, subtask=subtask, timeout=timeout)
+        if isinstance(image, dict):  # {"image": ..., "candidate_labels": ..., "prompt_templates": ...}
+            candidate_labels = image.get("candidate_labels", candidate_labels)
+            prompt_templates = image.get("prompt_templates", prompt_templates)
+            image = image["image"]
+        image = load_image(image, timeout=timeout)
+        inputs = self.image_processor(images=[image], return_tensors="pt").to(self.dtype)
+        inputs["target_size"] = [(image.height, image.width)]
+        # List-wrapped per-image values stay lists through collation and un-batching (as `target_size` does).
+        inputs["vocabulary"] = [self.resolve_vocabulary(candidate_labels, prompt_templates)]
+        return inputs
+
+    def _forward(self, model_inputs):
+        if not self.is_open_vocabulary:
+            return super()._forward(model_inputs)
+        target_size = model_inputs.pop("target_size")
+        vocabulary = model_inputs.pop("vocabulary")
+        class_embeddings, label_columns = self.batch_class_embeddings(_leaves(vocabulary))
+        outputs = self.model(**model_inputs, class_embeddings=class_embeddings)
+        # A plain dict of per-image tensors (no (N+1, D) text_embeddings: the un-batcher would slice them per image).
+        return {
+            "class_queries_logits": outputs.class_queries_logits,
+            "masks_queries_logits": outputs.masks_queries_logits,
+            "image_sizes": outputs.image_sizes,
+            "padded_sizes": outputs.padded_sizes,
+            "label_columns": label_columns,
+            "target_size": target_size,
+            "vocabulary": vocabulary,
+        }
+
+    def postprocess(
+        self, model_outputs, subtask=None, threshold=0.9, mask_threshold=0.5, overlap_mask_area_threshold=0.5
+    ):
+        if not self.is_open_vocabulary:
+            return super().postprocess(
+                model_outputs,
+                subtask=subtask,
+                threshold=threshold,
+                mask_threshold=mask_threshold,
+                overlap_mask_area_threshold=overlap_mask_area_threshold,
+            )
+        if subtask not in (None, "semantic"):
+            raise ValueError(f"Subtask {subtask} is not supported for model {type(self.model)}")
+        vocabulary = _leaves(model_outputs["vocabulary"])[0]
+        columns = model_outputs["label_columns"][0]  # (U+1,) bool: this image's classes + void within the union
+        outputs = {
+            "class_queries_logits": model_outputs["class_queries_logits"][:, :, columns],
+            "masks_queries_logits": model_outputs["masks_queries_logits"],
+            "image_sizes": model_outputs["image_sizes"],
+            "padded_sizes": model_outputs["padded_sizes"],
+        }
+        result = self.image_processor.post_process_semantic_segmentation(
+            outputs, target_sizes=model_outputs["target_size"], return_segmentation_scores=True
+        )[0]
+        return semantic_annotation(result["segmentation"], result["segmentation_scores"], vocabulary.names)
+
+    # -- text side -------------------------------------------------------------------------------------------------
+    def batch_class_embeddings(self, vocabularies: list[PATVocabulary]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image vocabularies -> ((U, D) embeddings of their union, (B, U+1) bool columns of each image).
+
+        Every distinct vocabulary contributes its rows once. Logits are computed per column, so slicing an image's
+        columns (+ the void column, kept last) out of the union logits equals running with its vocabulary alone.
+        """
+        distinct = list(dict.fromkeys(vocabularies))
+        embeddings = [self.class_embeddings(vocabulary) for vocabulary in distinct]
+        offsets = np.cumsum([0] + [e.shape[0] for e in embeddings]).tolist()
+        union_size = offsets[-1]
+        columns = torch.zeros(len(vocabularies), union_size + 1, dtype=torch.bool)
+        columns[:, -1] = True  # void
+        for row, vocabulary in enumerate(vocabularies):
+            index = distinct.index(vocabulary)
+            columns[row, offsets[index] : offsets[index + 1]] = True
+        return torch.cat(embeddings, dim=0), columns
+
+    def class_embeddings(self, vocabulary: PATVocabulary) -> torch.Tensor:
+        """(N, D) unit text embeddings from the model's cache (the text tower runs on a miss only)."""
+        if vocabulary.templates == tuple(self.model.config.prompt_templates):
+            return self.model.get_class_embeddings(class_names=list(vocabulary.names))
+        return self.model.get_class_embeddings(input_ids=self.prompt_input_ids(vocabulary))
+
+    def prompt_input_ids(self, vocabulary: PATVocabulary) -> torch.Tensor:
+        """(N, T, 77) ids of a vocabulary with custom templates, tokenised by the model once and memoised."""
+        memo = self.__dict__.setdefault("_prompt_ids_memo", {})
+        key = (vocabulary.names, vocabulary.templates)
+        if key not in memo:
+            if len(memo) >= _MAX_MEMOISED_VOCABULARIES:
+                memo.pop(next(iter(memo)))
+            memo[key] = self.model.prompt_input_ids(list(vocabulary.names), list(vocabulary.templates))
+        return memo[key]
+
+    # -- batching of mixed image sizes -----------------------------------------------------------------------------
+    def get_iterator(
+        self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
+    ):
+        """As the base pipeline, but for SAN/PAT batches the collator pads images of different sizes."""
+        if batch_size == 1 or not self.is_open_vocabulary:
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        if isinstance(inputs, collections.abc.Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:  # an iterable can only be consumed by one worker
+            num_workers = min(num_workers, 1)
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+        loader = DataLoader(
+            dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate_open_vocab_batch
+        )
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+
+def semantic_annotation(segmentation: torch.Tensor, scores: torch.Tensor, names) -> list[dict]:
+    """(H, W) label map and (C, H, W) semantic scores -> one {"score", "label", "mask"} per present class.
+
+    score: the mean over the class's pixels of max_c(scores) / sum_c(scores), the winning class's share there.
+    """
+    flat = segmentation.flatten()
+    share = (scores.max(dim=0).values / scores.sum(dim=0).clamp_min(1e-12)).flatten()
+    counts = torch.bincount(flat, minlength=len(names))
+    share_sums = torch.bincount(flat, weights=share.double(), minlength=len(names))
+    segmentation = segmentation.numpy()
+    annotation = []
+    for label in np.unique(segmentation):
+        mask = Image.fromarray(((segmentation == label) * 255).astype(np.uint8), mode="L")
+        score = float(share_sums[label] / counts[label])
+        annotation.append({"score": score, "label": names[label], "mask": mask})
+    return annotation
+
+
+def register_pipeline() -> None:
+    """Make `pipeline("image-segmentation")` build `PATImageSegmentationPipeline` (for every model; non-PAT models
+    behave exactly as with the stock class). Keeps the existing entry's model classes, default and type; idempotent.
+
+    `_registered_impl` is removed afterwards: otherwise `pipe.save_pretrained` of *any* model would write
+    `custom_pipelines` into its config.json, and that folder would then need `trust_remote_code=True` to load.
+    """
+    entry = PIPELINE_REGISTRY.supported_tasks[TASK]
+    if entry.get("impl") is PATImageSegmentationPipeline:
+        return
+    registry_logger = logging.getLogger("transformers.pipelines.base")
+    level = registry_logger.level
+    registry_logger.setLevel(logging.ERROR)  # silence "already registered. Overwriting" on every import
+    try:
+        PIPELINE_REGISTRY.register_pipeline(
+            TASK,
+            pipeline_class=PATImageSegmentationPipeline,
+            pt_model=entry.get("pt"),
+            default=entry.get("default"),
+            type=entry.get("type"),
+        )
+    finally:
+        registry_logger.setLevel(level)
+    if "_registered_impl" in PATImageSegmentationPipeline.__dict__:
+        del PATImageSegmentationPipeline._registered_impl
+
+
+__all__ = [
+    "PATImageSegmentationPipeline",
+    "PATVocabulary",
+    "collate_open_vocab_batch",
+    "normalize_candidate_labels",
+    "register_pipeline",
+]

@@ -1,0 +1,180 @@
+"""Pure drawing helpers for segmentation results: a class palette, a colour overlay and a legend panel (PIL only).
+
+Nothing here touches the model: every function takes a label map (int array [H, W] of class indices) and plain
+Python values, and returns arrays or new PIL images.
+"""
+
+import colorsys
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+# Golden-ratio hue steps put consecutive class indices far apart on the colour wheel; the (saturation, value)
+# tiers separate classes whose hues end up close once there are many of them.
+_GOLDEN_RATIO_CONJUGATE = (math.sqrt(5) - 1) / 2
+_TONE_TIERS = ((0.85, 0.95), (0.60, 0.75), (0.95, 0.60), (0.45, 0.95))
+
+LEGEND_BACKGROUND = (255, 255, 255)
+LEGEND_TEXT = (20, 20, 20)
+LEGEND_BORDER = (60, 60, 60)
+MAX_LEGEND_ROWS = 24
+MAX_NAME_CHARS = 40
+
+
+def make_palette(num_classes: int) -> np.ndarray:
+    """(N, 3) uint8 RGB colours, pairwise distinct, bright enough for dark text borders; index i = class i."""
+    colours, seen = [], set()
+    for index in range(num_classes):
+        hue = (index * _GOLDEN_RATIO_CONJUGATE) % 1.0
+        saturation, value = _TONE_TIERS[(index // 7) % len(_TONE_TIERS)]
+        colour = _hsv_to_rgb8(hue, saturation, value)
+        while colour in seen:  # 8-bit quantisation can merge very close hues: nudge the hue until it is new
+            hue = (hue + 0.002) % 1.0
+            colour = _hsv_to_rgb8(hue, saturation, value)
+        seen.add(colour)
+        colours.append(colour)
+    return np.array(colours, dtype=np.uint8).reshape(num_classes, 3)
+
+
+def _hsv_to_rgb8(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
+    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
+    return round(red * 255), round(green * 255), round(blue * 255)
+
+
+def pixel_fractions(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+    """[H, W] class indices -> (N,) float64 share of pixels per class (sums to 1 for a non-empty map)."""
+    counts = np.bincount(np.asarray(label_map).ravel().astype(np.int64), minlength=num_classes)[:num_classes]
+    return counts / max(int(counts.sum()), 1)
+
+
+def legend_entries(fractions, class_names: list[str]) -> list[tuple[int, str, float]]:
+    """(index, name, fraction) of every class present (fraction > 0), largest share first, ties by index."""
+    present = [(index, name, float(f)) for index, (name, f) in enumerate(zip(class_names, fractions)) if f > 0]
+    return sorted(present, key=lambda entry: (-entry[2], entry[0]))
+
+
+def blend_labels(image: Image.Image, label_map: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """RGB image [H, W] blended with the class colours of `label_map`, class boundaries drawn in white."""
+    label_map = np.asarray(label_map)
+    if label_map.shape != (image.height, image.width):
+        raise ValueError(f"label_map has shape {label_map.shape}, the image is {image.height}x{image.width}.")
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    colours = palette[label_map].astype(np.float32)  # (H, W) -> (H, W, 3)
+    blended = (1.0 - alpha) * pixels + alpha * colours
+    blended[class_boundaries(label_map, _line_width(image.height, image.width))] = 255.0
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def class_boundaries(label_map: np.ndarray, width: int = 1) -> np.ndarray:
+    """[H, W] bool: pixels whose right or lower neighbour (within `width` pixels) has another class."""
+    label_map = np.asarray(label_map)
+    edges = np.zeros(label_map.shape, dtype=bool)
+    for shift in range(1, width + 1):
+        edges[:, :-shift] |= label_map[:, :-shift] != label_map[:, shift:]
+        edges[:-shift, :] |= label_map[:-shift, :] != label_map[shift:, :]
+    return edges
+
+
+def _line_width(height: int, width: int) -> int:
+    return max(1, round(min(height, width) / 400))
+
+
+def legend_font_size(height: int, width: int) -> int:
+    """Text size in pixels for an image of this size: about 1/30 of its longer side, between 14 and 96."""
+    return int(min(96, max(14, round(max(height, width) / 30))))
+
+
+def load_font(size: int) -> ImageFont.ImageFont:
+    """Pillow's bundled scalable font at `size` pixels (the fixed-size bitmap font when FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):
+        return ImageFont.load_default()
+
+
+def format_fraction(fraction: float) -> str:
+    if fraction <= 0:
+        return "0%"
+    if fraction < 0.001:
+        return "<0.1%"
+    return f"{100 * fraction:.1f}%"
+
+
+def _shorten(name: str, limit: int = MAX_NAME_CHARS) -> str:
+    return name if len(name) <= limit else name[: limit - 1].rstrip() + "\u2026"
+
+
+def legend_rows(entries, palette: np.ndarray, max_rows: int = MAX_LEGEND_ROWS) -> list[tuple]:
+    """(colour or None, name, share text) rows; past `max_rows` the rest is folded into one "+ k more" row."""
+    shown = entries if len(entries) <= max_rows else entries[: max_rows - 1]
+    rows = [(tuple(int(c) for c in palette[index]), _shorten(name), format_fraction(f)) for index, name, f in shown]
+    rest = entries[len(shown):]
+    if rest:
+        rows.append((None, f"+ {len(rest)} more", format_fraction(sum(f for _, _, f in rest))))
+    return rows
+
+
+def draw_legend(rows, font_size: int, min_height: int = 0) -> Image.Image:
+    """Legend panel: a swatch, the class name and its share of pixels per row, on white; at least `min_height` tall."""
+    font = load_font(font_size)
+    margin, gap = round(0.8 * font_size), round(0.5 * font_size)
+    swatch, row_height = round(1.1 * font_size), round(1.6 * font_size)
+    name_width = max((_text_width(font, name) for _, name, _ in rows), default=0)
+    share_width = max((_text_width(font, share) for _, _, share in rows), default=0)
+    width = 2 * margin + swatch + gap + name_width + 2 * gap + share_width
+    height = max(min_height, 2 * margin + row_height * len(rows))
+    panel = Image.new("RGB", (width, height), LEGEND_BACKGROUND)
+    draw = ImageDraw.Draw(panel)
+    for row, (colour, name, share) in enumerate(rows):
+        top = margin + row * row_height
+        centre = top + row_height // 2
+        if colour is not None:
+            box = (margin, centre - swatch // 2, margin + swatch, centre - swatch // 2 + swatch)
+            draw.rectangle(box, fill=colour, outline=LEGEND_BORDER, width=max(1, font_size // 16))
+        draw.text((margin + swatch + gap, centre), name, fill=LEGEND_TEXT, font=font, anchor="lm")
+        draw.text((width - margin, centre), share, fill=LEGEND_TEXT, font=font, anchor="rm")
+    return panel
+
+
+def _text_width(font, text: str) -> int:
+    left, _, right, _ = font.getbbox(text)
+    return int(math.ceil(right - left))
+
+
+def render_overlay(
+    image: Image.Image,
+    label_map: np.ndarray,
+    class_names: list[str],
+    palette: np.ndarray | None = None,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """The colour overlay with a legend of the classes present (largest share first) to its right.
+
+    The result is RGB, `image.width + legend width` wide and at least `image.height` tall (taller only when the
+    legend needs more room than a small image offers); the image sits at the top left.
+    """
+    palette = make_palette(len(class_names)) if palette is None else palette
+    overlay = blend_labels(image, label_map, palette, alpha)
+    entries = legend_entries(pixel_fractions(label_map, len(class_names)), class_names)
+    legend = draw_legend(legend_rows(entries, palette), legend_font_size(image.height, image.width), image.height)
+    canvas = Image.new("RGB", (overlay.width + legend.width, legend.height), LEGEND_BACKGROUND)
+    canvas.paste(overlay, (0, 0))
+    canvas.paste(legend, (overlay.width, 0))
+    return canvas
+
+
+__all__ = [
+    "blend_labels",
+    "class_boundaries",
+    "draw_legend",
+    "format_fraction",
+    "legend_entries",
+    "legend_font_size",
+    "legend_rows",
+    "load_font",
+    "make_palette",
+    "pixel_fractions",
+    "render_overlay",
+]

@@ -1,0 +1,222 @@
+"""The `pat-segment` command (`modeling_pat/cli.py`), run in-process with the tiny random model (`random:san-tiny`)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor
+from modeling_pat.cli import (
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_UNREADABLE,
+    EXIT_USAGE,
+    load_vocabulary,
+    main,
+    output_stems,
+    save_label_map,
+)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SAMPLES = sorted((FIXTURES / "samples").glob("*.png"))
+LABELS = ["cat", "cup", "person", "sky", "grass"]
+RANDOM = ["--model", "random:san-tiny", "--quiet"]
+
+
+def _copy_samples(folder: Path, names=None) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = [p for p in SAMPLES if names is None or p.stem in names]
+    return [Path(shutil.copy(p, folder / p.name)) for p in chosen]
+
+
+def _check_outputs(output_dir: Path, stem: str, size, labels: list[str], model: str = "random:san-tiny") -> dict:
+    """The three files of one image: label PNG (size, dtype, values), overlay (RGB, room for the legend), JSON."""
+    width, height = size
+    with Image.open(output_dir / f"{stem}_labels.png") as png:
+        label_map = np.array(png)
+    assert label_map.shape == (height, width)
+    assert label_map.dtype == (np.uint8 if len(labels) <= 256 else np.uint16)
+    assert label_map.max() < len(labels)
+    with Image.open(output_dir / f"{stem}_overlay.png") as overlay:
+        assert overlay.mode == "RGB"
+        assert overlay.width > width and overlay.height >= height
+    summary = json.loads((output_dir / f"{stem}.json").read_text(encoding="utf-8"))
+    assert summary["labels"] == labels
+    assert summary["image_size"] == {"height": height, "width": width}
+    assert summary["model"] == model
+    assert abs(sum(summary["pixel_fractions"]) - 1.0) < 1e-6
+    counts = np.bincount(label_map.ravel(), minlength=len(labels))
+    np.testing.assert_allclose(summary["pixel_fractions"], counts / label_map.size, atol=1e-12)
+    present = summary["classes_present"]
+    assert [c["index"] for c in present] == sorted(np.flatnonzero(counts), key=lambda i: (-counts[i], i))
+    assert all(labels[c["index"]] == c["label"] for c in present)
+    return summary
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    """All three sample photos through a glob, labels given as two --labels options, batches of two."""
+    inputs = tmp_path_factory.mktemp("inputs")
+    _copy_samples(inputs)
+    output_dir = tmp_path_factory.mktemp("outputs")
+    argv = [str(inputs / "*.png"), "--labels", "cat, cup", "--labels", "person,sky,grass", "--batch-size", "2"]
+    code = main(argv + RANDOM + ["--output-dir", str(output_dir)])
+    return code, output_dir
+
+
+def test_sample_photos_give_label_map_overlay_and_json(sample_run):
+    code, output_dir = sample_run
+    assert code == EXIT_OK
+    for sample in SAMPLES:
+        with Image.open(sample) as image:
+            size = image.size
+        summary = _check_outputs(output_dir, sample.stem, size, LABELS)
+        assert summary["label_map"] == f"{sample.stem}_labels.png"
+    assert len(list(output_dir.iterdir())) == 3 * len(SAMPLES)
+
+
+def test_vocabulary_and_folder_input(tmp_path):
+    _copy_samples(tmp_path / "photos", ["chelsea"])
+    (tmp_path / "photos" / "notes.txt").write_text("not an image, and not picked up from a folder")
+    code = main([str(tmp_path / "photos"), "--vocabulary", "voc20", "--output-dir", str(tmp_path / "out")] + RANDOM)
+    assert code == EXIT_OK
+    voc20 = load_vocabulary("voc20")
+    assert len(voc20) == 20 and voc20[0] == "aeroplane"
+    _check_outputs(tmp_path / "out", "chelsea", (451, 300), voc20)
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["chelsea.json", "chelsea_labels.png", "chelsea_overlay.png"]
+
+
+def test_more_than_256_classes_give_16_bit_label_maps(tmp_path):
+    image = tmp_path / "small.png"
+    Image.new("RGB", (40, 30), (90, 140, 200)).save(image)
+    labels = [f"thing {i}" for i in range(257)]
+    code = main([str(image), "--labels", ",".join(labels), "--output-dir", str(tmp_path / "out")] + RANDOM)
+    assert code == EXIT_OK
+    summary = _check_outputs(tmp_path / "out", "small", (40, 30), labels)
+    assert summary["label_map_dtype"] == "uint16"
+
+
+@pytest.mark.parametrize("num_classes, dtype", [(2, np.uint8), (256, np.uint8), (257, np.uint16), (847, np.uint16)])
+def test_label_map_png_bit_depth(tmp_path, num_classes, dtype):
+    label_map = np.array([[0, num_classes - 1]], dtype=np.int64)
+    save_label_map(label_map, num_classes, tmp_path / "labels.png")
+    with Image.open(tmp_path / "labels.png") as png:
+        read_back = np.array(png)
+    assert read_back.dtype == dtype
+    np.testing.assert_array_equal(read_back, label_map)
+
+
+def test_globs_files_and_folders_are_deduplicated_and_same_stems_kept_apart(tmp_path):
+    _copy_samples(tmp_path / "a", ["coffee"])
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(tmp_path / "b" / "coffee.jpg")
+    inputs = [str(tmp_path / "a"), str(tmp_path / "a" / "coffee.png"), str(tmp_path / "**" / "*.jpg")]
+    code = main(inputs + ["--labels", "cup,table", "--output-dir", str(tmp_path / "out")] + RANDOM)
+    assert code == EXIT_OK
+    _check_outputs(tmp_path / "out", "coffee", (600, 400), ["cup", "table"])
+    _check_outputs(tmp_path / "out", "coffee-2", (48, 32), ["cup", "table"])
+    assert len(list((tmp_path / "out").iterdir())) == 6
+    assert output_stems([Path("x/a.png"), Path("y/A.jpg"), Path("a-2.png")]) == ["a", "A-2", "a-2-2"]
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    image = Image.new("RGB", (64, 40), (30, 160, 60))  # stored landscape, 64 wide and 40 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    argv = [str(tmp_path / "rotated.jpg"), "--labels", "grass,sky", "--output-dir", str(tmp_path / "out")]
+    assert main(argv + RANDOM) == EXIT_OK
+    _check_outputs(tmp_path / "out", "rotated", (40, 64), ["grass", "sky"])  # displayed portrait: 40 wide, 64 high
+
+
+def test_huge_outputs_are_post_processed_at_a_reduced_size_then_upsampled(tmp_path, monkeypatch):
+    monkeypatch.setattr("modeling_pat.cli.POSTPROCESS_BUDGET", 2_000)  # as if the image were enormous
+    image = tmp_path / "wide.png"
+    Image.new("RGB", (90, 30), (120, 120, 40)).save(image)
+    code = main([str(image), "--labels", "sand,sky", "--output-dir", str(tmp_path / "out")] + RANDOM)
+    assert code == EXIT_OK
+    _check_outputs(tmp_path / "out", "wide", (90, 30), ["sand", "sky"])  # still the original size
+
+
+def test_unreadable_images_are_reported_and_skipped(tmp_path, capsys):
+    _copy_samples(tmp_path, ["chelsea"])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "truncated.png").write_bytes(SAMPLES[0].read_bytes()[:2000])
+    (tmp_path / "text.jpg").write_text("this is not a JPEG")
+    code = main([str(tmp_path), "--labels", "cat,sky", "--output-dir", str(tmp_path / "out")] + RANDOM)
+    assert code == EXIT_UNREADABLE
+    _check_outputs(tmp_path / "out", "chelsea", (451, 300), ["cat", "sky"])
+    assert len(list((tmp_path / "out").iterdir())) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name in ("empty.png", "truncated.png", "text.jpg"):
+        assert name in err
+
+
+@pytest.mark.parametrize("with_processor", [True, False])
+def test_save_pretrained_folder_as_model(tmp_path, with_processor):
+    config = PATConfig.from_preset("san-tiny")
+    folder = tmp_path / "tiny-model"
+    PATForOpenVocabSegmentation(config).save_pretrained(folder)
+    if with_processor:  # without one, the processor is rebuilt from the model's config
+        PATProcessor.from_config(config).save_pretrained(folder)
+    image = tmp_path / "small.png"
+    Image.new("RGB", (40, 30), (90, 140, 200)).save(image)
+    argv = [str(image), "--labels", "sky,sea", "--model", str(folder), "--output-dir", str(tmp_path / "out"), "-q"]
+    code = main(argv)
+    assert code == EXIT_OK
+    _check_outputs(tmp_path / "out", "small", (40, 30), ["sky", "sea"], model=str(folder))
+
+
+def test_unloadable_hub_model_exits_3_with_instructions(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = _copy_samples(tmp_path, ["chelsea"])[0]
+    code = main([str(image), "--labels", "cat", "--model", "nobody/no-such-pat-model", "--output-dir", str(tmp_path)])
+    assert code == EXIT_MODEL
+    err = capsys.readouterr().err
+    for text in ("Mendel192/san", "san_vit_b_16.pth", "convert_san_to_hf.py", "--model san-vit-b16-hf"):
+        assert text in err
+    assert "random:san-tiny" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("model_args", [[], ["--model", "missing-folder"], ["--model", "random:no-such-preset"]])
+def test_missing_default_model_folder_or_preset_exits_3(tmp_path, capsys, monkeypatch, model_args):
+    monkeypatch.chdir(tmp_path)  # no ./san-vit-b16-hf here
+    image = _copy_samples(tmp_path, ["chelsea"])[0]
+    assert main([str(image), "--labels", "cat"] + model_args) == EXIT_MODEL
+    assert "convert_san_to_hf.py" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()  # nothing written when the model cannot be loaded
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{tmp}/nothing-here/*.png", "--labels", "cat"], "no image matched"),
+        (["{tmp}/missing.png", "--labels", "cat"], "no image matched"),
+        (["{tmp}/empty-folder", "--labels", "cat"], "no image matched"),
+        (["{sample}", "--labels", " , ,"], "no class names"),
+        (["{sample}", "--labels", "cat,sky", "--labels", "Cat"], "twice"),
+        (["{sample}"], "--labels --vocabulary"),
+        (["{sample}", "--labels", "cat", "--vocabulary", "voc20"], "not allowed with"),
+        (["{sample}", "--vocabulary", "ade9000"], "invalid choice"),
+        (["{sample}", "--labels", "cat", "--batch-size", "0"], "at least 1"),
+        ([], "required"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, capsys, argv, message):
+    (tmp_path / "empty-folder").mkdir()
+    sample = str(SAMPLES[0])
+    argv = [a.format(tmp=tmp_path, sample=sample) for a in argv]
+    assert main(argv + ["--output-dir", str(tmp_path / "out")] + RANDOM) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == EXIT_OK
+    assert "random:<preset>" in capsys.readouterr().out

@@ -1,0 +1,253 @@
+"""Tests for PATImageSegmentationPipeline: candidate labels, batches of mixed sizes, text-embedding reuse, and the
+stock behaviour for other models (a tiny random Segformer) after the "image-segmentation" task is replaced."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor, pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines import base as pipelines_base
+from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
+
+from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor
+from modeling_pat.pipeline_pat import (
+    PATImageSegmentationPipeline,
+    collate_open_vocab_batch,
+    normalize_candidate_labels,
+    register_pipeline,
+)
+
+
+register_pipeline()  # what `import modeling_pat` does once the package registers the pipeline
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CAT = FIXTURES / "samples" / "chelsea.png"  # 451 x 300
+STREET = FIXTURES / "data" / "images" / "cocostuff_000000001503.jpg"  # 320 x 240
+
+
+def fixture_image(path: Path) -> Path:
+    assert path.is_file(), f"missing test fixture {path}"
+    return path
+
+
+@pytest.fixture(scope="module")
+def pat_folder(tmp_path_factory) -> Path:
+    """A saved tiny random SAN + processor (short side 96 px to keep the tests fast)."""
+    folder = tmp_path_factory.mktemp("pat_tiny")
+    torch.manual_seed(0)
+    model = PATForOpenVocabSegmentation(PATConfig.from_preset("san-tiny")).eval()
+    model.save_pretrained(folder)
+    PATProcessor.from_config(model.config, size={"shortest_edge": 96, "longest_edge": 384}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def segmenter(pat_folder):
+    return pipeline("image-segmentation", model=str(pat_folder))
+
+
+def assert_valid_annotation(annotation, image_path: Path, allowed_labels):
+    size = Image.open(image_path).size
+    assert len(annotation) >= 1
+    labels = [entry["label"] for entry in annotation]
+    assert len(set(labels)) == len(labels)
+    assert set(labels) <= set(allowed_labels)
+    covered = np.zeros(size[::-1], dtype=bool)
+    for entry in annotation:
+        assert isinstance(entry["score"], float) and 0.0 < entry["score"] <= 1.0 + 1e-6
+        mask = entry["mask"]
+        assert mask.mode == "L" and mask.size == size
+        pixels = np.asarray(mask)
+        assert set(np.unique(pixels)) <= {0, 255}
+        assert not (covered & (pixels == 255)).any()  # a semantic map: masks do not overlap
+        covered |= pixels == 255
+    assert covered.all()  # ... and cover the image
+
+
+def masks_equal(a, b) -> bool:
+    return [e["label"] for e in a] == [e["label"] for e in b] and all(
+        np.array_equal(np.asarray(x["mask"]), np.asarray(y["mask"])) for x, y in zip(a, b)
+    )
+
+
+# -- registration --------------------------------------------------------------------------------------------------
+def test_registration_replaces_the_task_and_is_idempotent():
+    entry = PIPELINE_REGISTRY.supported_tasks["image-segmentation"]
+    assert entry["impl"] is PATImageSegmentationPipeline
+    register_pipeline()
+    assert PIPELINE_REGISTRY.supported_tasks["image-segmentation"] is entry
+    expected_classes = ["AutoModelForImageSegmentation", "AutoModelForSemanticSegmentation"]
+    assert [cls.__name__ for cls in entry["pt"]] == expected_classes
+    assert entry["default"]["model"][0] == "facebook/detr-resnet-50-panoptic" and entry["type"] == "multimodal"
+    assert "_registered_impl" not in PATImageSegmentationPipeline.__dict__
+
+
+def test_pat_is_not_reported_as_unsupported(pat_folder, monkeypatch):
+    errors = []
+    monkeypatch.setattr(pipelines_base.logger, "error", lambda message, *a, **k: errors.append(message))
+    pipe = pipeline("image-segmentation", model=str(pat_folder))
+    assert isinstance(pipe, PATImageSegmentationPipeline) and pipe.is_open_vocabulary
+    assert not [e for e in errors if "not supported" in e]
+
+
+# -- SAN/PAT -------------------------------------------------------------------------------------------------------
+def test_candidate_labels_as_list_and_as_comma_string(segmenter):
+    image = fixture_image(CAT)
+    as_list = segmenter(str(image), candidate_labels=["cat", "sofa", "blanket"])
+    as_string = segmenter(str(image), candidate_labels=" cat, sofa ,blanket,")
+    assert_valid_annotation(as_list, image, ["cat", "sofa", "blanket"])
+    assert masks_equal(as_list, as_string)
+    assert [e["score"] for e in as_list] == [e["score"] for e in as_string]
+
+
+def test_without_labels_uses_id2label(segmenter):
+    image = fixture_image(CAT)
+    annotation = segmenter(Image.open(image))
+    assert_valid_annotation(annotation, image, segmenter.model.config.id2label.values())
+    explicit = segmenter(Image.open(image), candidate_labels=list(segmenter.model.config.id2label.values()))
+    assert masks_equal(annotation, explicit)
+
+
+def test_per_image_labels_in_a_batch_of_different_sizes(segmenter):
+    images = [str(fixture_image(CAT)), str(fixture_image(STREET))]
+    labels = [["cat", "sofa"], ["car", "road", "person", "tree"]]
+    batched = segmenter(images, candidate_labels=labels, batch_size=2)
+    assert len(batched) == 2
+    for annotation, image, names in zip(batched, images, labels):
+        assert_valid_annotation(annotation, Path(image), names)
+    # The same, one image at a time and as {"image", "candidate_labels"} inputs.
+    singles = segmenter([{"image": image, "candidate_labels": names} for image, names in zip(images, labels)])
+    for annotation, image, names in zip(singles, images, labels):
+        assert_valid_annotation(annotation, Path(image), names)
+    # A None entry: that image uses config.id2label, batched with an image that has its own labels.
+    mixed = segmenter(images, candidate_labels=[None, labels[1]], batch_size=2)
+    assert_valid_annotation(mixed[0], Path(images[0]), segmenter.model.config.id2label.values())
+    assert_valid_annotation(mixed[1], Path(images[1]), labels[1])
+
+
+def test_batch_of_mixed_vocabularies_equals_one_call_per_vocabulary(segmenter):
+    """Same image twice (same padding) with two vocabularies in one batch: slicing the union logits per image
+    must give exactly what each vocabulary gives alone."""
+    image = Image.open(fixture_image(STREET))
+    labels = [["car", "road", "sky"], ["person", "building"]]
+    batched = segmenter([image, image], candidate_labels=labels, batch_size=2)
+    for annotation, names in zip(batched, labels):
+        alone = segmenter(image, candidate_labels=names)
+        assert masks_equal(annotation, alone)
+        assert np.allclose([e["score"] for e in annotation], [e["score"] for e in alone], atol=1e-5)
+
+
+def test_prompt_templates_change_the_embeddings(segmenter):
+    image = fixture_image(CAT)
+    names = ["cat", "sofa", "blanket", "wall"]
+    default = segmenter(str(image), candidate_labels=names)
+    custom = segmenter(str(image), candidate_labels=names, prompt_templates="a blurry photo of {}")
+    assert_valid_annotation(custom, image, names)
+    # Default templates are the config's, so passing them explicitly changes nothing.
+    same = segmenter(str(image), candidate_labels=names, prompt_templates=segmenter.model.config.prompt_templates)
+    assert masks_equal(default, same)
+    with pytest.raises(ValueError, match="prompt_templates"):
+        segmenter(str(image), candidate_labels=names, prompt_templates=["no placeholder"])
+
+
+def test_explicit_pipeline_class(pat_folder, segmenter):
+    pipe = pipeline("image-segmentation", model=str(pat_folder), pipeline_class=PATImageSegmentationPipeline)
+    image = str(fixture_image(CAT))
+    names = ["cat", "sofa"]
+    assert masks_equal(pipe(image, candidate_labels=names), segmenter(image, candidate_labels=names))
+
+
+def test_text_tower_runs_once_per_vocabulary(pat_folder):
+    pipe = pipeline("image-segmentation", model=str(pat_folder))
+    tower = pipe.model.model.clip_tower
+    calls = []
+    original = tower.encode_text
+
+    def counting_encode_text(input_ids):
+        calls.append(input_ids.shape[0])
+        return original(input_ids)
+
+    tower.encode_text = counting_encode_text
+    images = [str(fixture_image(CAT)), str(fixture_image(STREET))]
+    pipe(images, candidate_labels=["cat", "car"])
+    pipe(images[0], candidate_labels="cat, car")
+    pipe(images, candidate_labels=["cat", "car"], batch_size=2)
+    assert len(calls) == 1  # one vocabulary, three calls, four images
+    pipe(images, candidate_labels=["cat", "car"], prompt_templates=["a photo of a {}."])
+    pipe(images, candidate_labels=["cat", "car"], prompt_templates=["a photo of a {}."])
+    assert len(calls) == 2  # a new template set is a new vocabulary, computed once
+    pipe(images[0])
+    pipe(images[1])
+    assert len(calls) == 3  # the id2label vocabulary
+    with torch.no_grad():  # an in-place edit of a text weight makes the cached embeddings stale
+        pipe.model.model.clip_tower.clip.ln_final.weight.mul_(1.5)
+    pipe(images[0], candidate_labels=["cat", "car"])
+    assert len(calls) == 4
+
+
+def test_label_and_subtask_errors(segmenter):
+    image = str(fixture_image(CAT))
+    with pytest.raises(ValueError, match="Per-image"):
+        segmenter(image, candidate_labels=[["cat"], ["dog"]])
+    with pytest.raises(ValueError, match="at least one"):
+        segmenter(image, candidate_labels=" , ")
+    with pytest.raises(ValueError, match="not supported"):
+        segmenter(image, candidate_labels=["cat"], subtask="panoptic")
+    assert normalize_candidate_labels(["cat", "dog", "cat"]) == ["cat", "dog"]
+
+
+def test_collate_pads_images_at_the_bottom_right():
+    items = [
+        {"pixel_values": torch.ones(1, 3, 64, 96), "image_sizes": torch.tensor([[60, 90]]), "target_size": [(6, 9)]},
+        {"pixel_values": torch.ones(1, 3, 96, 32), "image_sizes": torch.tensor([[96, 32]]), "target_size": [(9, 3)]},
+    ]
+    batch = collate_open_vocab_batch(items)
+    assert batch["pixel_values"].shape == (2, 3, 96, 96)
+    assert batch["pixel_values"][0, :, 64:].abs().sum() == 0 and batch["pixel_values"][1, :, :, 32:].abs().sum() == 0
+    assert batch["pixel_values"][0, :, :64, :96].eq(1).all()
+    assert batch["image_sizes"].tolist() == [[60, 90], [96, 32]]
+    assert batch["target_size"] == [[(6, 9)], [(9, 3)]]
+
+
+# -- other models: exactly the stock pipeline ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def segformer_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("segformer_tiny")
+    config = SegformerConfig(
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_attention_heads=[1, 1, 1, 1],
+        decoder_hidden_size=16,
+        num_labels=4,
+        id2label={0: "road", 1: "car", 2: "sky", 3: "tree"},
+        label2id={"road": 0, "car": 1, "sky": 2, "tree": 3},
+    )
+    torch.manual_seed(0)
+    SegformerForSemanticSegmentation(config).eval().save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
+def test_other_models_behave_as_the_stock_pipeline(segformer_folder, tmp_path):
+    image = Image.open(fixture_image(STREET))
+    pipe = pipeline("image-segmentation", model=str(segformer_folder))
+    stock = pipeline("image-segmentation", model=str(segformer_folder), pipeline_class=ImageSegmentationPipeline)
+    assert isinstance(pipe, PATImageSegmentationPipeline) and not pipe.is_open_vocabulary
+    ours, expected = pipe(image), stock(image)
+    assert masks_equal(ours, expected) and all(e["score"] is None for e in ours)
+    assert masks_equal(pipe(image, candidate_labels=["car"]), expected)  # ignored, as the stock pipeline does
+    batch = [image, Image.open(fixture_image(CAT))]
+    for a, b in zip(pipe(batch, batch_size=2), stock(batch, batch_size=2)):
+        assert masks_equal(a, b)
+
+    # Saving the pipeline writes no `custom_pipelines`, so the folder reloads without trust_remote_code.
+    pipe.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "custom_pipelines" not in config
+    assert not list(tmp_path.glob("*.py"))
+    reloaded = pipeline("image-segmentation", model=str(tmp_path))
+    assert masks_equal(reloaded(image), expected)
