@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation, AutoProcessor
 
 from .configuration_pat import PATConfig
-from .image_processing_pat import PATImageProcessor
+from .image_processing_pat import PATImageProcessor, load_image
 from .image_tokenizer import PATImageTokenizer, PATImageTokenizerOutput
 from .modeling_pat import (
     PATForOpenVocabSegmentation,
@@ -12,9 +12,10 @@ from .modeling_pat import (
     PATModelOutput,
     PATPreTrainedModel,
 )
-from .model_card import write_model_card
 from .pipeline_pat import PATImageSegmentationPipeline, register_pipeline
 from .processing_pat import PATProcessor
+from .region_query import PATRegionMatch, PATRegionProposals, query_region
+from .sliding_window import sliding_window_segmentation
 
 
 AutoConfig.register(PATConfig.model_type, PATConfig, exist_ok=True)
@@ -24,6 +25,16 @@ AutoImageProcessor.register(PATConfig, image_processor_classes={"torchvision": P
 AutoProcessor.register(PATConfig, PATProcessor, exist_ok=True)
 # pipeline("image-segmentation") accepts candidate_labels for SAN/PAT; every other model behaves as before
 register_pipeline()
+
+
+def __getattr__(name: str):
+    # Imported on first use, not here: `python -m modeling_pat.model_card` would otherwise run a module that the
+    # package import already loaded (runpy warns about exactly that).
+    if name == "write_model_card":
+        from .model_card import write_model_card
+
+        return write_model_card
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_for_auto_classes() -> None:
@@ -47,7 +58,12 @@ __all__ = [
     "PATModelOutput",
     "PATPreTrainedModel",
     "PATProcessor",
+    "PATRegionMatch",
+    "PATRegionProposals",
+    "load_image",
+    "query_region",
     "register_for_auto_classes",
     "register_pipeline",
+    "sliding_window_segmentation",
     "write_model_card",
 ]

@@ -3,6 +3,7 @@
     pat-segment samples/*.png --labels "cat,cup,person,sky,grass" --model san-vit-b16-hf
     pat-segment photos/ --vocabulary ade150 --model san-vit-b16-hf --device cuda --dtype bfloat16
     pat-segment samples/ --labels cat,sky --model random:san-tiny      # offline smoke test, random weights
+    pat-segment big_photo.jpg --vocabulary ade150 --model san-vit-b16-hf --sliding-window --window-stride 320
 
 For every image, three files go into `--output-dir` (default `outputs/`), named after the image's file stem:
 `<stem>_labels.png` (class index per pixel: 8-bit, or 16-bit when there are more than 256 classes),
@@ -25,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from .configuration_pat import PRESETS_DIR, PATConfig
+from .image_processing_pat import load_image
 from .modeling_pat import PATForOpenVocabSegmentation
 from .processing_pat import PATProcessor
+from .sliding_window import sliding_window_segmentation
 from .visualization import make_palette, pixel_fractions, render_overlay
 
 
@@ -100,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", default=4, type=_positive_int, help="images per forward pass (default: 4)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="default: float32")
+    parser.add_argument(
+        "--sliding-window",
+        action="store_true",
+        help="sliding-window inference: overlapping windows of the model's training size, scores averaged "
+        "(for images much larger than that size)",
+    )
+    parser.add_argument(
+        "--window-stride", type=_positive_int, default=None, metavar="PIXELS",
+        help="with --sliding-window: pixels between windows (default: two thirds of the window)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-image messages")
     return parser
 
@@ -235,15 +248,9 @@ def compute_class_embeddings(model, processor, class_names: list[str]) -> torch.
 
 # -- images -----------------------------------------------------------------------------------------------------------
 def read_image(path: Path) -> Image.Image:
-    """Decode an image fully, apply its EXIF orientation and return it as RGB (transparency over white)."""
-    with Image.open(path) as image:
-        image.load()  # decode now, so truncated files fail here and not inside the processor
-        image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-        return background
-    return image.convert("RGB")
+    """Decode an image fully, upright (EXIF) and RGB (16-bit scaled, transparency over white): `load_image`, which
+    raises a ValueError naming the file when it is empty, truncated, not an image or over PIL's pixel limit."""
+    return load_image(path)
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -260,18 +267,25 @@ def output_stems(paths: list[Path]) -> list[str]:
 
 
 @torch.inference_mode()
-def segment_batch(model, processor, images, class_embeddings, device, dtype) -> list[np.ndarray]:
-    """PIL images -> [H, W] int64 label maps at each image's own size (one forward pass for the whole batch)."""
+def segment_batch(
+    model, processor, images, class_embeddings, device, dtype, sliding_window=False, window_stride=None
+) -> list[np.ndarray]:
+    """PIL images -> [H, W] int64 label maps at each image's own size (one forward pass for the whole batch, or
+    with `sliding_window` batches of windows per image)."""
+    sizes = [(image.height, image.width) for image in images]
+    targets = [_postprocess_size(size, model.config.num_queries, class_embeddings.shape[0]) for size in sizes]
+    if sliding_window:
+        maps = sliding_window_segmentation(
+            model, processor.image_processor, images, class_embeddings=class_embeddings, target_sizes=targets,
+            stride=window_stride,
+        )
+        return [_to_size(label_map.cpu(), size) for label_map, size in zip(maps, sizes, strict=True)]
     inputs = processor(images=images, return_tensors="pt")
     outputs = model(
         pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
         class_embeddings=class_embeddings,
         image_sizes=inputs["image_sizes"].to(device),
     )
-    num_queries = outputs.masks_queries_logits.shape[1]
-    num_classes = class_embeddings.shape[0]
-    sizes = [(image.height, image.width) for image in images]
-    targets = [_postprocess_size(size, num_queries, num_classes) for size in sizes]
     maps = processor.post_process_semantic_segmentation(outputs, target_sizes=targets)
     return [_to_size(label_map.cpu(), size) for label_map, size in zip(maps, sizes, strict=True)]
 
@@ -337,6 +351,8 @@ class SegmentationJob:
     output_dir: Path
     model_id: str
     palette: np.ndarray = field(init=False)
+    sliding_window: bool = False
+    window_stride: int | None = None
 
     def __post_init__(self):
         self.palette = make_palette(len(self.class_names))  # class i has the same colour in every overlay
@@ -344,7 +360,10 @@ class SegmentationJob:
     def process(self, batch: list[tuple[Path, str, Image.Image]]) -> None:
         """Segment a batch of (path, output stem, image) in one forward pass and write each image's files."""
         images = [image for _, _, image in batch]
-        label_maps = segment_batch(self.model, self.processor, images, self.class_embeddings, self.device, self.dtype)
+        label_maps = segment_batch(
+            self.model, self.processor, images, self.class_embeddings, self.device, self.dtype,
+            self.sliding_window, self.window_stride,
+        )
         for (path, stem, image), label_map in zip(batch, label_maps, strict=True):
             write_outputs(image, label_map, path, stem, self.class_names, self.palette, self.output_dir, self.model_id)
 
@@ -373,14 +392,22 @@ def run(args: argparse.Namespace) -> int:
     class_names = parse_labels(args.labels) if args.labels else load_vocabulary(args.vocabulary)
     paths = collect_inputs(args.inputs)
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
+    if args.window_stride is not None and not args.sliding_window:
+        raise UsageError("--window-stride only applies with --sliding-window.")
     model, processor = load_model(args.model, device, dtype)
+    if args.window_stride is not None and args.window_stride > model.config.side_image_size:
+        raise UsageError(
+            f"--window-stride {args.window_stride} is larger than the window ({model.config.side_image_size} pixels, "
+            "the model's side_image_size): parts of the image would be skipped."
+        )
     try:  # only now, so that a run that fails early leaves nothing behind
         args.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot create the output folder {str(args.output_dir)!r}: {error}") from error
     class_embeddings = compute_class_embeddings(model, processor, class_names)  # once per run
     job = SegmentationJob(
-        model, processor, class_names, class_embeddings, device, dtype, args.output_dir, args.model or DEFAULT_MODEL
+        model, processor, class_names, class_embeddings, device, dtype, args.output_dir, args.model or DEFAULT_MODEL,
+        sliding_window=args.sliding_window, window_stride=args.window_stride,
     )
     failures = segment_files(job, paths, args.batch_size, args.quiet)
     return _report(len(paths) - len(failures), failures, args.output_dir, args.quiet)

@@ -1,5 +1,6 @@
 """PATConfig: one configuration for SAN mode and full PAT (switched by `use_pyramid_tokenization`)."""
 
+import warnings
 from pathlib import Path
 
 from huggingface_hub.dataclasses import strict
@@ -22,6 +23,16 @@ VILD_TEMPLATES = (
     "There is a small {} in the scene.",
     "There is a medium {} in the scene.",
     "There is a large {} in the scene.",
+)
+
+
+# Keyword arguments that are not PATConfig fields but that PreTrainedConfig itself consumes, or that saved
+# config.json files carry; anything else is a field this version does not know (e.g. from a newer version).
+KNOWN_EXTRA_KWARGS = frozenset(
+    {
+        "model_type", "auto_map", "custom_pipelines", "torch_dtype", "num_labels", "name_or_path",
+        "output_attentions", "attn_implementation", "experts_implementation", "per_layer_config",
+    }
 )
 
 
@@ -161,6 +172,18 @@ class PATConfig(PreTrainedConfig):
     reconstruction_l1_weight: float = 0.1
     reconstruction_perceptual_weight: float = 0.1
     perceptual_network: str = "auto"
+
+    def __post_init__(self, **kwargs):
+        unknown = sorted(key for key in kwargs if key not in KNOWN_EXTRA_KWARGS and not key.startswith("_"))
+        if unknown:
+            saved_with = f" (saved with transformers {self.transformers_version})" if self.transformers_version else ""
+            warnings.warn(
+                f"PATConfig: unknown field(s) {unknown}{saved_with}, perhaps from a newer version of modeling_pat; "
+                "they are kept as attributes (and saved again) but this version does not use them.",
+                UserWarning,
+                stacklevel=3,
+            )
+        super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Fail at construction on settings the model cannot build (called by `@strict`)."""

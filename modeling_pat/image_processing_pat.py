@@ -1,6 +1,11 @@
 """PATImageProcessor: SAN/PAT test-time resize, CLIP normalisation, padding, label maps, semantic post-processing."""
 
+import base64
+import binascii
+import io
 import math
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -16,6 +21,7 @@ from transformers.processing_utils import ImagesKwargs, Unpack
 
 try:
     import PIL.Image
+    import PIL.ImageOps
 except ImportError:  # PIL is optional for label maps given as arrays or tensors
     PIL = None
 
@@ -48,7 +54,8 @@ def get_resize_output_size(
         cap = longest_edge / max(new_height, new_width)
         new_height, new_width = new_height * cap, new_width * cap
     # Round half up, as detectron2 does; transformers' get_size_with_aspect_ratio truncates (683x512 -> 853 vs 854).
-    return int(new_height + 0.5), int(new_width + 0.5)
+    # At least 1 pixel: a very thin image (e.g. 1 x 10000) would otherwise round its short side to 0.
+    return max(1, int(new_height + 0.5)), max(1, int(new_width + 0.5))
 
 
 def get_padded_size(sizes: Sequence[Sequence[int]], size_divisibility: int = 32) -> tuple[int, int]:
@@ -111,6 +118,159 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
     return torch.einsum("qc,qhw->chw", class_probs, mask_probs)
 
 
+# `semantic_map` prunes classes by tile bounds from this many classes on (below it the dense product is cheaper).
+PRUNE_MIN_CLASSES = 32
+
+
+def _bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """(out, in) float64 matrix of a 1-D bilinear resize (align_corners=False, no antialias), as `F.interpolate`."""
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    if in_size == out_size:
+        return matrix.fill_diagonal_(1.0)
+    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    first = source.floor().long().clamp(max=in_size - 1)
+    second = (first + 1).clamp(max=in_size - 1)
+    weight = (source - first).clamp(0, 1)
+    rows = torch.arange(out_size)
+    matrix.index_put_((rows, first), 1 - weight, accumulate=True)
+    matrix.index_put_((rows, second), weight, accumulate=True)
+    return matrix
+
+
+def mask_resize_matrix(in_size: int, padded: int | None, image: int | None, output: int | None) -> torch.Tensor:
+    """(output, in) float64 map of `resize_mask_logits` along one axis: resize to `padded`, crop to `image`, resize to
+    `output` (each step skipped when None or already that size). Bilinear resizes act on each axis separately, so
+    the 2-D resize chain is `R_y @ logits @ R_x.T`."""
+    matrix = _bilinear_matrix(in_size, in_size)
+    if padded is not None and padded != in_size:
+        matrix = _bilinear_matrix(in_size, padded)
+    if image is not None:
+        matrix = matrix[: int(image)]
+    if output is not None and output != matrix.shape[0]:
+        matrix = _bilinear_matrix(matrix.shape[0], output) @ matrix
+    return matrix
+
+
+def semantic_map(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    padded_size: Sequence[int] | None = None,
+    image_size: Sequence[int] | None = None,
+    output_size: Sequence[int] | None = None,
+    return_scores: bool = False,
+    return_score_summary: bool = False,
+    prune: bool | None = None,
+    tile: int = 16,
+) -> dict[str, torch.Tensor]:
+    """`resize_mask_logits` + `semantic_inference` + argmax, by bands of rows, materialising only what is asked for.
+
+    class_logits [Q, C+1], mask_logits [Q, h, w] (the model's resolution; the sizes as in `resize_mask_logits`) ->
+    dict with `segmentation` [H, W] int64, the argmax over classes of the scores (first maximum on ties); with
+    `return_scores` also `segmentation_scores` [C, H, W]; with `return_score_summary` also `best_scores` [H, W] (the
+    winning class's score) and `score_sums` [H, W] (the sum over classes, a [Q] x [Q, pixels] product).
+
+    Same maths as the plain path, in the exact order (the sigmoid comes after the resize: the scores are products of
+    the [C, Q] class probabilities with the full-resolution [Q, pixels] mask probabilities), arranged to stay small:
+    * the resize chain is separable: the column map is applied once at low resolution ([Q, h, W]), the row map per
+      band of `tile` output rows, so no [Q, H, W] tensor is ever allocated (fresh GB-sized buffers cost as much in
+      page faults as the arithmetic);
+    * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache;
+    * pruning (default from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile` tile the mask
+      probabilities' per-query max and min give each class an upper bound U_c = P_c . max and a lower bound
+      L_c = P_c . min of its score on the whole tile (probabilities are >= 0); a class whose U_c is below the best
+      L_c (minus a rounding margin) loses on every pixel of the tile, so only the band's other classes are scored.
+    Results equal the plain path's up to float rounding (label maps: except exact ties within rounding).
+    """
+    probs = class_logits.float().softmax(dim=-1)[..., :-1].T.contiguous()  # (C, Q)
+    logits = mask_logits.float()
+    num_classes, num_queries = probs.shape
+    in_height, in_width = logits.shape[-2:]
+    pad = (None, None) if padded_size is None else padded_size
+    img = (None, None) if image_size is None else image_size
+    out = (None, None) if output_size is None else output_size
+    row_map = mask_resize_matrix(in_height, pad[0], img[0], out[0]).to(logits)  # (H, h)
+    logits = _resize_columns(logits, pad[1], img[1], out[1])  # (Q, h, W): the width chain, at low resolution
+    height, width = row_map.shape[0], logits.shape[-1]
+    logits = logits.transpose(0, 1).contiguous()  # (h, Q, W): a band of rows is then one small GEMM
+    if prune is None:
+        prune = num_classes >= PRUNE_MIN_CLASSES and not return_scores
+    rows = tile
+    segmentation = torch.empty(height, width, dtype=torch.int64, device=logits.device)
+    result = {"segmentation": segmentation}
+    if return_scores:
+        result["segmentation_scores"] = logits.new_empty(num_classes, height, width)
+    if return_score_summary:
+        result["best_scores"] = logits.new_empty(height, width)
+        result["score_sums"] = logits.new_empty(height, width)
+        total_probs = probs.sum(dim=0, keepdim=True)  # (1, Q)
+    # margin >= 4x the rounding error of a length-Q dot product of non-negative terms, relative to the bound
+    margin_factor = 4 * num_queries * torch.finfo(torch.float32).eps
+    identity_rows, nonzero = _is_identity(row_map), row_map != 0
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        if identity_rows:
+            first, last = top, bottom
+            mask_probs = logits[top:bottom].sigmoid()  # (r, Q, W)
+        else:  # the band's rows of the resize read only a few low-resolution rows
+            used = nonzero[top:bottom].any(dim=0).nonzero().squeeze(1)
+            first, last = int(used[0]), int(used[-1]) + 1
+            source = logits[first:last]
+            mask_probs = (row_map[top:bottom, first:last] @ source.view(last - first, -1)).view(-1, *source.shape[1:])
+            mask_probs.sigmoid_()
+        classes, weights = None, probs
+        if prune:
+            # every band row is a convex combination of low-res rows first..last-1 (bilinear weights >= 0, sum 1)
+            low, high = torch.aminmax(logits[first:last], dim=0)  # (Q, W) bounds of the band's logits
+            classes = _candidate_classes(probs, low.sigmoid(), high.sigmoid(), tile, margin_factor)
+            if len(classes) < num_classes:
+                weights = probs[classes]
+            else:
+                classes = None
+        if return_scores:  # (C, r*W), written straight into the [C, H, W] output
+            scores = result["segmentation_scores"][:, top:bottom].view(num_classes, -1)
+            torch.mm(weights, mask_probs.transpose(0, 1).reshape(num_queries, -1), out=scores)
+            best, index = (t.view(bottom - top, width) for t in scores.max(dim=0))
+        else:
+            best, index = torch.matmul(weights, mask_probs).max(dim=1)  # (r, C or K, W) -> (r, W)
+        if classes is not None:
+            index = classes[index]
+        segmentation[top:bottom] = index
+        if return_score_summary:
+            result["best_scores"][top:bottom] = best
+            result["score_sums"][top:bottom] = torch.matmul(total_probs, mask_probs)[:, 0]
+    return result
+
+
+def _resize_columns(logits: torch.Tensor, padded: int | None, image: int | None, output: int | None):
+    """(Q, h, w) -> (Q, h, W): `resize_mask_logits`' chain along the width only (the height is kept), with the same
+    `F.interpolate` calls (a bilinear resize that keeps one axis is exactly the 1-D resize of the other)."""
+    x = logits[None]
+    if padded is not None and padded != x.shape[-1]:
+        x = F.interpolate(x, size=(x.shape[-2], int(padded)), mode="bilinear", align_corners=False)
+    if image is not None:
+        x = x[..., : int(image)]
+    if output is not None and output != x.shape[-1]:
+        x = F.interpolate(x, size=(x.shape[-2], int(output)), mode="bilinear", align_corners=False)
+    return x[0]
+
+
+def _is_identity(matrix: torch.Tensor) -> bool:
+    return matrix.shape[0] == matrix.shape[1] and bool((matrix == torch.eye(len(matrix)).to(matrix)).all())
+
+
+def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tile: int, margin_factor: float):
+    """(C, Q) class probabilities, (Q, W) lower / upper bounds of a band's mask probabilities -> sorted ids of the
+    classes that can win on some `tile`-wide tile of the band (see `semantic_map`)."""
+    if low.shape[-1] > tile:  # the bounds over `tile` columns (the last tile may be narrower)
+        high = F.max_pool1d(high[None], tile, ceil_mode=True)[0]
+        low = -F.max_pool1d(-low[None], tile, ceil_mode=True)[0]
+    upper = probs @ high  # (C, tiles): no pixel of the tile scores higher
+    lower = probs @ low  # (C, tiles): no pixel of the tile scores lower
+    best_lower = lower.amax(dim=0)
+    threshold = best_lower - margin_factor * upper.amax(dim=0)
+    return (upper >= threshold).any(dim=1).nonzero().squeeze(1)
+
+
 def _field(outputs, name: str):
     """outputs.name for ModelOutputs / namespaces, outputs[name] for plain dicts; None when absent."""
     if isinstance(outputs, Mapping):
@@ -130,6 +290,172 @@ def _size_at(sizes, index: int) -> tuple[int, int] | None:
     return int(row[0]), int(row[1])
 
 
+# -- loading and converting images ------------------------------------------------------------------------------------
+# PIL modes holding 16-bit samples (PNG / TIFF); "I" is 32-bit in PIL but is how 16-bit files come back in some
+# versions, so it is read as 0..65535 too.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def convert_image_to_rgb(image: "PIL.Image.Image") -> "PIL.Image.Image":
+    """Any PIL image -> 8-bit RGB, the way the model expects it.
+
+    16-bit grayscale is scaled by 255 / 65535 (PIL's own conversion would clip everything above 255 to white); 32-bit
+    float ("F") is taken as 0..255 and clipped; transparency (RGBA, LA, PA, palette or colour-key transparency) is
+    composited over white, as transformers' `convert_to_rgb` does; grayscale, palette, bilevel, CMYK and YCbCr are
+    converted by PIL.
+    """
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("The image (PIL mode 'F') contains NaN or infinite values.")
+        scale = 255.0 / 65535.0 if mode in SIXTEEN_BIT_MODES else 1.0
+        image = PIL.Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8))  # mode "L"
+    has_alpha = any(band in ("A", "a") for band in image.getbands()) or "transparency" in image.info
+    try:
+        if has_alpha:
+            background = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+            return PIL.Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:  # e.g. modes PIL cannot convert ("LAB" -> "RGB" on some builds)
+        raise ValueError(f"Cannot convert a PIL image of mode {mode!r} to RGB: {error}") from error
+
+
+def load_image(image, timeout: float | None = None) -> "PIL.Image.Image":
+    """Open an image for the model: upright (EXIF orientation applied) 8-bit RGB (see `convert_image_to_rgb`).
+
+    Args:
+        image: a file path (`str` or `os.PathLike`), an http(s) URL, a base64 string / `data:image/...` URI (as
+            transformers' `load_image` accepts), or a PIL image.
+        timeout: seconds to wait for a URL.
+
+    Raises:
+        ValueError naming the file when it does not exist, is empty (0 bytes), is not an image, is truncated or
+        corrupt, or has more pixels than PIL's decompression-bomb limit `PIL.Image.MAX_IMAGE_PIXELS` (raise that
+        limit, or set it to None, to open a large image you trust). TypeError for anything else than the above.
+    """
+    if PIL is None:
+        raise ImportError("Loading images needs Pillow (pip install pillow).")
+    if isinstance(image, PIL.Image.Image):
+        return convert_image_to_rgb(PIL.ImageOps.exif_transpose(image))
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+    if not isinstance(image, str):
+        raise TypeError(f"`image` must be a file path, URL or PIL image, got {type(image).__name__}.")
+    if image.startswith(("http://", "https://")):
+        return _decode_image(_download(image, timeout), image)
+    if os.path.isfile(image):
+        if os.path.getsize(image) == 0:
+            raise ValueError(f"Image file {image!r} is empty (0 bytes).")
+        return _decode_image(image, image)
+    if os.path.exists(image):
+        raise ValueError(f"{image!r} is not an image file (it is a folder or another kind of path).")
+    data = _base64_image_bytes(image)
+    if data is None:
+        raise ValueError(f"Image file {image!r} does not exist.")
+    try:
+        return _decode_image(io.BytesIO(data), "<base64 image string>")
+    except ValueError as error:  # a long string that merely looks like base64: most likely a mistyped path
+        shown = image if len(image) <= 80 else image[:77] + "..."
+        raise ValueError(f"Image file {shown!r} does not exist (nor is it a base64-encoded image: {error})") from error
+
+
+def _decode_image(source, name: str) -> "PIL.Image.Image":
+    """Open and fully decode `source` (a path or file object) -> upright RGB; clear ValueErrors naming `name`."""
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; here the limit itself is the error.
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(source) as opened:
+                opened.load()  # decode now, so truncated data fails here and not inside the processor
+                image = PIL.ImageOps.exif_transpose(opened)  # a decoded copy, independent of the file
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+        raise ValueError(
+            f"Image {name!r} has more pixels than PIL's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{PIL.Image.MAX_IMAGE_PIXELS}): {error} If you trust the file, raise that limit (None removes it)."
+        ) from error
+    except PIL.UnidentifiedImageError as error:
+        raise ValueError(f"{name!r} is not an image file (PIL cannot identify its format).") from error
+    except Exception as error:  # OSError "image file is truncated", SyntaxError "broken PNG file", ...
+        raise ValueError(f"Image file {name!r} is truncated or corrupt and cannot be decoded: {error}") from error
+    return convert_image_to_rgb(image)
+
+
+def _download(url: str, timeout: float | None):
+    """The bytes of an http(s) URL as a file object (the standard library only: this module is also remote code)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # follows redirects
+            content = response.read()
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise ValueError(f"Could not download the image {url!r}: {error}") from error
+    if not content:
+        raise ValueError(f"Image {url!r} is empty (0 bytes).")
+    return io.BytesIO(content)
+
+
+def _base64_image_bytes(text: str) -> bytes | None:
+    """The bytes of a `data:image/...;base64,` URI or of a long base64 string; None for anything else (a path)."""
+    if text.startswith("data:image/"):
+        text = text.partition(",")[2]
+    elif len(text) < 64:  # short strings are mistyped paths, not images
+        return None
+    try:
+        return base64.b64decode(text, validate=True) or None
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _check_image_array(image, index: int, do_rescale: bool = True):
+    """Values of a numpy / torch image: finite, on the 0..255 scale. uint16 is scaled to 0..255 (float32)."""
+    if isinstance(image, torch.Tensor):
+        kind = "f" if image.is_floating_point() else "u" if image.dtype in (torch.uint8, torch.uint16) else "i"
+        if image.dtype == torch.bool or image.is_complex():
+            kind = "other"
+        values = image
+    else:
+        kind = image.dtype.kind if image.dtype.kind in "uif" else "other"
+        values = torch.from_numpy(np.ascontiguousarray(image)) if kind != "other" else None
+    if kind == "other":
+        raise TypeError(f"`images[{index}]` has dtype {image.dtype}; expected uint8, uint16 or float (0..255) values.")
+    if values.dtype == torch.uint16:  # 16-bit images: their full range maps to 0..255 (not clipped)
+        return values.to(torch.float32) * (255.0 / 65535.0)
+    if values.numel() == 0:
+        return image
+    if kind == "f":
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"`images[{index}]` contains NaN or infinite values.")
+        low, high = float(values.min()), float(values.max())
+        if do_rescale and 0.0 <= low and 0.0 < high <= 1.0:
+            warnings.warn(
+                f"`images[{index}]` is a float image with all values in [0, 1]; PATImageProcessor expects 0..255 "
+                "values (pass do_rescale=False if the image is already scaled to [0, 1]).",
+                UserWarning,
+                stacklevel=4,
+            )
+    elif values.dtype != torch.uint8:
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"`images[{index}]` has {image.dtype} values in [{low}, {high}]; expected 0..255 (uint8), 0..65535 "
+                "(uint16) or float on the 0..255 scale."
+            )
+    return image
+
+
+def _prepare_image(image, index: int, do_convert_rgb: bool, do_rescale: bool):
+    """One flattened input -> what the torchvision backend takes: files loaded (`load_image`), PIL images upright
+    (EXIF) and RGB, array / tensor values checked (`_check_image_array`)."""
+    if isinstance(image, str | os.PathLike):
+        return load_image(image)
+    if PIL is not None and isinstance(image, PIL.Image.Image):
+        image = PIL.ImageOps.exif_transpose(image)
+        return convert_image_to_rgb(image) if do_convert_rgb else image
+    return _check_image_array(image, index, do_rescale)
+
+
 def _flatten_images(images) -> list:
     """Check `images` and return a flat list of single images (PIL, path/URL string, [C, H, W] or [H, W, C] array)."""
     if images is None:
@@ -141,7 +467,7 @@ def _flatten_images(images) -> list:
     for item in items:
         flat.extend(item if isinstance(item, list | tuple) else [item])
     for index, image in enumerate(flat):
-        if isinstance(image, str) or (PIL is not None and isinstance(image, PIL.Image.Image)):
+        if isinstance(image, str | os.PathLike) or (PIL is not None and isinstance(image, PIL.Image.Image)):
             continue
         if not isinstance(image, np.ndarray | torch.Tensor):
             raise TypeError(
@@ -244,11 +570,20 @@ class PATImageProcessor(TorchvisionBackend):
     ) -> BatchFeature:
         r"""
         images (`ImageInput`):
-            One image or a list (PIL, numpy HWC/CHW, torch CHW; uint8 0..255 or float on that scale); sizes may differ.
+            One image or a list (PIL, file path / URL, numpy HWC/CHW, torch CHW; uint8 0..255, uint16 0..65535 or
+            float on the 0..255 scale); sizes may differ. Files and PIL images are made upright (EXIF orientation) and
+            RGB (`load_image` / `convert_image_to_rgb`: 16-bit scaled, transparency over white). NaN / inf values,
+            integers outside 0..255 and channel counts other than 1, 3 or 4 are errors.
         segmentation_maps (`ImageInput`, *optional*):
             One label map per image (PIL, numpy or torch [H, W]), same size as its image.
         """
-        images = _flatten_images(images)
+        do_convert_rgb = kwargs.get("do_convert_rgb")
+        do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
+        do_rescale = self.do_rescale if kwargs.get("do_rescale") is None else kwargs["do_rescale"]
+        images = [
+            _prepare_image(image, index, do_convert_rgb, do_rescale)
+            for index, image in enumerate(_flatten_images(images))
+        ]
         kwargs.setdefault("return_tensors", "pt")
         return super().preprocess(images, segmentation_maps, **kwargs)
 
@@ -393,6 +728,7 @@ class PATImageProcessor(TorchvisionBackend):
         outputs,
         target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
         return_segmentation_scores: bool = False,
+        fast: bool = True,
     ) -> "list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]":
         """
         Turn model outputs into per-image semantic maps.
@@ -406,6 +742,9 @@ class PATImageProcessor(TorchvisionBackend):
                 the whole image and are only resized to `target_sizes`.
             target_sizes: (H, W) per image, e.g. the processor's `original_sizes`; None keeps the cropped size.
             return_segmentation_scores: also return the [C, H, W] scores.
+            fast: compute the label map with `semantic_map` (by bands of rows, argmax in cache, classes pruned by
+                exact bounds; the [C, H, W] scores only when asked for). False: the plain `semantic_inference` +
+                argmax. Both give the same maps and scores up to float rounding.
 
         Returns:
             A list of LongTensor [H, W] class maps, or with `return_segmentation_scores=True` a list of
@@ -434,14 +773,18 @@ class PATImageProcessor(TorchvisionBackend):
 
         results = []
         for i in range(batch_size):
-            masks = resize_mask_logits(
-                mask_logits[i],
-                padded_size=_size_at(padded_sizes, i),
-                image_size=_size_at(image_sizes, i),
-                output_size=_size_at(target_sizes, i),
-            )
-            scores = semantic_inference(class_logits[i], masks)
-            segmentation = scores.argmax(dim=0)
+            sizes = {
+                "padded_size": _size_at(padded_sizes, i),
+                "image_size": _size_at(image_sizes, i),
+                "output_size": _size_at(target_sizes, i),
+            }
+            if fast:  # the resize happens inside, band by band
+                computed = semantic_map(class_logits[i], mask_logits[i], **sizes,
+                                        return_scores=return_segmentation_scores)
+                segmentation, scores = computed["segmentation"], computed.get("segmentation_scores")
+            else:
+                scores = semantic_inference(class_logits[i], resize_mask_logits(mask_logits[i], **sizes))
+                segmentation = scores.argmax(dim=0)
             if return_segmentation_scores:
                 results.append(
                     SemanticSegmentationPostProcessorOutput(
@@ -493,10 +836,13 @@ def _to_batch_feature(data: dict, return_tensors) -> BatchFeature:
 
 __all__ = [
     "PATImageProcessor",
+    "convert_image_to_rgb",
     "convert_segmentation_map_to_binary_masks",
     "get_padded_size",
     "get_resize_output_size",
+    "load_image",
     "reduce_labels",
     "resize_mask_logits",
     "semantic_inference",
+    "semantic_map",
 ]

@@ -15,9 +15,11 @@ datasets, `base_model`, `metrics: [mean_iou]` and, with evaluation results, a `m
 network (`ModelCard.validate()` would POST to the Hub, so it is never called).
 """
 
+import argparse
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -348,4 +350,92 @@ def _count_parameters(model_dir: Path) -> str | None:
     return f"{total / 1e6:.1f}M" if total >= 1e5 else f"{total / 1e3:.1f}K"
 
 
-__all__ = ["write_model_card"]
+# -- command line ----------------------------------------------------------------------------------------------------
+def read_eval_results(path) -> list[dict]:
+    """An `--eval-results` JSON file -> `write_model_card` entries.
+
+    Accepted: a list of entries (`dataset_name`, `dataset_type`, `mean_iou` in %, optional `dataset_split`,
+    `dataset_config`), an object with such a list under `"eval_results"`, or an evaluation results table (an object
+    with `"results"`: rows with `display_name` or `dataset`, `dataset_type`, `split` and `mean_iou` as a fraction).
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--eval-results {str(path)!r}: cannot read it as JSON: {error}") from error
+    if isinstance(data, dict) and isinstance(data.get("eval_results"), list):
+        data = data["eval_results"]
+    elif isinstance(data, dict) and isinstance(data.get("results"), list):
+        data = [_table_row_to_entry(row) for row in data["results"] if row.get("mean_iou") is not None]
+    if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
+        raise ValueError(
+            f"--eval-results {str(path)!r} must hold a list of results (objects with dataset_name, dataset_type and "
+            "mean_iou), an object with such a list under 'eval_results', or a results table under 'results'."
+        )
+    for entry in data:
+        _eval_result(entry)  # fail here, naming the bad entry, rather than half-way through writing
+    return data
+
+
+def _table_row_to_entry(row: dict) -> dict:
+    """An evaluation-table row (mIoU as a fraction) -> a model-card entry (mIoU in %)."""
+    entry = {
+        "dataset_name": row.get("display_name") or row.get("dataset"),
+        "dataset_type": row.get("dataset_type") or row.get("dataset"),
+        "mean_iou": round(100 * float(row["mean_iou"]), 2),
+    }
+    if row.get("split"):
+        entry["dataset_split"] = row["split"]
+    return entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m modeling_pat.model_card",
+        description="Write README.md (a Hub model card) into a saved SAN/PAT model folder.",
+    )
+    parser.add_argument("model_dir", type=Path, help="a save_pretrained folder (with config.json)")
+    parser.add_argument("--eval-results", type=Path, metavar="JSON", help="evaluation results (see read_eval_results)")
+    parser.add_argument("--datasets", nargs="+", metavar="ID", help="Hub dataset id(s) the model was trained on")
+    parser.add_argument("--base-model", help="Hub id of the CLIP weights (default: derived from the config)")
+    parser.add_argument("--license", default="mit", help="Hub licence id (default: mit, SAN's licence)")
+    parser.add_argument("--training-summary", metavar="MARKDOWN", help="text of the Training section")
+    parser.add_argument("--tags", nargs="+", metavar="TAG", help="extra tags")
+    parser.add_argument("--model-name", help="title and model-index name (default: the folder name)")
+    parser.add_argument("--repo-id", help="Hub id used in the usage examples (default: the model name)")
+    parser.add_argument("--converted-from", metavar="REPO", help="where the original checkpoint came from")
+    parser.add_argument("--source-checkpoint", metavar="FILE", help="the checkpoint file in --converted-from")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m modeling_pat.model_card MODEL_DIR [...]`; returns 0, or 2 with a message on bad input."""
+    args = build_parser().parse_args(argv)
+    try:
+        if not (args.model_dir / "config.json").is_file():
+            raise ValueError(f"{str(args.model_dir)!r} is not a saved model folder (it has no config.json).")
+        eval_results = read_eval_results(args.eval_results) if args.eval_results is not None else None
+        path = write_model_card(
+            args.model_dir,
+            base_model=args.base_model,
+            datasets=args.datasets,
+            eval_results=eval_results,
+            license=args.license,
+            training_summary=args.training_summary,
+            tags=args.tags,
+            model_name=args.model_name,
+            repo_id=args.repo_id,
+            converted_from=args.converted_from,
+            source_checkpoint=args.source_checkpoint,
+        )
+    except (OSError, ValueError) as error:
+        print(f"model_card: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+__all__ = ["main", "read_eval_results", "write_model_card"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

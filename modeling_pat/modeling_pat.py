@@ -18,7 +18,13 @@ K attention-bias heads (= CLIP heads), D CLIP embedding dim, N classes (+1 = voi
 | `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |
 """
 
+import hashlib
+import json
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,8 +43,72 @@ from .pat_losses import PATTokenizationLoss
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
 from .quantizer import PATQuantizerOutput, PATVectorQuantizer
-from .samplers import PATDySample
-from .side_adapter import PATChannelLayerNorm, PATFusionLayer, PATSideAdapter
+from .samplers import PATOffsetConv2d
+from .side_adapter import PATChannelLayerNorm, PATFusionProjection, PATSideAdapter
+
+
+# Classes per text-tower call in `get_class_embeddings` (x the prompt templates): bounds memory for large vocabularies.
+TEXT_CHUNK_CLASSES = 64
+# Version of the on-disk text-embedding cache layout (part of every key: a new layout never reads an old file).
+TEXT_CACHE_FORMAT = "1"
+
+
+def fingerprint_text_weights(parameters: list[torch.Tensor]) -> str:
+    """sha256 over the text tower's parameters (order, dtype, shape and every byte): the on-disk cache's weight key."""
+    digest = hashlib.sha256()
+    for index, param in enumerate(parameters):
+        tensor = param.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{index}|{tensor.dtype}|{tuple(param.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def text_cache_path(cache_dir, fingerprint: str, templates) -> Path:
+    """File of one (text weights, templates) pair; it holds one row per class name ever asked for."""
+    key = json.dumps([TEXT_CACHE_FORMAT, fingerprint, list(templates)], ensure_ascii=False)
+    return Path(cache_dir) / f"pat-text-{hashlib.sha256(key.encode()).hexdigest()[:40]}.safetensors"
+
+
+def read_text_cache(path: Path, fingerprint: str, templates) -> dict[str, torch.Tensor]:
+    """{class name: (D,) embedding} from a cache file; {} when absent, unreadable or keyed differently."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            same_key = (
+                meta.get("format") == TEXT_CACHE_FORMAT
+                and meta.get("fingerprint") == fingerprint
+                and json.loads(meta.get("templates", "null")) == list(templates)
+            )
+            if not same_key:
+                return {}
+            names, rows = json.loads(meta["names"]), handle.get_tensor("embeddings")
+    except (OSError, ValueError, KeyError, RuntimeError):  # absent, truncated or foreign file: a miss
+        return {}
+    return dict(zip(names, rows)) if len(names) == len(rows) else {}
+
+
+def write_text_cache(path: Path, rows: dict[str, torch.Tensor], fingerprint: str, templates) -> None:
+    """Write atomically (temporary file + rename), so a reader in another process never sees half a file."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": TEXT_CACHE_FORMAT,
+        "fingerprint": fingerprint,
+        "templates": json.dumps(list(templates), ensure_ascii=False),
+        "names": json.dumps(list(rows), ensure_ascii=False),
+    }
+    embeddings = torch.stack([row.detach().to("cpu") for row in rows.values()]).contiguous()
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file({"embeddings": embeddings}, temporary, metadata=meta)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 @dataclass
@@ -150,34 +220,24 @@ class PATPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        # Modules with their own init are handled before the generic rule: transformers initialises children first
+        # and never re-initialises a tensor, so a parent cannot override a child conv's generic init afterwards.
+        if isinstance(module, (PATFusionProjection, PATOffsetConv2d)):
+            module.reset_parameters()  # SAN's Caffe2 Xavier fill; DySample offsets near zero
+            return
+        # CLIP keeps open_clip's own random init in a fresh model (real weights always come from a checkpoint).
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, PATSideAdapter):
             for param in (module.pos_embed, module.query_embed, module.query_pos_embed):
                 init.normal_(param, std=std)
-        elif isinstance(module, PATFusionLayer):
-            init.kaiming_uniform_(module.proj.weight, a=1)  # Caffe2 Xavier fill, as SAN
-            init.zeros_(module.proj.bias)
         elif isinstance(module, PATChannelLayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, PATOpenVocabClassifier):
             init.normal_(module.void_embedding, std=module.void_embedding.shape[1] ** -0.5)
-        elif isinstance(module, PATClipTower):
-            self._init_clip(module)
-        elif isinstance(module, (PATDySample, PATVectorQuantizer)):
-            module.reset_parameters()  # offsets start near zero (DySample); codebook ~ N(0, 1) (choice V2)
-
-    def _init_clip(self, tower: PATClipTower) -> None:
-        """CLIP's own parameters (real weights always come from a checkpoint; this is for random models)."""
-        visual, clip = tower.visual, tower.clip
-        width = tower.width
-        init.normal_(visual.class_embedding, std=width**-0.5)
-        init.normal_(visual.positional_embedding, std=width**-0.5)
-        init.normal_(visual.proj, std=width**-0.5)
-        init.normal_(clip.positional_embedding, std=0.01)
-        init.normal_(clip.text_projection, std=clip.transformer.width**-0.5)
-        init.constant_(clip.logit_scale, float(torch.log(torch.tensor(1 / 0.07))))
+        elif isinstance(module, PATVectorQuantizer):
+            init.normal_(module.codebook)  # choice V2: N(0, 1), uniform directions once normalised
 
 
 class PATModel(PATPreTrainedModel):
@@ -326,11 +386,30 @@ def _check_pixel_values(pixel_values: torch.Tensor, size_divisibility: int) -> N
             f"`pixel_values` must have shape (batch_size, 3, height, width), got {tuple(pixel_values.shape)}; "
             "use PATImageProcessor to prepare images."
         )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"`pixel_values` must be a float tensor of normalised images, got {pixel_values.dtype}; "
+            "use PATImageProcessor to prepare images."
+        )
     height, width = pixel_values.shape[-2:]
-    if height % size_divisibility or width % size_divisibility:
+    if height == 0 or width == 0 or height % size_divisibility or width % size_divisibility:
         raise ValueError(
-            f"`pixel_values` height and width ({height}, {width}) must be multiples of size_divisibility="
+            f"`pixel_values` height and width ({height}, {width}) must be positive multiples of size_divisibility="
             f"{size_divisibility}; pad them (PATImageProcessor does)."
+        )
+    # A data-dependent check (one device sync); skipped while torch.compile traces, where it would break the graph.
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values).all()):
+        raise ValueError("`pixel_values` contains NaN or infinite values; check the images and their preprocessing.")
+
+
+def _check_class_embeddings(class_embeddings: torch.Tensor, embed_dim: int) -> None:
+    """(N, D) float embeddings with N >= 1 and D = CLIP's embedding dim (shape checks only: compile-friendly)."""
+    if not isinstance(class_embeddings, torch.Tensor) or not class_embeddings.is_floating_point():
+        raise TypeError("`class_embeddings` must be a float tensor of shape (num_classes, embed_dim).")
+    if class_embeddings.ndim != 2 or class_embeddings.shape[0] == 0 or class_embeddings.shape[1] != embed_dim:
+        raise ValueError(
+            f"`class_embeddings` must have shape (num_classes >= 1, {embed_dim}), got {tuple(class_embeddings.shape)}; "
+            "compute them with `model.get_class_embeddings`."
         )
 
 
@@ -357,6 +436,9 @@ def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
 class PATForOpenVocabSegmentation(PATPreTrainedModel):
     """SAN/PAT with the open-vocabulary classifier: class logits over any class names (+ void) and the loss."""
 
+    # Folder of the optional on-disk text-embedding cache (`get_class_embeddings`); None: memory only.
+    text_embedding_cache_dir: str | os.PathLike | None = None
+
     def __init__(self, config: PATConfig):
         super().__init__(config)
         self.model = PATModel(config)
@@ -373,17 +455,39 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         """Class names -> (N, T, 77) ids of every name in every template (`config.prompt_templates` by default)."""
         templates = list(self.config.prompt_templates if templates is None else templates)
         prompts = [template.format(name) for name in class_names for template in templates]
-        ids = self.model.clip_tower.tokenize(prompts)
-        return ids.reshape(len(class_names), len(templates), -1).to(self.device)
+        ids = self.model.clip_tower.tokenize(prompts).reshape(len(class_names), len(templates), -1)
+        full = (ids[..., -1] != 0).any(dim=1)  # the last position holds a token only when the prompt was cut to fit
+        if bool(full.any()):
+            names = [n if len(n) <= 40 else n[:37] + "..." for n, f in zip(class_names, full.tolist()) if f]
+            warnings.warn(
+                f"Class name(s) {names[:3]}{' ...' if len(names) > 3 else ''} fill CLIP's {ids.shape[-1]}-token "
+                "context in a prompt template and were truncated (their end is ignored); shorten them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return ids.to(self.device)
 
     def _text_weights_version(self) -> tuple:
         """Changes whenever a text-tower weight is replaced or edited in place, so cached embeddings go stale."""
         return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.model.clip_tower.text_parameters())
 
-    def get_class_embeddings(self, input_ids: torch.Tensor | None = None, class_names: list[str] | None = None):
-        """(N, T, L) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings, cached."""
+    def get_class_embeddings(
+        self, input_ids: torch.Tensor | None = None, class_names: list[str] | None = None, cache_dir=None
+    ):
+        """(N, T, L) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings, cached.
+
+        Cached in memory per vocabulary (and text-weight version). Class names are also cached on disk when
+        `cache_dir` (default: `self.text_embedding_cache_dir`) is set: one row per name in a file keyed by the text
+        weights (sha256 of every byte), the prompt templates and the cache format, so another process starts without
+        running the text tower, and a weight or template change misses. Only names not on disk are encoded.
+        """
         if input_ids is None:
             class_names = class_names if class_names is not None else self.default_class_names()
+            if len(class_names) == 0:
+                raise ValueError(
+                    "No class names: pass `class_names`, `input_ids` (PATProcessor(text=[...])) or `class_embeddings`, "
+                    "or give the model a default vocabulary in `config.id2label`."
+                )
             key = ("names", tuple(class_names), tuple(self.config.prompt_templates))
         else:
             key = ("ids", tuple(input_ids.shape), hash(input_ids.detach().cpu().numpy().tobytes()))
@@ -391,14 +495,44 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         cached = self._text_cache.get(key)
         if cached is not None and cached[0] == version:
             return cached[1]
-        if input_ids is None:
-            input_ids = self.prompt_input_ids(class_names)
-        with torch.no_grad():
-            embeddings = self.model.clip_tower.encode_class_names(input_ids.to(self.device))
+        cache_dir = self.text_embedding_cache_dir if cache_dir is None else cache_dir
+        if input_ids is None and cache_dir is not None:
+            embeddings = self._disk_cached_class_embeddings(list(class_names), cache_dir)
+        else:
+            embeddings = self._encode_class_names(self.prompt_input_ids(class_names) if input_ids is None else input_ids)
         if len(self._text_cache) >= 8:  # small LRU-ish bound: drop the oldest vocabulary
             self._text_cache.pop(next(iter(self._text_cache)))
         self._text_cache[key] = (version, embeddings)
         return embeddings
+
+    def _encode_class_names(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(N, T, L) ids -> (N, D) through the text tower (truncated, batched path), in chunks of classes."""
+        with torch.no_grad():  # in chunks of classes: 1,000 names x 14 templates at once would need GBs of activations
+            chunks = input_ids.to(self.device).split(TEXT_CHUNK_CLASSES)
+            return torch.cat([self.model.clip_tower.encode_class_names(chunk) for chunk in chunks])
+
+    def text_weights_fingerprint(self) -> str:
+        """sha256 of the text tower's weights (`fingerprint_text_weights`), computed once per weight version."""
+        version = self._text_weights_version()
+        memo = self.__dict__.get("_text_fingerprint")
+        if memo is None or memo[0] != version:
+            memo = (version, fingerprint_text_weights(self.model.clip_tower.text_parameters()))
+            self.__dict__["_text_fingerprint"] = memo
+        return memo[1]
+
+    def _disk_cached_class_embeddings(self, class_names: list[str], cache_dir) -> torch.Tensor:
+        """(N, D) embeddings of `class_names` from the on-disk cache; names not there are encoded and added."""
+        templates = tuple(self.config.prompt_templates)
+        fingerprint = self.text_weights_fingerprint()
+        path = text_cache_path(cache_dir, fingerprint, templates)
+        rows = read_text_cache(path, fingerprint, templates)
+        missing = [name for name in dict.fromkeys(class_names) if name not in rows]
+        if missing:
+            encoded = self._encode_class_names(self.prompt_input_ids(missing))
+            rows.update(zip(missing, encoded.to("cpu")))
+            write_text_cache(path, rows, fingerprint, templates)
+        dtype = self.model.clip_tower.text_tower.text_projection.dtype
+        return torch.stack([rows[name] for name in class_names]).to(self.device, dtype)
 
     def clip_perceptual_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[0, 1] images (B, 3, H, W) -> frozen-CLIP feature maps after each trunk block (the fallback perceptual
@@ -456,11 +590,14 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         """
         if sum(x is not None for x in (input_ids, class_embeddings)) > 1:
             raise ValueError("Pass at most one of `input_ids` and `class_embeddings`.")
-        if input_ids is not None and input_ids.ndim != 3:
+        if input_ids is not None and (input_ids.ndim != 3 or 0 in input_ids.shape or input_ids.is_floating_point()):
             raise ValueError(
-                f"`input_ids` must have shape (num_classes, num_templates, seq_len), got {tuple(input_ids.shape)}."
+                "`input_ids` must be integer token ids of shape (num_classes, num_templates, seq_len), each at least 1, "
+                f"got {input_ids.dtype} {tuple(input_ids.shape)}; use PATProcessor(text=[...])."
             )
-        if class_embeddings is None:
+        if class_embeddings is not None:
+            _check_class_embeddings(class_embeddings, self.classifier.void_embedding.shape[-1])
+        else:
             class_embeddings = self.get_class_embeddings(input_ids=input_ids)
         text_embeddings = self.classifier(class_embeddings)
         want_aux = output_auxiliary_logits if output_auxiliary_logits is not None else (self.training or labels is not None)

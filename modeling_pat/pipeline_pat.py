@@ -37,18 +37,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
-from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging as hf_logging
 
 from .configuration_pat import PATConfig
+from .image_processing_pat import load_image
+from .processing_pat import validate_class_names
+from .sliding_window import sliding_window_scores
 
 
 logger = hf_logging.get_logger(__name__)
 
 TASK = "image-segmentation"
+SLIDING_WINDOW_KEYS = ("sliding_window", "window_stride", "window_size")
 # Bound on the pipeline's memo of tokenised vocabularies (custom prompt templates only; ids never go stale).
 _MAX_MEMOISED_VOCABULARIES = 8
 
@@ -63,22 +66,22 @@ class PATVocabulary:
 
 
 def normalize_candidate_labels(candidate_labels) -> list[str]:
-    """A comma-separated string or a list of names -> a list of unique, non-empty names (order kept)."""
+    """A comma-separated string or a list of names -> a list of non-empty names, stripped, order kept.
+
+    Duplicates (equal after CLIP's text cleaning, e.g. "cat" and "Cat") are an error, as in `PATProcessor` and the
+    CLI (`validate_class_names`): one rule everywhere, and an entry's index always means the same name.
+    """
     if isinstance(candidate_labels, str):
         names = [name.strip() for name in candidate_labels.split(",")]
         names = [name for name in names if name]
-    elif isinstance(candidate_labels, list | tuple) and all(isinstance(name, str) for name in candidate_labels):
-        names = [name.strip() for name in candidate_labels]
-        if not all(names):
-            raise ValueError(f"`candidate_labels` contains an empty name: {list(candidate_labels)!r}.")
+    elif isinstance(candidate_labels, list | tuple):
+        names = [name.strip() if isinstance(name, str) else name for name in candidate_labels]
     else:
         raise TypeError(
             "`candidate_labels` must be a list of class names, a comma-separated string, or (for a list of images) "
             f"one such entry per image; got {candidate_labels!r}."
         )
-    if not names:
-        raise ValueError("`candidate_labels` must contain at least one class name.")
-    return list(dict.fromkeys(names))
+    return validate_class_names(names, "candidate_labels")
 
 
 def normalize_prompt_templates(prompt_templates) -> list[str]:
@@ -123,6 +126,13 @@ def collate_open_vocab_batch(items: list[dict]) -> dict:
     return batch
 
 
+def _per_image_sizes(nested) -> list[tuple[int, int]]:
+    """The (H, W) of each image from the pipeline's list-wrapped `target_size` (`[(H, W)]` or `[[(H, W)], ...]`)."""
+    if isinstance(nested, tuple) or (isinstance(nested, list) and len(nested) == 2 and isinstance(nested[0], int)):
+        return [(int(nested[0]), int(nested[1]))]
+    return [size for item in nested for size in _per_image_sizes(item)]
+
+
 def _leaves(nested) -> list:
     """Flatten the nested lists the pipeline wraps per-image values in (`[v]` single, `[[v1], [v2]]` batched)."""
     if isinstance(nested, list | tuple):
@@ -143,6 +153,12 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         prompt_templates (`str` or `list[str]`, *optional*):
             Templates with one `{}`; each name's text embedding is the mean over them. Default:
             `model.config.prompt_templates`.
+        sliding_window (`bool`, *optional*, defaults to `False`):
+            Sliding-window inference (`modeling_pat.sliding_window`): the resized image is covered by overlapping
+            windows of the training size (`config.side_image_size`) and the per-class scores are averaged; for
+            images much larger than that size (e.g. with a processor `size` above the training resolution).
+        window_stride (`int`, *optional*): pixels between windows; default two thirds of the window.
+        window_size (`int`, *optional*): window side; default `config.side_image_size`.
 
     Only `subtask=None` or `"semantic"` is available for SAN/PAT; `threshold`, `mask_threshold` and
     `overlap_mask_area_threshold` are accepted and, as in the stock semantic branch, unused. Images in a batch
@@ -170,12 +186,15 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         if "images" in kwargs:
             inputs = kwargs.pop("images")
         if not self.is_open_vocabulary:
-            if candidate_labels is not None or "prompt_templates" in kwargs:
+            extra = [k for k in ("prompt_templates", *SLIDING_WINDOW_KEYS) if k in kwargs]
+            if candidate_labels is not None or extra:
                 logger.warning(
-                    f"{type(self.model).__name__} is not an open-vocabulary model: `candidate_labels` and "
-                    "`prompt_templates` are ignored (as the stock image-segmentation pipeline does)."
+                    f"{type(self.model).__name__} is not an open-vocabulary model: `candidate_labels`, "
+                    "`prompt_templates` and the sliding-window options are ignored (as the stock image-segmentation "
+                    "pipeline does)."
                 )
-                kwargs.pop("prompt_templates", None)
+                for key in extra:
+                    kwargs.pop(key)
             return super().__call__(inputs, **kwargs)
         if is_per_image_labels(candidate_labels):
             if not isinstance(inputs, list) or len(inputs) != len(candidate_labels):
@@ -191,8 +210,12 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
     def _sanitize_parameters(self, **kwargs):
         candidate_labels = kwargs.pop("candidate_labels", None)
         prompt_templates = kwargs.pop("prompt_templates", None)
+        sliding = {key: kwargs.pop(key) for key in SLIDING_WINDOW_KEYS if key in kwargs}
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
         if self.is_open_vocabulary:
+            if sliding.get("sliding_window") is not None:
+                preprocess_params["sliding_window"] = bool(sliding["sliding_window"])
+            forward_params.update(sliding)
             if candidate_labels is not None:
                 if is_per_image_labels(candidate_labels):
                     raise ValueError("Per-image `candidate_labels` can only be given when calling the pipeline.")
@@ -215,7 +238,9 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         return PATVocabulary(tuple(normalize_candidate_labels(candidate_labels)), templates)
 
     # -- the three steps -------------------------------------------------------------------------------------------
-    def preprocess(self, image, subtask=None, timeout=None, candidate_labels=None, prompt_templates=None):
+    def preprocess(
+        self, image, subtask=None, timeout=None, candidate_labels=None, prompt_templates=None, sliding_window=False
+    ):
         if not self.is_open_vocabulary:
             return super().preprocess(image, subtask=subtask, timeout=timeout)
         if isinstance(image, dict):  # {"image": ..., "candidate_labels": ..., "prompt_templates": ...}
@@ -223,18 +248,33 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
             prompt_templates = image.get("prompt_templates", prompt_templates)
             image = image["image"]
         image = load_image(image, timeout=timeout)
-        inputs = self.image_processor(images=[image], return_tensors="pt").to(self.dtype)
+        # Sliding windows pad each window themselves; `image_sizes` marks the real pixels after batch padding.
+        inputs = self.image_processor(images=[image], return_tensors="pt", do_pad=not sliding_window).to(self.dtype)
         inputs["target_size"] = [(image.height, image.width)]
         # List-wrapped per-image values stay lists through collation and un-batching (as `target_size` does).
         inputs["vocabulary"] = [self.resolve_vocabulary(candidate_labels, prompt_templates)]
         return inputs
 
-    def _forward(self, model_inputs):
+    def _forward(self, model_inputs, sliding_window=False, window_stride=None, window_size=None):
         if not self.is_open_vocabulary:
             return super()._forward(model_inputs)
         target_size = model_inputs.pop("target_size")
         vocabulary = model_inputs.pop("vocabulary")
+        if not sliding_window and (window_stride is not None or window_size is not None):
+            raise ValueError("`window_stride` and `window_size` only apply with `sliding_window=True`.")
         class_embeddings, label_columns = self.batch_class_embeddings(_leaves(vocabulary))
+        if sliding_window:  # per image, its own vocabulary's rows; scores at the original size
+            scores = []
+            for b, (height, width) in enumerate(model_inputs["image_sizes"].tolist()):
+                rows = label_columns[b, :-1].to(class_embeddings.device)
+                pixel_values = model_inputs["pixel_values"][b, :, :height, :width]
+                scores.append(
+                    sliding_window_scores(
+                        self.model, pixel_values, class_embeddings[rows], window_size, window_stride,
+                        output_size=_per_image_sizes(target_size)[b],
+                    )
+                )
+            return {"segmentation_scores": scores, "target_size": target_size, "vocabulary": vocabulary}
         outputs = self.model(**model_inputs, class_embeddings=class_embeddings)
         # A plain dict of per-image tensors (no (N+1, D) text_embeddings: the un-batcher would slice them per image).
         return {
@@ -261,6 +301,9 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         if subtask not in (None, "semantic"):
             raise ValueError(f"Subtask {subtask} is not supported for model {type(self.model)}")
         vocabulary = _leaves(model_outputs["vocabulary"])[0]
+        if "segmentation_scores" in model_outputs:  # sliding window
+            scores = model_outputs["segmentation_scores"][0]  # (C, H, W): a list entry, or un-batched (1, C, H, W)
+            return semantic_annotation(scores.argmax(dim=0), scores, vocabulary.names)
         columns = model_outputs["label_columns"][0]  # (U+1,) bool: this image's classes + void within the union
         outputs = {
             "class_queries_logits": model_outputs["class_queries_logits"][:, :, columns],

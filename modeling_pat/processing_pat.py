@@ -1,6 +1,7 @@
 """PATProcessor: PATImageProcessor + open_clip-exact CLIP tokenisation of prompt-template ensembles of class names."""
 
 import html
+import warnings
 from functools import lru_cache
 
 import torch
@@ -29,6 +30,43 @@ def clean_prompt(text: str) -> str:
     return " ".join(text.split()).strip().lower()
 
 
+def validate_class_names(class_names, argument: str = "text") -> list[str]:
+    """A class name or a list of them -> a list of names, checked; errors name `argument`.
+
+    Rejected: anything but strings (TypeError), an empty list, blank names, and duplicates. Names are duplicates when
+    CLIP's text cleaning makes them equal (case, spacing, HTML entities: "Cat" and "cat "): they would get identical
+    embeddings, the label map could never use the second one, and deduplicating silently would shift the indices of
+    the names after it (the label map indexes the list as given).
+    """
+    if isinstance(class_names, str):
+        class_names = [class_names]
+    if not isinstance(class_names, list | tuple):
+        raise TypeError(
+            f"`{argument}` must be a class name or a list of class names (strings), got {type(class_names).__name__}."
+        )
+    for index, name in enumerate(class_names):
+        if not isinstance(name, str):
+            raise TypeError(
+                f"`{argument}[{index}]` must be a string (a class name), got {type(name).__name__} {name!r}; "
+                "map class ids to their names first."
+            )
+    if not class_names:
+        raise ValueError(f"`{argument}` must contain at least one class name.")
+    first_index = {}
+    for index, name in enumerate(class_names):
+        key = clean_prompt(name)
+        if not key:
+            raise ValueError(f"`{argument}[{index}]` is an empty class name.")
+        if key in first_index:
+            first = first_index[key]
+            raise ValueError(
+                f"`{argument}` names the same class twice: {class_names[first]!r} (index {first}) and {name!r} "
+                f"(index {index}); class names must be unique (compared lower-cased, spacing collapsed)."
+            )
+        first_index[key] = index
+    return list(class_names)
+
+
 @lru_cache(maxsize=8)
 def _pretokenizer_pattern(special_tokens: tuple[str, ...]):
     """open_clip's word-splitting regex (case-insensitive, special tokens first), compiled with `regex`."""
@@ -54,6 +92,7 @@ def encode_prompts(tokenizer, prompts: list[str], context_length: int) -> tuple[
 
     input_ids = torch.zeros(len(prompts), context_length, dtype=torch.int64)  # zero padding, as open_clip
     attention_mask = torch.zeros(len(prompts), context_length, dtype=torch.int64)
+    truncated = []
     for row, prompt in enumerate(prompts):
         ids = [sot]
         for word in pattern.findall(clean_prompt(prompt)):
@@ -64,8 +103,17 @@ def encode_prompts(tokenizer, prompts: list[str], context_length: int) -> tuple[
         ids.append(eot)
         if len(ids) > context_length:  # truncate, keeping end-of-text as the last token
             ids = ids[: context_length - 1] + [eot]
+            truncated.append(prompt)
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
         attention_mask[row, : len(ids)] = 1
+    if truncated:
+        examples = "; ".join(repr(p if len(p) <= 80 else p[:77] + "...") for p in truncated[:3])
+        warnings.warn(
+            f"{len(truncated)} prompt(s) are longer than CLIP's {context_length}-token context and were truncated "
+            f"(their end is ignored): {examples}. Shorten the class name(s) to keep all of their words.",
+            UserWarning,
+            stacklevel=3,
+        )
     return input_ids, attention_mask
 
 
@@ -171,6 +219,8 @@ class PATProcessor(ProcessorMixin):
         """
         images / segmentation_maps: passed to the image processor together with `**kwargs` (e.g. do_resize=False).
         text: class names (or one name); returns `input_ids` / `attention_mask` int64 [num_classes, num_templates, L].
+            Names must be unique strings (`validate_class_names`); prompts longer than the context are truncated
+            with a warning.
         prompt_templates: overrides `self.prompt_templates` for this call.
         """
         if images is None and text is None:
@@ -193,12 +243,7 @@ class PATProcessor(ProcessorMixin):
 
     def encode_class_names(self, class_names: str | list[str], prompt_templates: list[str] | None = None) -> dict:
         """Class names -> {"input_ids", "attention_mask"} int64 [num_classes, num_templates, context_length]."""
-        if isinstance(class_names, str):
-            class_names = [class_names]
-        if not isinstance(class_names, list | tuple) or not all(isinstance(name, str) for name in class_names):
-            raise TypeError("`text` must be a class name or a list of class names (strings).")
-        if len(class_names) == 0:
-            raise ValueError("`text` must contain at least one class name.")
+        class_names = validate_class_names(class_names, "text")
         templates = self.prompt_templates if prompt_templates is None else _check_templates(prompt_templates)
         prompts = [template.format(name) for name in class_names for template in templates]
         input_ids, attention_mask = encode_prompts(self.tokenizer, prompts, self.context_length)
@@ -220,4 +265,4 @@ def _check_templates(templates) -> list[str]:
     return templates
 
 
-__all__ = ["PATProcessor", "clean_prompt", "clip_tokenizer_from_open_clip", "encode_prompts"]
+__all__ = ["PATProcessor", "clean_prompt", "clip_tokenizer_from_open_clip", "encode_prompts", "validate_class_names"]

@@ -29,6 +29,15 @@ def pixel_centres(height: int, width: int, device=None) -> torch.Tensor:
     return torch.stack([xs, ys])[None, :, None]
 
 
+class PATOffsetConv2d(nn.Conv2d):
+    """1x1 conv predicting DySample offsets; its own class so the model's weight init can start it near zero."""
+
+    def reset_parameters(self) -> None:
+        # near-zero offsets: training starts from plain bilinear up-sampling
+        nn.init.normal_(self.weight, std=0.001)
+        nn.init.zeros_(self.bias)
+
+
 class PATDySample(nn.Module):
     """(B, C, H, W) -> (B, C, sH, sW): point-sampling up-sampler with learned offsets; C/G channels share one field."""
 
@@ -42,13 +51,10 @@ class PATDySample(nn.Module):
             raise ValueError(f"DySample in_channels={in_channels} must be divisible by groups={groups}.")
         self.scale = scale
         self.groups = groups
-        self.offset = nn.Conv2d(in_channels, 2 * groups * scale**2, kernel_size=1)
-        self.reset_parameters()
+        self.offset = PATOffsetConv2d(in_channels, 2 * groups * scale**2, kernel_size=1)
 
     def reset_parameters(self) -> None:
-        # near-zero offsets: training starts from plain bilinear up-sampling
-        nn.init.normal_(self.offset.weight, std=0.001)
-        nn.init.zeros_(self.offset.bias)
+        self.offset.reset_parameters()
 
     def sampling_grid(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B*G, sH, sW, 2) fp32 `grid_sample` coordinates in [-1, 1] (x, y)."""

@@ -37,13 +37,21 @@ class PATChannelLayerNorm(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
+class PATFusionProjection(nn.Conv2d):
+    """The fusion layer's 1x1 conv; its own class so the model's weight init gives it SAN's Caffe2 Xavier fill."""
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=1)
+        nn.init.zeros_(self.bias)
+
+
 class PATFusionLayer(nn.Module):
     """clip_map (B, C_clip, h, w) -> fusion term f (B, C, H, W) = resize(conv1x1(LN(clip_map))), added to side tokens."""
 
     def __init__(self, clip_channels: int, side_channels: int, eps: float = 1e-6):
         super().__init__()
         self.norm = PATChannelLayerNorm(clip_channels, eps)
-        self.proj = nn.Conv2d(clip_channels, side_channels, kernel_size=1)
+        self.proj = PATFusionProjection(clip_channels, side_channels, kernel_size=1)
 
     def forward(self, clip_map: torch.Tensor, grid) -> torch.Tensor:
         y = self.proj(self.norm(clip_map))
@@ -230,6 +238,7 @@ class PATSideAdapter(nn.Module):
 
 __all__ = [
     "PATChannelLayerNorm",
+    "PATFusionProjection",
     "PATFusionLayer",
     "PATMLP",
     "PATMaskDecoder",

@@ -3,12 +3,15 @@
 Trainer only logs `loss`. `PATTrainer` also averages each weighted term of `outputs.loss_dict` (and, in PAT mode,
 the per-codebook / per-stage breakdown `outputs.loss_details` and the codebook perplexities) over the steps between
 two log events and logs them under their own names (`loss_ce`, `loss_vq_early`, `perplexity_latent`, ...).
+Weight decay follows SAN's parameter groups (`optimization.get_decay_parameter_names`), not Trainer's default.
 """
 
 from collections import defaultdict
 
 import torch
 from transformers import Trainer
+
+from .optimization import get_decay_parameter_names
 
 
 class PATTrainer(Trainer):
@@ -25,6 +28,10 @@ class PATTrainer(Trainer):
             self._accumulate(outputs)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         return (loss, outputs) if return_outputs else loss
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """SAN / PAT weight-decay groups (biases decayed; norms, position / query embeddings, codebooks, void not)."""
+        return get_decay_parameter_names(model)
 
     def _accumulate(self, outputs) -> None:
         terms = dict(outputs.get("loss_dict") or {})

@@ -12,9 +12,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "san_tiny"
 
 
-def tiny_config(**overrides) -> PATConfig:
-    """The `san-tiny` preset (CLIP width 64 / 6 layers, side width 48 / 5 layers, 12 queries), with overrides."""
-    config = PATConfig.from_preset("san-tiny")
+def tiny_config(preset: str = "san-tiny", **overrides) -> PATConfig:
+    """A tiny preset (`san-tiny`: CLIP width 64 / 6 layers, side width 48 / 5 layers, 12 queries; or `pat-tiny`)."""
+    config = PATConfig.from_preset(preset)
     for key, value in overrides.items():
         setattr(config, key, value)
     config.validate_architecture()

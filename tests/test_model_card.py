@@ -1,6 +1,8 @@
 """Tests for write_model_card: Hub metadata read back with ModelCard.load, evaluation table, SAN vs PAT wording, and
 the files a push of model + processor + card would upload. Offline: `card.validate()` (a Hub POST) is never called."""
 
+import json
+
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -129,3 +131,78 @@ def test_files_a_push_to_hub_would_upload(tmp_path):
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.pipeline_tag == "image-segmentation" and card.data.library_name == "transformers"
     assert "| Parameters | " in card.text
+
+
+# -- python -m modeling_pat.model_card --------------------------------------------------------------------------------
+def test_command_line_writes_the_card(tmp_path, capsys):
+    from modeling_pat.model_card import main
+
+    saved_config(tmp_path / "model")
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(EVAL_RESULTS))
+    code = main([str(tmp_path / "model"), "--eval-results", str(results), "--repo-id", "someone/san-tiny",
+                 "--datasets", "coco_stuff", "--tags", "my-tag", "--converted-from", "Mendel192/san",
+                 "--source-checkpoint", "san_vit_b_16.pth", "--license", "apache-2.0"])
+    assert code == 0 and "README.md" in capsys.readouterr().out
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    results = {r.dataset_name: r.metric_value for r in card.data.eval_results}
+    assert results == {"ADE20K-150": 27.5, "Pascal VOC-20": 94.0}
+    assert card.data.license == "apache-2.0" and card.data.datasets == ["coco_stuff"] and "my-tag" in card.data.tags
+    assert 'model="someone/san-tiny"' in card.text and "`san_vit_b_16.pth`" in card.text
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"eval_results": EVAL_RESULTS},  # wrapped
+        {"model": "m", "results": [  # an evaluation results table: mIoU as a fraction
+            {"dataset": "ade150", "display_name": "ADE20K-150", "dataset_type": "scene_parse_150",
+             "split": "validation", "mean_iou": 0.275},
+            {"dataset": "voc20", "display_name": "Pascal VOC-20", "dataset_type": "pascal_voc", "split": "validation",
+             "mean_iou": 0.94}]},
+    ],
+)
+def test_eval_results_file_formats(tmp_path, payload):
+    from modeling_pat.model_card import read_eval_results
+
+    (tmp_path / "r.json").write_text(json.dumps(payload))
+    entries = read_eval_results(tmp_path / "r.json")
+    assert [(e["dataset_name"], e["mean_iou"], e["dataset_split"]) for e in entries] == [
+        ("ADE20K-150", 27.5, "validation"), ("Pascal VOC-20", 94.0, "validation")
+    ]
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "is not a saved model folder"),
+        (lambda d: (saved_config(d / "m"), (d / "r.json").write_text("{not json")), "cannot read it as JSON"),
+        (lambda d: (saved_config(d / "m"), (d / "r.json").write_text('[{"dataset_name": "A", "miou": 3}]')),
+         "mean_iou"),
+        (lambda d: (saved_config(d / "m"), (d / "r.json").write_text('"text"')), "must hold a list of results"),
+    ],
+)
+def test_command_line_errors_exit_2(tmp_path, capsys, setup, message):
+    from modeling_pat.model_card import main
+
+    setup(tmp_path)
+    results = tmp_path / "r.json"
+    argv = [str(tmp_path / "m")] + (["--eval-results", str(results)] if results.exists() else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "m" / "README.md").exists()
+
+
+def test_module_runs_as_a_script(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    saved_config(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "modeling_pat.model_card", str(tmp_path), "--model-name", "tiny"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "RuntimeWarning" not in run.stderr  # the package does not import the module before runpy runs it
+    assert ModelCard.load(tmp_path / "README.md").data.model_name == "tiny"

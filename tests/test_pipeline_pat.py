@@ -167,9 +167,9 @@ def test_text_tower_runs_once_per_vocabulary(pat_folder):
     calls = []
     original = tower.encode_text
 
-    def counting_encode_text(input_ids):
+    def counting_encode_text(input_ids, **kwargs):  # kwargs: encode_text's options (e.g. `truncate`)
         calls.append(input_ids.shape[0])
-        return original(input_ids)
+        return original(input_ids, **kwargs)
 
     tower.encode_text = counting_encode_text
     images = [str(fixture_image(CAT)), str(fixture_image(STREET))]
@@ -197,7 +197,9 @@ def test_label_and_subtask_errors(segmenter):
         segmenter(image, candidate_labels=" , ")
     with pytest.raises(ValueError, match="not supported"):
         segmenter(image, candidate_labels=["cat"], subtask="panoptic")
-    assert normalize_candidate_labels(["cat", "dog", "cat"]) == ["cat", "dog"]
+    # duplicates are an error, as in PATProcessor and the CLI (tests/test_bad_inputs.py), never silently dropped
+    with pytest.raises(ValueError, match="names the same class twice"):
+        normalize_candidate_labels(["cat", "dog", "cat"])
 
 
 def test_collate_pads_images_at_the_bottom_right():
@@ -251,3 +253,22 @@ def test_other_models_behave_as_the_stock_pipeline(segformer_folder, tmp_path):
     assert not list(tmp_path.glob("*.py"))
     reloaded = pipeline("image-segmentation", model=str(tmp_path))
     assert masks_equal(reloaded(image), expected)
+
+
+def test_dtype_and_device_are_honoured(pat_folder):
+    """`pipeline(..., dtype=, device=)`: the model is loaded in that dtype on that device and the images reach it in
+    that dtype, in the normal and the sliding-window path (CUDA is exercised by the same code, with device="cuda")."""
+    segmenter = pipeline("image-segmentation", model=str(pat_folder), dtype=torch.bfloat16, device="cpu")
+    assert segmenter.model.dtype == torch.bfloat16 and segmenter.dtype == torch.bfloat16
+    assert segmenter.device == torch.device("cpu") and segmenter.model.device == torch.device("cpu")
+    seen = []
+    hook = segmenter.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["pixel_values"].dtype), with_kwargs=True
+    )
+    try:
+        for options in ({}, {"sliding_window": True}):
+            annotation = segmenter(str(fixture_image(CAT)), candidate_labels=["cat", "sofa"], **options)
+            assert_valid_annotation(annotation, CAT, ["cat", "sofa"])
+    finally:
+        hook.remove()
+    assert len(seen) >= 2 and set(seen) == {torch.bfloat16}

@@ -187,7 +187,7 @@ def test_save_load_round_trip(tmp_path, processor):
     assert loaded.context_length == 77
 
     photo = Image.open(fixture("samples", "astronaut.png")).convert("RGB")
-    names = vocabulary_names()[:40] + EDGE_CASES
+    names = vocabulary_names()[:40] + [name for name in EDGE_CASES if name.strip()]  # blank class names are refused
     a, b = original(images=photo, text=names), loaded(images=photo, text=names)
     assert all(torch.equal(a[k], b[k]) for k in ("pixel_values", "image_sizes", "input_ids", "attention_mask"))
 

@@ -5,13 +5,11 @@ import torch
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATModel
 
+from conftest import tiny_config
+
 
 def pat_config(**overrides) -> PATConfig:
-    config = PATConfig.from_preset("pat-tiny")
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    config.validate_architecture()
-    return config
+    return tiny_config("pat-tiny", **overrides)
 
 
 def build(seed=0, **overrides) -> PATModel:
@@ -125,3 +123,60 @@ def test_trainable_parameters_of_the_pat_preset_are_reported():
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # SAN's 8.37M plus the PAT modules with the register's choices (architecture.md 3.15 estimates ~17M)
     assert 16_000_000 < trainable < 19_000_000
+
+
+def test_pat_specific_initialisation():
+    torch.manual_seed(0)
+    model = PATModel(pat_config())
+    offsets = model.tokenization.pixel_branch.upsamplers[0].offset
+    assert offsets.weight.std() < 0.003 and torch.all(offsets.bias == 0)  # DySample starts as bilinear
+    codebook = model.tokenization.pixel_branch.quantizers[0].codebook
+    assert 0.8 < codebook.std() < 1.2  # choice V2: N(0, 1)
+    fusion = model.side_adapter.fusion_layers["layer_0"].proj.weight  # SAN's Caffe2 Xavier (uniform) fill
+    bound = (3.0 / fusion[0].numel()) ** 0.5
+    assert fusion.abs().max() <= bound and fusion.abs().max() > 0.5 * bound
+
+
+def test_a_san_checkpoint_initialises_the_san_part_of_pat(tmp_path):
+    torch.manual_seed(0)
+    san = PATForOpenVocabSegmentation(PATConfig.from_preset("san-tiny"))
+    san.save_pretrained(tmp_path)
+    san_fields, pat_fields = PATConfig.from_preset("san-tiny").to_dict(), pat_config().to_dict()
+    pat_only = {k: v for k, v in pat_fields.items() if k in san_fields and san_fields[k] != v}
+    assert pat_only["use_pyramid_tokenization"] is True
+    pat, info = PATForOpenVocabSegmentation.from_pretrained(tmp_path, output_loading_info=True, **pat_only)
+    assert pat.config.use_pyramid_tokenization
+    assert info["missing_keys"] and all(k.startswith("model.tokenization.") for k in info["missing_keys"])
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    for name, value in san.state_dict().items():
+        assert torch.equal(pat.state_dict()[name], value), name
+    assert pat.model.tokenization.pixel_branch.upsamplers[0].offset.weight.std() < 0.003
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("height", "width"), [(640, 640), (640, 864)])
+def test_full_size_shapes_of_architecture_table_3_14(height, width):
+    """The PAT path of `pat-clip-vit-b16` on the side ViT's outputs, at 640x640 and a non-square padded input."""
+    from modeling_pat.pyramid_tokenization import PATPyramidTokenization
+
+    config = PATConfig.from_preset("pat-clip-vit-b16")
+    torch.manual_seed(0)
+    tokenization = PATPyramidTokenization(config).eval()
+    h, w = height // 16, width // 16  # side grid 40x40 / 40x54
+    terms = {position: torch.randn(1, 240, h, w) for position in config.pyramid_side_layers}
+    local = {}
+    hook = tokenization.semantic_hook(local)
+    sequence = torch.randn(1, 100 + h * w, 240)
+    for position in config.pyramid_side_layers:  # the semantic branch as the side ViT calls it
+        sequence = hook(position, sequence, sequence)
+    with torch.no_grad():
+        out = tokenization(torch.randn(1, 3, height, width), terms, sequence[:, :100], torch.randn(1, 240, h, w), local)
+    assert {k: tuple(v.shape) for k, v in out.local_tokens.items()} == {
+        "early": (1, 128, 32), "mid": (1, 64, 32), "late": (1, 32, 32)}
+    assert {k: tuple(v.shape) for k, v in out.pyramid.quantized.items()} == {
+        "early": (1, 32, 4 * h, 4 * w), "mid": (1, 32, 2 * h, 2 * w), "late": (1, 32, h, w)}
+    assert tuple(out.latent.quantized.shape) == (1, 32, h, w)
+    assert tuple(out.global_tokens.shape) == (1, 100, 240)
+    assert tuple(out.pixel_features.shape) == (1, 256, 4 * h, 4 * w)
+    assert tuple(out.masks_queries_logits.shape) == (1, 100, 4 * h, 4 * w)
+    assert tuple(out.reconstruction.shape) == (1, 3, height, width)

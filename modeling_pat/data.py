@@ -1,0 +1,836 @@
+"""Segmentation data for training and evaluation: the benchmarks' own folder layouts, Hub datasets, SAN's
+augmentation and a padding collator.
+
+Every source becomes a `SegmentationSplit`: a `datasets.Dataset` with `image` and `label` columns (decoded lazily
+as PIL images), the class names, the ignore value and a `LabelMapping` from the stored pixel values to class
+indices. `SegmentationTrainDataset` / `SegmentationEvalDataset` turn a split into model inputs and
+`SegmentationCollator` pads them into a batch.
+
+Layouts (`load_split(kind, root, split)`; `root` is the dataset's own folder, by default `<data_root>/<folder>`
+where `data_root` is detectron2's `DETECTRON2_DATASETS`, as SAN registers them):
+
+| kind | folder | images | labels (values -> class index) | ignore |
+|---|---|---|---|---|
+| `coco171` (COCO-Stuff-164k) | `coco/` | `train2017/`, `val2017/` `*.jpg` | `stuffthingmaps_detectron2/{train2017,val2017}/*.png` (0..170); or the raw `stuffthingmaps/...` (COCO id - 1, mapped with the vocabulary's `pixel_value_to_index`) | 255 |
+| `ade150` (ADE20K-150) | `ADEChallengeData2016/` | `images/{training,validation}/*.jpg` | `annotations_detectron2/{training,validation}/*.png` (0..149); or the raw `annotations/...` (1..150, 0 = other: v - 1, 0 -> 255) | 255 |
+| `ade847` (ADE20K-847) | `ADE20K_2021_17_01/` | `images_detectron2/{training,validation}/*.jpg` | `annotations_detectron2/{training,validation}/*.tif` (16-bit, 0..846) | 65535 |
+| `pc59` (Pascal Context-59) | `pcontext/` | `{train,val}/image/*.jpg` | `{train,val}/label/*.png` (0..58) | 255 |
+| `pc459` (Pascal Context-459) | `pcontext_full/` | `{train,val}/image/*.jpg` | `{train,val}/label/*.tif` (16-bit, 0..458) | 65535 |
+| `voc20` (Pascal VOC-20) | `VOC2012/` | `JPEGImages/*.jpg` | `annotations_detectron2/{train,val}/*.png` (0..19); or the raw `SegmentationClass/*.png` listed in `ImageSets/Segmentation/{train,val}.txt` (1..20, 0 = background: v - 1, 0 -> 255) | 255 |
+| `folder` (your own classes) | any | `[<split>/]image/*` | `[<split>/]label/*.png` (class indices; `ignore_index` 255 unless `id2label.json` says otherwise) with `id2label.json` at the root | 255 |
+| `hub` (Hub / local dataset repo) | a Hub id or a local folder | parquet or imagefolder with an image and a label column | class indices; `id2label.json` in the repo | 255 |
+
+The `*_detectron2` folders are what SAN's / Mask2Former's preparation scripts write (`prepare_ade20k_sem_seg.py`,
+`prepare_coco_stuff_164k_sem_seg.py`, SAN's `datasets/prepare_{voc,pcontext_59cls,pcontext_459cls}_sem_seg.py`,
+`prepare_ade20k_full_sem_seg.py`); the raw folders are read directly where the mapping is a pure pixel-value lookup
+(COCO-Stuff, ADE-150, VOC). ADE-847 and PC-459 need the preparation scripts (they decode the full ADE20K index and
+the Pascal Context `.mat` files). Images and labels are paired by file stem (detectron2's `load_sem_seg`).
+"""
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from transformers import TrainerCallback
+
+from .configuration_pat import PRESETS_DIR
+from .image_processing_pat import PATImageProcessor, get_resize_output_size
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "validation": "validation", "val": "validation", "valid": "validation",
+    "test": "test",
+}
+
+
+# -- vocabularies ---------------------------------------------------------------------------------------------------
+VOCABULARY_FILES = {
+    "coco171": "coco_stuff_171.json",
+    "ade150": "ade150.json",
+    "ade847": "ade847.json",
+    "pc59": "pc59.json",
+    "pc459": "pc459.json",
+    "voc20": "voc20.json",
+}
+
+
+def load_vocabulary(name: str) -> dict:
+    """A shipped vocabulary file (`configuration/vocabularies/`) as a dict (`class_names`, `ignore_index`, ...)."""
+    if name not in VOCABULARY_FILES:
+        raise ValueError(f"Unknown vocabulary {name!r}; available: {sorted(VOCABULARY_FILES)}.")
+    with open(PRESETS_DIR / "vocabularies" / VOCABULARY_FILES[name], encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_id2label(path) -> tuple[list[str], dict]:
+    """`id2label.json` (`{"0": "road", ...}`, the official example's format; optionally wrapped as
+    `{"id2label": {...}, "ignore_index": 255}`) -> (class names in index order, extra fields)."""
+    with open(path, encoding="utf-8") as handle:
+        content = json.load(handle)
+    extra = {}
+    if "id2label" in content and isinstance(content["id2label"], dict):
+        extra = {k: v for k, v in content.items() if k != "id2label"}
+        content = content["id2label"]
+    ids = sorted(int(k) for k in content)
+    if ids != list(range(len(ids))):
+        raise ValueError(f"{path}: the ids must be 0..N-1 without gaps, got {ids[:10]}...")
+    return [str(content[str(i)]) for i in ids], extra
+
+
+# -- label mapping --------------------------------------------------------------------------------------------------
+@dataclass
+class LabelMapping:
+    """Stored pixel values -> class indices, `ignore_index` for everything else. `lut=None` keeps the values (they
+    are class indices already); a lookup table maps value v to `lut[v]` and values beyond it to `ignore_index`."""
+
+    ignore_index: int = 255
+    lut: np.ndarray | None = None
+
+    def __call__(self, label: np.ndarray) -> np.ndarray:
+        label = np.asarray(label)
+        if label.ndim == 3:  # a label saved as RGB / LA with equal channels
+            label = label[..., 0]
+        label = label.astype(np.int64)
+        if self.lut is None:
+            return label
+        inside = (label >= 0) & (label < len(self.lut))
+        return np.where(inside, self.lut[np.clip(label, 0, len(self.lut) - 1)], self.ignore_index)
+
+    @classmethod
+    def reduce_zero_label(cls, ignore_index: int = 255, num_values: int = 256) -> "LabelMapping":
+        """ADE20K / VOC raw convention: 0 -> ignore, v -> v - 1, the ignore value itself kept."""
+        lut = np.arange(num_values, dtype=np.int64) - 1
+        lut[0] = ignore_index
+        if ignore_index < num_values:
+            lut[ignore_index] = ignore_index
+        return cls(ignore_index=ignore_index, lut=lut)
+
+    @classmethod
+    def from_dict(cls, mapping: dict, ignore_index: int = 255, num_values: int = 256) -> "LabelMapping":
+        """{stored value: class index}; unlisted values -> ignore."""
+        lut = np.full(num_values, ignore_index, dtype=np.int64)
+        for value, index in mapping.items():
+            lut[int(value)] = int(index)
+        return cls(ignore_index=ignore_index, lut=lut)
+
+
+# -- splits -----------------------------------------------------------------------------------------------------------
+@dataclass
+class SegmentationSplit:
+    """One split of one dataset, ready for `SegmentationTrainDataset` / `SegmentationEvalDataset`.
+
+    `dataset` has the columns `image`, `label` (`datasets.Image`, decoded on access) and `file_name` (the stem).
+    """
+
+    name: str
+    display_name: str
+    dataset_type: str
+    split: str
+    class_names: list[str]
+    ignore_index: int
+    dataset: datasets.Dataset
+    label_mapping: LabelMapping
+    root: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.class_names)
+
+    def select(self, indices) -> "SegmentationSplit":
+        return _replace(self, dataset=self.dataset.select(list(indices)))
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """(RGB uint8 [H, W, 3], class-index label int64 [H, W], stem) of example `index`."""
+        example = self.dataset[int(index)]
+        image = np.array(example["image"].convert("RGB"))
+        label = self.label_mapping(np.array(example["label"]))
+        if label.shape != image.shape[:2]:
+            raise ValueError(
+                f"{self.name}/{self.split} {example.get('file_name')}: label {label.shape} and image "
+                f"{image.shape[:2]} differ in size."
+            )
+        return image, label, example.get("file_name") or str(index)
+
+
+def _replace(split: SegmentationSplit, **changes) -> SegmentationSplit:
+    values = {name: getattr(split, name) for name in split.__dataclass_fields__}
+    values.update(changes)
+    return SegmentationSplit(**values)
+
+
+@dataclass(frozen=True)
+class BenchmarkLayout:
+    """Where a benchmark keeps its images and labels (relative to its folder) and how to read the labels."""
+
+    kind: str
+    display_name: str
+    dataset_type: str
+    folder: str
+    vocabulary: str
+    image_dirs: dict  # split -> candidate image folders
+    label_dirs: dict  # split -> candidate (label folder, mapping name) pairs, prepared first, raw second
+    label_ext: str = ".png"
+    list_files: dict = field(default_factory=dict)  # (split, label folder) -> file listing the stems
+
+
+BENCHMARKS = {
+    "coco171": BenchmarkLayout(
+        kind="coco171", display_name="COCO-Stuff-171", dataset_type="coco-stuff-164k", folder="coco",
+        vocabulary="coco171",
+        image_dirs={"train": ["train2017"], "validation": ["val2017"]},
+        label_dirs={
+            "train": [("stuffthingmaps_detectron2/train2017", "identity"), ("stuffthingmaps/train2017", "coco_raw")],
+            "validation": [("stuffthingmaps_detectron2/val2017", "identity"), ("stuffthingmaps/val2017", "coco_raw")],
+        },
+    ),
+    "ade150": BenchmarkLayout(
+        kind="ade150", display_name="ADE20K-150", dataset_type="scene_parse_150", folder="ADEChallengeData2016",
+        vocabulary="ade150",
+        image_dirs={"train": ["images/training"], "validation": ["images/validation"]},
+        label_dirs={
+            "train": [("annotations_detectron2/training", "identity"), ("annotations/training", "reduce_zero")],
+            "validation": [("annotations_detectron2/validation", "identity"), ("annotations/validation", "reduce_zero")],
+        },
+    ),
+    "ade847": BenchmarkLayout(
+        kind="ade847", display_name="ADE20K-847", dataset_type="ade20k-full-847", folder="ADE20K_2021_17_01",
+        vocabulary="ade847",
+        image_dirs={"train": ["images_detectron2/training"], "validation": ["images_detectron2/validation"]},
+        label_dirs={
+            "train": [("annotations_detectron2/training", "identity")],
+            "validation": [("annotations_detectron2/validation", "identity")],
+        },
+        label_ext=".tif",
+    ),
+    "pc59": BenchmarkLayout(
+        kind="pc59", display_name="Pascal Context-59", dataset_type="pascal-context-59", folder="pcontext",
+        vocabulary="pc59",
+        image_dirs={"train": ["train/image"], "validation": ["val/image"]},
+        label_dirs={"train": [("train/label", "identity")], "validation": [("val/label", "identity")]},
+    ),
+    "pc459": BenchmarkLayout(
+        kind="pc459", display_name="Pascal Context-459", dataset_type="pascal-context-459", folder="pcontext_full",
+        vocabulary="pc459",
+        image_dirs={"train": ["train/image"], "validation": ["val/image"]},
+        label_dirs={"train": [("train/label", "identity")], "validation": [("val/label", "identity")]},
+        label_ext=".tif",
+    ),
+    "voc20": BenchmarkLayout(
+        kind="voc20", display_name="Pascal VOC-20", dataset_type="pascal-voc-2012-20", folder="VOC2012",
+        vocabulary="voc20",
+        image_dirs={
+            "train": ["JPEGImages", "images_detectron2/train"],
+            "validation": ["JPEGImages", "images_detectron2/val"],
+        },
+        label_dirs={
+            "train": [("annotations_detectron2/train", "identity"), ("SegmentationClass", "reduce_zero")],
+            "validation": [("annotations_detectron2/val", "identity"), ("SegmentationClass", "reduce_zero")],
+        },
+        list_files={
+            ("train", "SegmentationClass"): "ImageSets/Segmentation/train.txt",
+            ("validation", "SegmentationClass"): "ImageSets/Segmentation/val.txt",
+        },
+    ),
+}
+KIND_ALIASES = {"coco_stuff_171": "coco171", "coco_stuff_164k": "coco171", "coco-stuff": "coco171",
+                "ade20k_150": "ade150", "ade20k_847": "ade847", "pcontext_59": "pc59", "pcontext_459": "pc459",
+                "voc": "voc20", "imagefolder": "folder"}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A parsed `KIND[=PATH][:SPLIT]` argument, e.g. `ade150`, `ade150=/data/ADEChallengeData2016:validation`,
+    `folder=/data/mine`, `hub=segments/sidewalk-semantic:train`."""
+
+    kind: str
+    path: str | None = None
+    split: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "DatasetSpec":
+        spec = text.strip()
+        split = None
+        head, sep, tail = spec.rpartition(":")
+        if sep and tail.lower() in SPLIT_ALIASES:
+            spec, split = head, SPLIT_ALIASES[tail.lower()]
+        kind, _, path = spec.partition("=")
+        kind = KIND_ALIASES.get(kind.strip().lower(), kind.strip().lower())
+        if kind not in BENCHMARKS and kind not in ("folder", "hub"):
+            raise ValueError(
+                f"Unknown dataset kind {kind!r} in {text!r}; use one of {sorted(BENCHMARKS)}, folder=PATH or hub=ID "
+                "(optionally followed by :train / :validation)."
+            )
+        if kind in ("folder", "hub") and not path:
+            raise ValueError(f"{text!r}: `{kind}` needs a location, e.g. {kind}=/path/to/data.")
+        return cls(kind=kind, path=path.strip() or None, split=split)
+
+    def label(self) -> str:
+        """A short name used as the metric prefix: the benchmark kind, or the folder / repo name."""
+        if self.kind in BENCHMARKS:
+            base = self.kind
+        else:
+            base = Path(self.path.rstrip("/")).name or self.path
+            base = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in base)
+        return base if self.split in (None, "validation") else f"{base}_{self.split}"
+
+
+def default_data_root() -> str:
+    """detectron2's convention: `$DETECTRON2_DATASETS`, else `./datasets`."""
+    return os.environ.get("DETECTRON2_DATASETS", "datasets")
+
+
+def load_split(spec: "DatasetSpec | str", split: str, data_root: str | None = None, **options) -> SegmentationSplit:
+    """Any supported source -> a `SegmentationSplit`. `split` is used unless the spec names one.
+
+    Options for `folder` / `hub`: `id2label_file`, `ignore_index`, `reduce_labels`, `image_column`, `label_column`,
+    `dataset_config_name`, `train_val_split`, `seed`, `cache_dir`, `token`.
+    """
+    if isinstance(spec, str):
+        spec = DatasetSpec.parse(spec)
+    split = SPLIT_ALIASES.get((spec.split or split).lower(), spec.split or split)
+    if spec.kind in BENCHMARKS:
+        layout = BENCHMARKS[spec.kind]
+        root = spec.path or os.path.join(data_root or default_data_root(), layout.folder)
+        return load_benchmark(layout, root, split)
+    if spec.kind == "folder":
+        return load_folder(spec.path, split, **_pick(options, FOLDER_OPTIONS))
+    return load_hub_dataset(spec.path, split, **_pick(options, HUB_OPTIONS))
+
+
+FOLDER_OPTIONS = ("id2label_file", "ignore_index", "reduce_labels", "train_val_split", "seed")
+HUB_OPTIONS = FOLDER_OPTIONS + ("image_column", "label_column", "dataset_config_name", "cache_dir", "token")
+
+
+def _pick(options: dict, names) -> dict:
+    return {k: v for k, v in options.items() if k in names and v is not None}
+
+
+def load_benchmark(layout: BenchmarkLayout, root: str, split: str) -> SegmentationSplit:
+    """A benchmark in its own folder layout (see the module docstring)."""
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise FileNotFoundError(
+            f"{layout.display_name}: folder {root} does not exist. Put the dataset under "
+            f"$DETECTRON2_DATASETS/{layout.folder} (or pass --data_root), or give its location as "
+            f"{layout.kind}=/path/to/{layout.folder}."
+        )
+    if split not in layout.image_dirs:
+        raise ValueError(f"{layout.display_name} has the splits {sorted(layout.image_dirs)}, not {split!r}.")
+    image_dir = _first_dir(root_path, layout.image_dirs[split])
+    label_dir, mapping_name = None, None
+    for candidate, name in layout.label_dirs[split]:
+        if (root_path / candidate).is_dir():
+            label_dir, mapping_name = root_path / candidate, name
+            break
+    if image_dir is None or label_dir is None:
+        expected = ", ".join(
+            [f"{layout.image_dirs[split]}"] + [f"{d}" for d, _ in layout.label_dirs[split]]
+        )
+        raise FileNotFoundError(
+            f"{layout.display_name} ({split}) under {root}: expected image folder one of {layout.image_dirs[split]} "
+            f"and label folder one of {[d for d, _ in layout.label_dirs[split]]} (looked for {expected})."
+        )
+    vocabulary = load_vocabulary(layout.vocabulary)
+    ignore_index = int(vocabulary["ignore_index"])
+    num_values = 65536 if ignore_index > 255 else 256
+    if mapping_name == "identity":
+        mapping = LabelMapping(ignore_index=ignore_index)
+    elif mapping_name == "reduce_zero":
+        mapping = LabelMapping.reduce_zero_label(ignore_index, num_values)
+    elif mapping_name == "coco_raw":
+        mapping = LabelMapping.from_dict(vocabulary["pixel_value_to_index"], ignore_index, num_values)
+    else:
+        raise ValueError(mapping_name)
+    list_file = layout.list_files.get((split, label_dir.relative_to(root_path).as_posix()))
+    stems = None
+    if list_file is not None:
+        listing = root_path / list_file
+        if not listing.is_file():
+            raise FileNotFoundError(f"{layout.display_name}: {listing} lists the {split} images; it is missing.")
+        stems = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    pairs = pair_files(image_dir, label_dir, stems=stems)
+    notes = [f"labels from {label_dir.relative_to(root_path)} ({mapping_name})"]
+    return SegmentationSplit(
+        name=layout.kind,
+        display_name=layout.display_name,
+        dataset_type=layout.dataset_type,
+        split=split,
+        class_names=list(vocabulary["class_names"]),
+        ignore_index=ignore_index,
+        dataset=_pairs_to_dataset(pairs),
+        label_mapping=mapping,
+        root=str(root_path),
+        notes=notes,
+    )
+
+
+def _first_dir(root: Path, candidates) -> Path | None:
+    for candidate in candidates:
+        if (root / candidate).is_dir():
+            return root / candidate
+    return None
+
+
+def pair_files(image_dir, label_dir, stems=None) -> list[tuple[str, str, str]]:
+    """(stem, image path, label path) for every label file with an image of the same stem, sorted by stem."""
+    image_dir, label_dir = Path(image_dir), Path(label_dir)
+    images = _files_by_stem(image_dir, IMAGE_EXTENSIONS)
+    labels = _files_by_stem(label_dir, LABEL_EXTENSIONS)
+    wanted = sorted(labels) if stems is None else [s for s in stems if s in labels]
+    pairs = [(stem, str(images[stem]), str(labels[stem])) for stem in wanted if stem in images]
+    if not pairs:
+        raise FileNotFoundError(f"No image/label pairs: {image_dir} and {label_dir} share no file stem.")
+    missing = len(wanted) - len(pairs) + (0 if stems is None else len(stems) - len(wanted))
+    if missing:  # extra images are normal (VOC's JPEGImages holds every split), labels without an image are not
+        warnings.warn(f"{missing} labels of {label_dir} have no image in {image_dir}; they are skipped.", stacklevel=2)
+    return pairs
+
+
+def _files_by_stem(folder: Path, extensions) -> dict[str, Path]:
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in extensions:
+            stem = path.relative_to(folder).with_suffix("").as_posix()
+            files.setdefault(stem, path)
+    return files
+
+
+def _pairs_to_dataset(pairs) -> datasets.Dataset:
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Image(), "file_name": datasets.Value("string")}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": [p[1] for p in pairs], "label": [p[2] for p in pairs], "file_name": [p[0] for p in pairs]},
+        features=features,
+    )
+
+
+def load_folder(
+    root, split: str, id2label_file=None, ignore_index: int | None = None, reduce_labels: bool = False,
+    train_val_split: float | None = 0.15, seed: int = 0,
+) -> SegmentationSplit:
+    """The generic layout: `root/id2label.json` and `root/<split>/{image,label}/` (split = train / validation,
+    also `training` / `val`), or a flat `root/{image,label}/` from which `train_val_split` of the pairs (shuffled
+    with `seed`) are held out as the validation split. Label PNGs hold class indices, `ignore_index` (default 255,
+    or the `ignore_index` field of the JSON) is not a class; `reduce_labels` applies ADE20K's 0 -> ignore, v -> v-1."""
+    root = Path(root)
+    id2label_path = Path(id2label_file) if id2label_file else root / "id2label.json"
+    if not id2label_path.is_file():
+        raise FileNotFoundError(f"{root}: the folder layout needs the class names in {id2label_path}.")
+    class_names, extra = read_id2label(id2label_path)
+    ignore_index = int(ignore_index if ignore_index is not None else extra.get("ignore_index", 255))
+    split_dirs = {SPLIT_ALIASES[p.name]: p for p in sorted(root.iterdir()) if p.is_dir() and p.name in SPLIT_ALIASES}
+    if split in split_dirs:
+        pairs = pair_files(split_dirs[split] / "image", split_dirs[split] / "label")
+    elif (root / "image").is_dir():
+        pairs = pair_files(root / "image", root / "label")
+        pairs = _holdout(pairs, split, train_val_split, seed)
+    else:
+        raise FileNotFoundError(
+            f"{root}: no {split!r} split. Expected {root}/<split>/image + label (split one of train, validation) or "
+            f"{root}/image + {root}/label."
+        )
+    num_values = 65536 if ignore_index > 255 else 256
+    mapping = LabelMapping.reduce_zero_label(ignore_index, num_values) if reduce_labels else LabelMapping(ignore_index)
+    return SegmentationSplit(
+        name=root.name, display_name=root.name, dataset_type=root.name, split=split, class_names=class_names,
+        ignore_index=ignore_index, dataset=_pairs_to_dataset(pairs), label_mapping=mapping, root=str(root),
+    )
+
+
+def _holdout(items: list, split: str, fraction: float | None, seed: int) -> list:
+    """Deterministic train / validation partition of a list (the official example's `train_val_split`)."""
+    if split not in ("train", "validation"):
+        raise ValueError(f"Only train / validation can be carved from a single folder, not {split!r}.")
+    if not fraction:
+        if split == "validation":
+            raise ValueError("No validation split and train_val_split is 0.")
+        return items
+    order = np.random.default_rng(seed).permutation(len(items))
+    num_validation = max(1, int(round(fraction * len(items))))
+    chosen = order[:num_validation] if split == "validation" else order[num_validation:]
+    return [items[i] for i in sorted(chosen)]
+
+
+IMAGE_COLUMNS = ("image", "pixel_values", "img")
+LABEL_COLUMNS = ("label", "annotation", "semantic_segmentation", "segmentation", "mask", "semantic_map")
+
+
+def load_hub_dataset(
+    name, split: str, dataset_config_name=None, image_column=None, label_column=None, id2label_file=None,
+    ignore_index: int | None = None, reduce_labels: bool = False, train_val_split: float | None = 0.15,
+    seed: int = 0, cache_dir=None, token=None,
+) -> SegmentationSplit:
+    """A dataset repository stored as parquet or imagefolder (a Hub id, or the same files in a local folder), via
+    `datasets.load_dataset`. Script-based repositories (e.g. the original `scene_parse_150`) do not load in
+    datasets >= 4. The class names come from `id2label.json` in the repository (the official example's convention)
+    or `id2label_file`; the label column holds class indices (`reduce_labels` for ADE-style 0 = other)."""
+    loaded = datasets.load_dataset(name, dataset_config_name, cache_dir=cache_dir, token=token)
+    available = {SPLIT_ALIASES.get(s, s): s for s in loaded}
+    carve = "validation" not in available and split in ("train", "validation") and bool(train_val_split)
+    if split in available and not carve:
+        data = loaded[available[split]]
+    elif "train" in available and split in ("train", "validation"):  # no validation split: hold one out of train
+        data = loaded[available["train"]]
+        indices = _holdout(list(range(len(data))), split, train_val_split, seed)
+        data = data.select(indices)
+    else:
+        raise ValueError(f"{name} has the splits {sorted(loaded)}; {split!r} is not one of them.")
+    image_column = image_column or _find_column(data, IMAGE_COLUMNS, "image")
+    label_column = label_column or _find_column(data, LABEL_COLUMNS, "label")
+    data = data.select_columns([image_column, label_column])
+    data = data.rename_columns({c: n for c, n in ((image_column, "image"), (label_column, "label")) if c != n})
+    data = data.add_column("file_name", [f"{i:08d}" for i in range(len(data))])
+    class_names, extra = read_id2label(_find_id2label(name, id2label_file, cache_dir, token))
+    ignore_index = int(ignore_index if ignore_index is not None else extra.get("ignore_index", 255))
+    num_values = 65536 if ignore_index > 255 else 256
+    mapping = LabelMapping.reduce_zero_label(ignore_index, num_values) if reduce_labels else LabelMapping(ignore_index)
+    short = Path(str(name).rstrip("/")).name
+    return SegmentationSplit(
+        name=short, display_name=str(name), dataset_type=str(name), split=split, class_names=class_names,
+        ignore_index=ignore_index, dataset=data, label_mapping=mapping, root=str(name),
+    )
+
+
+def _find_column(data: datasets.Dataset, candidates, what: str) -> str:
+    for column in candidates:
+        if column in data.column_names:
+            return column
+    raise ValueError(f"No {what} column among {data.column_names}; name it with --{what}_column_name.")
+
+
+def _find_id2label(name, id2label_file, cache_dir, token) -> str:
+    if id2label_file:
+        return id2label_file
+    local = Path(str(name)) / "id2label.json"
+    if local.is_file():
+        return str(local)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(str(name), "id2label.json", repo_type="dataset", cache_dir=cache_dir, token=token)
+    except Exception as error:  # offline, or the repository has no id2label.json
+        raise FileNotFoundError(
+            f"Could not get id2label.json of dataset {name!r} ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "pass --id2label_file."
+        ) from error
+
+
+# -- augmentation -----------------------------------------------------------------------------------------------------
+SAN_TRAIN_SHORT_EDGES = tuple(int(x * 0.1 * 640) for x in range(5, 16))  # 320, 384, ..., 960
+
+
+@dataclass
+class SANTrainAugmentation:
+    """SAN's training augmentation (architecture.md section 1.2; Mask2Former's semantic dataset mapper):
+
+    1. resize the short edge to a size drawn from `short_edges` (320..960 in steps of 64), the long edge capped at
+       `max_long_edge` (detectron2 `ResizeShortestEdge`, "choice"); image bilinear (PIL), label nearest;
+    2. a random `crop_size` x `crop_size` crop (smaller images: the whole side; `SINGLE_CATEGORY_MAX_AREA` = 1.0
+       makes SAN's category-area constraint a plain random crop);
+    3. SSD photometric distortion (`ColorAugSSDTransform`): brightness +-32, then contrast x[0.5, 1.5], saturation
+       x[0.5, 1.5] and hue +-18 (OpenCV 8-bit hue units, i.e. +-36 degrees) in one of two orders, each step with
+       probability 1/2; the HSV conversion follows OpenCV's 8-bit formulas in numpy;
+    4. a horizontal flip with probability `flip_prob`;
+    5. padding at the bottom / right to `crop_size` with `image_pad_value` (128, in 0..255 pixel space) and the
+       ignore index for the label.
+
+    All randomness comes from the `numpy.random.Generator` passed in, so a sample's augmentation is a function of
+    (seed, epoch, index) and a resumed run reproduces it exactly.
+    """
+
+    crop_size: int = 640
+    short_edges: tuple = SAN_TRAIN_SHORT_EDGES
+    max_long_edge: int = 2560
+    photometric_distortion: bool = True
+    flip_prob: float = 0.5
+    image_pad_value: int = 128
+    ignore_index: int = 255
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
+        """uint8 [H, W, 3], int64 [H, W] -> (uint8 [c, c, 3], int64 [c, c], (h, w) of the content before padding)."""
+        height, width = label.shape
+        short = int(self.short_edges[rng.integers(len(self.short_edges))])
+        new_height, new_width = get_resize_output_size(height, width, short, self.max_long_edge)
+        image = resize_image(image, (new_height, new_width))
+        label = resize_label_nearest(label, (new_height, new_width))
+
+        crop_height, crop_width = min(self.crop_size, new_height), min(self.crop_size, new_width)
+        top = int(rng.integers(new_height - crop_height + 1))
+        left = int(rng.integers(new_width - crop_width + 1))
+        image = image[top : top + crop_height, left : left + crop_width]
+        label = label[top : top + crop_height, left : left + crop_width]
+
+        if self.photometric_distortion:
+            image = photometric_distortion(image, rng)
+        if rng.random() < self.flip_prob:
+            image, label = image[:, ::-1], label[:, ::-1]
+
+        content = (crop_height, crop_width)
+        padded_image = np.full((self.crop_size, self.crop_size, 3), self.image_pad_value, dtype=np.uint8)
+        padded_label = np.full((self.crop_size, self.crop_size), self.ignore_index, dtype=np.int64)
+        padded_image[:crop_height, :crop_width] = image
+        padded_label[:crop_height, :crop_width] = label
+        return padded_image, padded_label, content
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] -> [h, w, 3] with PIL bilinear (what detectron2's ResizeTransform does for uint8 images)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_label_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H, W] -> [h, w] nearest neighbour at pixel centres (source index floor((i + 0.5) * H / h)), any dtype."""
+    height, width = label.shape
+    if (height, width) == tuple(size):
+        return label
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64), height - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64), width - 1)
+    return label[rows[:, None], cols[None, :]]
+
+
+def _convert(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    return np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def rgb_to_hsv_uint8(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> uint8 HSV in OpenCV's 8-bit convention (H in 0..179 = degrees / 2, S and V in 0..255)."""
+    rgb = image.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(axis=-1)
+    delta = value - rgb.min(axis=-1)
+    saturation = np.where(value > 0, delta * 255.0 / np.maximum(value, 1e-6), 0.0)
+    safe = np.maximum(delta, 1e-6)
+    hue = np.where(value == r, 60.0 * (g - b) / safe, np.where(value == g, 120.0 + 60.0 * (b - r) / safe,
+                                                              240.0 + 60.0 * (r - g) / safe))
+    hue = np.where(delta > 0, hue, 0.0) % 360.0
+    hsv = np.stack([np.round(hue / 2.0) % 180, np.round(saturation), value], axis=-1)
+    return hsv.astype(np.uint8)
+
+
+def hsv_uint8_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of `rgb_to_hsv_uint8` (OpenCV's HSV2RGB for 8-bit images)."""
+    hue = hsv[..., 0].astype(np.float32) * 2.0
+    saturation = hsv[..., 1].astype(np.float32) / 255.0
+    value = hsv[..., 2].astype(np.float32)
+    chroma = value * saturation
+    sector = (hue / 60.0) % 6.0
+    x = chroma * (1.0 - np.abs(sector % 2.0 - 1.0))
+    zeros = np.zeros_like(chroma)
+    index = np.floor(sector).astype(np.int64)
+    r = np.choose(index, [chroma, x, zeros, zeros, x, chroma])
+    g = np.choose(index, [x, chroma, chroma, x, zeros, zeros])
+    b = np.choose(index, [zeros, zeros, x, chroma, chroma, x])
+    m = value - chroma
+    rgb = np.stack([r + m, g + m, b + m], axis=-1)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def photometric_distortion(
+    image: np.ndarray, rng: np.random.Generator, brightness_delta: int = 32, contrast_range=(0.5, 1.5),
+    saturation_range=(0.5, 1.5), hue_delta: int = 18,
+) -> np.ndarray:
+    """SSD colour augmentation (Mask2Former's `ColorAugSSDTransform`) on a uint8 RGB image."""
+    def brightness(img):
+        if rng.integers(2):
+            return _convert(img, beta=rng.uniform(-brightness_delta, brightness_delta))
+        return img
+
+    def contrast(img):
+        if rng.integers(2):
+            return _convert(img, alpha=rng.uniform(*contrast_range))
+        return img
+
+    def saturation(img):
+        if rng.integers(2):
+            hsv = rgb_to_hsv_uint8(img)
+            hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*saturation_range))
+            return hsv_uint8_to_rgb(hsv)
+        return img
+
+    def hue(img):
+        if rng.integers(2):
+            hsv = rgb_to_hsv_uint8(img)
+            hsv[..., 0] = (hsv[..., 0].astype(np.int64) + rng.integers(-hue_delta, hue_delta + 1)) % 180
+            return hsv_uint8_to_rgb(hsv)
+        return img
+
+    image = brightness(np.ascontiguousarray(image))
+    if rng.integers(2):
+        return hue(saturation(contrast(image)))
+    return contrast(hue(saturation(image)))
+
+
+# -- torch datasets -----------------------------------------------------------------------------------------------------
+def _normalize(image: np.ndarray, processor: PATImageProcessor) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [3, H, W] normalised exactly as the image processor does (no resize, no pad)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    normalised = processor.rescale_and_normalize(
+        tensor, processor.do_rescale, processor.rescale_factor, processor.do_normalize,
+        processor.image_mean, processor.image_std,
+    )
+    return normalised[0]
+
+
+class SegmentationTrainDataset(torch.utils.data.Dataset):
+    """Training examples: SAN augmentation, then CLIP normalisation -> {pixel_values, labels, image_sizes}.
+
+    The augmentation of example i in epoch e draws from `numpy.random.default_rng([seed, e, i])`, independent of
+    workers, processes and interruptions. The epoch lives in shared memory, so `set_epoch` (called each epoch by
+    `EpochCallback`) also reaches persistent DataLoader workers.
+    """
+
+    def __init__(self, split: SegmentationSplit, augmentation: SANTrainAugmentation, processor: PATImageProcessor,
+                 seed: int = 0):
+        if augmentation.ignore_index != split.ignore_index:
+            raise ValueError(
+                f"augmentation.ignore_index={augmentation.ignore_index} but {split.name} uses {split.ignore_index}."
+            )
+        self.split = split
+        self.augmentation = augmentation
+        self.processor = processor
+        self.seed = int(seed)
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def __getitem__(self, index: int) -> dict:
+        image, label, _ = self.split.load(index)
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        image, label, (height, width) = self.augmentation(image, label, rng)
+        return {
+            "pixel_values": _normalize(image, self.processor),
+            "labels": torch.from_numpy(np.ascontiguousarray(label)),
+            "image_sizes": torch.tensor([height, width], dtype=torch.int64),
+        }
+
+
+class SegmentationEvalDataset(torch.utils.data.Dataset):
+    """Evaluation examples with SAN's test-time resize (the processor's shortest edge, 640 by default) ->
+    {pixel_values, image_sizes, original_sizes, semantic_labels (at the original size), file_name}."""
+
+    def __init__(self, split: SegmentationSplit, processor: PATImageProcessor):
+        self.split = split
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict:
+        image, label, stem = self.split.load(index)
+        inputs = self.processor(images=image, do_pad=False, return_tensors="pt")
+        return {
+            "pixel_values": inputs["pixel_values"][0],
+            "image_sizes": inputs["image_sizes"][0],
+            "original_sizes": inputs["original_sizes"][0],
+            "semantic_labels": torch.from_numpy(label),
+            "file_name": stem,
+        }
+
+
+@dataclass
+class SegmentationCollator:
+    """Pads mixed sizes into one batch: images at the bottom / right with 0 (after normalisation, as detectron2's
+    `ImageList.from_tensors`) to a multiple of `size_divisibility`, `labels` (model resolution) and
+    `semantic_labels` (original resolution, evaluation) with `ignore_index`. The model builds the per-class binary
+    masks from `labels` itself, so none are built here."""
+
+    ignore_index: int = 255
+    size_divisibility: int = 32
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = {}
+        sizes = [tuple(e["pixel_values"].shape[-2:]) for e in examples]
+        height = _round_up(max(s[0] for s in sizes), self.size_divisibility)
+        width = _round_up(max(s[1] for s in sizes), self.size_divisibility)
+        batch["pixel_values"] = torch.stack([_pad(e["pixel_values"], (height, width), 0.0) for e in examples])
+        if "labels" in examples[0]:
+            batch["labels"] = torch.stack([_pad(e["labels"], (height, width), self.ignore_index) for e in examples])
+        for key in ("image_sizes", "original_sizes"):
+            if key in examples[0]:
+                batch[key] = torch.stack([torch.as_tensor(e[key], dtype=torch.int64) for e in examples])
+        if "image_sizes" not in batch:
+            batch["image_sizes"] = torch.tensor(sizes, dtype=torch.int64)
+        if "semantic_labels" in examples[0]:
+            label_height = max(e["semantic_labels"].shape[0] for e in examples)
+            label_width = max(e["semantic_labels"].shape[1] for e in examples)
+            batch["semantic_labels"] = torch.stack(
+                [_pad(e["semantic_labels"], (label_height, label_width), self.ignore_index) for e in examples]
+            )
+        if "file_name" in examples[0]:
+            batch["file_name"] = [e["file_name"] for e in examples]
+        return batch
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple) if multiple and multiple > 1 else int(value)
+
+
+def _pad(tensor: torch.Tensor, size: tuple[int, int], value) -> torch.Tensor:
+    pad_height, pad_width = size[0] - tensor.shape[-2], size[1] - tensor.shape[-1]
+    if pad_height == 0 and pad_width == 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (0, pad_width, 0, pad_height), value=value)
+
+
+class EpochCallback(TrainerCallback):
+    """Tells `SegmentationTrainDataset` the epoch at the start of each one (also after a resume), from the global step
+    as Trainer computes it. accelerate's `DataLoaderShard.set_epoch` reaches the sampler but not the dataset when the
+    sampler has its own `set_epoch`, hence this callback."""
+
+    def __init__(self, dataset: SegmentationTrainDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        epoch = 0
+        if train_dataloader is not None and len(train_dataloader) > 0:
+            batches = len(train_dataloader)
+            accumulation = args.gradient_accumulation_steps
+            steps_per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+            epoch = state.global_step // steps_per_epoch
+        self.dataset.set_epoch(epoch)
+
+
+__all__ = [
+    "BENCHMARKS",
+    "BenchmarkLayout",
+    "DatasetSpec",
+    "EpochCallback",
+    "LabelMapping",
+    "SANTrainAugmentation",
+    "SegmentationCollator",
+    "SegmentationEvalDataset",
+    "SegmentationSplit",
+    "SegmentationTrainDataset",
+    "load_benchmark",
+    "load_folder",
+    "load_hub_dataset",
+    "load_split",
+    "load_vocabulary",
+    "photometric_distortion",
+    "read_id2label",
+]

@@ -1,0 +1,447 @@
+#!/usr/bin/env python
+"""Train, fine-tune and evaluate SAN / PAT with `Trainer` on the benchmarks' own data layouts.
+
+    # train SAN on COCO-Stuff-171 from CLIP weights (downloaded by open_clip), evaluate on the five benchmarks
+    torchrun --nproc_per_node 8 run_semantic_segmentation.py --config_name san-clip-vit-b16 \
+        --data_root $DETECTRON2_DATASETS --train_dataset coco171 --eval_datasets voc20 pc59 ade150 pc459 ade847 \
+        --do_train --do_eval --max_steps 60000 --per_device_train_batch_size 4 --bf16 --output_dir san-coco
+
+    # evaluate a converted checkpoint on the five benchmarks (one command, Table I style)
+    python run_semantic_segmentation.py --model_name_or_path san-vit-b16-hf --do_eval \
+        --eval_datasets voc20 pc59 ade150 pc459 ade847 --data_root $DETECTRON2_DATASETS --output_dir eval-san
+
+    # fine-tune on your own classes (folder with id2label.json, train/ and validation/ with image/ + label/)
+    python run_semantic_segmentation.py --model_name_or_path san-vit-b16-hf --train_dataset folder=/data/mine \
+        --eval_datasets folder=/data/mine --do_train --do_eval --max_steps 2000 --output_dir san-mine
+
+Datasets are given as `KIND[=PATH][:SPLIT]` (see `modeling_pat/data.py` for every layout): `coco171`, `ade150`,
+`ade847`, `pc59`, `pc459`, `voc20` (folder under `--data_root`, or `=PATH`), `folder=PATH`, `hub=ID_OR_PATH`
+(parquet / imagefolder repositories). A single `.json` / `.yaml` file with all arguments is also accepted.
+Defaults follow SAN's recipe (AdamW 1e-4, weight decay 1e-4 with SAN's exceptions, poly 0.9 schedule, no warm-up,
+full-model gradient clipping 0.01, 640 crops from short edges 320..960, SSD colour jitter, flip; test short edge 640).
+"""
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import evaluate
+import torch
+import transformers
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_utils import SchedulerType
+from transformers.training_args import ParallelMode
+
+from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATImageProcessor, register_for_auto_classes
+from modeling_pat.data import (
+    SAN_TRAIN_SHORT_EDGES,
+    DatasetSpec,
+    EpochCallback,
+    SANTrainAugmentation,
+    SegmentationCollator,
+    SegmentationEvalDataset,
+    SegmentationTrainDataset,
+    default_data_root,
+    load_split,
+)
+from modeling_pat.evaluation import PATSegmentationTrainer, write_results_table
+from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS
+
+
+logger = logging.getLogger("run_semantic_segmentation")
+REPO_ROOT = Path(__file__).resolve().parent
+DEFAULT_CLIP_WEIGHTS = {"ViT-B-16": "openai", "ViT-L-14-336": "openai", "EVA02-B-16": "merged2b_s8b_b131k"}
+
+
+class SetupError(RuntimeError):
+    """A problem with the arguments, the data or the starting weights: reported without a traceback, exit code 2."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A saved SAN/PAT folder or Hub repo (a converted SAN checkpoint, or a folder this script "
+                          "wrote), or an official SAN checkpoint file (.pth, converted on the fly; needs --config_name)."},
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={"help": "A preset name (san-clip-vit-b16, san-clip-vit-l14-336, pat-clip-vit-b16, san-tiny, "
+                          "pat-tiny, ...) or a PATConfig JSON file: build a new model (random side network)."},
+    )
+    clip_pretrained: str = field(
+        default="auto",
+        metadata={"help": "CLIP weights for a model built from --config_name: an open_clip pretrained tag "
+                          "(e.g. openai), a checkpoint file, 'auto' (the preset's CLIP: openai for ViT-B-16 / "
+                          "ViT-L-14-336; none for custom tiny towers) or 'none' (random CLIP, smoke tests only)."},
+    )
+    image_processor_name: str | None = field(default=None, metadata={"help": "Folder of a saved image processor."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache Hub downloads."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (or `hf auth login`)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code stored in a Hub model repo."})
+
+
+@dataclass
+class DataTrainingArguments:
+    train_dataset: str | None = field(
+        default=None,
+        metadata={"help": "KIND[=PATH][:SPLIT] (default split train): coco171, ade150, ade847, pc59, pc459, voc20, "
+                          "folder=PATH or hub=ID. The model learns its vocabulary (config.id2label)."},
+    )
+    eval_datasets: list[str] | None = field(
+        default=None,
+        metadata={"help": "One or more KIND[=PATH][:SPLIT] (default split validation), each evaluated with its own "
+                          "vocabulary and ignore value; e.g. voc20 pc59 ade150 pc459 ade847."},
+    )
+    predict_datasets: list[str] | None = field(
+        default=None,
+        metadata={"help": "Datasets whose predicted label maps --do_predict writes to <output_dir>/predictions/."},
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset (parquet / imagefolder) as in the official example: the same as "
+                          "--train_dataset hub=NAME --eval_datasets hub=NAME."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    data_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder holding the benchmarks in their own layouts (default $DETECTRON2_DATASETS or "
+                          "./datasets): coco/, ADEChallengeData2016/, ADE20K_2021_17_01/, pcontext/, "
+                          "pcontext_full/, VOC2012/."},
+    )
+    image_column_name: str | None = field(default=None, metadata={"help": "Image column of a Hub dataset."})
+    label_column_name: str | None = field(default=None, metadata={"help": "Label column of a Hub dataset."})
+    id2label_file: str | None = field(default=None, metadata={"help": "id2label.json for folder / Hub datasets."})
+    ignore_index: int | None = field(default=None, metadata={"help": "Ignore value of folder / Hub labels (255)."})
+    do_reduce_labels: bool = field(
+        default=False, metadata={"help": "Folder / Hub labels use 0 = other: 0 -> ignore, v -> v - 1 (ADE20K)."}
+    )
+    train_val_split: float | None = field(
+        default=0.15, metadata={"help": "Fraction held out as validation when a folder / Hub dataset has none."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N images per eval set."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Only the first N images to predict."})
+    crop_size: int = field(default=640, metadata={"help": "Training crop (SAN: 640)."})
+    train_short_edges: list[int] = field(
+        default_factory=lambda: list(SAN_TRAIN_SHORT_EDGES),
+        metadata={"help": "Short-edge sizes drawn for the training resize (SAN: 320 384 ... 960)."},
+    )
+    test_short_edge: int = field(default=640, metadata={"help": "Short edge of the test-time resize (SAN: 640)."})
+    max_long_edge: int = field(default=2560, metadata={"help": "Long-edge cap of both resizes (SAN: 2560)."})
+    color_jitter: bool = field(default=True, metadata={"help": "SSD photometric distortion in training."})
+    flip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
+    metric_path: str = field(
+        default=str(REPO_ROOT / "metrics" / "mean_iou"),
+        metadata={"help": "The mean-IoU evaluate module, loaded by path (no network)."},
+    )
+
+
+@dataclass
+class SegmentationTrainingArguments(TrainingArguments):
+    """TrainingArguments with SAN's recipe as the defaults."""
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (SAN / PAT: 1e-4)."})
+    weight_decay: float = field(
+        default=1e-4, metadata={"help": "Weight decay (SAN: 1e-4; 0 for norms, embeddings, codebooks, void)."}
+    )
+    lr_scheduler_type: SchedulerType | str = field(
+        default="polynomial", metadata={"help": "SAN: polynomial (power 0.9, ends at 0, no warm-up)."}
+    )
+    max_grad_norm: float = field(default=0.01, metadata={"help": "Full-model gradient-norm clipping (SAN: 0.01)."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Always False here: the collator already builds exactly the model inputs."}
+    )
+
+
+def parse_arguments(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SegmentationTrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def fix_training_arguments(args: TrainingArguments) -> None:
+    """Settings this script needs whatever the user passed (each change is logged)."""
+    if args.remove_unused_columns:
+        logger.info("remove_unused_columns=False: the collator builds exactly the model inputs.")
+        args.remove_unused_columns = False
+    if args.batch_eval_metrics:
+        logger.info("batch_eval_metrics=False: only per-image class areas are gathered, never whole maps.")
+        args.batch_eval_metrics = False
+    scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    if scheduler == "polynomial" and not args.lr_scheduler_kwargs:
+        args.lr_scheduler_kwargs = dict(POLY_LR_SCHEDULER_KWARGS)
+    if args.n_gpu > 1 and args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise SetupError(
+            f"{args.n_gpu} GPUs in one process would use DataParallel, which splits the class embeddings along the "
+            "batch axis. Launch with `torchrun --nproc_per_node N` or `accelerate launch`, or set CUDA_VISIBLE_DEVICES."
+        )
+
+
+# -- data --------------------------------------------------------------------------------------------------------------
+def data_options(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int) -> dict:
+    return {
+        "id2label_file": data_args.id2label_file,
+        "ignore_index": data_args.ignore_index,
+        "reduce_labels": data_args.do_reduce_labels,
+        "image_column": data_args.image_column_name,
+        "label_column": data_args.label_column_name,
+        "dataset_config_name": data_args.dataset_config_name,
+        "train_val_split": data_args.train_val_split,
+        "seed": seed,
+        "cache_dir": model_args.cache_dir,
+        "token": model_args.token,
+    }
+
+
+def load_named_splits(specs, default_split: str, data_args, options, limit) -> dict:
+    """{label: SegmentationSplit} for a list of KIND[=PATH][:SPLIT] strings; labels are unique metric prefixes."""
+    splits = {}
+    for text in specs or []:
+        spec = DatasetSpec.parse(text)
+        try:
+            split = load_split(spec, default_split, data_root=data_args.data_root or default_data_root(), **options)
+        except (FileNotFoundError, ValueError) as error:
+            raise SetupError(f"{text}: {error}") from error
+        if limit is not None:
+            split = split.select(range(min(limit, len(split))))
+        label, number = spec.label(), 2
+        while label in splits:
+            label, number = f"{spec.label()}_{number}", number + 1
+        splits[label] = split
+    return splits
+
+
+# -- model -------------------------------------------------------------------------------------------------------------
+def resolve_config(name: str) -> PATConfig:
+    if Path(name).is_file():
+        return PATConfig.from_json_file(name)
+    try:
+        return PATConfig.from_preset(name)
+    except ValueError as error:
+        raise SetupError(str(error)) from error
+
+
+def clip_weights_file(config: PATConfig, choice: str) -> str | None:
+    """The CLIP checkpoint to load into a model built from a config: a file path, or None for random weights."""
+    if choice.lower() == "none":
+        return None
+    if choice != "auto" and Path(choice).is_file():
+        return choice
+    import open_clip
+
+    name = config.clip_model_name
+    tag = DEFAULT_CLIP_WEIGHTS.get(name) if choice == "auto" else choice
+    if tag is None:
+        logger.warning("CLIP %r has no pretrained weights in open_clip: the CLIP towers stay random.", name)
+        return None
+    known = open_clip.get_model_config(name)
+    if known is None or (config.clip_config is not None and dict(config.clip_config) != dict(known)):
+        raise SetupError(f"--clip_pretrained {tag}: the config's CLIP is not open_clip's {name!r} architecture.")
+    pretrained_cfg = open_clip.pretrained.get_pretrained_cfg(name, tag)
+    if not pretrained_cfg:
+        raise SetupError(f"open_clip has no pretrained weights {tag!r} for {name!r} "
+                         f"(available: {open_clip.list_pretrained_tags_by_model(name)}).")
+    try:
+        return open_clip.pretrained.download_pretrained(pretrained_cfg, cache_dir=None)
+    except Exception as error:
+        raise SetupError(
+            f"Could not get the pretrained CLIP weights {tag!r} of open_clip {name!r}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0]}\nThe Hugging Face Hub is not reachable from this machine (or the files "
+            "are not cached). Either\n"
+            "  * run once where the Hub is reachable (open_clip caches the file), or\n"
+            "  * pass --clip_pretrained /path/to/open_clip_pytorch_model.bin (or .safetensors), or\n"
+            "  * start from a converted SAN checkpoint: --model_name_or_path san-vit-b16-hf "
+            "(python conversion_scripts/convert_san_to_hf.py ...), or\n"
+            "  * pass --clip_pretrained none for random CLIP weights (smoke tests only)."
+        ) from error
+
+
+def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
+    if model_args.model_name_or_path and model_args.model_name_or_path.endswith((".pth", ".pt", ".pkl")):
+        if not model_args.config_name:
+            raise SetupError("An official SAN checkpoint (.pth) needs --config_name (e.g. san-clip-vit-b16).")
+        sys.path.insert(0, str(REPO_ROOT / "conversion_scripts"))
+        from convert_san_to_hf import convert  # noqa: E402  (a script folder, not a package)
+
+        return convert(model_args.model_name_or_path, resolve_config(model_args.config_name))
+    if model_args.model_name_or_path:
+        try:
+            return PATForOpenVocabSegmentation.from_pretrained(
+                model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+                token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+            )
+        except OSError as error:
+            raise SetupError(f"Cannot load {model_args.model_name_or_path!r}: {error}") from error
+    if not model_args.config_name:
+        raise SetupError("Give a starting point: --model_name_or_path (saved / converted model) or --config_name.")
+    config = resolve_config(model_args.config_name)
+    weights = clip_weights_file(config, model_args.clip_pretrained)  # before the build: fail fast when offline
+    model = PATForOpenVocabSegmentation(config)
+    if weights is not None:
+        import open_clip
+
+        open_clip.load_checkpoint(model.model.clip_tower.clip, weights)
+        model.model.clip_tower.freeze(config.clip_trainable_positional_embedding)
+        model._text_cache.clear()
+        logger.info("Loaded CLIP weights from %s", weights)
+    return model
+
+
+def set_vocabulary(model: PATForOpenVocabSegmentation, class_names: list[str], ignore_index: int) -> None:
+    """The training vocabulary becomes the model's default vocabulary (config.id2label) and loss ignore value."""
+    model.config.id2label = dict(enumerate(class_names))
+    model.config.label2id = {name: i for i, name in enumerate(class_names)}
+    model.config.ignore_index = int(ignore_index)  # the loss reads it from the config (labels_to_targets)
+
+
+def build_image_processor(model_args, data_args, config: PATConfig) -> PATImageProcessor:
+    source = model_args.image_processor_name or model_args.model_name_or_path
+    processor = None
+    if source and not source.endswith((".pth", ".pt", ".pkl")):
+        try:
+            processor = PATImageProcessor.from_pretrained(source, cache_dir=model_args.cache_dir,
+                                                          revision=model_args.model_revision, token=model_args.token)
+        except OSError:
+            processor = None
+    if processor is None:
+        processor = PATImageProcessor(size_divisibility=config.size_divisibility, ignore_index=config.ignore_index)
+    processor.size = {"shortest_edge": data_args.test_short_edge, "longest_edge": data_args.max_long_edge}
+    processor.ignore_index = config.ignore_index
+    return processor
+
+
+# -- main ------------------------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    model_args, data_args, training_args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    fix_training_arguments(training_args)
+    logger.warning(
+        "Process rank %s of %s, device %s, n_gpu %s, bf16 %s, fp16 %s", training_args.process_index,
+        training_args.world_size, training_args.device, training_args.n_gpu, training_args.bf16, training_args.fp16,
+    )
+    set_seed(training_args.seed)
+
+    if data_args.dataset_name:
+        data_args.train_dataset = data_args.train_dataset or f"hub={data_args.dataset_name}"
+        data_args.eval_datasets = data_args.eval_datasets or [f"hub={data_args.dataset_name}"]
+    options = data_options(data_args, model_args, training_args.seed)
+    train_split = None
+    if training_args.do_train:
+        if not data_args.train_dataset:
+            raise SetupError("--do_train needs --train_dataset (or --dataset_name).")
+        train_split = next(iter(load_named_splits(
+            [data_args.train_dataset], "train", data_args, options, data_args.max_train_samples).values()))
+    eval_splits = {}
+    if training_args.do_eval or (training_args.do_train and training_args.eval_strategy != "no"):
+        if not data_args.eval_datasets:
+            raise SetupError("--do_eval (or an eval_strategy) needs --eval_datasets.")
+        eval_splits = load_named_splits(data_args.eval_datasets, "validation", data_args, options,
+                                        data_args.max_eval_samples)
+    predict_splits = {}
+    if training_args.do_predict:
+        if not data_args.predict_datasets:
+            raise SetupError("--do_predict needs --predict_datasets.")
+        predict_splits = load_named_splits(data_args.predict_datasets, "validation", data_args, options,
+                                           data_args.max_predict_samples)
+
+    register_for_auto_classes()  # checkpoints carry the code, so they load with trust_remote_code
+    model = build_model(model_args)
+    if train_split is not None:
+        set_vocabulary(model, train_split.class_names, train_split.ignore_index)
+    processor = build_image_processor(model_args, data_args, model.config)
+    metric = evaluate.load(data_args.metric_path)
+
+    train_dataset, callbacks = None, []
+    if train_split is not None:
+        augmentation = SANTrainAugmentation(
+            crop_size=data_args.crop_size, short_edges=tuple(data_args.train_short_edges),
+            max_long_edge=data_args.max_long_edge, photometric_distortion=data_args.color_jitter,
+            flip_prob=data_args.flip_prob, ignore_index=train_split.ignore_index,
+        )
+        train_dataset = SegmentationTrainDataset(train_split, augmentation, processor, seed=training_args.seed)
+        callbacks.append(EpochCallback(train_dataset))
+        logger.info("Training on %s/%s: %d images, %d classes, ignore %d", train_split.name, train_split.split,
+                    len(train_split), train_split.num_labels, train_split.ignore_index)
+    eval_datasets = {label: SegmentationEvalDataset(split, processor) for label, split in eval_splits.items()}
+
+    trainer = PATSegmentationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_datasets or None,
+        data_collator=SegmentationCollator(ignore_index=model.config.ignore_index,
+                                           size_divisibility=model.config.size_divisibility),
+        processing_class=processor,
+        callbacks=callbacks,
+        metric=metric,
+        predictions_dir=Path(training_args.output_dir) / "predictions",
+    )
+    if train_split is not None:
+        trainer.training_summary = (
+            f"Trained with `run_semantic_segmentation.py` on {train_split.display_name} ({train_split.split}, "
+            f"{len(train_split)} images, {train_split.num_labels} classes): SAN augmentation ({data_args.crop_size} "
+            f"crops), AdamW lr {training_args.learning_rate}, weight decay {training_args.weight_decay}, "
+            f"{training_args.lr_scheduler_type} schedule, gradient clipping {training_args.max_grad_norm}."
+        )
+
+    if training_args.do_train:
+        checkpoint = training_args.resume_from_checkpoint
+        if checkpoint is not None and checkpoint.lower() in ("true", "last"):
+            checkpoint = True
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        metrics = result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        if not training_args.do_train:
+            trainer.save_model()  # the evaluated model, so that the card below describes what is in the folder
+
+    if training_args.do_predict:
+        for label, split in predict_splits.items():
+            output = trainer.predict(SegmentationEvalDataset(split, processor), metric_key_prefix=f"predict_{label}")
+            trainer.log_metrics("predict", output.metrics)
+            trainer.save_metrics(f"predict_{label}", output.metrics)
+
+    if trainer.is_world_process_zero():
+        eval_results = [trainer.segmentation_results[k] for k in trainer.segmentation_results if k.startswith("eval")]
+        model_name = Path(model_args.model_name_or_path or model_args.config_name or "model").name
+        if eval_results:
+            markdown, _ = write_results_table(eval_results, training_args.output_dir, model_name)
+            logger.info("Benchmark table (%s):\n%s", markdown, markdown.read_text())
+        if (Path(training_args.output_dir) / "config.json").is_file():
+            trainer.create_model_card(model_name=Path(training_args.output_dir).name)
+
+    if training_args.push_to_hub:
+        kwargs = {"finetuned_from": model_args.model_name_or_path or model_args.config_name,
+                  "tasks": "image-segmentation", "tags": ["image-segmentation", "vision", "open-vocabulary"]}
+        trainer.push_to_hub(**kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
