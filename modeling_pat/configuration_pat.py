@@ -26,8 +26,9 @@ VILD_TEMPLATES = (
 )
 
 
-# Keyword arguments that are not PATConfig fields but that PreTrainedConfig itself consumes, or that saved
-# config.json files carry; anything else is a field this version does not know (e.g. from a newer version).
+# Keyword arguments that are not PATConfig fields but that config.json files normally carry or PreTrainedConfig
+# itself consumes; any other key that ends up as an attribute is a field this version does not know (e.g. a config
+# from a newer version). Keys PreTrainedConfig drops (generation parameters such as Trainer's `use_cache`) are silent.
 KNOWN_EXTRA_KWARGS = frozenset(
     {
         "model_type", "auto_map", "custom_pipelines", "torch_dtype", "num_labels", "name_or_path",
@@ -174,7 +175,9 @@ class PATConfig(PreTrainedConfig):
     perceptual_network: str = "auto"
 
     def __post_init__(self, **kwargs):
-        unknown = sorted(key for key in kwargs if key not in KNOWN_EXTRA_KWARGS and not key.startswith("_"))
+        candidates = [key for key in kwargs if key not in KNOWN_EXTRA_KWARGS and not key.startswith("_")]
+        super().__post_init__(**kwargs)
+        unknown = sorted(key for key in candidates if key in self.__dict__)  # kept, not consumed or dropped
         if unknown:
             saved_with = f" (saved with transformers {self.transformers_version})" if self.transformers_version else ""
             warnings.warn(
@@ -183,7 +186,6 @@ class PATConfig(PreTrainedConfig):
                 UserWarning,
                 stacklevel=3,
             )
-        super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Fail at construction on settings the model cannot build (called by `@strict`)."""

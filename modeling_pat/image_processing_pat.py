@@ -192,9 +192,10 @@ def semantic_map(
     logits = _resize_columns(logits, pad[1], img[1], out[1])  # (Q, h, W): the width chain, at low resolution
     height, width = row_map.shape[0], logits.shape[-1]
     logits = logits.transpose(0, 1).contiguous()  # (h, Q, W): a band of rows is then one small GEMM
-    if prune is None:
+    if prune is None or return_scores:  # every class is scored when the scores are returned
         prune = num_classes >= PRUNE_MIN_CLASSES and not return_scores
-    rows = tile
+    # bands of `tile` rows (the pruning tiles); with all the scores, few enough rows for an 8 MB score block
+    rows = tile if not return_scores else max(1, min(tile, (1 << 21) // max(1, num_classes * width)))
     segmentation = torch.empty(height, width, dtype=torch.int64, device=logits.device)
     result = {"segmentation": segmentation}
     if return_scores:
@@ -226,12 +227,10 @@ def semantic_map(
                 weights = probs[classes]
             else:
                 classes = None
-        if return_scores:  # (C, r*W), written straight into the [C, H, W] output
-            scores = result["segmentation_scores"][:, top:bottom].view(num_classes, -1)
-            torch.mm(weights, mask_probs.transpose(0, 1).reshape(num_queries, -1), out=scores)
-            best, index = (t.view(bottom - top, width) for t in scores.max(dim=0))
-        else:
-            best, index = torch.matmul(weights, mask_probs).max(dim=1)  # (r, C or K, W) -> (r, W)
+        scores = torch.matmul(weights, mask_probs)  # (r, C or K, W)
+        best, index = scores.max(dim=1)  # (r, W)
+        if return_scores:
+            result["segmentation_scores"][:, top:bottom] = scores.transpose(0, 1)
         if classes is not None:
             index = classes[index]
         segmentation[top:bottom] = index

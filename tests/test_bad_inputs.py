@@ -584,3 +584,20 @@ def test_transformers_load_image_also_honours_exif_but_drops_alpha_and_clips_16_
     clipped = np.asarray(transformers_load_image(str(tmp_path / "deep.png")))[..., 0]
     assert (clipped == 255).mean() > 0.9  # everything above 255 / 65535 of the range is white
     np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "deep.png"))[..., 0], np.round(GRAY16 / 257.0))
+
+
+def test_keys_transformers_itself_writes_are_not_unknown_fields(tmp_path):
+    """No false alarm for what transformers puts into config.json: Trainer's `use_cache` (a generation parameter,
+    dropped again on load) and remote code's `auto_map`."""
+    import warnings
+
+    config = PATConfig.from_preset("san-tiny")
+    config.use_cache = False  # what Trainer does
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["auto_map"] = {"AutoConfig": "configuration_pat.PATConfig"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        loaded = PATConfig.from_pretrained(tmp_path)
+    assert loaded.auto_map == saved["auto_map"] and not hasattr(loaded, "use_cache")

@@ -311,7 +311,7 @@ def test_fine_tune_tiny_pat(workspace, tmp_path):
     output = tmp_path / "pat"
     assert runner.main([
         "--model_name_or_path", str(tmp_path / "pat-start"), "--train_dataset", f"folder={workspace / 'ade8'}",
-        "--eval_datasets", f"folder={workspace / 'ade8'}", "--do_train", "--do_eval", "--max_steps", "12",
+        "--eval_datasets", f"folder={workspace / 'ade8'}", "--do_train", "--do_eval", "--max_steps", "8",
         "--per_device_train_batch_size", "2", "--learning_rate", "2e-3", "--logging_steps", "4",
         "--save_strategy", "no", "--output_dir", str(output), *SMALL,
     ]) == 0
@@ -320,3 +320,16 @@ def test_fine_tune_tiny_pat(workspace, tmp_path):
     assert entries[-1]["loss"] < entries[0]["loss"]
     assert json.loads((output / "config.json").read_text())["use_pyramid_tokenization"] is True
     assert json.loads((output / "eval_results.json").read_text())["eval_ade8_num_images"] == 1
+
+
+def test_clip_weights_from_a_checkpoint_file(tmp_path):
+    """--config_name + --clip_pretrained FILE: open_clip weights are loaded into the (frozen) CLIP tower."""
+    torch.manual_seed(1)
+    donor = PATForOpenVocabSegmentation(PATConfig.from_preset("san-tiny")).model.clip_tower.clip
+    torch.save(donor.state_dict(), tmp_path / "open_clip_model.bin")
+    model = runner.build_model(runner.ModelArguments(config_name="san-tiny",
+                                                     clip_pretrained=str(tmp_path / "open_clip_model.bin")))
+    clip = model.model.clip_tower.clip
+    torch.testing.assert_close(clip.state_dict(), donor.state_dict())
+    assert clip.visual.positional_embedding.requires_grad  # SAN fine-tunes it
+    assert not clip.visual.conv1.weight.requires_grad and not clip.token_embedding.weight.requires_grad
