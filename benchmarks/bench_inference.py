@@ -491,6 +491,7 @@ def profile_variants(setup: Setup) -> None:
         torch.set_num_threads(setup.threads)
     models = build(setup)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    summary = {}
     for variant, name in (("baseline", "before"), ("fast", "after")):
         model = models.baseline if variant == "baseline" else models.fast
         processor = models.baseline_processor if variant == "baseline" else models.processor
@@ -503,20 +504,34 @@ def profile_variants(setup: Setup) -> None:
                 call()
                 wall = time.perf_counter() - start
         averages = prof.key_averages()
+        stages = {stage: event.cpu_time_total / 1000 for stage in STAGES
+                  for event in averages if event.key == f"stage::{stage}"}
+        summary[name] = (wall, stages, sum(e.self_cpu_time_total for e in averages) / 1000)
         lines = [f"# torch.profiler, {variant} ({'commit ' + BASELINE_COMMIT if variant == 'baseline' else 'current'}),"
                  f" {setup.label()}, threads {torch.get_num_threads()}, one call after warm-up: {wall:.3f} s wall",
                  f"# load average {os.getloadavg()}", "", "stage                                  CPU total (ms)"]
-        for stage in STAGES:
-            event = next((e for e in averages if e.key == f"stage::{stage}"), None)
-            if event is not None:
-                lines.append(f"{stage:<38} {event.cpu_time_total / 1000:12.1f}")
+        lines += [f"{stage:<38} {ms:12.1f}" for stage, ms in stages.items()]
         lines += ["", averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=50), "",
                   "by input shape:", prof.key_averages(group_by_input_shape=True).table(
                       sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=45, max_shapes_column_width=80)]
         path = RESULTS / f"profile_{name}.txt"
         path.write_text("\n".join(lines) + "\n")
-        print("\n".join(lines[:12]))
         print(f"-> {path}")
+    (before_wall, before, before_total), (after_wall, after, after_total) = summary["before"], summary["after"]
+    lines = [f"# Profile summary: {setup.label()}, threads {torch.get_num_threads()}, load average {os.getloadavg()}",
+             f"# before = baseline (commit {BASELINE_COMMIT}), after = current package; CPU ms per stage of one call",
+             "", f"{'stage':<38} {'before ms':>10} {'after ms':>10} {'after/before':>13}"]
+    for stage in STAGES:
+        if stage in before or stage in after:
+            b, a = before.get(stage, 0.0), after.get(stage, 0.0)
+            lines.append(f"{stage:<38} {b:10.1f} {a:10.1f} {a / b if b else float('nan'):13.2f}")
+    lines.append(f"{'total (profiler self CPU)':<38} {before_total:10.1f} {after_total:10.1f} {after_total / before_total:13.2f}")
+    lines.append(f"{'wall (one call, under the profiler)':<38} {before_wall * 1000:10.1f} {after_wall * 1000:10.1f} "
+                 f"{after_wall / before_wall:13.2f}")
+    path = RESULTS / "profile_summary.txt"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"-> {path}")
 
 
 # -- main -------------------------------------------------------------------------------------------------------------
