@@ -337,7 +337,7 @@ def run_scenario(setup: Setup, variants: list[str], warmup: int, repeats: int, m
 
 
 def print_table(rows, file=sys.stdout) -> None:
-    header = f"| {'scenario':<58} | {'variant':<12} | median s | p90 s | img/s | CPU s | peak MB | speed-up |"
+    header = f"| {'scenario':<66} | {'variant':<12} | median s | p90 s | img/s | CPU s | peak MB | speed-up |"
     print(header, file=file)
     print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|", file=file)
     for label, result in rows:
@@ -346,7 +346,7 @@ def print_table(rows, file=sys.stdout) -> None:
             peak = f"{memory['peak_extra_bytes'] / 2**20:7.0f}" if memory else "      -"
             ips = f"{entry['images_per_s']:5.2f}" if entry.get("images_per_s") else "    -"
             speed = next((v for k, v in entry.items() if k.startswith("speedup_vs_")), 1.0)
-            print(f"| {label:<58} | {variant:<12} | {entry['median']:8.3f} | {entry['p90']:5.2f} | {ips} | "
+            print(f"| {label:<66} | {variant:<12} | {entry['median']:8.3f} | {entry['p90']:5.2f} | {ips} | "
                   f"{entry['cpu_median']:5.2f} | {peak} | {speed:7.2f}x |", file=file)
 
 
@@ -354,21 +354,21 @@ def print_table(rows, file=sys.stdout) -> None:
 def run_suite(args) -> dict:
     repeats, warmup = args.repeats, args.warmup
     threads = args.threads
-    base = Setup(threads=threads)
+    base = Setup(preset=args.preset, size=args.size, threads=threads)
     suite, checks = {}, []
 
     r = suite["cached_640_b1"] = run_scenario(base, ["baseline", "fast"], warmup, repeats, memory=True,
                                               compare_scores=True)
     fast = r["variants"]["fast"]
     speed = fast["speedup_vs_baseline"]
-    checks.append(("cached vocabulary 640x640 b1 fp32: >= 1.5x baseline", speed >= 1.5, f"{speed:.2f}x"))
+    checks.append((f"cached vocabulary {args.size}x{args.size} b1 fp32: >= 1.5x baseline", speed >= 1.5, f"{speed:.2f}x"))
     diff = max(fast["vs_baseline"]["class_logits_max_abs_diff"], fast["vs_baseline"]["mask_logits_max_abs_diff"],
                fast["vs_baseline"].get("scores_max_abs_diff", 0.0))
     checks.append(("  outputs within 1e-4 of baseline", diff <= 1e-4,
                    f"max abs diff {diff:.2e}, label maps {fast['vs_baseline']['label_map_agreement']:.6f} equal"))
     mem_b, mem_f = r["variants"]["baseline"].get("memory"), fast.get("memory")
     if mem_b and mem_f:
-        checks.append(("peak memory 640x640 <= baseline", mem_f["peak_extra_bytes"] <= mem_b["peak_extra_bytes"],
+        checks.append((f"peak memory {args.size}x{args.size} <= baseline", mem_f["peak_extra_bytes"] <= mem_b["peak_extra_bytes"],
                        f"{mem_f['peak_extra_bytes'] / 2**20:.0f} MB vs {mem_b['peak_extra_bytes'] / 2**20:.0f} MB"))
 
     text = replace(base, vocabulary="ade150", vocab="cold")
@@ -402,11 +402,11 @@ def run_suite(args) -> dict:
     checks.append(("847 classes <= 1.5x the cost of 20 (cached, fast)", ratio <= 1.5,
                    f"{ratio:.2f}x (baseline {ratio_b:.2f}x)"))
 
-    r = suite["pat_window"] = run_scenario(replace(base, preset="pat-clip-vit-b16"), ["fast"], warmup, repeats)
+    r = suite["pat_window"] = run_scenario(replace(base, preset=args.pat_preset), ["fast"], warmup, repeats)
     ratio = r["variants"]["fast"]["median"] / suite["cached_640_b1"]["variants"]["fast"]["median"]
     checks.append(("PAT (window decoder) <= 2x SAN, same size (fast)", ratio <= 2.0, f"{ratio:.2f}x"))
     if not args.skip_global:
-        r = suite["pat_global"] = run_scenario(replace(base, preset="pat-clip-vit-b16", decoder_attn="global"),
+        r = suite["pat_global"] = run_scenario(replace(base, preset=args.pat_preset, decoder_attn="global"),
                                                ["fast"], 0, 1)
         ratio = r["variants"]["fast"]["median"] / suite["cached_640_b1"]["variants"]["fast"]["median"]
         checks.append(("  PAT global-attention decoder (report)", None, f"{ratio:.2f}x SAN"))
@@ -570,6 +570,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--memory", action="store_true", help="measure peak memory per variant (subprocesses)")
     parser.add_argument("--suite", action="store_true", help="run every target scenario of the issue")
+    parser.add_argument("--pat-preset", default="pat-clip-vit-b16", help="suite: the PAT preset compared with --preset")
     parser.add_argument("--skip-global", action="store_true", help="suite: skip the (slow) global-attention PAT run")
     parser.add_argument("--profile", action="store_true", help="write torch.profiler summaries before/after")
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/<name>.json)")

@@ -142,19 +142,19 @@ def _forward_is_observed(module: nn.Module) -> bool:
     )
 
 
-def sdpa_block_forward(block: nn.Module, x: torch.Tensor, groups, num_rows: int | None = None) -> torch.Tensor:
+def sdpa_block_forward(block: nn.Module, x: torch.Tensor, groups) -> torch.Tensor:
     """One `is_sdpa_block` block on (B, S, C) tokens with `F.scaled_dot_product_attention`, as row groups.
 
     `groups`: ((start, end, attn_mask, is_causal), ...) consecutive query-row ranges from 0, each with its own
     additive mask (broadcastable to (B, heads, end - start, S)) or causal flag; keys and values are always all S
-    tokens. Rows past the last group are not computed: the output is (B, num_rows, C), num_rows = the last `end`
-    (every op after the attention acts per token, so leaving rows out changes no other row). Same maths as the
+    tokens. Rows past the last group are not computed: the output is (B, R, C), R = the last group's `end` (every
+    op after the attention acts per token, so leaving rows out changes no other row). Same maths as the
     block's own forward (`nn.MultiheadAttention` -> SDPA), so the results agree to float rounding.
     """
     attn = block.attn
     batch, length, width = x.shape
     heads = attn.num_heads
-    rows = groups[-1][1] if num_rows is None else num_rows
+    rows = groups[-1][1]
     y = block.ln_1(x)
     weight, bias = attn.in_proj_weight, attn.in_proj_bias
     if rows == length:  # one fused projection

@@ -171,14 +171,17 @@ def semantic_map(
 
     Same maths as the plain path, in the exact order (the sigmoid comes after the resize: the scores are products of
     the [C, Q] class probabilities with the full-resolution [Q, pixels] mask probabilities), arranged to stay small:
-    * the resize chain is separable: the column map is applied once at low resolution ([Q, h, W]), the row map per
-      band of `tile` output rows, so no [Q, H, W] tensor is ever allocated (fresh GB-sized buffers cost as much in
-      page faults as the arithmetic);
+    * the resize chain is separable: its width part runs once at low resolution ([Q, h, W], the same
+      `F.interpolate` calls), its height part (`mask_resize_matrix`, a few low-resolution rows per output row) per
+      band of `tile` output rows, so no [Q, H, W] tensor is ever allocated (fresh GB-sized buffers cost about as
+      much in page faults as the arithmetic);
     * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache;
     * pruning (default from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile` tile the mask
-      probabilities' per-query max and min give each class an upper bound U_c = P_c . max and a lower bound
+      probabilities' per-query max and min (bounded by the low-resolution rows the band interpolates: bilinear
+      weights are >= 0 and sum to 1) give each class an upper bound U_c = P_c . max and a lower bound
       L_c = P_c . min of its score on the whole tile (probabilities are >= 0); a class whose U_c is below the best
-      L_c (minus a rounding margin) loses on every pixel of the tile, so only the band's other classes are scored.
+      L_c, by more than a margin covering float rounding, loses on every pixel of the tile, so only the band's
+      other classes are scored.
     Results equal the plain path's up to float rounding (label maps: except exact ties within rounding).
     """
     probs = class_logits.float().softmax(dim=-1)[..., :-1].T.contiguous()  # (C, Q)
@@ -204,8 +207,7 @@ def semantic_map(
         result["best_scores"] = logits.new_empty(height, width)
         result["score_sums"] = logits.new_empty(height, width)
         total_probs = probs.sum(dim=0, keepdim=True)  # (1, Q)
-    # margin >= 4x the rounding error of a length-Q dot product of non-negative terms, relative to the bound
-    margin_factor = 4 * num_queries * torch.finfo(torch.float32).eps
+    eps = torch.finfo(torch.float32).eps
     identity_rows, nonzero = _is_identity(row_map), row_map != 0
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
@@ -222,7 +224,9 @@ def semantic_map(
         if prune:
             # every band row is a convex combination of low-res rows first..last-1 (bilinear weights >= 0, sum 1)
             low, high = torch.aminmax(logits[first:last], dim=0)  # (Q, W) bounds of the band's logits
-            classes = _candidate_classes(probs, low.sigmoid(), high.sigmoid(), tile, margin_factor)
+            # relative margin: 4x the rounding of a length-Q sum of products plus that of sigmoid(x) for x this large
+            margin = 4 * eps * (num_queries + float(torch.maximum(high.abs(), low.abs()).max()))
+            classes = _candidate_classes(probs, low.sigmoid(), high.sigmoid(), tile, margin)
             if len(classes) < num_classes:
                 weights = probs[classes]
             else:
@@ -257,7 +261,7 @@ def _is_identity(matrix: torch.Tensor) -> bool:
     return matrix.shape[0] == matrix.shape[1] and bool((matrix == torch.eye(len(matrix)).to(matrix)).all())
 
 
-def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tile: int, margin_factor: float):
+def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tile: int, margin: float):
     """(C, Q) class probabilities, (Q, W) lower / upper bounds of a band's mask probabilities -> sorted ids of the
     classes that can win on some `tile`-wide tile of the band (see `semantic_map`)."""
     if low.shape[-1] > tile:  # the bounds over `tile` columns (the last tile may be narrower)
@@ -266,7 +270,7 @@ def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tenso
     upper = probs @ high  # (C, tiles): no pixel of the tile scores higher
     lower = probs @ low  # (C, tiles): no pixel of the tile scores lower
     best_lower = lower.amax(dim=0)
-    threshold = best_lower - margin_factor * upper.amax(dim=0)
+    threshold = best_lower - margin * upper.amax(dim=0)
     return (upper >= threshold).any(dim=1).nonzero().squeeze(1)
 
 

@@ -43,7 +43,8 @@ from .pat_losses import PATTokenizationLoss
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
 from .quantizer import PATQuantizerOutput, PATVectorQuantizer
-from .side_adapter import PATChannelLayerNorm, PATSideAdapter
+from .samplers import PATOffsetConv2d
+from .side_adapter import PATChannelLayerNorm, PATFusionProjection, PATSideAdapter
 
 
 # Classes per text-tower call in `get_class_embeddings` (x the prompt templates): bounds memory for large vocabularies.
@@ -219,9 +220,12 @@ class PATPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        # Modules with their own init are handled before the generic rule: transformers initialises children first
+        # and never re-initialises a tensor, so a parent cannot override a child conv's generic init afterwards.
+        if isinstance(module, (PATFusionProjection, PATOffsetConv2d)):
+            module.reset_parameters()  # SAN's Caffe2 Xavier fill; DySample offsets near zero
+            return
         # CLIP keeps open_clip's own random init in a fresh model (real weights always come from a checkpoint).
-        # Convs and linears, including SAN's fusion projections and DySample's offset convs, get the generic
-        # N(0, initializer_range) init: transformers initialises children first and never re-initialises a tensor.
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, PATSideAdapter):

@@ -33,8 +33,12 @@ STEPS = 300
 ARTIFACTS = Path(os.environ.get("PAT_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
 
+EMBED_DIM = 32
+
+
 def training_config() -> PATConfig:
     config = PATConfig.from_preset("pat-tiny")
+    config.clip_config = {**config.clip_config, "embed_dim": EMBED_DIM}
     config.codebook_sizes, config.latent_codebook_size = [32, 24, 16], 48
     names = json.loads((FIXTURES / "data/vocab/ade150.json").read_text())["names"]
     config.id2label = dict(enumerate(names))
@@ -60,6 +64,23 @@ def ade_crops(processor: PATImageProcessor, crops_per_image: int = 4, seed: int 
                 "labels": labels[top : top + CROP, left : left + CROP].clone(),
             })
     return samples
+
+
+def class_embeddings(num_classes: int, seed: int = 1) -> torch.Tensor:
+    """(N, EMBED_DIM) fixed random unit vectors: distinct class embeddings (largest pairwise cosine about 0.6)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(num_classes, EMBED_DIM, generator=generator), dim=-1)
+
+
+def collate_with(embeddings: torch.Tensor):
+    """Stacks crops and labels and adds the batch's vocabulary, as `PATForOpenVocabSegmentation.forward` takes it."""
+    def collate(samples: list[dict]) -> dict:
+        return {
+            "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+            "labels": torch.stack([s["labels"] for s in samples]),
+            "class_embeddings": embeddings,
+        }
+    return collate
 
 
 def first_and_last(history: list[dict], key) -> tuple[float, float]:
@@ -98,7 +119,8 @@ def test_tiny_pat_learns_on_real_photos(tmp_path, capsys):
         weight_decay=1e-4, lr_scheduler_type="constant", logging_steps=10, save_strategy="no", report_to="none",
         remove_unused_columns=False, use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True,
     )
-    trainer = PATTrainer(model=model, args=args, train_dataset=dataset)
+    embeddings = class_embeddings(len(model.config.id2label))
+    trainer = PATTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate_with(embeddings))
     trainer.train()
     history = trainer.state.log_history
 

@@ -129,9 +129,12 @@ def test_pat_specific_initialisation():
     torch.manual_seed(0)
     model = PATModel(pat_config())
     offsets = model.tokenization.pixel_branch.upsamplers[0].offset
-    assert torch.all(offsets.bias == 0)  # DySample starts near bilinear (small offsets)
+    assert offsets.weight.std() < 0.003 and torch.all(offsets.bias == 0)  # DySample starts as bilinear
     codebook = model.tokenization.pixel_branch.quantizers[0].codebook
     assert 0.8 < codebook.std() < 1.2  # choice V2: N(0, 1)
+    fusion = model.side_adapter.fusion_layers["layer_0"].proj.weight  # SAN's Caffe2 Xavier (uniform) fill
+    bound = (3.0 / fusion[0].numel()) ** 0.5
+    assert fusion.abs().max() <= bound and fusion.abs().max() > 0.5 * bound
 
 
 def test_a_san_checkpoint_initialises_the_san_part_of_pat(tmp_path):
@@ -147,7 +150,7 @@ def test_a_san_checkpoint_initialises_the_san_part_of_pat(tmp_path):
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     for name, value in san.state_dict().items():
         assert torch.equal(pat.state_dict()[name], value), name
-    assert 0.8 < pat.model.tokenization.pixel_branch.quantizers[0].codebook.std() < 1.2  # PAT parts initialised
+    assert pat.model.tokenization.pixel_branch.upsamplers[0].offset.weight.std() < 0.003
 
 
 @pytest.mark.slow
