@@ -168,7 +168,21 @@ def build(setup: Setup, with_baseline: bool = True) -> Models:
         missing = baseline.load_state_dict(fast.state_dict(), strict=True)
         assert not missing.missing_keys and not missing.unexpected_keys
         models.baseline, models.baseline_processor = baseline, base.PATImageProcessor(do_resize=False)
+        if setup.vocab == "cached":
+            seed_baseline_text_cache(baseline, fast, models.names)
     return models
+
+
+def seed_baseline_text_cache(baseline, fast, names: list[str]) -> None:
+    """Put the current package's class embeddings into the baseline's memory cache (same key format).
+
+    A cached-vocabulary call never runs the text tower, so this changes nothing that is timed; it spares the
+    baseline's one-shot full-context encoding, which for ADE-847 (847 x 14 prompts x 77 tokens in one batch) needs
+    more memory than these machines have. The embeddings agree with the baseline's own within 1e-5
+    (tests/test_fast_paths.py; the cold-vocabulary scenario measures it again)."""
+    embeddings = fast.get_class_embeddings(class_names=names)
+    key = ("names", tuple(names), tuple(baseline.config.prompt_templates))
+    baseline._text_cache[key] = (baseline._text_weights_version(), embeddings.clone())
 
 
 # -- the timed calls --------------------------------------------------------------------------------------------------

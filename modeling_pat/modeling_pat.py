@@ -214,7 +214,8 @@ class PATPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
-    _no_split_modules = ["PATSideLayer"]
+    # blocks kept whole by `device_map` sharding and wrapped as units by FSDP (open_clip's CLIP block, timm's EVA block)
+    _no_split_modules = ["PATSideLayer", "PATDecoderLayer", "ResidualAttentionBlock", "EvaBlock"]
     # The loss is normalised by the number of target masks, not by tokens: Trainer must not rescale it.
     accepts_loss_kwargs = False
 
