@@ -5,6 +5,11 @@ their first logged values; at the end at least a quarter of every codebook is in
 printed per codebook); the standalone tokenizer's encode -> decode of a real photo beats the photo's mean-colour
 image in PSNR (the reconstruction is written as a PNG to the artifact folder, `PAT_TEST_ARTIFACTS` or
 `test-artifacts/` at the repository root).
+
+The class names' text embeddings are fixed random unit vectors, passed as `class_embeddings`: they stand in for a
+pretrained CLIP text tower. The tiny random one maps all 150 ADE names to nearly one point (mean pairwise cosine
+0.97), so no image model could tell the classes apart and the classification term would stay at chance whatever PAT
+learns. For the same reason the tiny CLIP's joint embedding is 32-d here instead of the preset's 8-d.
 """
 
 import json
