@@ -433,9 +433,7 @@ def main(argv=None) -> int:
             trainer.create_model_card(model_name=Path(training_args.output_dir).name)
 
     if training_args.push_to_hub:
-        kwargs = {"finetuned_from": model_args.model_name_or_path or model_args.config_name,
-                  "tasks": "image-segmentation", "tags": ["image-segmentation", "vision", "open-vocabulary"]}
-        trainer.push_to_hub(**kwargs)
+        trainer.push_to_hub()  # the card is the package's own (PATSegmentationTrainer.create_model_card)
     return 0
 
 

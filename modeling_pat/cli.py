@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .configuration_pat import PRESETS_DIR, PATConfig
+from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary
 from .image_processing_pat import load_image
 from .modeling_pat import PATForOpenVocabSegmentation
 from .processing_pat import PATProcessor
@@ -42,17 +42,8 @@ EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_MODEL, EXIT_UNREADABLE = 0, 1, 2, 3, 4
 DEFAULT_MODEL = "san-vit-b16-hf"
 RANDOM_PREFIX = "random:"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # owner/name
-VOCABULARY_FILES = {
-    "ade150": "ade150.json",
-    "ade847": "ade847.json",
-    "coco171": "coco_stuff_171.json",
-    "pc59": "pc59.json",
-    "pc459": "pc459.json",
-    "voc20": "voc20.json",
-}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TEXT_CHUNK_CLASSES = 64  # classes per text-tower call (x 14 templates): bounds memory for ADE-847
 POSTPROCESS_BUDGET = 2**28  # floats the full-resolution post-processing may hold per image (1 GiB in float32)
 
 CONVERT_COMMAND = (
@@ -138,11 +129,9 @@ def parse_labels(values: list[str]) -> list[str]:
     return names
 
 
-def load_vocabulary(name: str) -> list[str]:
+def vocabulary_class_names(name: str) -> list[str]:
     """A shipped vocabulary (`configuration/vocabularies/*.json`) -> its class names, in index order."""
-    path = PRESETS_DIR / "vocabularies" / VOCABULARY_FILES[name]
-    with open(path, encoding="utf-8") as handle:
-        return list(json.load(handle)["class_names"])
+    return list(load_vocabulary(name)["class_names"])
 
 
 def collect_inputs(patterns: list[str]) -> list[Path]:
@@ -238,12 +227,10 @@ def _first_line(error: BaseException) -> str:
 
 
 def compute_class_embeddings(model, processor, class_names: list[str]) -> torch.Tensor:
-    """(N, D) unit text embeddings of the class names, computed once per run in chunks of classes."""
-    chunks = []
-    for start in range(0, len(class_names), TEXT_CHUNK_CLASSES):
-        input_ids = processor.encode_class_names(class_names[start : start + TEXT_CHUNK_CLASSES])["input_ids"]
-        chunks.append(model.get_class_embeddings(input_ids=input_ids.to(model.device)))
-    return torch.cat(chunks)
+    """(N, D) unit text embeddings of the class names, computed once per run (the model encodes them in chunks of
+    classes, so large vocabularies stay within memory)."""
+    input_ids = processor.encode_class_names(class_names)["input_ids"]
+    return model.get_class_embeddings(input_ids=input_ids.to(model.device))
 
 
 # -- images -----------------------------------------------------------------------------------------------------------
@@ -389,7 +376,7 @@ def segment_files(job: SegmentationJob, paths: list[Path], batch_size: int, quie
 
 def run(args: argparse.Namespace) -> int:
     """The whole job; raises UsageError / ModelLoadError, returns EXIT_OK or EXIT_UNREADABLE."""
-    class_names = parse_labels(args.labels) if args.labels else load_vocabulary(args.vocabulary)
+    class_names = parse_labels(args.labels) if args.labels else vocabulary_class_names(args.vocabulary)
     paths = collect_inputs(args.inputs)
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
     if args.window_stride is not None and not args.sliding_window:

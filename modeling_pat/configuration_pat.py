@@ -1,5 +1,6 @@
 """PATConfig: one configuration for SAN mode and full PAT (switched by `use_pyramid_tokenization`)."""
 
+import json
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,23 @@ PRESETS_DIR = next(
     (d for d in (_PACKAGE_DIR.parent / "configuration", _PACKAGE_DIR / "presets") if d.is_dir()),
     _PACKAGE_DIR.parent / "configuration",
 )
+# The benchmarks' class-name lists shipped in `configuration/vocabularies/`, by short name.
+VOCABULARY_FILES = {
+    "coco171": "coco_stuff_171.json",
+    "ade150": "ade150.json",
+    "ade847": "ade847.json",
+    "pc59": "pc59.json",
+    "pc459": "pc459.json",
+    "voc20": "voc20.json",
+}
+
+
+def load_vocabulary(name: str) -> dict:
+    """A shipped vocabulary file (`configuration/vocabularies/`) as a dict (`class_names`, `ignore_index`, ...)."""
+    if name not in VOCABULARY_FILES:
+        raise ValueError(f"Unknown vocabulary {name!r}; available: {sorted(VOCABULARY_FILES)}.")
+    with open(PRESETS_DIR / "vocabularies" / VOCABULARY_FILES[name], encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 @strict

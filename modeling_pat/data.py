@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from .configuration_pat import PRESETS_DIR
+from .configuration_pat import PRESETS_DIR, VOCABULARY_FILES, load_vocabulary
 from .image_processing_pat import PATImageProcessor, get_resize_output_size
 
 
@@ -54,24 +54,6 @@ SPLIT_ALIASES = {
 
 
 # -- vocabularies ---------------------------------------------------------------------------------------------------
-VOCABULARY_FILES = {
-    "coco171": "coco_stuff_171.json",
-    "ade150": "ade150.json",
-    "ade847": "ade847.json",
-    "pc59": "pc59.json",
-    "pc459": "pc459.json",
-    "voc20": "voc20.json",
-}
-
-
-def load_vocabulary(name: str) -> dict:
-    """A shipped vocabulary file (`configuration/vocabularies/`) as a dict (`class_names`, `ignore_index`, ...)."""
-    if name not in VOCABULARY_FILES:
-        raise ValueError(f"Unknown vocabulary {name!r}; available: {sorted(VOCABULARY_FILES)}.")
-    with open(PRESETS_DIR / "vocabularies" / VOCABULARY_FILES[name], encoding="utf-8") as handle:
-        return json.load(handle)
-
-
 def read_id2label(path) -> tuple[list[str], dict]:
     """`id2label.json` (`{"0": "road", ...}`, the official example's format; optionally wrapped as
     `{"id2label": {...}, "ignore_index": 255}`) -> (class names in index order, extra fields)."""

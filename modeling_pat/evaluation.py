@@ -20,16 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from .cli import save_label_map
 from .data import SegmentationEvalDataset
-from .image_processing_pat import resize_mask_logits
+from .image_processing_pat import semantic_map
 from .model_card import write_model_card
 from .training import PATTrainer
-
-
-TEXT_CHUNK_CLASSES = 64  # classes per text-tower call (x templates), bounds memory for ADE-847
-SCORE_CHUNK_ELEMENTS = 1 << 26  # classes x pixels per semantic-inference chunk (256 MB in float32)
 
 
 def metric_functions(metric) -> dict:
@@ -45,40 +41,10 @@ def metric_functions(metric) -> dict:
 
 @torch.no_grad()
 def class_embeddings_for(model, class_names: list[str]) -> torch.Tensor:
-    """(N, D) fp32 unit text embeddings of `class_names` with the model's prompt templates, in chunks of classes."""
-    chunks = []
+    """(N, D) fp32 unit text embeddings of `class_names` with the model's prompt templates (one cached vocabulary;
+    the model encodes it in chunks of classes)."""
     with torch.autocast(device_type=model.device.type, enabled=False):
-        for start in range(0, len(class_names), TEXT_CHUNK_CLASSES):
-            chunks.append(model.get_class_embeddings(class_names=list(class_names[start : start + TEXT_CHUNK_CLASSES])))
-    return torch.cat(chunks).float()
-
-
-@torch.no_grad()
-def predict_label_maps(class_logits, mask_logits, image_sizes, padded_size, target_sizes,
-                       max_elements: int = SCORE_CHUNK_ELEMENTS) -> list[torch.Tensor]:
-    """Per image: the class map (long [H, W]) at `target_sizes[i]`, the same computation as
-    `PATImageProcessor.post_process_semantic_segmentation` but with the [C, H, W] scores formed a band of rows at a
-    time, so 847 classes at full resolution do not need gigabytes."""
-    maps = []
-    for i in range(class_logits.shape[0]):
-        masks = resize_mask_logits(mask_logits[i], padded_size=padded_size, image_size=image_sizes[i],
-                                   output_size=target_sizes[i])
-        class_probs = class_logits[i].float().softmax(dim=-1)[..., :-1]  # void dropped after the softmax (SAN)
-        mask_probs = masks.sigmoid()
-        num_classes, (height, width) = class_probs.shape[-1], masks.shape[-2:]
-        rows = max(1, max_elements // max(1, num_classes * width))
-        label_map = torch.empty(height, width, dtype=torch.long, device=masks.device)
-        for top in range(0, height, rows):
-            scores = torch.einsum("qc,qhw->chw", class_probs, mask_probs[:, top : top + rows])
-            label_map[top : top + rows] = scores.argmax(dim=0)
-        maps.append(label_map)
-    return maps
-
-
-def save_label_map(label_map: np.ndarray, num_classes: int, path: Path) -> None:
-    """Class indices as a grayscale PNG: 8-bit up to 256 classes, else 16-bit."""
-    dtype = np.uint8 if num_classes <= 256 else np.uint16
-    Image.fromarray(np.ascontiguousarray(label_map.astype(dtype))).save(path)
+        return model.get_class_embeddings(class_names=list(class_names)).float()
 
 
 @dataclass
@@ -164,10 +130,14 @@ class PATSegmentationTrainer(PATTrainer):
                 return_dict=True,
             )
         original_sizes = inputs["original_sizes"].tolist()
-        maps = predict_label_maps(
-            outputs.class_queries_logits, outputs.masks_queries_logits, inputs["image_sizes"].tolist(),
-            tuple(inputs["pixel_values"].shape[-2:]), original_sizes,
-        )
+        padded_size = tuple(inputs["pixel_values"].shape[-2:])
+        maps = [  # the processor's post-processing: band by band, never the full [classes, H, W] scores
+            semantic_map(class_logits, mask_logits, padded_size=padded_size, image_size=image_size,
+                         output_size=output_size)["segmentation"]
+            for class_logits, mask_logits, image_size, output_size in zip(
+                outputs.class_queries_logits, outputs.masks_queries_logits, inputs["image_sizes"].tolist(),
+                original_sizes)
+        ]
         intersect_and_union = self.metric_fns["intersect_and_union"]
         areas = []
         for label_map, reference, (height, width) in zip(maps, inputs["semantic_labels"], original_sizes):
@@ -307,7 +277,6 @@ __all__ = [
     "class_embeddings_for",
     "metric_functions",
     "model_card_eval_results",
-    "predict_label_maps",
     "results_markdown",
     "write_results_table",
 ]

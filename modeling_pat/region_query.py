@@ -23,12 +23,12 @@ inside the image when 0 <= x < width and 0 <= y < height, a box covering the pix
 Shapes: Q queries, C classes, H x W target size.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .image_processing_pat import get_padded_size, resize_mask_logits
+from .image_processing_pat import _field, _size_at, get_padded_size, resize_mask_logits
 
 
 @dataclass(eq=False)
@@ -98,9 +98,9 @@ class PATRegionProposals:
         if height < 1 or width < 1:
             raise ValueError(f"`target_size` must be a positive (height, width), got {tuple(target_size)}.")
         image_sizes, padded_sizes = _field(outputs, "image_sizes"), _field(outputs, "padded_sizes")
-        image_size = None if image_sizes is None else [int(v) for v in image_sizes[image_index]]
+        image_size = _size_at(image_sizes, image_index)
         if padded_sizes is not None:
-            padded_size = [int(v) for v in padded_sizes[image_index]]
+            padded_size = _size_at(padded_sizes, image_index)
         elif image_sizes is not None:
             padded_size = get_padded_size([[int(v) for v in row] for row in image_sizes], size_divisibility)
         else:
@@ -176,10 +176,6 @@ def query_region(
         outputs, target_size, 0, class_names, mask_threshold, image_processor.size_divisibility
     )
     return proposals.query_points(points, top_k) if points is not None else proposals.query_box(box, top_k)
-
-
-def _field(outputs, name: str):
-    return outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
 
 
 def _check_top_k(top_k) -> None:

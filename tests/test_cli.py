@@ -14,7 +14,7 @@ from modeling_pat.cli import (
     EXIT_OK,
     EXIT_UNREADABLE,
     EXIT_USAGE,
-    load_vocabulary,
+    vocabulary_class_names,
     main,
     output_stems,
     save_label_map,
@@ -84,7 +84,7 @@ def test_vocabulary_and_folder_input(tmp_path):
     (tmp_path / "photos" / "notes.txt").write_text("not an image, and not picked up from a folder")
     code = main([str(tmp_path / "photos"), "--vocabulary", "voc20", "--output-dir", str(tmp_path / "out")] + RANDOM)
     assert code == EXIT_OK
-    voc20 = load_vocabulary("voc20")
+    voc20 = vocabulary_class_names("voc20")
     assert len(voc20) == 20 and voc20[0] == "aeroplane"
     _check_outputs(tmp_path / "out", "chelsea", (451, 300), voc20)
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
