@@ -29,7 +29,6 @@ from pathlib import Path
 
 import datasets
 import evaluate
-import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import SchedulerType

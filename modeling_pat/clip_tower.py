@@ -83,6 +83,23 @@ def pool_attention_bias(attn_bias: torch.Tensor, grid, method: str) -> torch.Ten
     return x.reshape(b, k, q, *grid)
 
 
+def build_recognition_row_masks(attn_bias: torch.Tensor, grid, num_heads: int, mask_value: float, method: str):
+    """(B, K, Q, H, W) bias -> the two distinct row groups of `build_recognition_attention_mask`, unexpanded:
+    SOS rows (B, K, Q, Q+1+L) and the rows of cls and patches (1, 1, 1, Q+1+L), shared by all of them (the fast
+    recognition path uses them as they are)."""
+    b, k, q = attn_bias.shape[:3]
+    if k not in (1, num_heads):
+        raise ValueError(f"The attention bias has {k} heads; CLIP has {num_heads} (attn_bias_num_heads must match).")
+    pooled = pool_attention_bias(attn_bias, grid, method).flatten(-2)  # (B, K or 1, Q, L)
+    pooled = pooled.expand(b, num_heads, -1, -1)
+    sos = torch.full((q, q + 1), mask_value, device=pooled.device, dtype=pooled.dtype)
+    sos[torch.arange(q), torch.arange(q)] = 0.0  # each SOS token sees itself, no other SOS token, not cls
+    sos_rows = torch.cat([sos.expand(b, num_heads, q, q + 1), pooled], dim=-1)
+    other_rows = pooled.new_zeros(1, 1, 1, q + 1 + pooled.shape[-1])
+    other_rows[..., :q] = mask_value
+    return sos_rows, other_rows
+
+
 def build_recognition_attention_mask(attn_bias: torch.Tensor, grid, num_heads: int, mask_value: float, method: str):
     """(B, K, Q, H, W) bias -> (B*K, Q+1+L, Q+1+L) additive mask over [SOS (Q); cls (1); patches (L = h*w)].
 
@@ -90,20 +107,9 @@ def build_recognition_attention_mask(attn_bias: torch.Tensor, grid, num_heads: i
     and get the pooled bias on the patch columns; cls and patch rows see what plain CLIP sees. SAN masks with a
     finite constant (-100), not -inf, and parity depends on it. The row index is b*K + k, as in MultiheadAttention.
     """
-    b, k, q = attn_bias.shape[:3]
-    if k not in (1, num_heads):
-        raise ValueError(f"The attention bias has {k} heads; CLIP has {num_heads} (attn_bias_num_heads must match).")
-    pooled = pool_attention_bias(attn_bias, grid, method).expand(b, num_heads, -1, -1, -1)
-    pooled = pooled.reshape(b * num_heads, q, -1)  # (B*K, Q, L)
-    length = pooled.shape[-1]
-    size = q + 1 + length
-    mask = pooled.new_zeros(size, size)
-    mask[:, :q] = mask_value
-    mask[torch.arange(q), torch.arange(q)] = 0.0
-    mask[:q, q] = mask_value
-    mask = mask.expand(b * num_heads, size, size).clone()
-    mask[:, :q, q + 1 :] = pooled
-    return mask
+    sos_rows, other_rows = build_recognition_row_masks(attn_bias, grid, num_heads, mask_value, method)
+    b, heads, q, size = sos_rows.shape
+    return torch.cat([sos_rows, other_rows.expand(b, heads, size - q, size)], dim=2).reshape(b * heads, size, size)
 
 
 # -- fast paths (exact: same maths as the plain paths above, other kernels) ------------------------------------------
@@ -176,22 +182,6 @@ def sdpa_block_forward(block: nn.Module, x: torch.Tensor, groups) -> torch.Tenso
     out = attn.out_proj(out.transpose(1, 2).reshape(batch, rows, width))
     x = x[:, :rows] + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
-
-
-def build_recognition_row_masks(attn_bias: torch.Tensor, grid, num_heads: int, mask_value: float, method: str):
-    """(B, K, Q, H, W) bias -> the two distinct row groups of `build_recognition_attention_mask`, unexpanded:
-    SOS rows (B, K, Q, Q+1+L) and the rows of cls and patches (1, 1, 1, Q+1+L), shared by all of them."""
-    b, k, q = attn_bias.shape[:3]
-    if k not in (1, num_heads):
-        raise ValueError(f"The attention bias has {k} heads; CLIP has {num_heads} (attn_bias_num_heads must match).")
-    pooled = pool_attention_bias(attn_bias, grid, method).flatten(-2)  # (B, K or 1, Q, L)
-    pooled = pooled.expand(b, num_heads, -1, -1)
-    sos = torch.full((q, q + 1), mask_value, device=pooled.device, dtype=pooled.dtype)
-    sos[torch.arange(q), torch.arange(q)] = 0.0  # each SOS token sees itself, no other SOS token, not cls
-    sos_rows = torch.cat([sos.expand(b, num_heads, q, q + 1), pooled], dim=-1)
-    other_rows = pooled.new_zeros(1, 1, 1, q + 1 + pooled.shape[-1])
-    other_rows[..., :q] = mask_value
-    return sos_rows, other_rows
 
 
 class _OpenAIVisionTower:
@@ -462,10 +452,6 @@ class PATClipTower(nn.Module):
         return self
 
     # -- visual ----------------------------------------------------------------------------------------------------
-    def embed_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, 3, H, W) -> (B, 1+h*w, C) tokens [cls; patches] + resized positions, before ln_pre (EVA: norm_pre)."""
-        return self.vision.embed(pixel_values)
-
     def extract_features(self, pixel_values: torch.Tensor) -> PATClipFeatures:
         """(B, 3, H, W) CLIP input -> outputs 0..L of the first `clip_feature_layers` blocks (maps + cls tokens)."""
         vision = self.vision

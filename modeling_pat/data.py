@@ -28,7 +28,6 @@ the Pascal Context `.mat` files). Images and labels are paired by file stem (det
 """
 
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -40,8 +39,8 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from .configuration_pat import PRESETS_DIR, VOCABULARY_FILES, load_vocabulary
-from .image_processing_pat import PATImageProcessor, get_resize_output_size
+from .configuration_pat import load_vocabulary
+from .image_processing_pat import PATImageProcessor, _pad_bottom_right, get_padded_size, get_resize_output_size
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -747,36 +746,23 @@ class SegmentationCollator:
     def __call__(self, examples: list[dict]) -> dict:
         batch = {}
         sizes = [tuple(e["pixel_values"].shape[-2:]) for e in examples]
-        height = _round_up(max(s[0] for s in sizes), self.size_divisibility)
-        width = _round_up(max(s[1] for s in sizes), self.size_divisibility)
-        batch["pixel_values"] = torch.stack([_pad(e["pixel_values"], (height, width), 0.0) for e in examples])
+        padded = get_padded_size(sizes, self.size_divisibility)
+        batch["pixel_values"] = torch.stack([_pad_bottom_right(e["pixel_values"], padded, 0.0) for e in examples])
         if "labels" in examples[0]:
-            batch["labels"] = torch.stack([_pad(e["labels"], (height, width), self.ignore_index) for e in examples])
+            batch["labels"] = torch.stack([_pad_bottom_right(e["labels"], padded, self.ignore_index) for e in examples])
         for key in ("image_sizes", "original_sizes"):
             if key in examples[0]:
                 batch[key] = torch.stack([torch.as_tensor(e[key], dtype=torch.int64) for e in examples])
         if "image_sizes" not in batch:
             batch["image_sizes"] = torch.tensor(sizes, dtype=torch.int64)
         if "semantic_labels" in examples[0]:
-            label_height = max(e["semantic_labels"].shape[0] for e in examples)
-            label_width = max(e["semantic_labels"].shape[1] for e in examples)
+            label_size = get_padded_size([e["semantic_labels"].shape for e in examples], size_divisibility=1)
             batch["semantic_labels"] = torch.stack(
-                [_pad(e["semantic_labels"], (label_height, label_width), self.ignore_index) for e in examples]
+                [_pad_bottom_right(e["semantic_labels"], label_size, self.ignore_index) for e in examples]
             )
         if "file_name" in examples[0]:
             batch["file_name"] = [e["file_name"] for e in examples]
         return batch
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple) if multiple and multiple > 1 else int(value)
-
-
-def _pad(tensor: torch.Tensor, size: tuple[int, int], value) -> torch.Tensor:
-    pad_height, pad_width = size[0] - tensor.shape[-2], size[1] - tensor.shape[-1]
-    if pad_height == 0 and pad_width == 0:
-        return tensor
-    return torch.nn.functional.pad(tensor, (0, pad_width, 0, pad_height), value=value)
 
 
 class EpochCallback(TrainerCallback):
