@@ -11,8 +11,13 @@ hits every variant alike):
   README shows: forward under `torch.no_grad()` with the cached class embeddings, then
   `post_process_semantic_segmentation(outputs, target_sizes)`.
 * `fast`: the current package: the same calls under `torch.inference_mode()`; its fast paths are the defaults.
-* optional: `fast-bf16` (weights and inputs in bfloat16), `fast-cl` (channels-last weights), `fast-compile`
-  (`torch.compile` of the image model), selected with `--dtype`, `--channels-last`, `--compile` or `--variants`.
+* optional: `fast-bf16` / `fast-fp16` (weights and inputs in bfloat16 / float16), `fast-cl` (channels-last
+  weights), `fast-compile` (`torch.compile` of the image model), selected with `--dtype`, `--channels-last`,
+  `--compile` or `--variants`.
+
+`--device cuda` puts models and inputs on the GPU, synchronises before a timed call ends, and measures peak memory
+as the CUDA allocator's peak of allocated tensors above what was allocated before the call (a fresh subprocess per
+variant, like on the CPU); the suite then adds fp16 beside bf16.
 
 One timed call = what the pipeline does per batch after image decoding and preprocessing: the vocabulary's class
 embeddings (a memory-cache hit with `--vocab cached`; the text tower with `--vocab cold`), the forward pass, and the
@@ -149,14 +154,15 @@ def build(setup: Setup, with_baseline: bool = True) -> Models:
     """Current model (seeded, calibrated) and the baseline model with the same weights."""
     torch.manual_seed(SEED)
     config = make_config(PATConfig, setup)
-    fast = PATForOpenVocabSegmentation(config).eval()
+    fast = PATForOpenVocabSegmentation(config).eval().to(setup.device)
     processor = PATImageProcessor(do_resize=False)
     batch = processor(images=images(setup), return_tensors="pt")
-    calibrate(fast, batch["pixel_values"])
+    pixel_values = batch["pixel_values"].to(setup.device)
+    calibrate(fast, pixel_values)
     models = Models(
         setup=setup,
         names=class_names(setup, config),
-        pixel_values=batch["pixel_values"],
+        pixel_values=pixel_values,
         image_sizes=batch["image_sizes"],
         target_sizes=[tuple(map(int, size)) for size in batch["original_sizes"]],
         fast=fast,
@@ -164,7 +170,7 @@ def build(setup: Setup, with_baseline: bool = True) -> Models:
     )
     if with_baseline:
         base = load_baseline()
-        baseline = base.PATForOpenVocabSegmentation(make_config(base.PATConfig, setup)).eval()
+        baseline = base.PATForOpenVocabSegmentation(make_config(base.PATConfig, setup)).eval().to(setup.device)
         missing = baseline.load_state_dict(fast.state_dict(), strict=True)
         assert not missing.missing_keys and not missing.unexpected_keys
         models.baseline, models.baseline_processor = baseline, base.PATImageProcessor(do_resize=False)
@@ -186,6 +192,12 @@ def seed_baseline_text_cache(baseline, fast, names: list[str]) -> None:
 
 
 # -- the timed calls --------------------------------------------------------------------------------------------------
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that a timed call ends when its results exist (no-op on the CPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def make_call(models: Models, variant: str):
     """variant -> a zero-argument callable doing one timed call; returns (label maps, forward outputs or None)."""
     setup = models.setup
@@ -206,8 +218,11 @@ def make_call(models: Models, variant: str):
                 model.__dict__.pop("_text_fingerprint", None)
             with context():
                 if cache_dir is not None:
-                    return None, model.get_class_embeddings(class_names=names, cache_dir=cache_dir)
-                return None, model.get_class_embeddings(class_names=names)
+                    embeddings = model.get_class_embeddings(class_names=names, cache_dir=cache_dir)
+                else:
+                    embeddings = model.get_class_embeddings(class_names=names)
+            synchronize(setup.device)
+            return None, embeddings
         return call
 
     def call():
@@ -215,6 +230,7 @@ def make_call(models: Models, variant: str):
             embeddings = model.get_class_embeddings(class_names=names)
             outputs = model(pixel_values, class_embeddings=embeddings, image_sizes=image_sizes)
             maps = processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
+        synchronize(setup.device)
         return maps, outputs
     return call
 
@@ -223,8 +239,9 @@ def add_variant(models: Models, variant: str) -> None:
     """Build the model of an optional variant (a modified copy of the current model)."""
     import copy
 
-    if variant == "fast-bf16":
-        models.extra[variant] = copy.deepcopy(models.fast).to(torch.bfloat16)
+    if variant in ("fast-bf16", "fast-fp16"):
+        dtype = torch.bfloat16 if variant == "fast-bf16" else torch.float16
+        models.extra[variant] = copy.deepcopy(models.fast).to(dtype)
     elif variant == "fast-cl":
         models.extra[variant] = copy.deepcopy(models.fast).to(memory_format=torch.channels_last)
     elif variant == "fast-compile":
@@ -304,6 +321,11 @@ def memory_child(setup: Setup, variant: str) -> dict:
     call = make_call(models, variant)
     call()  # warm-up: caches, first-call allocations
     gc.collect()
+    if setup.device == "cuda":  # the allocator's own count: tensors only, not the CUDA context or cached blocks
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        call()
+        return {"peak_extra_bytes": torch.cuda.max_memory_allocated() - before, "allocated_before_bytes": before}
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
     before = _status_bytes("VmRSS")
     call()
@@ -311,7 +333,7 @@ def memory_child(setup: Setup, variant: str) -> dict:
 
 
 def measure_memory(setup: Setup, variant: str) -> dict | None:
-    if not Path("/proc/self/clear_refs").exists():
+    if setup.device == "cpu" and not Path("/proc/self/clear_refs").exists():
         return None
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     command = [sys.executable, __file__, "--memory-child", variant, "--setup-json", json.dumps(asdict(setup))]
@@ -368,7 +390,7 @@ def print_table(rows, file=sys.stdout) -> None:
 def run_suite(args) -> dict:
     repeats, warmup = args.repeats, args.warmup
     threads = args.threads
-    base = Setup(preset=args.preset, size=args.size, threads=threads)
+    base = Setup(preset=args.preset, size=args.size, device=args.device, threads=threads)
     suite, checks = {}, []
 
     r = suite["cached_640_b1"] = run_scenario(base, ["baseline", "fast"], warmup, repeats, memory=True,
@@ -425,12 +447,16 @@ def run_suite(args) -> dict:
         ratio = r["variants"]["fast"]["median"] / suite["cached_640_b1"]["variants"]["fast"]["median"]
         checks.append(("  PAT global-attention decoder (report)", None, f"{ratio:.2f}x SAN"))
 
-    r = suite["bf16"] = run_scenario(base, ["fast", "fast-bf16"], warmup, repeats, compare_scores=True)
-    entry = r["variants"]["fast-bf16"]
-    checks.append(("bf16 on CPU (report): speed vs fp32 fast", None,
-                   f"{entry['speedup_vs_fast']:.2f}x, scores max abs diff {entry['vs_fast']['scores_max_abs_diff']:.3g}, "
-                   f"label maps {entry['vs_fast']['label_map_agreement'] * 100:.3f}% equal"))
-    checks.append(("CUDA", None, "not measured: " + ("no CUDA device" if not torch.cuda.is_available() else "CPU run")))
+    half = ["fast-bf16"] + (["fast-fp16"] if args.device == "cuda" else [])  # fp16 matmuls are slow on CPUs
+    r = suite["bf16"] = run_scenario(base, ["fast", *half], warmup, repeats, compare_scores=True)
+    for variant in half:
+        entry = r["variants"][variant]
+        checks.append((f"{variant[5:]} on {args.device.upper()} (report): speed vs fp32 fast", None,
+                       f"{entry['speedup_vs_fast']:.2f}x, scores max abs diff {entry['vs_fast']['scores_max_abs_diff']:.3g}"
+                       f", label maps {entry['vs_fast']['label_map_agreement'] * 100:.3f}% equal"))
+    if args.device == "cpu":
+        checks.append(("CUDA", None, "not measured here: " + (
+            "no CUDA device" if not torch.cuda.is_available() else "CPU run; rerun with --device cuda")))
     if args.compile:
         r = suite["compile"] = run_scenario(base, ["fast", "fast-compile"], max(1, warmup), repeats)
         checks.append(("torch.compile (report)", None, f"{r['variants']['fast-compile']['speedup_vs_fast']:.2f}x fast"))
@@ -451,7 +477,7 @@ def text_cache_child(setup: Setup, folder: str) -> dict:
     if setup.threads:
         torch.set_num_threads(setup.threads)
     torch.manual_seed(SEED)
-    model = PATForOpenVocabSegmentation(make_config(PATConfig, setup)).eval()
+    model = PATForOpenVocabSegmentation(make_config(PATConfig, setup)).eval().to(setup.device)
     names = class_names(setup, model.config)
     start = time.perf_counter()
     fingerprint = model.text_weights_fingerprint()
@@ -511,9 +537,10 @@ def profile_variants(setup: Setup) -> None:
         processor = models.baseline_processor if variant == "baseline" else models.processor
         call = make_call(models, variant)
         call()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if setup.device == "cuda" else [])
         with stage_labels(model, processor):
             call()
-            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            with profile(activities=activities, record_shapes=True) as prof:
                 start = time.perf_counter()
                 call()
                 wall = time.perf_counter() - start
@@ -561,7 +588,8 @@ def environment() -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "cpu": cpu, "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
             "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "baseline_commit": load_baseline().commit, "cuda": torch.cuda.is_available()}
+            "baseline_commit": load_baseline().commit, "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def main(argv=None) -> int:
@@ -572,7 +600,8 @@ def main(argv=None) -> int:
     parser.add_argument("--vocabulary", default="default",
                         help="'default' (the preset's), ade150, ade847, coco_stuff_171, voc20 ..., or N (first N ADE-847)")
     parser.add_argument("--vocab", choices=("cached", "cold"), default="cached")
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="bf16 / fp16 add that variant beside fp32 (fp16 is meant for CUDA)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--decoder-attn", choices=("window", "global"), default="window")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile variant")
@@ -603,8 +632,6 @@ def main(argv=None) -> int:
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
-    if args.device == "cuda":
-        parser.error("--device cuda is not wired up yet (this benchmark was written on a CPU-only machine)")
     setup = Setup(preset=args.preset, size=args.size, batch=args.batch, vocabulary=args.vocabulary, vocab=args.vocab,
                   dtype=args.dtype, device=args.device, decoder_attn=args.decoder_attn, threads=args.threads)
     if args.threads:
@@ -619,8 +646,8 @@ def main(argv=None) -> int:
         name = "suite"
     else:
         variants = args.variants.split(",") if args.variants else ["baseline", "fast"]
-        if args.dtype == "bf16" and "fast-bf16" not in variants:
-            variants.append("fast-bf16")
+        if args.dtype != "fp32" and f"fast-{args.dtype}" not in variants:
+            variants.append(f"fast-{args.dtype}")
         if args.channels_last and "fast-cl" not in variants:
             variants.append("fast-cl")
         if args.compile and "fast-compile" not in variants:
@@ -636,7 +663,8 @@ def main(argv=None) -> int:
     table = path.with_suffix(".md")
     with table.open("w") as handle:
         handle.write(f"Load average at start {started['load_average']}, at end {report['load_average_end']}; "
-                     f"torch {torch.__version__}, {torch.get_num_threads()} threads, {started['cpu']}.\n\n")
+                     f"torch {torch.__version__}, {torch.get_num_threads()} threads, {started['cpu']}"
+                     + (f", GPU {started['gpu']}" if args.device == "cuda" else "") + ".\n\n")
         print_table([(s["setup"] and Setup(**s["setup"]).label(), s) for s in report["scenarios"].values()],
                     file=handle)
         if report["checks"]:

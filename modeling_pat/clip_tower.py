@@ -325,12 +325,24 @@ class _EvaVisionTower:
         """RoPE table ((num_prefix_tokens - trunk prefix) + h*w, 2*head_dim) as [sin | cos], for the tokens after the
         trunk's own prefix. Prefix tokens are not rotated: the extra ones (SAN's SOS copies of cls) get the identity
         rotation (sin 0, cos 1), which is exact. Built from the rope's settings, not its buffers: non-persistent
-        buffers are not restored when transformers loads a checkpoint onto a meta-built model."""
+        buffers are not restored when transformers loads a checkpoint onto a meta-built model. The table depends
+        on nothing learned, so it is kept per (grid, prefix, device): a forward asks for it twice."""
+        if self.trunk.rope is None:
+            return None
+        if torch.compiler.is_compiling():
+            return self._build_rotary_embedding(grid, num_prefix_tokens, device)
+        key = (tuple(grid), num_prefix_tokens, torch.device(device))
+        tables = self.__dict__.setdefault("_rotary_tables", {})
+        if key not in tables:
+            if len(tables) >= 8:  # a few image sizes at a time (e.g. sliding windows and the last partial window)
+                tables.pop(next(iter(tables)))
+            tables[key] = self._build_rotary_embedding(grid, num_prefix_tokens, device)
+        return tables[key]
+
+    def _build_rotary_embedding(self, grid, num_prefix_tokens: int, device) -> torch.Tensor:
         from timm.layers import build_rotary_pos_embed
 
         rope = self.trunk.rope
-        if rope is None:
-            return None
         sin, cos = build_rotary_pos_embed(
             list(grid),
             dim=rope.dim,

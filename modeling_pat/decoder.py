@@ -43,6 +43,7 @@ from .side_adapter import PATChannelLayerNorm, PATMLP
 
 STAGES = ("early", "mid", "late")
 DECODING_ORDER = ("late", "mid", "early")
+MLP_BLOCK_TOKENS = 4096  # tokens per block of the decoder MLP at inference (see `PATDecoderLayer.mlp_residual`)
 
 
 def sincos_position_embedding_2d(
@@ -84,13 +85,18 @@ def window_merge(windows: torch.Tensor, height: int, width: int, window: int) ->
 
 
 class PATDecoderAttention(nn.Module):
-    """Multi-head self-attention over a map, global or in (optionally shifted) non-overlapping windows (TR1).
+    """Multi-head self-attention over a map of tokens, global or in (optionally shifted) non-overlapping windows (TR1).
 
     The sin-cos PE is added to the inputs of the q and k projections (DETR; v sees none); by linearity this is
-    qkv(x) + W_qk pos, computed once per forward and shared by the batch.
+    qkv(x) + W_qk pos. That position term depends only on the grid and the weights, so outside autograd it is
+    kept from one call to the next (until the grid, device, dtype or the qkv weight changes).
+
+    Windows: the per-token projections commute with the window partition, so the C-wide tokens are padded and
+    partitioned once and qkv, attention and the output projection all run on windows (padding 3C-wide q/k/v
+    instead would move three times the memory).
 
     Shape:
-        x: (B, C, H, W) -> (B, C, H, W)
+        x: (B, H, W, C) -> (B, H, W, C)
     """
 
     def __init__(self, dim: int, num_heads: int, window: int | None = None, shift: bool = False):
@@ -102,22 +108,60 @@ class PATDecoderAttention(nn.Module):
         self.num_heads, self.window, self.shift = num_heads, window, shift
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self._position_cache = None  # (key, term, weight): see `position_term`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        qkv = self.project(x.permute(0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, 3C)
+        b, h, w, c = x.shape
         if self.window is None or (h <= self.window and w <= self.window):
-            out = self.attend(qkv.reshape(b, h * w, 3 * c)).view(b, h, w, c)
-        else:
-            out = self.window_attend(qkv)
-        return self.proj(out).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+            qkv = self.with_position(self.qkv(x.reshape(b, h * w, c)), h, w, None)  # (B, L, 3C)
+            return self.proj(self.attend(qkv)).view(b, h, w, c)
+        # Shift by padding top/left (no cyclic roll, so no wrap-around); pad bottom/right to a multiple of w.
+        # Every window keeps at least one real pixel (all pads are < w), so no softmax row is fully masked.
+        size = self.window
+        top = size // 2 if self.shift else 0
+        pads = (top, -(h + top) % size, -(w + top) % size)  # top and left, bottom, right
+        padded_h, padded_w = h + top + pads[1], w + top + pads[2]
+        windows = window_partition(F.pad(x, (0, 0, top, pads[2], top, pads[1])), size)  # (B*N, w*w, C)
+        qkv = self.with_position(self.qkv(windows), h, w, pads)  # (B*N, w*w, 3C)
+        key_mask = None
+        if any(pads):
+            rows = torch.arange(padded_h, device=x.device)
+            cols = torch.arange(padded_w, device=x.device)
+            real = ((rows >= top) & (rows < top + h))[:, None] & ((cols >= top) & (cols < top + w))[None]
+            key_mask = window_partition(real[None, :, :, None], size)[..., 0].repeat(b, 1)  # (B*N, w*w)
+        out = window_merge(self.proj(self.attend(qkv, key_mask)), padded_h, padded_w, size)
+        return out[:, top : top + h, top : top + w]
 
-    def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, 3C): q and k carry the position embedding, v does not."""
-        h, w, c = tokens.shape[1:]
-        pos = sincos_position_embedding_2d(h, w, c, tokens.device, tokens.dtype).view(h, w, c)
-        pos_qk = F.linear(pos, self.qkv.weight[: 2 * c])  # no bias: qkv(tokens) already adds it
-        return self.qkv(tokens) + F.pad(pos_qk, (0, c))
+    def with_position(self, qkv: torch.Tensor, height: int, width: int, pads) -> torch.Tensor:
+        """Adds W_qk pos to the q and k thirds of (B, L, 3C) or windowed (B*N, w*w, 3C) projections, in place."""
+        term = self.position_term(height, width, pads, qkv.device, qkv.dtype)  # (L, 2C) or (N, w*w, 2C)
+        c2 = term.shape[-1]
+        qkv.unflatten(0, (-1, *term.shape[:-2]))[..., :c2] += term  # in place: saves a pass over the 3C tensor
+        return qkv
+
+    def position_term(self, height: int, width: int, pads, device, dtype) -> torch.Tensor:
+        """W_qk pos (no bias: qkv adds it) on the grid: (L, 2C), or (N, w*w, 2C) in the padded window layout.
+
+        Recomputed whenever autograd needs it (training) or under `torch.compile`; otherwise cached per grid,
+        device, dtype and qkv weight (address and in-place version; the cache holds the weight it was computed
+        from, so a replaced weight cannot reuse its address).
+        """
+        weight = self.qkv.weight
+        reuse = not (torch.is_grad_enabled() and weight.requires_grad) and not torch.compiler.is_compiling()
+        if reuse:
+            key = (height, width, pads, device, dtype, weight.data_ptr(), weight._version)
+            cache = self._position_cache
+            if cache is not None and cache[0] == key:
+                return cache[1]
+        c = weight.shape[-1]
+        term = F.linear(sincos_position_embedding_2d(height, width, c, device, dtype), weight[: 2 * c])  # (L, 2C)
+        if pads is not None:
+            top, bottom, right = pads
+            term = F.pad(term.view(1, height, width, 2 * c), (0, 0, top, right, top, bottom))  # zero on padding
+            term = window_partition(term, self.window)  # (N, w*w, 2C)
+        if reuse:
+            self._position_cache = (key, term, weight.detach())
+        return term
 
     def attend(self, qkv: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(N, L, 3C) fused q/k/v, optional (N, L) boolean mask of keys to attend to -> (N, L, C)."""
@@ -127,25 +171,6 @@ class PATDecoderAttention(nn.Module):
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (N, 1, 1, L), broadcast over queries
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out.transpose(1, 2).reshape(n, length, c3 // 3)  # (N, heads, L, C/heads) -> (N, L, C)
-
-    def window_attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3C) -> (B, H, W, C) attention inside w x w windows, shifted by w // 2 when `shift`."""
-        b, h, w, _ = qkv.shape
-        size = self.window
-        # Shift by padding top/left (no cyclic roll, so no wrap-around); pad bottom/right to a multiple of w.
-        # Every window keeps at least one real pixel (all pads are < w), so no softmax row is fully masked.
-        top = size // 2 if self.shift else 0
-        bottom, right = -(h + top) % size, -(w + top) % size
-        padded_h, padded_w = h + top + bottom, w + top + right
-        windows = window_partition(F.pad(qkv, (0, 0, top, right, top, bottom)), size)  # (B*N, w*w, 3C)
-        key_mask = None
-        if top or bottom or right:
-            rows = torch.arange(padded_h, device=qkv.device)
-            cols = torch.arange(padded_w, device=qkv.device)
-            real = ((rows >= top) & (rows < top + h))[:, None] & ((cols >= top) & (cols < top + w))[None]
-            key_mask = window_partition(real[None, :, :, None], size)[..., 0].repeat(b, 1)  # (B*N, w*w)
-        out = window_merge(self.attend(windows, key_mask), padded_h, padded_w, size)
-        return out[:, top : top + h, top : top + w]
 
 
 class PATDecoderLayer(nn.Module):
@@ -164,11 +189,24 @@ class PATDecoderLayer(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        y = y + self.attn(self.norm1(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
-        x = y.permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C): norm and MLP act per pixel on channels
-        x = x + self.mlp(self.norm2(x))
+        x = y.permute(0, 2, 3, 1).contiguous()  # (B, C, H, W) -> (B, H, W, C): the layer acts on tokens
+        x = x + self.attn(self.norm1(x))
+        x = self.mlp_residual(x)
         # back to standard NCHW memory: the convs and samplers downstream may `view` their inputs
         return x.permute(0, 3, 1, 2).contiguous()
+
+    def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """x + MLP(LN x) on (B, H, W, C) tokens; outside autograd in blocks of tokens, written into x.
+
+        A 160x160 map has a 100 MB hidden activation; per block of MLP_BLOCK_TOKENS it stays in the CPU cache
+        between the two matmuls and the GELU (a third faster on CPU, same values: the MLP acts per token).
+        """
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.shape[:-1].numel() <= MLP_BLOCK_TOKENS:
+            return x + self.mlp(self.norm2(x))
+        x = x.contiguous()
+        for block in x.view(-1, x.shape[-1]).split(MLP_BLOCK_TOKENS):  # views of x: += writes into it
+            block += self.mlp(self.norm2(block))
+        return x
 
 
 class PATSpade(nn.Module):
@@ -192,10 +230,10 @@ class PATSpade(nn.Module):
         if condition.shape[-2:] != y.shape[-2:]:
             condition = F.interpolate(condition, size=y.shape[-2:], mode="nearest")
         # written over dim 1 rather than as a permuted F.layer_norm, so the output keeps y's NCHW memory layout
-        mean = y.mean(1, keepdim=True)
-        normalized = (y - mean) * torch.rsqrt(y.var(1, unbiased=False, keepdim=True) + self.eps)
+        var, mean = torch.var_mean(y, dim=1, unbiased=False, keepdim=True)
+        normalized = (y - mean) * torch.rsqrt(var + self.eps)
         hidden = self.shared(condition.to(y.dtype))
-        return normalized * (1 + self.gamma(hidden)) + self.beta(hidden)
+        return torch.addcmul(normalized + self.beta(hidden), normalized, self.gamma(hidden))  # norm * (1 + g) + b
 
 
 @dataclass

@@ -297,6 +297,7 @@ def _size_at(sizes, index: int) -> tuple[int, int] | None:
 # PIL modes holding 16-bit samples (PNG / TIFF); "I" is 32-bit in PIL but is how 16-bit files come back in some
 # versions, so it is read as 0..65535 too.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of the image orientation (1 = upright)
 
 
 def convert_image_to_rgb(image: "PIL.Image.Image") -> "PIL.Image.Image":
@@ -308,6 +309,8 @@ def convert_image_to_rgb(image: "PIL.Image.Image") -> "PIL.Image.Image":
     converted by PIL.
     """
     mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image  # already what the model takes (PIL's convert would return a copy)
     if mode in SIXTEEN_BIT_MODES or mode == "F":
         values = np.asarray(image, dtype=np.float64)
         if not np.isfinite(values).all():
@@ -322,6 +325,17 @@ def convert_image_to_rgb(image: "PIL.Image.Image") -> "PIL.Image.Image":
         return image.convert("RGB")
     except (ValueError, OSError) as error:  # e.g. modes PIL cannot convert ("LAB" -> "RGB" on some builds)
         raise ValueError(f"Cannot convert a PIL image of mode {mode!r} to RGB: {error}") from error
+
+
+def upright(image: "PIL.Image.Image") -> "PIL.Image.Image":
+    """The image with its EXIF orientation applied; the image itself when there is none to apply.
+
+    `PIL.ImageOps.exif_transpose` copies even an upright image; images that went through `load_image` already
+    had their orientation applied (and the tag removed), so the processor would copy them again for nothing.
+    """
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    return PIL.ImageOps.exif_transpose(image)
 
 
 def load_image(image, timeout: float | None = None) -> "PIL.Image.Image":
@@ -340,7 +354,7 @@ def load_image(image, timeout: float | None = None) -> "PIL.Image.Image":
     if PIL is None:
         raise ImportError("Loading images needs Pillow (pip install pillow).")
     if isinstance(image, PIL.Image.Image):
-        return convert_image_to_rgb(PIL.ImageOps.exif_transpose(image))
+        return convert_image_to_rgb(upright(image))
     if isinstance(image, os.PathLike):
         image = os.fspath(image)
     if not isinstance(image, str):
@@ -454,7 +468,7 @@ def _prepare_image(image, index: int, do_convert_rgb: bool, do_rescale: bool):
     if isinstance(image, str | os.PathLike):
         return load_image(image)
     if PIL is not None and isinstance(image, PIL.Image.Image):
-        image = PIL.ImageOps.exif_transpose(image)
+        image = upright(image)
         return convert_image_to_rgb(image) if do_convert_rgb else image
     return _check_image_array(image, index, do_rescale)
 

@@ -3,7 +3,7 @@
 The image is resized as usual (`PATImageProcessor`, not padded), then covered by overlapping square windows of the
 training size (`config.side_image_size`, 640 for the SAN presets) placed `stride` pixels apart, the last window of
 each row / column flush with the image edge, so every pixel is seen. Windows run through the model in batches. Each
-window's mask logits are turned into per-class scores (`semantic_inference`, exactly as in post-processing) on its
+window's mask logits are turned into per-class scores (`semantic_map`, exactly as in post-processing) on its
 footprint in the output image, and the scores of overlapping windows are averaged. The label map is the argmax.
 
 An axis no longer than the window gets one window, padded at the bottom / right to a multiple of
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
-from .image_processing_pat import resize_mask_logits, semantic_inference
+from .image_processing_pat import semantic_map
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -106,11 +106,11 @@ def sliding_window_scores(
             left, right = _round_half_up(x * scale_x), _round_half_up((x + valid[1]) * scale_x)
             if bottom <= top or right <= left:
                 continue
-            masks = resize_mask_logits(
-                outputs.masks_queries_logits[i], padded_size=(win_h, win_w), image_size=valid,
-                output_size=(bottom - top, right - left),
-            )  # (Q, bottom - top, right - left)
-            scores[:, top:bottom, left:right] += semantic_inference(outputs.class_queries_logits[i], masks)
+            window_scores = semantic_map(
+                outputs.class_queries_logits[i], outputs.masks_queries_logits[i], padded_size=(win_h, win_w),
+                image_size=valid, output_size=(bottom - top, right - left), return_scores=True,
+            )["segmentation_scores"]  # (C, bottom - top, right - left), without a (Q, ...) full-size tensor
+            scores[:, top:bottom, left:right] += window_scores
             counts[top:bottom, left:right] += 1
     return scores / counts.clamp_min(1)
 

@@ -49,16 +49,23 @@ def decoder_inputs(config: PATConfig, grid=(8, 10), batch=2):
 
 
 def masked_reference(attn: PATDecoderAttention, x: torch.Tensor) -> torch.Tensor:
-    """Global attention restricted by an explicit same-window mask, built from window ids, not from padding."""
-    b, c, h, w = x.shape
-    qkv = attn.project(x.permute(0, 2, 3, 1)).reshape(b, h * w, 3 * c)
-    offset = attn.window // 2 if attn.shift else 0
+    """Global attention restricted by an explicit same-window mask, built from window ids, not from padding.
+
+    q and k see the sin-cos PE added to their inputs, written out as DETR does (not through the module's cache).
+    """
+    b, h, w, c = x.shape
+    tokens = x.reshape(b, h * w, c)
+    pos = sincos_position_embedding_2d(h, w, c, None, x.dtype)
+    qk = F.linear(tokens + pos, attn.qkv.weight[: 2 * c], attn.qkv.bias[: 2 * c])
+    qkv = torch.cat([qk, F.linear(tokens, attn.qkv.weight[2 * c :], attn.qkv.bias[2 * c :])], dim=-1)
+    window = attn.window or max(h, w)  # None: global attention, one window
+    offset = window // 2 if attn.shift else 0
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    ids = (((rows + offset) // attn.window) * 1000 + (cols + offset) // attn.window).flatten()
+    ids = (((rows + offset) // window) * 1000 + (cols + offset) // window).flatten()
     q, k, v = qkv.view(b, h * w, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=ids[:, None] == ids[None, :])
     out = attn.proj(out.transpose(1, 2).reshape(b, h * w, c))
-    return out.view(b, h, w, c).permute(0, 3, 1, 2)
+    return out.view(b, h, w, c)
 
 
 def test_sincos_embedding_is_fixed_and_distinct_per_position():
@@ -77,7 +84,7 @@ def test_window_covering_the_map_equals_global_attention(grid):
     global_attn = PATDecoderAttention(DIM, HEADS, window=None)
     window_attn = PATDecoderAttention(DIM, HEADS, window=8)
     window_attn.load_state_dict(global_attn.state_dict())
-    x = torch.randn(2, DIM, *grid)
+    x = torch.randn(2, *grid, DIM)
     torch.testing.assert_close(window_attn(x), global_attn(x))
 
 
@@ -86,8 +93,30 @@ def test_window_covering_the_map_equals_global_attention(grid):
 def test_window_attention_matches_explicitly_masked_global_attention(grid, shift):
     torch.manual_seed(0)
     attn = PATDecoderAttention(DIM, HEADS, window=4, shift=shift)
-    x = torch.randn(2, DIM, *grid)
+    x = torch.randn(2, *grid, DIM)
     torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_position_term_is_reused_only_outside_autograd_and_follows_weight_edits(window):
+    torch.manual_seed(0)
+    attn = PATDecoderAttention(DIM, HEADS, window=window, shift=window is not None)
+    x = torch.randn(2, 9, 13, DIM)
+    with torch.no_grad():
+        first = attn(x)
+        cached = attn._position_cache[1]
+        torch.testing.assert_close(attn(x), first, rtol=0, atol=0)
+        assert attn._position_cache[1] is cached  # same grid, same weights: reused
+        attn.qkv.weight.mul_(1.5)  # edited in place: the cached term is stale
+        torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
+        assert attn._position_cache[1] is not cached
+    # under autograd the term is recomputed, so the q/k weights get the position term's gradient
+    attn.zero_grad()
+    attn(x).sum().backward()
+    expected = attn.qkv.weight.grad.clone()
+    attn.zero_grad()
+    masked_reference(attn, x).sum().backward()
+    torch.testing.assert_close(attn.qkv.weight.grad, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -97,23 +126,23 @@ def test_window_attention_matches_explicitly_masked_global_attention(grid, shift
 def test_token_output_depends_only_on_its_window(shift, inside, outside):
     torch.manual_seed(0)
     attn = PATDecoderAttention(DIM, HEADS, window=4, shift=shift)
-    x = torch.randn(1, DIM, 12, 12)
-    base = attn(x)[..., 5, 5]
+    x = torch.randn(1, 12, 12, DIM)
+    base = attn(x)[:, 5, 5]
     for (i, j), changes in ((outside, False), (inside, True)):
         perturbed = x.clone()
-        perturbed[..., i, j] += 10.0
-        out = attn(perturbed)[..., 5, 5]
+        perturbed[:, i, j] += 10.0
+        out = attn(perturbed)[:, 5, 5]
         assert not torch.allclose(out, base, atol=1e-6) if changes else torch.equal(out, base)
 
 
 def test_shifted_windows_do_not_wrap_around_the_border():
     torch.manual_seed(0)
     attn = PATDecoderAttention(DIM, HEADS, window=4, shift=True)
-    x = torch.randn(1, DIM, 12, 12)
-    base = attn(x)[..., 0, 0]  # top-left shifted window is pixels 0..1 only
+    x = torch.randn(1, 12, 12, DIM)
+    base = attn(x)[:, 0, 0]  # top-left shifted window is pixels 0..1 only
     perturbed = x.clone()
-    perturbed[..., 11, 11] += 10.0  # a cyclic roll would put this corner in the same window
-    torch.testing.assert_close(attn(perturbed)[..., 0, 0], base, rtol=0, atol=0)
+    perturbed[:, 11, 11] += 10.0  # a cyclic roll would put this corner in the same window
+    torch.testing.assert_close(attn(perturbed)[:, 0, 0], base, rtol=0, atol=0)
 
 
 def test_decoder_layer_keeps_shape_and_has_gradients():
@@ -123,6 +152,17 @@ def test_decoder_layer_keeps_shape_and_has_gradients():
     assert out.shape == y.shape
     out.square().mean().backward()
     assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_decoder_layer_blocked_mlp_at_inference_equals_the_autograd_path(monkeypatch):
+    torch.manual_seed(0)
+    layer = PATDecoderLayer(DIM, HEADS, 2.0, window=4, shift=True)
+    y = torch.randn(2, DIM, 9, 13)
+    expected = layer(y)  # grad enabled: one pass over all tokens
+    monkeypatch.setattr("modeling_pat.decoder.MLP_BLOCK_TOKENS", 10)  # 234 tokens -> 24 blocks, the last partial
+    with torch.inference_mode():
+        blocked = layer(y)
+    torch.testing.assert_close(blocked, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_spade_with_zero_modulation_is_the_affine_free_norm():

@@ -16,9 +16,11 @@ from modeling_pat.image_processing_pat import (
     convert_segmentation_map_to_binary_masks,
     get_padded_size,
     get_resize_output_size,
+    load_image,
     reduce_labels,
     resize_mask_logits,
     semantic_inference,
+    upright,
 )
 
 
@@ -346,3 +348,18 @@ def test_save_load_round_trip(tmp_path):
     assert a["pixel_values"].shape == (1, 3, 320, 448)  # 300x400 -> 320x427 -> padded to 64
     assert all(torch.equal(a[k], b[k]) for k in ("pixel_values", "image_sizes", "original_sizes", "labels"))
     assert math.isclose(loaded.rescale_factor, 1 / 255)
+
+
+def test_upright_rgb_images_are_not_copied_and_rotated_ones_are_turned():
+    image = load_rgb("chelsea.png")
+    assert upright(image) is image and load_image(image) is image  # nothing to apply: no full-size copies
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    rotated = Image.new("RGB", (64, 40), (30, 160, 60))
+    rotated.info["exif"] = exif.tobytes()
+    assert rotated.getexif()[0x0112] == 6
+    turned = upright(rotated)
+    assert turned.size == (40, 64) and upright(turned) is turned  # the tag is gone once applied
+    keyed = Image.new("RGB", (4, 4), (255, 0, 0))
+    keyed.info["transparency"] = (255, 0, 0)  # colour-key transparency: still composited over white
+    assert np.asarray(load_image(keyed)).min() == 255
