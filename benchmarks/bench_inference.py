@@ -13,7 +13,9 @@ hits every variant alike):
 * `fast`: the current package: the same calls under `torch.inference_mode()`; its fast paths are the defaults.
 * optional: `fast-bf16` / `fast-fp16` (weights and inputs in bfloat16 / float16), `fast-cl` (channels-last
   weights), `fast-compile` (`torch.compile` of the image model), selected with `--dtype`, `--channels-last`,
-  `--compile` or `--variants`.
+  `--compile` or `--variants`; `fast-b1` (the same images, one forward per image: batching's gain, timed round-robin
+  with `fast`) and `san` (beside a PAT preset: SAN mode of `--san-preset` on the same inputs, so PAT's cost over SAN
+  is timed round-robin too) with `--variants`.
 
 `--device cuda` puts models and inputs on the GPU, synchronises before a timed call ends, and measures peak memory
 as the CUDA allocator's peak of allocated tensors above what was allocated before the call (a fresh subprocess per
@@ -85,6 +87,7 @@ class Setup:
     device: str = "cpu"
     decoder_attn: str = "window"  # PAT presets: "window" (default) or "global"
     threads: int | None = None
+    san_preset: str = "san-clip-vit-b16"  # the `san` variant: SAN mode beside a PAT preset, same inputs
 
     def label(self) -> str:
         return (f"{self.preset} {self.size}px b{self.batch} vocab={self.vocabulary}({self.vocab}) {self.dtype} "
@@ -232,7 +235,17 @@ def make_call(models: Models, variant: str):
             maps = processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
         synchronize(setup.device)
         return maps, outputs
-    return call
+
+    def one_by_one():  # `fast-b1`: the same images, one forward per image (batch 1), for the batching gain
+        maps = []
+        with context():
+            embeddings = model.get_class_embeddings(class_names=names)
+            for i in range(len(pixel_values)):
+                outputs = model(pixel_values[i : i + 1], class_embeddings=embeddings, image_sizes=image_sizes[i : i + 1])
+                maps += processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes[i : i + 1])
+        synchronize(setup.device)
+        return maps, None
+    return one_by_one if variant == "fast-b1" else call
 
 
 def add_variant(models: Models, variant: str) -> None:
@@ -252,7 +265,13 @@ def add_variant(models: Models, variant: str) -> None:
         folder = tempfile.mkdtemp(prefix="pat-text-cache-")
         models.extra["text_cache_dir"] = folder
         models.fast.get_class_embeddings(class_names=models.names, cache_dir=folder)  # fill the disk cache once
-    elif variant not in ("baseline", "fast"):
+    elif variant == "san":  # SAN mode, same inputs and vocabulary: PAT's cost over SAN, timed round-robin
+        setup = replace(models.setup, preset=models.setup.san_preset, decoder_attn="window")
+        torch.manual_seed(SEED)
+        san = PATForOpenVocabSegmentation(make_config(PATConfig, setup)).eval().to(setup.device)
+        calibrate(san, models.pixel_values)
+        models.extra[variant] = san
+    elif variant not in ("baseline", "fast", "fast-b1"):
         raise ValueError(f"unknown variant {variant!r}")
 
 
@@ -286,6 +305,8 @@ def compare_outputs(reference, other) -> dict:
     if out_a is None or maps_a is None:  # text encoding: (None, embeddings)
         return {"embeddings_max_abs_diff": float((out_a.float() - out_b.float()).abs().max())}
     agree = [float((a == b).float().mean()) for a, b in zip(maps_a, maps_b)]
+    if out_b is None:  # `fast-b1`: label maps only (one forward per image)
+        return {"label_map_agreement": min(agree)}
     return {
         "class_logits_max_abs_diff": float((out_a.class_queries_logits.float() - out_b.class_queries_logits.float()).abs().max()),
         "mask_logits_max_abs_diff": float((out_a.masks_queries_logits.float() - out_b.masks_queries_logits.float()).abs().max()),
@@ -361,9 +382,9 @@ def run_scenario(setup: Setup, variants: list[str], warmup: int, repeats: int, m
         entry = {key: stats[variant][key] for key in ("median", "p90", "cpu_median", "wall", "cpu")}
         entry["images_per_s"] = setup.batch / entry["median"] if setup.vocab == "cached" else None
         entry["speedup_vs_" + reference] = stats[reference]["median"] / entry["median"]
-        if variant != reference:
+        if variant != reference and variant != "san":  # SAN mode is another model: nothing to compare
             entry["vs_" + reference] = compare_outputs(outputs[reference], outputs[variant])
-            if compare_scores and setup.vocab == "cached":
+            if compare_scores and setup.vocab == "cached" and outputs[variant][1] is not None:
                 entry["vs_" + reference].update(score_difference(models, reference, variant, outputs))
         if memory:
             entry["memory"] = measure_memory(setup, variant)
@@ -421,8 +442,8 @@ def run_suite(args) -> dict:
                    ratio <= 1.25, f"{child['first_call_s']:.3f} s text lookup (fingerprint {child['fingerprint_s']:.3f} s)"
                    f" + {cached_call:.2f} s inference = {ratio:.2f}x a cached inference"))
 
-    r = suite["batch_2"] = run_scenario(replace(base, batch=2), ["baseline", "fast"], warmup, repeats)
-    per_image_1 = suite["cached_640_b1"]["variants"]["fast"]["images_per_s"]
+    r = suite["batch_2"] = run_scenario(replace(base, batch=2), ["baseline", "fast", "fast-b1"], warmup, repeats)
+    per_image_1 = r["variants"]["fast-b1"]["images_per_s"]  # the same two images, one forward each, round-robin
     per_image_2 = r["variants"]["fast"]["images_per_s"]
     checks.append(("batch 2 >= 1.2x per-image throughput of batch 1 (fast)", per_image_2 >= 1.2 * per_image_1,
                    f"{per_image_2:.3f} vs {per_image_1:.3f} img/s = {per_image_2 / per_image_1:.2f}x"))
@@ -438,13 +459,13 @@ def run_suite(args) -> dict:
     checks.append(("847 classes <= 1.5x the cost of 20 (cached, fast)", ratio <= 1.5,
                    f"{ratio:.2f}x (baseline {ratio_b:.2f}x)"))
 
-    r = suite["pat_window"] = run_scenario(replace(base, preset=args.pat_preset), ["fast"], warmup, repeats)
-    ratio = r["variants"]["fast"]["median"] / suite["cached_640_b1"]["variants"]["fast"]["median"]
+    pat = replace(base, preset=args.pat_preset, san_preset=args.preset)
+    r = suite["pat_window"] = run_scenario(pat, ["fast", "san"], warmup, repeats)  # round-robin with SAN
+    ratio = r["variants"]["fast"]["median"] / r["variants"]["san"]["median"]
     checks.append(("PAT (window decoder) <= 2x SAN, same size (fast)", ratio <= 2.0, f"{ratio:.2f}x"))
     if not args.skip_global:
-        r = suite["pat_global"] = run_scenario(replace(base, preset=args.pat_preset, decoder_attn="global"),
-                                               ["fast"], 0, 1)
-        ratio = r["variants"]["fast"]["median"] / suite["cached_640_b1"]["variants"]["fast"]["median"]
+        r = suite["pat_global"] = run_scenario(replace(pat, decoder_attn="global"), ["fast", "san"], 0, 1)
+        ratio = r["variants"]["fast"]["median"] / r["variants"]["san"]["median"]
         checks.append(("  PAT global-attention decoder (report)", None, f"{ratio:.2f}x SAN"))
 
     half = ["fast-bf16"] + (["fast-fp16"] if args.device == "cuda" else [])  # fp16 matmuls are slow on CPUs
@@ -493,8 +514,9 @@ def text_cache_child(setup: Setup, folder: str) -> dict:
 
 
 # -- profiles ---------------------------------------------------------------------------------------------------------
-STAGES = ("get_class_embeddings", "extract_features", "side_adapter", "mask_decoder", "recognize", "classify",
-          "post_process_semantic_segmentation")
+STAGES = ("get_class_embeddings", "extract_features", "side_adapter", "mask_decoder", "tokenization", "recognize",
+          "classify", "post_process_semantic_segmentation")  # tokenization: PAT's pixel branch, decoder and heads
+MODULE_STAGES = ("side_adapter", "mask_decoder", "tokenization")  # labelled through their forward
 
 
 @contextlib.contextmanager
@@ -505,16 +527,19 @@ def stage_labels(model, processor):
     inner = model.model
     owners = {"get_class_embeddings": model, "classify": model, "extract_features": inner.clip_tower,
               "recognize": inner.clip_tower, "side_adapter": inner.side_adapter,
-              "mask_decoder": inner.side_adapter.mask_decoder, "post_process_semantic_segmentation": processor}
+              "mask_decoder": inner.side_adapter.mask_decoder, "tokenization": getattr(inner, "tokenization", None),
+              "post_process_semantic_segmentation": processor}
     patched = []
     for name, owner in owners.items():
-        method = getattr(owner, "forward" if name in ("side_adapter", "mask_decoder") else name)
+        if owner is None:  # SAN mode: no tokenization
+            continue
+        attr = "forward" if name in MODULE_STAGES else name
+        method = getattr(owner, attr)
 
         def wrapped(*a, _method=method, _name=name, **k):
             with record_function(f"stage::{_name}"):
                 return _method(*a, **k)
 
-        attr = "forward" if name in ("side_adapter", "mask_decoder") else name
         setattr(owner, attr, wrapped)
         patched.append((owner, attr))
     try:
@@ -531,6 +556,7 @@ def profile_variants(setup: Setup) -> None:
         torch.set_num_threads(setup.threads)
     models = build(setup)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    prefix = "profile" if setup.preset == Setup.preset else f"profile_{setup.preset}"  # results/<prefix>_summary.txt
     summary = {}
     for variant, name in (("baseline", "before"), ("fast", "after")):
         model = models.baseline if variant == "baseline" else models.fast
@@ -555,7 +581,7 @@ def profile_variants(setup: Setup) -> None:
         lines += ["", averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=50), "",
                   "by input shape:", prof.key_averages(group_by_input_shape=True).table(
                       sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=45, max_shapes_column_width=80)]
-        path = RESULTS / f"profile_{name}.txt"
+        path = RESULTS / f"{prefix}_{name}.txt"
         path.write_text("\n".join(lines) + "\n")
         print(f"-> {path}")
     (before_wall, before, before_total), (after_wall, after, after_total) = summary["before"], summary["after"]
@@ -569,7 +595,7 @@ def profile_variants(setup: Setup) -> None:
     lines.append(f"{'total (profiler self CPU)':<38} {before_total:10.1f} {after_total:10.1f} {after_total / before_total:13.2f}")
     lines.append(f"{'wall (one call, under the profiler)':<38} {before_wall * 1000:10.1f} {after_wall * 1000:10.1f} "
                  f"{after_wall / before_wall:13.2f}")
-    path = RESULTS / "profile_summary.txt"
+    path = RESULTS / f"{prefix}_summary.txt"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"-> {path}")
@@ -606,7 +632,8 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder-attn", choices=("window", "global"), default="window")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile variant")
     parser.add_argument("--channels-last", action="store_true", help="add the channels-last variant")
-    parser.add_argument("--variants", default=None, help="comma-separated, e.g. baseline,fast,fast-bf16")
+    parser.add_argument("--variants", default=None, help="comma-separated, e.g. baseline,fast,fast-bf16 or fast,san")
+    parser.add_argument("--san-preset", default="san-clip-vit-b16", help="the `san` variant's preset")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--text-repeats", type=int, default=2, help="repeats of the cold-vocabulary (text) suite step")
@@ -633,7 +660,8 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     setup = Setup(preset=args.preset, size=args.size, batch=args.batch, vocabulary=args.vocabulary, vocab=args.vocab,
-                  dtype=args.dtype, device=args.device, decoder_attn=args.decoder_attn, threads=args.threads)
+                  dtype=args.dtype, device=args.device, decoder_attn=args.decoder_attn, threads=args.threads,
+                  san_preset=args.san_preset)
     if args.threads:
         torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary
 from .image_processing_pat import load_image
 from .modeling_pat import PATForOpenVocabSegmentation
-from .processing_pat import PATProcessor
+from .processing_pat import PATProcessor, validate_class_names
 from .sliding_window import sliding_window_segmentation
 from .visualization import make_palette, pixel_fractions, render_overlay
 
@@ -121,11 +121,10 @@ def parse_labels(values: list[str]) -> list[str]:
     names = [name for name in names if name]
     if not names:
         raise UsageError("--labels contains no class names (give e.g. --labels \"cat,sky,grass\").")
-    seen = {}
-    for name in names:  # prompts are lower-cased before tokenisation, so "Cat" and "cat" are the same class
-        if name.casefold() in seen:
-            raise UsageError(f"--labels names the class {name!r} twice (as {seen[name.casefold()]!r} and {name!r}).")
-        seen[name.casefold()] = name
+    try:  # the processor's rule: names equal after CLIP's text cleaning ("Cat", "cat ") are one class
+        validate_class_names(names, "--labels")
+    except ValueError as error:
+        raise UsageError(str(error).replace("`--labels`", "--labels")) from None
     return names
 
 
