@@ -171,6 +171,7 @@ def build(setup: Setup, with_baseline: bool = True) -> Models:
         fast=fast,
         processor=processor,
     )
+    fill_text_cache(fast, models)
     if with_baseline:
         base = load_baseline()
         baseline = base.PATForOpenVocabSegmentation(make_config(base.PATConfig, setup)).eval().to(setup.device)
@@ -180,6 +181,13 @@ def build(setup: Setup, with_baseline: bool = True) -> Models:
         if setup.vocab == "cached":
             seed_baseline_text_cache(baseline, fast, models.names)
     return models
+
+
+def fill_text_cache(model, models: "Models") -> None:
+    """A cached-vocabulary scenario starts with the vocabulary in the model's memory cache, warm-up or not."""
+    if models.setup.vocab == "cached":
+        with torch.inference_mode():
+            model.get_class_embeddings(class_names=models.names)
 
 
 def seed_baseline_text_cache(baseline, fast, names: list[str]) -> None:
@@ -273,6 +281,8 @@ def add_variant(models: Models, variant: str) -> None:
         models.extra[variant] = san
     elif variant not in ("baseline", "fast", "fast-b1"):
         raise ValueError(f"unknown variant {variant!r}")
+    if variant in models.extra:
+        fill_text_cache(models.extra[variant], models)
 
 
 def time_calls(calls: dict, warmup: int, repeats: int) -> dict:

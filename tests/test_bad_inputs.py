@@ -508,7 +508,10 @@ CASES = [
       Raises(ValueError, r"`candidate_labels` names the same class twice")),
     P("duplicate labels", segment_labels, value("cat, sky, CAT"),
       Raises(ValueError, r"`candidate_labels` names the same class twice")),
-    P("duplicate labels", cli_labels, value("cat,sky,Cat"), Exits(2, r"--labels names the class 'Cat' twice")),
+    P("duplicate labels", cli_labels, value("cat,sky,Cat"),
+      Exits(2, r"--labels names the same class twice: 'cat' \(index 0\) and 'Cat' \(index 2\)")),
+    P("duplicate labels", cli_labels, value("red kite,red  kite"),  # equal once CLIP's text cleaning collapses spaces
+      Exits(2, r"--labels names the same class twice: 'red kite' \(index 0\) and 'red  kite'")),
     P("1,000 labels", process_and_forward, value(NAMES_1000), Ok(logits_with_columns(1001))),
     P("1,000 labels", segment_labels, value(NAMES_1000), Ok(labels_are(NAMES_1000))),
     P("label over 77 tokens", process_text, value([LONG_NAME, "cat"]),
