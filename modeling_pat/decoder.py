@@ -14,10 +14,12 @@ Heads: masks = MLP_q(e) . MLP_p(y) (M1); reconstruction = ConvT(GELU(ConvT(LN y)
 Attention (DECISIONS section 7): global on the side grid (scale 1, 40x40 = 1,600 tokens at 640 px, cheap), and
 non-overlapping `decoder_attn_window` x `decoder_attn_window` windows on every larger map (80x80, 160x160),
 with the window grid shifted by half a window in every other windowed layer (mid: plain, early: shifted,
-extra 1: plain, extra 2: shifted) so information crosses window borders. The shift pads the map (top/left by
-window // 2, bottom/right up to a multiple of the window) and masks the padded keys: no cyclic roll, so nothing
-wraps around the image border; maps not divisible by the window are padded and masked the same way. A map that
-fits in one window uses global attention. `decoder_attn_window=None` is the paper-literal global form.
+extra 1: plain, extra 2: shifted) so information crosses window borders. The shifted windows are those of the
+map padded by window // 2 at the top / left; they are computed as in Swin, by a cyclic roll of the map and a
+mask that keeps the regions the roll brings together apart (`window_region_mask`), so nothing attends across the
+image border and no window is added. Maps not divisible by the window are zero-padded at the bottom / right and
+the padding is masked the same way. A map that fits in one window uses global attention.
+`decoder_attn_window=None` is the paper-literal global form.
 
 Dropped stages ("dropping decoder stages" ablation, section 3.16): a dropped stage loses its upsampler, layer,
 SPADE and cross-attention. Its upsampling is folded into the next kept stage (e.g. without "mid" the early
@@ -84,6 +86,37 @@ def window_merge(windows: torch.Tensor, height: int, width: int, window: int) ->
     return x.transpose(2, 3).reshape(-1, height, width, c)  # (B, H/w, w, W/w, w, C) -> (B, H, W, C)
 
 
+def window_grid(x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H', W', C): zero-padded at the bottom / right to multiples of w, rolled up-left by `shift`."""
+    height, width = x.shape[1:3]
+    x = F.pad(x, (0, 0, 0, -width % window, 0, -height % window))
+    return x.roll((-shift, -shift), dims=(1, 2)) if shift else x
+
+
+def window_region_mask(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor | None:
+    """(N, w*w, w*w) boolean: query and key lie in one region, in the windows of `window_grid`; None if all do.
+
+    The regions are the windows of the map padded by `shift` at the top / left: rows (r + shift) // w, columns
+    likewise, on real pixels only. The cyclic roll puts the bottom / right border regions in one window with the
+    top / left ones; the mask keeps them apart, so nothing attends across the image border (Swin's shifted-window
+    mask), and it hides the padding from real pixels. Padding tokens attend to padding only (their outputs are
+    cropped; no softmax row is empty).
+    """
+    padded_h, padded_w = height + -height % window, width + -width % window
+    if not shift and (padded_h, padded_w) == (height, width):
+        return None
+
+    def index(length: int, padded: int) -> torch.Tensor:  # region index along one axis, -1 on padding
+        positions = torch.arange(padded, device=device)
+        return torch.where(positions < length, (positions + shift) // window, -1)
+
+    rows, cols = index(height, padded_h), index(width, padded_w)
+    region = torch.where((rows[:, None] >= 0) & (cols[None] >= 0), rows[:, None] * padded_w + cols[None], -1)
+    region = window_grid(region[None, :, :, None], window, shift)
+    region = window_partition(region, window)[..., 0]  # (N, w*w)
+    return region[:, :, None] == region[:, None, :]
+
+
 class PATDecoderAttention(nn.Module):
     """Multi-head self-attention over a map of tokens, global or in (optionally shifted) non-overlapping windows (TR1).
 
@@ -91,9 +124,9 @@ class PATDecoderAttention(nn.Module):
     qkv(x) + W_qk pos. That position term depends only on the grid and the weights, so outside autograd it is
     kept from one call to the next (until the grid, device, dtype or the qkv weight changes).
 
-    Windows: the per-token projections commute with the window partition, so the C-wide tokens are padded and
-    partitioned once and qkv, attention and the output projection all run on windows (padding 3C-wide q/k/v
-    instead would move three times the memory).
+    Windows: the per-token projections commute with the window partition, so the C-wide tokens are rolled,
+    padded and partitioned once and qkv, attention and the output projection all run on windows (doing it to the
+    3C-wide q/k/v instead would move three times the memory).
 
     Shape:
         x: (B, H, W, C) -> (B, H, W, C)
@@ -115,32 +148,27 @@ class PATDecoderAttention(nn.Module):
         if self.window is None or (h <= self.window and w <= self.window):
             qkv = self.with_position(self.qkv(x.reshape(b, h * w, c)), h, w, None)  # (B, L, 3C)
             return self.proj(self.attend(qkv)).view(b, h, w, c)
-        # Shift by padding top/left (no cyclic roll, so no wrap-around); pad bottom/right to a multiple of w.
-        # Every window keeps at least one real pixel (all pads are < w), so no softmax row is fully masked.
         size = self.window
-        top = size // 2 if self.shift else 0
-        pads = (top, -(h + top) % size, -(w + top) % size)  # top and left, bottom, right
-        padded_h, padded_w = h + top + pads[1], w + top + pads[2]
-        windows = window_partition(F.pad(x, (0, 0, top, pads[2], top, pads[1])), size)  # (B*N, w*w, C)
-        qkv = self.with_position(self.qkv(windows), h, w, pads)  # (B*N, w*w, 3C)
-        key_mask = None
-        if any(pads):
-            rows = torch.arange(padded_h, device=x.device)
-            cols = torch.arange(padded_w, device=x.device)
-            real = ((rows >= top) & (rows < top + h))[:, None] & ((cols >= top) & (cols < top + w))[None]
-            key_mask = window_partition(real[None, :, :, None], size)[..., 0].repeat(b, 1)  # (B*N, w*w)
-        out = window_merge(self.proj(self.attend(qkv, key_mask)), padded_h, padded_w, size)
-        return out[:, top : top + h, top : top + w]
+        shift = size // 2 if self.shift else 0
+        grid = window_grid(x, size, shift)  # (B, H', W', C), H' and W' multiples of w
+        qkv = self.with_position(self.qkv(window_partition(grid, size)), h, w, shift)  # (B*N, w*w, 3C)
+        mask = window_region_mask(h, w, size, shift, x.device)  # (N, w*w, w*w) or None
+        if mask is not None:
+            mask = mask.repeat(b, 1, 1)[:, None]  # (B*N, 1, w*w, w*w), broadcast over heads
+        out = window_merge(self.proj(self.attend(qkv, mask)), *grid.shape[1:3], size)
+        if shift:
+            out = out.roll((shift, shift), dims=(1, 2))
+        return out[:, :h, :w]
 
-    def with_position(self, qkv: torch.Tensor, height: int, width: int, pads) -> torch.Tensor:
+    def with_position(self, qkv: torch.Tensor, height: int, width: int, shift: int | None) -> torch.Tensor:
         """Adds W_qk pos to the q and k thirds of (B, L, 3C) or windowed (B*N, w*w, 3C) projections, in place."""
-        term = self.position_term(height, width, pads, qkv.device, qkv.dtype)  # (L, 2C) or (N, w*w, 2C)
+        term = self.position_term(height, width, shift, qkv.device, qkv.dtype)  # (L, 2C) or (N, w*w, 2C)
         c2 = term.shape[-1]
         qkv.unflatten(0, (-1, *term.shape[:-2]))[..., :c2] += term  # in place: saves a pass over the 3C tensor
         return qkv
 
-    def position_term(self, height: int, width: int, pads, device, dtype) -> torch.Tensor:
-        """W_qk pos (no bias: qkv adds it) on the grid: (L, 2C), or (N, w*w, 2C) in the padded window layout.
+    def position_term(self, height: int, width: int, shift: int | None, device, dtype) -> torch.Tensor:
+        """W_qk pos (no bias: qkv adds it): (L, 2C), or (N, w*w, 2C) in the layout of `window_grid` (shift given).
 
         Recomputed whenever autograd needs it (training) or under `torch.compile`; otherwise cached per grid,
         device, dtype and qkv weight (address and in-place version; the cache holds the weight it was computed
@@ -149,26 +177,23 @@ class PATDecoderAttention(nn.Module):
         weight = self.qkv.weight
         reuse = not (torch.is_grad_enabled() and weight.requires_grad) and not torch.compiler.is_compiling()
         if reuse:
-            key = (height, width, pads, device, dtype, weight.data_ptr(), weight._version)
+            key = (height, width, shift, device, dtype, weight.data_ptr(), weight._version)
             cache = self._position_cache
             if cache is not None and cache[0] == key:
                 return cache[1]
         c = weight.shape[-1]
         term = F.linear(sincos_position_embedding_2d(height, width, c, device, dtype), weight[: 2 * c])  # (L, 2C)
-        if pads is not None:
-            top, bottom, right = pads
-            term = F.pad(term.view(1, height, width, 2 * c), (0, 0, top, right, top, bottom))  # zero on padding
-            term = window_partition(term, self.window)  # (N, w*w, 2C)
+        if shift is not None:  # zero on padding
+            term = window_partition(window_grid(term.view(1, height, width, 2 * c), self.window, shift), self.window)
         if reuse:
             self._position_cache = (key, term, weight.detach())
         return term
 
-    def attend(self, qkv: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, L, 3C) fused q/k/v, optional (N, L) boolean mask of keys to attend to -> (N, L, C)."""
+    def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, L, 3C) fused q/k/v, optional boolean mask (N, 1, L, L) of the keys each query sees -> (N, L, C)."""
         n, length, c3 = qkv.shape
         # (N, L, 3C) -> (N, L, 3, heads, C/heads) -> three (N, heads, L, C/heads)
         q, k, v = qkv.view(n, length, 3, self.num_heads, -1).transpose(1, 3).unbind(2)
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (N, 1, 1, L), broadcast over queries
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out.transpose(1, 2).reshape(n, length, c3 // 3)  # (N, heads, L, C/heads) -> (N, L, C)
 
@@ -392,4 +417,8 @@ __all__ = [
     "PATSpade",
     "attention_plan",
     "sincos_position_embedding_2d",
+    "window_grid",
+    "window_merge",
+    "window_partition",
+    "window_region_mask",
 ]

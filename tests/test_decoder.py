@@ -14,6 +14,7 @@ from modeling_pat.decoder import (
     PATSpade,
     attention_plan,
     sincos_position_embedding_2d,
+    window_region_mask,
 )
 
 
@@ -141,8 +142,18 @@ def test_shifted_windows_do_not_wrap_around_the_border():
     x = torch.randn(1, 12, 12, DIM)
     base = attn(x)[:, 0, 0]  # top-left shifted window is pixels 0..1 only
     perturbed = x.clone()
-    perturbed[:, 11, 11] += 10.0  # a cyclic roll would put this corner in the same window
+    perturbed[:, 11, 11] += 10.0  # the cyclic roll puts this corner in the same window: the mask must hide it
     torch.testing.assert_close(attn(perturbed)[:, 0, 0], base, rtol=0, atol=0)
+
+
+def test_window_region_mask_regions():
+    assert window_region_mask(8, 8, 4, 0) is None  # plain windows on a divisible map: one region each
+    mask = window_region_mask(8, 8, 4, 2)  # shifted: 3 x 3 regions of sizes 2, 4, 2 per axis in 2 x 2 windows
+    assert mask.shape == (4, 16, 16)
+    assert mask[0].all()  # the first rolled window is the interior region (rows / columns 2..5)
+    assert sorted(int(n) for n in mask[3].sum(-1).unique()) == [4]  # the wrapped corner window: four 2 x 2 regions
+    padded = window_region_mask(5, 6, 4, 0)  # plain windows, padded to 8 x 8: padding sees padding only
+    assert padded.shape == (4, 16, 16) and padded[0].all() and not padded[3, 0, 5]
 
 
 def test_decoder_layer_keeps_shape_and_has_gradients():
@@ -151,7 +162,7 @@ def test_decoder_layer_keeps_shape_and_has_gradients():
     out = layer(y)
     assert out.shape == y.shape
     out.square().mean().backward()
-    assert all(p.grad is not None for p in layer.parameters())
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in layer.parameters())  # padded map: no NaN
 
 
 def test_decoder_layer_blocked_mlp_at_inference_equals_the_autograd_path(monkeypatch):
