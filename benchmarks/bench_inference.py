@@ -516,6 +516,7 @@ def text_cache_child(setup: Setup, folder: str) -> dict:
     model.__dict__.pop("_text_fingerprint", None)
     start = time.perf_counter()
     model.get_class_embeddings(class_names=names, cache_dir=folder)
+    synchronize(setup.device)
     first = time.perf_counter() - start
     start = time.perf_counter()
     model.get_class_embeddings(class_names=names, cache_dir=folder)

@@ -325,24 +325,12 @@ class _EvaVisionTower:
         """RoPE table ((num_prefix_tokens - trunk prefix) + h*w, 2*head_dim) as [sin | cos], for the tokens after the
         trunk's own prefix. Prefix tokens are not rotated: the extra ones (SAN's SOS copies of cls) get the identity
         rotation (sin 0, cos 1), which is exact. Built from the rope's settings, not its buffers: non-persistent
-        buffers are not restored when transformers loads a checkpoint onto a meta-built model. The table depends
-        on nothing learned, so it is kept per (grid, prefix, device): a forward asks for it twice."""
-        if self.trunk.rope is None:
-            return None
-        if torch.compiler.is_compiling():
-            return self._build_rotary_embedding(grid, num_prefix_tokens, device)
-        key = (tuple(grid), num_prefix_tokens, torch.device(device))
-        tables = self.__dict__.setdefault("_rotary_tables", {})
-        if key not in tables:
-            if len(tables) >= 8:  # a few image sizes at a time (e.g. sliding windows and the last partial window)
-                tables.pop(next(iter(tables)))
-            tables[key] = self._build_rotary_embedding(grid, num_prefix_tokens, device)
-        return tables[key]
-
-    def _build_rotary_embedding(self, grid, num_prefix_tokens: int, device) -> torch.Tensor:
+        buffers are not restored when transformers loads a checkpoint onto a meta-built model."""
         from timm.layers import build_rotary_pos_embed
 
         rope = self.trunk.rope
+        if rope is None:
+            return None
         sin, cos = build_rotary_pos_embed(
             list(grid),
             dim=rope.dim,
@@ -464,12 +452,29 @@ class PATClipTower(nn.Module):
         return self
 
     # -- visual ----------------------------------------------------------------------------------------------------
+    def rotary_embedding(self, grid, num_prefix_tokens: int, device) -> torch.Tensor | None:
+        """The image tower's RoPE table (EVA; None for OpenAI towers), kept per (grid, prefix, device).
+
+        It depends on nothing learned, and a forward needs two (features: cls prefix; recognition: SOS + cls).
+        Built outside inference mode, so a table first made under `torch.inference_mode()` can serve training.
+        """
+        if torch.compiler.is_compiling():
+            return self.vision.rotary_embedding(grid, num_prefix_tokens, device)
+        key = (tuple(grid), num_prefix_tokens, torch.device(device))
+        tables = self.__dict__.setdefault("_rotary_tables", {})
+        if key not in tables:
+            if len(tables) >= 8:  # a few image sizes at a time (e.g. sliding windows and the last partial window)
+                tables.pop(next(iter(tables)))
+            with torch.inference_mode(False), torch.no_grad():
+                tables[key] = self.vision.rotary_embedding(grid, num_prefix_tokens, device)
+        return tables[key]
+
     def extract_features(self, pixel_values: torch.Tensor) -> PATClipFeatures:
         """(B, 3, H, W) CLIP input -> outputs 0..L of the first `clip_feature_layers` blocks (maps + cls tokens)."""
         vision = self.vision
         x, grid = vision.embed(pixel_values)
         x = vision.pre_norm(x)
-        rope = vision.rotary_embedding(grid, 1, x.device)  # EVA: RoPE for this grid; OpenAI: None
+        rope = self.rotary_embedding(grid, 1, x.device)  # EVA: RoPE for this grid; OpenAI: None
         tokens = [x]
         for block in self.feature_blocks:
             x = vision.run_block(block, x, rope)
@@ -501,7 +506,7 @@ class PATClipTower(nn.Module):
         sos = cls_token[:, None].expand(-1, num_queries, -1)
         x = torch.cat([sos, cls_token[:, None], patches], dim=1)  # (B, Q+1+L, C)
         vision = self.vision
-        rope = vision.rotary_embedding(grid, num_queries + 1, x.device)  # SOS and cls are prefix tokens: unrotated
+        rope = self.rotary_embedding(grid, num_queries + 1, x.device)  # SOS and cls are prefix tokens: unrotated
         for block, mask in zip(blocks, masks):
             x = vision.run_block(block, x, rope, attn_mask=mask)
         return F.normalize(vision.project(x[:, :num_queries]), dim=-1)

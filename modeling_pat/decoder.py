@@ -86,11 +86,22 @@ def window_merge(windows: torch.Tensor, height: int, width: int, window: int) ->
     return x.transpose(2, 3).reshape(-1, height, width, c)  # (B, H/w, w, W/w, w, C) -> (B, H, W, C)
 
 
+def window_roll(window: int, shift: int) -> int:
+    """Rows / columns the map is rolled up-left so that its w x w windows start where the shifted regions start.
+
+    Regions of a map padded by `shift` at the top / left start at rows r with (r + shift) % w == 0, i.e. at
+    -shift mod w (= shift for an even window, not for an odd one).
+    """
+    return -shift % window
+
+
 def window_grid(x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, H', W', C): zero-padded at the bottom / right to multiples of w, rolled up-left by `shift`."""
+    """(B, H, W, C) -> (B, H', W', C): zero-padded at the bottom / right to multiples of w, then rolled up-left by
+    `window_roll(w, shift)`, so that every region of `window_region_mask` lies inside one window."""
     height, width = x.shape[1:3]
     x = F.pad(x, (0, 0, 0, -width % window, 0, -height % window))
-    return x.roll((-shift, -shift), dims=(1, 2)) if shift else x
+    roll = window_roll(window, shift)
+    return x.roll((-roll, -roll), dims=(1, 2)) if roll else x
 
 
 def window_region_mask(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor | None:
@@ -121,8 +132,8 @@ class PATDecoderAttention(nn.Module):
     """Multi-head self-attention over a map of tokens, global or in (optionally shifted) non-overlapping windows (TR1).
 
     The sin-cos PE is added to the inputs of the q and k projections (DETR; v sees none); by linearity this is
-    qkv(x) + W_qk pos. That position term depends only on the grid and the weights, so outside autograd it is
-    kept from one call to the next (until the grid, device, dtype or the qkv weight changes).
+    qkv(x) + W_qk pos. That position term depends only on the grid and the weights, so in eval mode outside
+    autograd it is kept from one call to the next (see `position_term`).
 
     Windows: the per-token projections commute with the window partition, so the C-wide tokens are rolled,
     padded and partitioned once and qkv, attention and the output projection all run on windows (doing it to the
@@ -156,8 +167,9 @@ class PATDecoderAttention(nn.Module):
         if mask is not None:
             mask = mask.repeat(b, 1, 1)[:, None]  # (B*N, 1, w*w, w*w), broadcast over heads
         out = window_merge(self.proj(self.attend(qkv, mask)), *grid.shape[1:3], size)
-        if shift:
-            out = out.roll((shift, shift), dims=(1, 2))
+        roll = window_roll(size, shift)
+        if roll:
+            out = out.roll((roll, roll), dims=(1, 2))
         return out[:, :h, :w]
 
     def with_position(self, qkv: torch.Tensor, height: int, width: int, shift: int | None) -> torch.Tensor:
@@ -170,14 +182,23 @@ class PATDecoderAttention(nn.Module):
     def position_term(self, height: int, width: int, shift: int | None, device, dtype) -> torch.Tensor:
         """W_qk pos (no bias: qkv adds it): (L, 2C), or (N, w*w, 2C) in the layout of `window_grid` (shift given).
 
-        Recomputed whenever autograd needs it (training) or under `torch.compile`; otherwise cached per grid,
-        device, dtype and qkv weight (address and in-place version; the cache holds the weight it was computed
-        from, so a replaced weight cannot reuse its address).
+        Kept between calls only in eval mode, outside autograd (or with frozen weights), outside `torch.compile`,
+        keyed by grid, layout, device, dtype and the qkv weight's address and in-place version (the cache holds
+        the weight it was computed from, so a replaced weight cannot reuse its address). A mode switch
+        (`train()` / `eval()`) drops it: optimizers that update weights without a version bump (fused AdamW, as
+        Trainer uses by default) always pass through `train()` first. Weights edited through `.data` in eval mode
+        are not seen: call `model.eval()` again after such an edit. Memory: one (H*W, 2C) term per layer, about
+        170 MB for pat-clip-vit-b16 at 640x640 in fp32.
         """
         weight = self.qkv.weight
-        reuse = not (torch.is_grad_enabled() and weight.requires_grad) and not torch.compiler.is_compiling()
+        reuse = (
+            not self.training
+            and not (torch.is_grad_enabled() and weight.requires_grad)
+            and not torch.compiler.is_compiling()
+            and not weight.is_inference()  # inference tensors have no version counter
+        )
         if reuse:
-            key = (height, width, shift, device, dtype, weight.data_ptr(), weight._version)
+            key = (height, width, self.window, shift, device, dtype, weight.data_ptr(), weight._version)
             cache = self._position_cache
             if cache is not None and cache[0] == key:
                 return cache[1]
@@ -188,6 +209,10 @@ class PATDecoderAttention(nn.Module):
         if reuse:
             self._position_cache = (key, term, weight.detach())
         return term
+
+    def train(self, mode: bool = True):
+        self._position_cache = None  # weights may have changed without a version bump (see `position_term`)
+        return super().train(mode)
 
     def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(N, L, 3C) fused q/k/v, optional boolean mask (N, 1, L, L) of the keys each query sees -> (N, L, C)."""
@@ -418,6 +443,7 @@ __all__ = [
     "attention_plan",
     "sincos_position_embedding_2d",
     "window_grid",
+    "window_roll",
     "window_merge",
     "window_partition",
     "window_region_mask",

@@ -470,7 +470,10 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
 
     def _text_weights_version(self) -> tuple:
         """Changes whenever a text-tower weight is replaced or edited in place, so cached embeddings go stale."""
-        return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.model.clip_tower.text_parameters())
+        return tuple(
+            (p.data_ptr(), None if p.is_inference() else p._version, p.device, p.dtype)  # inference tensors: no counter
+            for p in self.model.clip_tower.text_parameters()
+        )
 
     def get_class_embeddings(
         self, input_ids: torch.Tensor | None = None, class_names: list[str] | None = None, cache_dir=None

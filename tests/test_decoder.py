@@ -89,11 +89,12 @@ def test_window_covering_the_map_equals_global_attention(grid):
     torch.testing.assert_close(window_attn(x), global_attn(x))
 
 
+@pytest.mark.parametrize("window", [4, 3, 5])  # odd windows: the shifted regions start at -shift mod w
 @pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("grid", [(8, 8), (8, 10), (9, 13), (3, 12)])
-def test_window_attention_matches_explicitly_masked_global_attention(grid, shift):
+def test_window_attention_matches_explicitly_masked_global_attention(grid, shift, window):
     torch.manual_seed(0)
-    attn = PATDecoderAttention(DIM, HEADS, window=4, shift=shift)
+    attn = PATDecoderAttention(DIM, HEADS, window=window, shift=shift)
     x = torch.randn(2, *grid, DIM)
     torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
 
@@ -101,7 +102,7 @@ def test_window_attention_matches_explicitly_masked_global_attention(grid, shift
 @pytest.mark.parametrize("window", [None, 4])
 def test_position_term_is_reused_only_outside_autograd_and_follows_weight_edits(window):
     torch.manual_seed(0)
-    attn = PATDecoderAttention(DIM, HEADS, window=window, shift=window is not None)
+    attn = PATDecoderAttention(DIM, HEADS, window=window, shift=window is not None).eval()
     x = torch.randn(2, 9, 13, DIM)
     with torch.no_grad():
         first = attn(x)
@@ -111,6 +112,14 @@ def test_position_term_is_reused_only_outside_autograd_and_follows_weight_edits(
         attn.qkv.weight.mul_(1.5)  # edited in place: the cached term is stale
         torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
         assert attn._position_cache[1] is not cached
+        # an edit the version counter does not see (as fused optimizers do): a mode switch drops the cache
+        attn.qkv.weight.data.mul_(0.5)
+        attn.train().eval()
+        torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
+    attn.train()
+    with torch.no_grad():
+        attn(x)
+    assert attn._position_cache is None  # training mode keeps nothing
     # under autograd the term is recomputed, so the q/k weights get the position term's gradient
     attn.zero_grad()
     attn(x).sum().backward()
@@ -118,6 +127,13 @@ def test_position_term_is_reused_only_outside_autograd_and_follows_weight_edits(
     attn.zero_grad()
     masked_reference(attn, x).sum().backward()
     torch.testing.assert_close(attn.qkv.weight.grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_of_a_module_built_in_inference_mode():
+    with torch.inference_mode():  # inference-tensor weights have no version counter: nothing is cached
+        attn = PATDecoderAttention(DIM, HEADS, window=4, shift=True).eval()
+        x = torch.randn(1, 9, 13, DIM)
+        torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,20 @@ def test_text_cache_is_reused_and_invalidated_by_weight_edits(model):
     assert recomputed is not first and not torch.allclose(recomputed, first)
 
 
+@pytest.mark.parametrize("preset", ["san-tiny", "pat-tiny"])
+def test_a_model_built_under_inference_mode_runs(preset, pixel_values):
+    # inference-tensor weights have no version counter: the weight-keyed caches must not need one
+    reference = PATForOpenVocabSegmentation(tiny_config(preset)).eval()
+    with torch.inference_mode():
+        model = PATForOpenVocabSegmentation(reference.config).eval()
+        model.load_state_dict(reference.state_dict())
+        outputs = [model(pixel_values) for _ in range(2)]  # the second call hits the caches
+        expected = reference(pixel_values)
+    for output in outputs:
+        torch.testing.assert_close(output.class_queries_logits, expected.class_queries_logits)
+        torch.testing.assert_close(output.masks_queries_logits, expected.masks_queries_logits)
+
+
 def test_save_and_reload_gives_identical_outputs(tmp_path, model, pixel_values):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
