@@ -341,6 +341,8 @@ def upright(image: "PIL.Image.Image") -> "PIL.Image.Image":
 def load_image(image, timeout: float | None = None) -> "PIL.Image.Image":
     """Open an image for the model: upright (EXIF orientation applied) 8-bit RGB (see `convert_image_to_rgb`).
 
+    A PIL image that is already upright RGB is returned as it is, not copied.
+
     Args:
         image: a file path (`str` or `os.PathLike`), an http(s) URL, a base64 string / `data:image/...` URI (as
             transformers' `load_image` accepts), or a PIL image.
