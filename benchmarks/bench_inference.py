@@ -153,18 +153,23 @@ class Models:
     extra: dict = field(default_factory=dict)
 
 
+def seeded_model(setup: Setup, pixel_values: torch.Tensor) -> PATForOpenVocabSegmentation:
+    """The current package's model of `setup.preset` on `setup.device`: seeded random weights, calibrated."""
+    torch.manual_seed(SEED)
+    model = PATForOpenVocabSegmentation(make_config(PATConfig, setup)).eval().to(setup.device)
+    calibrate(model, pixel_values)
+    return model
+
+
 def build(setup: Setup, with_baseline: bool = True) -> Models:
     """Current model (seeded, calibrated) and the baseline model with the same weights."""
-    torch.manual_seed(SEED)
-    config = make_config(PATConfig, setup)
-    fast = PATForOpenVocabSegmentation(config).eval().to(setup.device)
     processor = PATImageProcessor(do_resize=False)
     batch = processor(images=images(setup), return_tensors="pt")
     pixel_values = batch["pixel_values"].to(setup.device)
-    calibrate(fast, pixel_values)
+    fast = seeded_model(setup, pixel_values)
     models = Models(
         setup=setup,
-        names=class_names(setup, config),
+        names=class_names(setup, fast.config),
         pixel_values=pixel_values,
         image_sizes=batch["image_sizes"],
         target_sizes=[tuple(map(int, size)) for size in batch["original_sizes"]],
@@ -236,24 +241,19 @@ def make_call(models: Models, variant: str):
             return None, embeddings
         return call
 
-    def call():
-        with context():
-            embeddings = model.get_class_embeddings(class_names=names)
-            outputs = model(pixel_values, class_embeddings=embeddings, image_sizes=image_sizes)
-            maps = processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
-        synchronize(setup.device)
-        return maps, outputs
+    # `fast-b1`: the same images, one forward per image (batch 1), for the batching gain; else the whole batch
+    parts = [slice(i, i + 1) for i in range(len(pixel_values))] if variant == "fast-b1" else [slice(None)]
 
-    def one_by_one():  # `fast-b1`: the same images, one forward per image (batch 1), for the batching gain
+    def call():
         maps = []
         with context():
             embeddings = model.get_class_embeddings(class_names=names)
-            for i in range(len(pixel_values)):
-                outputs = model(pixel_values[i : i + 1], class_embeddings=embeddings, image_sizes=image_sizes[i : i + 1])
-                maps += processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes[i : i + 1])
+            for part in parts:
+                outputs = model(pixel_values[part], class_embeddings=embeddings, image_sizes=image_sizes[part])
+                maps += processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes[part])
         synchronize(setup.device)
-        return maps, None
-    return one_by_one if variant == "fast-b1" else call
+        return maps, outputs if len(parts) == 1 else None  # per-image outputs: label maps only
+    return call
 
 
 def add_variant(models: Models, variant: str) -> None:
@@ -275,10 +275,7 @@ def add_variant(models: Models, variant: str) -> None:
         models.fast.get_class_embeddings(class_names=models.names, cache_dir=folder)  # fill the disk cache once
     elif variant == "san":  # SAN mode, same inputs and vocabulary: PAT's cost over SAN, timed round-robin
         setup = replace(models.setup, preset=models.setup.san_preset, decoder_attn="window")
-        torch.manual_seed(SEED)
-        san = PATForOpenVocabSegmentation(make_config(PATConfig, setup)).eval().to(setup.device)
-        calibrate(san, models.pixel_values)
-        models.extra[variant] = san
+        models.extra[variant] = seeded_model(setup, models.pixel_values)
     elif variant not in ("baseline", "fast", "fast-b1"):
         raise ValueError(f"unknown variant {variant!r}")
     if variant in models.extra:
