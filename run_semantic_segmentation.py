@@ -29,6 +29,7 @@ from pathlib import Path
 
 import datasets
 import evaluate
+import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import SchedulerType
@@ -433,7 +434,18 @@ def main(argv=None) -> int:
 
     if training_args.push_to_hub:
         trainer.push_to_hub()  # the card is the package's own (PATSegmentationTrainer.create_model_card)
+    trainer.accelerator.wait_for_everyone()  # ranks leave together: the others wait while rank 0 writes the card
     return 0
+
+
+def close_process_group() -> None:
+    """Destroy the distributed process group, if any, before the interpreter shuts down.
+
+    A rank that exits with a live gloo group can abort at shutdown ("terminate called without an active exception",
+    SIGABRT) while its worker threads still hold tensors, which fails the whole `accelerate launch`.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
@@ -442,3 +454,5 @@ if __name__ == "__main__":
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        close_process_group()
