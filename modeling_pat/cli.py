@@ -34,7 +34,7 @@ from .image_processing_pat import load_image
 from .modeling_pat import PATForOpenVocabSegmentation
 from .processing_pat import PATProcessor, validate_class_names
 from .sliding_window import sliding_window_segmentation
-from .visualization import make_palette, pixel_fractions, render_overlay
+from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map
 
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_MODEL, EXIT_UNREADABLE = 0, 1, 2, 3, 4
@@ -291,12 +291,6 @@ def _to_size(label_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 # -- outputs ----------------------------------------------------------------------------------------------------------
-def save_label_map(label_map: np.ndarray, num_classes: int, path: Path) -> None:
-    """Class indices as a grayscale PNG: 8-bit when every index fits (<= 256 classes), else 16-bit."""
-    dtype = np.uint8 if num_classes <= 256 else np.uint16
-    Image.fromarray(np.ascontiguousarray(label_map.astype(dtype))).save(path)
-
-
 def write_outputs(image, label_map, path: Path, stem: str, class_names, palette, output_dir: Path, model_id: str):
     """The three result files of one image: label PNG, overlay PNG, JSON summary."""
     label_file, overlay_file, json_file = f"{stem}_labels.png", f"{stem}_overlay.png", f"{stem}.json"

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import save_label_map
 from .data import SegmentationEvalDataset
 from .image_processing_pat import semantic_map
 from .model_card import write_model_card
 from .training import PATTrainer
+from .visualization import save_label_map
 
 
 def metric_functions(metric) -> dict:

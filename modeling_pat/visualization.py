@@ -1,11 +1,12 @@
-"""Pure drawing helpers for segmentation results: a class palette, a colour overlay and a legend panel (PIL only).
+"""Helpers for segmentation results: a class palette, a colour overlay, a legend panel and label-map PNGs (PIL only).
 
 Nothing here touches the model: every function takes a label map (int array [H, W] of class indices) and plain
-Python values, and returns arrays or new PIL images.
+Python values, and returns arrays or new PIL images (or writes one PNG).
 """
 
 import colorsys
 import math
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -21,6 +22,12 @@ LEGEND_TEXT = (20, 20, 20)
 LEGEND_BORDER = (60, 60, 60)
 MAX_LEGEND_ROWS = 24
 MAX_NAME_CHARS = 40
+
+
+def save_label_map(label_map: np.ndarray, num_classes: int, path: Path) -> None:
+    """Class indices as a grayscale PNG: 8-bit when every index fits (<= 256 classes), else 16-bit."""
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    Image.fromarray(np.ascontiguousarray(label_map.astype(dtype))).save(path)
 
 
 def make_palette(num_classes: int) -> np.ndarray:
@@ -177,4 +184,5 @@ __all__ = [
     "make_palette",
     "pixel_fractions",
     "render_overlay",
+    "save_label_map",
 ]

@@ -17,7 +17,6 @@ from modeling_pat.cli import (
     vocabulary_class_names,
     main,
     output_stems,
-    save_label_map,
 )
 
 
@@ -99,16 +98,6 @@ def test_more_than_256_classes_give_16_bit_label_maps(tmp_path):
     assert code == EXIT_OK
     summary = _check_outputs(tmp_path / "out", "small", (40, 30), labels)
     assert summary["label_map_dtype"] == "uint16"
-
-
-@pytest.mark.parametrize("num_classes, dtype", [(2, np.uint8), (256, np.uint8), (257, np.uint16), (847, np.uint16)])
-def test_label_map_png_bit_depth(tmp_path, num_classes, dtype):
-    label_map = np.array([[0, num_classes - 1]], dtype=np.int64)
-    save_label_map(label_map, num_classes, tmp_path / "labels.png")
-    with Image.open(tmp_path / "labels.png") as png:
-        read_back = np.array(png)
-    assert read_back.dtype == dtype
-    np.testing.assert_array_equal(read_back, label_map)
 
 
 def test_globs_files_and_folders_are_deduplicated_and_same_stems_kept_apart(tmp_path):

@@ -136,6 +136,23 @@ def test_attention_of_a_module_built_in_inference_mode():
         torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
 
 
+def test_region_bias_is_reused_outside_autograd_and_never_saved_for_backward():
+    torch.manual_seed(0)
+    attn = PATDecoderAttention(DIM, HEADS, window=4, shift=True)
+    x = torch.randn(2, 9, 13, DIM)
+    with torch.inference_mode():
+        first = attn(x)
+        cached = attn._bias_cache[1]
+        assert cached.shape == (12, 1, 16, 16) and torch.equal(cached.isinf(), ~window_region_mask(9, 13, 4, 2)[:, None])
+        torch.testing.assert_close(attn(x), first, rtol=0, atol=0)
+        assert attn._bias_cache[1] is cached  # same grid: reused
+        attn(torch.randn(1, 8, 8, DIM))
+        assert attn._bias_cache[1] is not cached  # another grid: rebuilt
+    out = attn(x)  # after inference-mode calls, autograd gets a fresh bias (inference tensors cannot be saved)
+    out.sum().backward()
+    torch.testing.assert_close(out, masked_reference(attn, x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "shift, inside, outside",
     [(False, (6, 6), (3, 3)), (True, (3, 3), (6, 6))],  # query (5, 5): window rows/cols 4..7, shifted 2..5

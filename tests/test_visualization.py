@@ -1,4 +1,4 @@
-"""Palette, overlay and legend drawing (`modeling_pat/visualization.py`): pure functions on synthetic label maps."""
+"""Palette, overlay, legend and label-map PNGs (`modeling_pat/visualization.py`), on synthetic label maps."""
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from modeling_pat.visualization import (
     make_palette,
     pixel_fractions,
     render_overlay,
+    save_label_map,
 )
 
 
@@ -104,3 +105,13 @@ def test_legend_text_scales_with_the_image():
 def test_tiny_image_gets_a_legible_legend():
     overlay = render_overlay(_image(20, 30), _label_map(20, 30), NAMES)
     assert overlay.height > 20  # the canvas grows so that the rows fit at the minimum text size
+
+
+@pytest.mark.parametrize("num_classes, dtype", [(2, np.uint8), (256, np.uint8), (257, np.uint16), (847, np.uint16)])
+def test_label_map_png_bit_depth(tmp_path, num_classes, dtype):
+    label_map = np.array([[0, num_classes - 1]], dtype=np.int64)
+    save_label_map(label_map, num_classes, tmp_path / "labels.png")
+    with Image.open(tmp_path / "labels.png") as png:
+        read_back = np.array(png)
+    assert read_back.dtype == dtype
+    np.testing.assert_array_equal(read_back, label_map)
