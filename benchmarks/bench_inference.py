@@ -640,7 +640,9 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder-attn", choices=("window", "global"), default="window")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile variant")
     parser.add_argument("--channels-last", action="store_true", help="add the channels-last variant")
-    parser.add_argument("--variants", default=None, help="comma-separated, e.g. baseline,fast,fast-bf16 or fast,san")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated, e.g. baseline,fast,fast-bf16 or fast,san; fast is added when neither "
+                        "baseline nor fast is named (the reference of the ratios)")
     parser.add_argument("--san-preset", default="san-clip-vit-b16", help="the `san` variant's preset")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
@@ -682,6 +684,8 @@ def main(argv=None) -> int:
         name = "suite"
     else:
         variants = args.variants.split(",") if args.variants else ["baseline", "fast"]
+        if "baseline" not in variants and "fast" not in variants:
+            variants.insert(0, "fast")  # the reference the other variants' ratios are taken against
         if args.dtype != "fp32" and f"fast-{args.dtype}" not in variants:
             variants.append(f"fast-{args.dtype}")
         if args.channels_last and "fast-cl" not in variants:

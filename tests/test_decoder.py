@@ -143,7 +143,8 @@ def test_region_bias_is_reused_outside_autograd_and_never_saved_for_backward():
     with torch.inference_mode():
         first = attn(x)
         cached = attn._bias_cache[1]
-        assert cached.shape == (12, 1, 16, 16) and torch.equal(cached.isinf(), ~window_region_mask(9, 13, 4, 2)[:, None])
+        assert cached.shape == (12, 1, 16, 16)  # 9 x 13 padded to 12 x 16: 3 x 4 windows of 4 x 4
+        assert torch.equal(cached.isinf(), ~window_region_mask(9, 13, 4, 2)[:, None])
         torch.testing.assert_close(attn(x), first, rtol=0, atol=0)
         assert attn._bias_cache[1] is cached  # same grid: reused
         attn(torch.randn(1, 8, 8, DIM))
