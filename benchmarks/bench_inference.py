@@ -622,7 +622,8 @@ def environment() -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "cpu": cpu, "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
             "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "baseline_commit": load_baseline().commit, "cuda": torch.cuda.is_available(),
+            "baseline_commit": git("rev-parse", "--verify", "--quiet", f"{BASELINE_COMMIT}^{{commit}}") or None,
+            "cuda": torch.cuda.is_available(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
