@@ -101,7 +101,9 @@ def attach_eval_hooks(model, recorder: Recorder) -> None:
     decoder = side.mask_decoder
     recorder.output(decoder.query_mlp, "side.decoder.query_mlp")
     recorder.output(decoder.pix_mlp, "side.decoder.pix_mlp")
-    recorder.output(decoder.attn_mlp, "side.decoder.attn_mlp")
+    # the model never builds attn_mlp's full output (the attention bias is re-associated, see
+    # `PATMaskDecoder.attention_bias`): the module is run on the patch map that pix_mlp receives
+    recorder.input(decoder.pix_mlp, "side.decoder.attn_mlp", decoder.attn_mlp)
     recorder.output(decoder, "side.attn_bias", lambda out: out[1][0])
     recorder.kwarg(tower.recognition_blocks[0], "attn_mask", "rec.attn_mask")
     for i, block in enumerate(tower.recognition_blocks):

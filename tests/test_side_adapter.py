@@ -102,3 +102,33 @@ def test_mask_decoder_shapes_and_bias_scaling():
         decoder.bias_scaling.weight.fill_(1.0)
         single = decoder(queries, patches)[1][0]
     torch.testing.assert_close(doubled, 2 * single)
+
+
+def test_attention_bias_equals_sans_dot_product_with_the_pixel_embeddings():
+    """The re-associated bias, (e W) . h + e . c, equals SAN's e . attn_mlp(patches), values and gradients."""
+    torch.manual_seed(0)
+    config = tiny_config(attn_bias_num_layers=2)
+    decoder = PATMaskDecoder(config)
+    with torch.no_grad():
+        decoder.bias_scaling.weight.fill_(1.5)
+        decoder.bias_scaling.bias.fill_(-0.25)
+
+    def literal(embeddings, patches):  # SAN's MLPMaskDecoder: the full pixel embeddings, then one einsum
+        attn = decoder.attn_mlp(patches)
+        b, _, h, w = attn.shape
+        attn = attn.reshape(b, decoder.num_layers, decoder.num_heads, -1, h, w)
+        bias = torch.einsum("bqe,blkehw->blkqhw", embeddings, attn) * 1.5 - 0.25
+        return list(bias.unbind(dim=1))
+
+    for batch in (1, 3):
+        embeddings = torch.randn(batch, config.num_queries, config.mask_embed_dim, requires_grad=True)
+        patches = torch.randn(batch, config.side_hidden_size, 7, 9, requires_grad=True)
+        fast, expected = decoder.attention_bias(embeddings, patches), literal(embeddings, patches)
+        for a, b in zip(fast, expected):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        weights = [torch.randn_like(b) for b in expected]
+        grads = [torch.autograd.grad(sum((w * b).sum() for w, b in zip(weights, out)),
+                                     [embeddings, patches, decoder.attn_mlp.layers[-1].weight])
+                 for out in (fast, expected)]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
