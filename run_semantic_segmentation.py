@@ -432,9 +432,11 @@ def main(argv=None) -> int:
         if (Path(training_args.output_dir) / "config.json").is_file():
             trainer.create_model_card(model_name=Path(training_args.output_dir).name)
 
+    # every rank waits while rank 0 writes the results table and card; not during the upload below (which may take
+    # longer than the process group's timeout): the ranks that return first just close their group
+    trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub()  # the card is the package's own (PATSegmentationTrainer.create_model_card)
-    trainer.accelerator.wait_for_everyone()  # ranks leave together: the others wait while rank 0 writes the card
     return 0
 
 
@@ -445,7 +447,10 @@ def close_process_group() -> None:
     SIGABRT) while its worker threads still hold tensors, which fails the whole `accelerate launch`.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        try:
+            torch.distributed.destroy_process_group()
+        except Exception as error:  # at exit: never hide the run's own error or exit code behind this one
+            logger.warning("Could not destroy the process group at exit: %s", error)
 
 
 if __name__ == "__main__":
