@@ -130,13 +130,13 @@ def test_position_term_is_reused_only_outside_autograd_and_follows_weight_edits(
 
 
 def test_attention_of_a_module_built_in_inference_mode():
-    with torch.inference_mode():  # inference-tensor weights have no version counter: nothing is cached
+    with torch.inference_mode():  # inference-tensor weights have no version counter: no position term is kept
         attn = PATDecoderAttention(DIM, HEADS, window=4, shift=True).eval()
         x = torch.randn(1, 9, 13, DIM)
         torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
 
 
-def test_region_bias_is_reused_outside_autograd_and_never_saved_for_backward():
+def test_region_bias_is_kept_per_grid_and_a_cached_one_serves_training():
     torch.manual_seed(0)
     attn = PATDecoderAttention(DIM, HEADS, window=4, shift=True)
     x = torch.randn(2, 9, 13, DIM)
@@ -145,13 +145,21 @@ def test_region_bias_is_reused_outside_autograd_and_never_saved_for_backward():
         cached = attn._bias_cache[1]
         assert cached.shape == (12, 1, 16, 16)  # 9 x 13 padded to 12 x 16: 3 x 4 windows of 4 x 4
         assert torch.equal(cached.isinf(), ~window_region_mask(9, 13, 4, 2)[:, None])
+        assert not cached.is_inference()  # built outside inference mode: autograd may save it
         torch.testing.assert_close(attn(x), first, rtol=0, atol=0)
         assert attn._bias_cache[1] is cached  # same grid: reused
         attn(torch.randn(1, 8, 8, DIM))
         assert attn._bias_cache[1] is not cached  # another grid: rebuilt
-    out = attn(x)  # after inference-mode calls, autograd gets a fresh bias (inference tensors cannot be saved)
+        attn(x)
+        cached = attn._bias_cache[1]
+    out = attn(x)  # autograd with the bias made under inference mode
+    assert attn._bias_cache[1] is cached
     out.sum().backward()
     torch.testing.assert_close(out, masked_reference(attn, x), rtol=1e-5, atol=1e-5)
+    expected = attn.qkv.weight.grad.clone()
+    attn.zero_grad()
+    masked_reference(attn, x).sum().backward()
+    torch.testing.assert_close(attn.qkv.weight.grad, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(
