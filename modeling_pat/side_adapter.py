@@ -114,7 +114,7 @@ class PATMLP(nn.Module):
         return self.layers[-1](self.features(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last layer's input: every other layer, each followed by ReLU."""
+        """The last layer's input: all layers but the last, each followed by ReLU."""
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
         return x
@@ -143,8 +143,8 @@ class PATMaskDecoder(nn.Module):
 
         SAN takes the dot product of each query embedding with attn_mlp's per-(layer, head) pixel embeddings,
         e . (W h + c) with h the last layer's input. Re-associated as (e W) . h + e . c, the (B, layers*K*E, H, W)
-        pixel embeddings (3,072 channels for ViT-B/16) are never built: the same products, a third of the time,
-        and a cost linear in the batch (equal up to float rounding).
+        pixel embeddings (3,072 channels for ViT-B/16) are never built; equal up to float rounding. (Measured on 2
+        CPU threads at 640x640: 27 -> 11 ms for one image, 61 -> 20 ms for two: the big tensor made batches slow.)
         """
         hidden = self.attn_mlp.features(patches)  # (B, D, H, W)
         last = self.attn_mlp.layers[-1]  # 1x1 conv D -> layers * K * E

@@ -120,15 +120,18 @@ def test_attention_bias_equals_sans_dot_product_with_the_pixel_embeddings():
         bias = torch.einsum("bqe,blkehw->blkqhw", embeddings, attn) * 1.5 - 0.25
         return list(bias.unbind(dim=1))
 
-    for batch in (1, 3):
+    last = decoder.attn_mlp.layers[-1]
+    for batch, with_bias in ((1, True), (3, True), (2, False)):
+        if not with_bias:
+            last.register_parameter("bias", None)  # the bias-free branch
         embeddings = torch.randn(batch, config.num_queries, config.mask_embed_dim, requires_grad=True)
         patches = torch.randn(batch, config.side_hidden_size, 7, 9, requires_grad=True)
         fast, expected = decoder.attention_bias(embeddings, patches), literal(embeddings, patches)
         for a, b in zip(fast, expected):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         weights = [torch.randn_like(b) for b in expected]
-        grads = [torch.autograd.grad(sum((w * b).sum() for w, b in zip(weights, out)),
-                                     [embeddings, patches, decoder.attn_mlp.layers[-1].weight])
+        inputs = [embeddings, patches, last.weight] + ([last.bias] if with_bias else [])
+        grads = [torch.autograd.grad(sum((w * b).sum() for w, b in zip(weights, out)), inputs)
                  for out in (fast, expected)]
         for a, b in zip(*grads):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
