@@ -38,7 +38,10 @@ def load_baseline(commit: str = BASELINE_COMMIT, repo: Path = REPO_ROOT) -> Simp
     PATForOpenVocabSegmentation, PATImageProcessor, the three modules and the resolved commit hash."""
     if commit in _LOADED:
         return _LOADED[commit]
-    full = _git(repo, "rev-parse", "--verify", f"{commit}^{{commit}}").decode().strip()
+    full = resolve_commit(commit, repo)
+    if full is None:
+        raise RuntimeError(f"The baseline commit {commit} is not in {repo}: the benchmark needs a git checkout of this "
+                           "repository that contains it (not a shallow clone).")
     archive = _git(repo, "archive", "--format=tar", full, "modeling_pat", "configuration")
     root = Path(tempfile.mkdtemp(prefix=f"pat-baseline-{full[:7]}-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
@@ -65,6 +68,16 @@ def load_baseline(commit: str = BASELINE_COMMIT, repo: Path = REPO_ROOT) -> Simp
     )
     _LOADED[commit] = baseline
     return baseline
+
+
+def resolve_commit(commit: str = BASELINE_COMMIT, repo: Path = REPO_ROOT) -> str | None:
+    """The full hash of `commit` in `repo`, or None where git or the commit is missing (e.g. a shallow clone)."""
+    try:
+        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
+                              capture_output=True, text=True)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _git(repo: Path, *args: str) -> bytes:

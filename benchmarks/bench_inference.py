@@ -15,7 +15,8 @@ hits every variant alike):
   weights), `fast-compile` (`torch.compile` of the image model), selected with `--dtype`, `--channels-last`,
   `--compile` or `--variants`; `fast-b1` (the same images, one forward per image: batching's gain, timed round-robin
   with `fast`) and `san` (beside a PAT preset: SAN mode of `--san-preset` on the same inputs, so PAT's cost over SAN
-  is timed round-robin too) with `--variants`.
+  is timed round-robin too) with `--variants`. Ratios are taken against `baseline` when it runs, else against
+  `fast` (added when neither is named).
 
 `--device cuda` puts models and inputs on the GPU, synchronises before a timed call ends, and measures peak memory
 as the CUDA allocator's peak of allocated tensors above what was allocated before the call (a fresh subprocess per
@@ -63,7 +64,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.baseline import BASELINE_COMMIT, load_baseline  # noqa: E402
+from benchmarks.baseline import BASELINE_COMMIT, load_baseline, resolve_commit  # noqa: E402
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATImageProcessor  # noqa: E402
 
 
@@ -375,6 +376,8 @@ def measure_memory(setup: Setup, variant: str) -> dict | None:
 # -- one scenario -----------------------------------------------------------------------------------------------------
 def run_scenario(setup: Setup, variants: list[str], warmup: int, repeats: int, memory: bool = False,
                  compare_scores: bool = False, models: Models | None = None) -> dict:
+    if "baseline" not in variants and "fast" not in variants:
+        variants = ["fast", *variants]  # the reference the other variants' ratios are taken against
     print(f"\n== {setup.label()} | variants {variants} | warm-up {warmup}, repeats {repeats}", flush=True)
     if setup.threads:
         torch.set_num_threads(setup.threads)
@@ -622,7 +625,7 @@ def environment() -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "cpu": cpu, "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
             "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "baseline_commit": git("rev-parse", "--verify", "--quiet", f"{BASELINE_COMMIT}^{{commit}}") or None,
+            "baseline_commit": resolve_commit(),
             "cuda": torch.cuda.is_available(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
@@ -685,8 +688,6 @@ def main(argv=None) -> int:
         name = "suite"
     else:
         variants = args.variants.split(",") if args.variants else ["baseline", "fast"]
-        if "baseline" not in variants and "fast" not in variants:
-            variants.insert(0, "fast")  # the reference the other variants' ratios are taken against
         if args.dtype != "fp32" and f"fast-{args.dtype}" not in variants:
             variants.append(f"fast-{args.dtype}")
         if args.channels_last and "fast-cl" not in variants:
