@@ -73,11 +73,9 @@ def load_baseline(commit: str = BASELINE_COMMIT, repo: Path = REPO_ROOT) -> Simp
 def resolve_commit(commit: str = BASELINE_COMMIT, repo: Path = REPO_ROOT) -> str | None:
     """The full hash of `commit` in `repo`, or None where git or the commit is missing (e.g. a shallow clone)."""
     try:
-        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
-                              capture_output=True, text=True)
-    except OSError:
+        return _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}").decode().strip()
+    except RuntimeError:  # what `_git` raises for a missing git or a failed command
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _git(repo: Path, *args: str) -> bytes:
