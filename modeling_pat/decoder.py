@@ -473,9 +473,9 @@ __all__ = [
     "attention_plan",
     "sincos_position_embedding_2d",
     "window_grid",
-    "window_roll",
     "window_merge",
     "window_partition",
     "window_region_bias",
     "window_region_mask",
+    "window_roll",
 ]
