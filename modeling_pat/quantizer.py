@@ -143,7 +143,7 @@ class PATVectorQuantizer(nn.Module):
         # (B, C, H, W) -> (B, D, H, W) -> (B, H, W, D) for the core, and back for the map outputs
         encoded = self._normalize(self.proj(x), dim=1)
         out = self._quantize(encoded.permute(0, 2, 3, 1))
-        out.quantized = out.quantized.permute(0, 3, 1, 2)
+        out.quantized = out.quantized.permute(0, 3, 1, 2).contiguous()  # NCHW, as convs' weight gradients need
         out.encoded = encoded
         return out
 

@@ -54,7 +54,9 @@ class PATFusionLayer(nn.Module):
         self.proj = PATFusionProjection(clip_channels, side_channels, kernel_size=1)
 
     def forward(self, clip_map: torch.Tensor, grid) -> torch.Tensor:
-        y = self.proj(self.norm(clip_map))
+        # NCHW-contiguous first (CLIP's maps are transposed token views): a conv on a channels-last input gives a
+        # channels-last weight gradient, whose strides differ from the parameter's (DDP then warns and copies)
+        y = self.proj(self.norm(clip_map.contiguous()))
         return F.interpolate(y, size=tuple(grid), mode="bilinear", align_corners=False)
 
 
@@ -202,7 +204,9 @@ class PATSideAdapter(nn.Module):
             pos = pos.reshape(1, *self.pos_grid, -1).permute(0, 3, 1, 2)  # (1, L0, C) -> (1, C, H0, W0)
             pos = F.interpolate(pos, size=tuple(grid), mode="bicubic", align_corners=False)
             pos = pos.flatten(2).transpose(1, 2)
-        return torch.cat([self.query_pos_embed, pos], dim=1)
+        # rows of (Q+L, C), not slices of a (1, Q+L, C) cat: the parameters' gradients then come back with the
+        # parameters' own strides (a slice's batch stride is Q+L rows, and DDP's buckets compare all strides)
+        return torch.cat([self.query_pos_embed[0], pos[0]])[None]
 
     def fuse(self, position: int, x: torch.Tensor, clip_maps: list[torch.Tensor], grid, fusion_terms: dict):
         """Add CLIP output `fusion_map[position]` to the patch tokens of x (B, Q+L, C); queries are untouched.
@@ -235,7 +239,7 @@ class PATSideAdapter(nn.Module):
         patches = self.patch_embed(pixel_values)  # (B, C, H, W)
         b, c, h, w = patches.shape
         pos = self.positional_embedding((h, w))
-        queries = self.query_embed if query_embed is None else query_embed
+        queries = self.query_embed[0] if query_embed is None else query_embed  # (Q, C): see `positional_embedding`
         x = torch.cat([queries.expand(b, -1, -1), patches.flatten(2).transpose(1, 2)], dim=1) + pos
         fusion_terms = {}
         x = self.fuse(0, x, clip_maps, (h, w), fusion_terms)
@@ -248,7 +252,8 @@ class PATSideAdapter(nn.Module):
             hidden_states.append(x)
             if i in output_layers:
                 q = self.num_queries
-                outputs.append(PATSideOutput(x[:, :q], x[:, q:].transpose(1, 2).reshape(b, c, h, w)))
+                patch_map = x[:, q:].transpose(1, 2).reshape(b, c, h, w).contiguous()  # NCHW: see `PATFusionLayer`
+                outputs.append(PATSideOutput(x[:, :q], patch_map))
             if i < len(self.layers):
                 x = x + pos  # SAN re-adds the positions after every block but the last
         return outputs, hidden_states, fusion_terms

@@ -81,6 +81,21 @@ def test_loss_backward_reaches_exactly_the_trainable_parameters(pixel_values):
             assert param.grad is None, name
 
 
+@pytest.mark.parametrize("preset", ["san-tiny", "pat-tiny"])
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_gradients_have_their_parameters_strides(preset, batch_size, pixel_values):
+    """DDP's buckets compare a gradient's strides with its parameter's, size-1 dimensions included (otherwise it
+    warns and copies): no gradient may come back as a slice of a wider tensor or in channels-last layout."""
+    model = tiny_model(preset=preset).train()
+    pixel_values = pixel_values[:batch_size]
+    out = model(pixel_values, labels=random_labels(pixel_values), loss_generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    mismatched = {name: (param.grad.stride(), param.stride()) for name, param in model.named_parameters()
+                  if param.grad is not None and param.grad.stride() != param.stride()}
+    assert mismatched == {}
+    assert model.model.side_adapter.query_embed.grad is not None  # the parameters the fix is about are covered
+
+
 def test_labels_must_match_the_padded_input(model, pixel_values):
     with pytest.raises(ValueError, match="labels"):
         model(pixel_values, labels=torch.zeros(2, 64, 64, dtype=torch.long))
