@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from modeling_pat import PATImageProcessor
+from modeling_pat.image_processing_pat import _resize_label
 from modeling_pat.data import (
     DatasetSpec,
     EpochCallback,
@@ -22,6 +23,7 @@ from modeling_pat.data import (
     load_split,
     load_vocabulary,
     photometric_distortion,
+    resize_label_nearest,
     rgb_to_hsv_uint8,
 )
 
@@ -217,6 +219,19 @@ def test_san_augmentation_geometry_and_padding():
     assert flips == {True, False}  # both flipped and unflipped crops occur
     again = augment(image, label, np.random.default_rng(5))
     np.testing.assert_array_equal(again[0], augment(image, label, np.random.default_rng(5))[0])
+
+
+@pytest.mark.parametrize("size", [(37, 53), (97, 131), (128, 96), (300, 41)])
+def test_label_resize_twins_agree(size):
+    """Training (numpy) and the image processor (torch) resize labels with one rule: output pixel y takes input
+    pixel floor((y + 0.5) * H_in / H_out), in exact rationals; 16-bit ids (ADE-847) survive unchanged."""
+    label = np.random.default_rng(0).integers(0, 3000, (97, 131)).astype(np.uint16)
+    rows = [min((2 * y + 1) * 97 // (2 * size[0]), 96) for y in range(size[0])]
+    cols = [min((2 * x + 1) * 131 // (2 * size[1]), 130) for x in range(size[1])]
+    expected = label[np.ix_(rows, cols)]
+    np.testing.assert_array_equal(resize_label_nearest(label, size), expected)
+    torch.testing.assert_close(_resize_label(torch.from_numpy(label.astype(np.int64)), size),
+                               torch.from_numpy(expected.astype(np.int64)), rtol=0, atol=0)
 
 
 def test_photometric_distortion_and_hsv():
