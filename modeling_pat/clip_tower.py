@@ -93,7 +93,7 @@ def build_recognition_row_masks(attn_bias: torch.Tensor, grid, num_heads: int, m
     pooled = pool_attention_bias(attn_bias, grid, method).flatten(-2)  # (B, K or 1, Q, L)
     pooled = pooled.expand(b, num_heads, -1, -1)
     sos = torch.full((q, q + 1), mask_value, device=pooled.device, dtype=pooled.dtype)
-    sos[torch.arange(q), torch.arange(q)] = 0.0  # each SOS token sees itself, no other SOS token, not cls
+    sos.fill_diagonal_(0.0)  # each SOS token sees itself, no other SOS token, not cls (no host index tensor)
     sos_rows = torch.cat([sos.expand(b, num_heads, q, q + 1), pooled], dim=-1)
     other_rows = pooled.new_zeros(1, 1, 1, q + 1 + pooled.shape[-1])
     other_rows[..., :q] = mask_value
@@ -592,7 +592,11 @@ class PATClipTower(nn.Module):
 
 
 class PATOpenVocabClassifier(nn.Module):
-    """(N, D) class embeddings -> (N+1, D) unit classifier rows: the classes, then the learnable void class last."""
+    """(N, D) class embeddings -> (N+1, D) unit classifier rows: the classes, then the learnable void class last.
+
+    The rows are fp32 on the void embedding's device, whatever the embeddings came as (a bf16 model's cache, a CPU
+    tensor given to a GPU model): the classification is a small product, kept in full precision.
+    """
 
     def __init__(self, embed_dim: int):
         super().__init__()
@@ -600,7 +604,7 @@ class PATOpenVocabClassifier(nn.Module):
 
     def forward(self, class_embeddings: torch.Tensor) -> torch.Tensor:
         # The void row joins *before* the normalisation, so only its direction matters (as in SAN).
-        rows = torch.cat([class_embeddings, self.void_embedding.to(class_embeddings.dtype)], dim=0)
+        rows = torch.cat([class_embeddings.to(self.void_embedding.device, torch.float32), self.void_embedding.float()])
         return F.normalize(rows, dim=-1)
 
 

@@ -309,9 +309,10 @@ class PATSpade(nn.Module):
     def forward(self, y: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         if condition.shape[-2:] != y.shape[-2:]:
             condition = F.interpolate(condition, size=y.shape[-2:], mode="nearest")
-        # written over dim 1 rather than as a permuted F.layer_norm, so the output keeps y's NCHW memory layout
-        var, mean = torch.var_mean(y, dim=1, unbiased=False, keepdim=True)
-        normalized = (y - mean) * torch.rsqrt(var + self.eps)
+        # written over dim 1 rather than as a permuted F.layer_norm, so the output keeps y's NCHW memory layout;
+        # statistics in fp32 as nn.LayerNorm's under autocast (a no-op for fp32 maps)
+        var, mean = torch.var_mean(y.float(), dim=1, unbiased=False, keepdim=True)
+        normalized = ((y - mean) * torch.rsqrt(var + self.eps)).to(y.dtype)
         hidden = self.shared(condition.to(y.dtype))
         return torch.addcmul(normalized + self.beta(hidden), normalized, self.gamma(hidden))  # norm * (1 + g) + b
 

@@ -67,7 +67,7 @@ class PATImageTokenizer(PATPreTrainedModel):
         missing = [name for name in CODEBOOKS if name not in codes]
         if missing:
             raise ValueError(f"`codes` lacks the codebooks {missing}; `encode` returns all of {list(CODEBOOKS)}.")
-        return self.model.tokenization.decode_codes(codes)
+        return self.model.tokenization.decode_codes({name: codes[name].to(self.device) for name in CODEBOOKS})
 
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> PATImageTokenizerOutput:

@@ -510,8 +510,13 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         return embeddings
 
     def _encode_class_names(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(N, T, L) ids -> (N, D) through the text tower (truncated, batched path), in chunks of classes."""
-        with torch.no_grad():  # in chunks of classes: 1,000 names x 14 templates at once would need GBs of activations
+        """(N, T, L) ids -> (N, D) through the text tower (truncated, batched path), in chunks of classes.
+
+        Always in the weights' dtype, autocast off: the result is cached per vocabulary (and on disk), so embeddings
+        made under a training step's autocast must not be what a later full-precision evaluation gets.
+        """
+        # in chunks of classes: 1,000 names x 14 templates at once would need GBs of activations
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
             chunks = input_ids.to(self.device).split(TEXT_CHUNK_CLASSES)
             return torch.cat([self.model.clip_tower.encode_class_names(chunk) for chunk in chunks])
 
@@ -540,20 +545,28 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
 
     def clip_perceptual_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[0, 1] images (B, 3, H, W) -> frozen-CLIP feature maps after each trunk block (the fallback perceptual
-        network when no VGG weights are available: they cannot be downloaded here; gradients reach the images)."""
+        network when no VGG weights are available: they cannot be downloaded here; gradients reach the images).
+
+        The images enter in CLIP's dtype (a bf16 model gets fp32 images from the loss) and the maps leave in fp32.
+        """
         tower = self.model.clip_tower
         mean = images.new_tensor(OPENAI_CLIP_MEAN)[:, None, None]
         std = images.new_tensor(OPENAI_CLIP_STD)[:, None, None]
-        return tower.extract_features(self.model.clip_input((images - mean) / std)).maps[1:]
+        pixel_values = self.model.clip_input((images - mean) / std).to(next(tower.visual.parameters()).dtype)
+        return [fmap.float() for fmap in tower.extract_features(pixel_values).maps[1:]]
 
     def default_class_names(self) -> list[str]:
         id2label = self.config.id2label or {}
         return [id2label[i] for i in sorted(id2label, key=int)]
 
     def classify(self, mask_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, Q, D) mask embeddings, (N+1, D) classifier rows -> (B, Q, N+1) logits = exp(logit_scale) * cosine."""
-        scale = self.model.clip_tower.logit_scale.exp()
-        return torch.einsum("bqd,nd->bqn", mask_embeddings, scale * text_embeddings.to(mask_embeddings.dtype))
+        """(B, Q, D) mask embeddings, (N+1, D) classifier rows -> (B, Q, N+1) logits = exp(logit_scale) * cosine.
+
+        In fp32 whatever the model's dtype (cheap: Q x N): logits near 100 x cosine rounded to bf16 would move in
+        steps of 0.125-0.25, several percent in the softmax's probability ratios.
+        """
+        scale = self.model.clip_tower.logit_scale.float().exp()
+        return torch.einsum("bqd,nd->bqn", mask_embeddings.float(), scale * text_embeddings.float())
 
     # -- forward ---------------------------------------------------------------------------------------------------
     @can_return_tuple

@@ -90,12 +90,14 @@ class PATVectorQuantizer(nn.Module):
     @torch.no_grad()
     def assign(self, encoded: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (...) int64: nearest code (cosine argmax for vMF, squared-distance argmin otherwise)."""
-        flat = encoded.reshape(-1, self.code_dim)  # (M, D)
-        codebook = self.normalized_codebook()  # (K, D)
-        similarity = flat @ codebook.T  # (M, K)
-        if not self.use_vmf:
-            # argmin ||h - e||^2 = argmax (2 h.e - ||e||^2); ||h||^2 is the same for every code
-            similarity = 2 * similarity - codebook.pow(2).sum(-1)
+        # fp32 and autocast off (no-ops in fp32): in bf16 about 1% of the argmaxes flip between near-equal codes
+        with torch.autocast(device_type=encoded.device.type, enabled=False):
+            flat = encoded.reshape(-1, self.code_dim).float()  # (M, D)
+            codebook = self.normalized_codebook().float()  # (K, D)
+            similarity = flat @ codebook.T  # (M, K)
+            if not self.use_vmf:
+                # argmin ||h - e||^2 = argmax (2 h.e - ||e||^2); ||h||^2 is the same for every code
+                similarity = 2 * similarity - codebook.pow(2).sum(-1)
         return similarity.argmax(-1).view(encoded.shape[:-1])
 
     def diversity(self, encoded: torch.Tensor) -> torch.Tensor:

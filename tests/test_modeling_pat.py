@@ -134,6 +134,29 @@ def test_text_cache_is_reused_and_invalidated_by_weight_edits(model):
     assert recomputed is not first and not torch.allclose(recomputed, first)
 
 
+def test_text_embeddings_made_under_autocast_are_full_precision(model):
+    """A training step under bf16 autocast fills the vocabulary cache that a full-precision evaluation reads next."""
+    names = ["cat", "sky"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = model.get_class_embeddings(class_names=names)
+    model._text_cache.clear()
+    plain = model.get_class_embeddings(class_names=names)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("preset", ["san-tiny", "pat-tiny"])
+def test_pure_bfloat16_training_step(preset, pixel_values):
+    """A model cast to bf16 (no autocast) trains: every loss term (PAT's CLIP perceptual fallback included) runs."""
+    model = tiny_model(preset=preset).train().to(torch.bfloat16)
+    pixel_values = pixel_values.to(torch.bfloat16)
+    out = model(pixel_values, labels=random_labels(pixel_values), loss_generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.bfloat16 and torch.isfinite(g).all() for g in grads)
+
+
 @pytest.mark.parametrize("preset", ["san-tiny", "pat-tiny"])
 def test_a_model_built_under_inference_mode_runs(preset, pixel_values):
     # inference-tensor weights have no version counter: the weight-keyed caches must not need one
@@ -165,8 +188,9 @@ def test_from_pretrained_in_bfloat16(tmp_path, model, pixel_values):
     assert half.model.side_adapter.pos_embed.dtype == torch.bfloat16
     with torch.no_grad():
         out = half(pixel_values.bfloat16())
-    assert out.class_queries_logits.dtype == torch.bfloat16
-    assert torch.isfinite(out.class_queries_logits.float()).all()
+    assert out.masks_queries_logits.dtype == torch.bfloat16
+    assert out.class_queries_logits.dtype == torch.float32  # the small classification product runs in fp32
+    assert torch.isfinite(out.class_queries_logits).all()
 
 
 @pytest.mark.parametrize(

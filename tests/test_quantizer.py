@@ -142,6 +142,16 @@ def test_bfloat16_forward():
     assert out.quantized.dtype == torch.bfloat16 and torch.isfinite(out.loss)
 
 
+def test_assignment_runs_in_fp32_under_autocast_and_in_bfloat16():
+    """The nearest code is chosen in fp32: autocast or bf16 storage must not flip near-equal codes."""
+    quantizer = make_quantizer(codebook_size=256)
+    encoded = torch.nn.functional.normalize(features(4096, 8), dim=-1).to(torch.bfloat16)  # bf16-representable values
+    expected = quantizer.assign(encoded.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(quantizer.assign(encoded.float()), expected, rtol=0, atol=0)
+    torch.testing.assert_close(quantizer.assign(encoded), expected, rtol=0, atol=0)
+
+
 def test_rejects_empty_codebook():
     with pytest.raises(ValueError):
         PATVectorQuantizer(4, 0)

@@ -75,6 +75,16 @@ def test_channel_layer_norm_matches_layer_norm_over_channels():
     torch.testing.assert_close(norm(x), expected.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
 
 
+def test_channel_layer_norm_keeps_half_precision_finite():
+    """CLIP maps have outlier channels in the hundreds: squared in fp16 they overflow; the statistics run in fp32."""
+    norm = PATChannelLayerNorm(8)
+    x = torch.randn(1, 8, 3, 3)
+    x[:, 0] = 400.0  # one outlier channel: its square (1.6e5) is beyond fp16's 65,504
+    half = norm.half()(x.half())
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), norm.float()(x), atol=1e-2, rtol=1e-2)
+
+
 def test_mlp_conv_and_linear_forms_agree():
     linear = PATMLP(5, 7, 3, 3)
     conv = PATMLP(5, 7, 3, 3, conv=True)
