@@ -20,7 +20,8 @@ hits every variant alike):
 
 `--device cuda` puts models and inputs on the GPU, synchronises before a timed call ends, and measures peak memory
 as the CUDA allocator's peak of allocated tensors above what was allocated before the call (a fresh subprocess per
-variant, like on the CPU); the suite then adds fp16 beside bf16.
+variant, like on the CPU); the suite then adds fp16 beside bf16. TF32 is off there (fp32 is compared with fp32),
+profiles rank by device time, and result files get a `_cuda` suffix.
 
 One timed call = what the pipeline does per batch after image decoding and preprocessing: the vocabulary's class
 embeddings (a memory-cache hit with `--vocab cached`; the text tower with `--vocab cold`), the forward pass, and the
@@ -413,8 +414,10 @@ def print_table(rows, file=sys.stdout) -> None:
             peak = f"{memory['peak_extra_bytes'] / 2**20:7.0f}" if memory else "      -"
             ips = f"{entry['images_per_s']:5.2f}" if entry.get("images_per_s") else "    -"
             speed = next((v for k, v in entry.items() if k.startswith("speedup_vs_")), 1.0)
+            # host CPU time means nothing on a GPU: synchronize() spins the host while the device works
+            cpu = f"{entry['cpu_median']:5.2f}" if result["setup"]["device"] == "cpu" else "    -"
             print(f"| {label:<66} | {variant:<12} | {entry['median']:8.3f} | {entry['p90']:5.2f} | {ips} | "
-                  f"{entry['cpu_median']:5.2f} | {peak} | {speed:7.2f}x |", file=file)
+                  f"{cpu} | {peak} | {speed:7.2f}x |", file=file)
 
 
 # -- the suite: every target of the issue -----------------------------------------------------------------------------
@@ -448,8 +451,10 @@ def run_suite(args) -> dict:
     r["second_process"] = child
     cached_call = suite["cached_640_b1"]["variants"]["fast"]["median"]
     ratio = (child["first_call_s"] + cached_call) / cached_call
+    # On a GPU the cached inference takes tens of ms, less than hashing the text weights (the cache key) on the
+    # host: the ratio is reported there, the seconds are what matter
     checks.append(("  on-disk cache: 2nd process first inference ~ cached inference",
-                   ratio <= 1.25, f"{child['first_call_s']:.3f} s text lookup (fingerprint {child['fingerprint_s']:.3f} s)"
+                   ratio <= 1.25 if args.device == "cpu" else None, f"{child['first_call_s']:.3f} s text lookup (fingerprint {child['fingerprint_s']:.3f} s)"
                    f" + {cached_call:.2f} s inference = {ratio:.2f}x a cached inference"))
 
     r = suite["batch_2"] = run_scenario(replace(base, batch=2), ["baseline", "fast", "fast-b1"], warmup, repeats)
@@ -568,6 +573,8 @@ def profile_variants(setup: Setup) -> None:
     models = build(setup)
     RESULTS.mkdir(parents=True, exist_ok=True)
     prefix = "profile" if setup.preset == Setup.preset else f"profile_{setup.preset}"  # results/<prefix>_summary.txt
+    prefix += "" if setup.device == "cpu" else f"_{setup.device}"  # a GPU run keeps the committed CPU files
+    unit = "CPU" if setup.device == "cpu" else "device"
     summary = {}
     for variant, name in (("baseline", "before"), ("fast", "after")):
         model = models.baseline if variant == "baseline" else models.fast
@@ -582,28 +589,32 @@ def profile_variants(setup: Setup) -> None:
                 call()
                 wall = time.perf_counter() - start
         averages = prof.key_averages()
-        stages = {stage: event.cpu_time_total / 1000 for stage in STAGES
+        # On CUDA the host only queues kernels: stages and operators are ranked by their device time there (a
+        # stage's CPU time would be its launch time, and the first synchronising stage would absorb the rest)
+        total, self_total = ("cpu_time_total", "self_cpu_time_total") if setup.device == "cpu" else (
+            "device_time_total", "self_device_time_total")
+        stages = {stage: getattr(event, total) / 1000 for stage in STAGES
                   for event in averages if event.key == f"stage::{stage}"}
-        summary[name] = (wall, stages, sum(e.self_cpu_time_total for e in averages) / 1000)
+        summary[name] = (wall, stages, sum(getattr(e, self_total) for e in averages) / 1000)
         lines = [f"# torch.profiler, {variant} ({'commit ' + BASELINE_COMMIT if variant == 'baseline' else 'current'}),"
                  f" {setup.label()}, threads {torch.get_num_threads()}, one call after warm-up: {wall:.3f} s wall",
-                 f"# load average {os.getloadavg()}", "", "stage                                  CPU total (ms)"]
+                 f"# load average {os.getloadavg()}", "", f"stage                                  {unit} total (ms)"]
         lines += [f"{stage:<38} {ms:12.1f}" for stage, ms in stages.items()]
-        lines += ["", averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=50), "",
+        lines += ["", averages.table(sort_by=self_total, row_limit=25, max_name_column_width=50), "",
                   "by input shape:", prof.key_averages(group_by_input_shape=True).table(
-                      sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=45, max_shapes_column_width=80)]
+                      sort_by=self_total, row_limit=20, max_name_column_width=45, max_shapes_column_width=80)]
         path = RESULTS / f"{prefix}_{name}.txt"
         path.write_text("\n".join(lines) + "\n")
         print(f"-> {path}")
     (before_wall, before, before_total), (after_wall, after, after_total) = summary["before"], summary["after"]
     lines = [f"# Profile summary: {setup.label()}, threads {torch.get_num_threads()}, load average {os.getloadavg()}",
-             f"# before = baseline (commit {BASELINE_COMMIT}), after = current package; CPU ms per stage of one call",
+             f"# before = baseline (commit {BASELINE_COMMIT}), after = current package; {unit} ms per stage of one call",
              "", f"{'stage':<38} {'before ms':>10} {'after ms':>10} {'after/before':>13}"]
     for stage in STAGES:
         if stage in before or stage in after:
             b, a = before.get(stage, 0.0), after.get(stage, 0.0)
             lines.append(f"{stage:<38} {b:10.1f} {a:10.1f} {a / b if b else float('nan'):13.2f}")
-    lines.append(f"{'total (profiler self CPU)':<38} {before_total:10.1f} {after_total:10.1f} {after_total / before_total:13.2f}")
+    lines.append(f"{f'total (profiler self {unit})':<38} {before_total:10.1f} {after_total:10.1f} {after_total / before_total:13.2f}")
     lines.append(f"{'wall (one call, under the profiler)':<38} {before_wall * 1000:10.1f} {after_wall * 1000:10.1f} "
                  f"{after_wall / before_wall:13.2f}")
     path = RESULTS / f"{prefix}_summary.txt"
@@ -627,7 +638,10 @@ def environment() -> dict:
             "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "baseline_commit": resolve_commit(),
             "cuda": torch.cuda.is_available(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "cuda_version": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
 
 
 def main(argv=None) -> int:
@@ -673,6 +687,12 @@ def main(argv=None) -> int:
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
+    if args.device == "cuda":
+        # fp32 means fp32: cuDNN's default TF32 convolutions round to 10 mantissa bits, and the baseline and the
+        # fast path put different operations through convolutions (the attention bias), so the 1e-4 agreement
+        # check would measure TF32, not the code
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     setup = Setup(preset=args.preset, size=args.size, batch=args.batch, vocabulary=args.vocabulary, vocab=args.vocab,
                   dtype=args.dtype, device=args.device, decoder_attn=args.decoder_attn, threads=args.threads,
                   san_preset=args.san_preset)
@@ -685,7 +705,7 @@ def main(argv=None) -> int:
     started = environment()
     if args.suite:
         report = run_suite(args)
-        name = "suite"
+        name = "suite" if args.device == "cpu" else f"suite_{args.device}"  # a GPU run keeps the CPU results
     else:
         variants = args.variants.split(",") if args.variants else ["baseline", "fast"]
         if args.dtype != "fp32" and f"fast-{args.dtype}" not in variants:
@@ -698,6 +718,7 @@ def main(argv=None) -> int:
                               compare_scores=setup.vocab == "cached")
         report = {"scenarios": {"single": result}, "checks": []}
         name = f"{setup.preset}_{setup.size}_b{setup.batch}_{setup.vocabulary}_{setup.vocab}_{setup.dtype}"
+        name += "" if setup.device == "cpu" else f"_{setup.device}"
     report["environment"] = started
     report["load_average_end"] = os.getloadavg()
     path = Path(args.output) if args.output else RESULTS / f"{name}.json"
