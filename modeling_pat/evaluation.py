@@ -114,7 +114,8 @@ class PATSegmentationTrainer(PATTrainer):
         if task is None:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         split = task.dataset.split
-        inputs = self._prepare_inputs(inputs)
+        references = inputs.pop("semantic_labels")  # full-resolution ground truth, compared on the host: not sent
+        inputs = self._prepare_inputs(inputs)  # to the device and back
         if self.is_fsdp_enabled:  # FSDP's own forward gathers the shards; precision follows its policy
             forward, dtype = model, torch.float32
         else:
@@ -140,7 +141,7 @@ class PATSegmentationTrainer(PATTrainer):
         ]
         intersect_and_union = self.metric_fns["intersect_and_union"]
         areas = []
-        for label_map, reference, (height, width) in zip(maps, inputs["semantic_labels"], original_sizes):
+        for label_map, reference, (height, width) in zip(maps, references, original_sizes):
             prediction = label_map.cpu().numpy()
             areas.append(np.stack(intersect_and_union(
                 prediction, reference[:height, :width].cpu().numpy(), split.num_labels, split.ignore_index

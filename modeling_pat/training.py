@@ -19,7 +19,7 @@ class PATTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)  # tensors stay on the device until `log`
         self._term_counts: dict[str, int] = defaultdict(int)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -38,13 +38,14 @@ class PATTrainer(Trainer):
         terms.update(outputs.get("loss_details") or {})
         terms.update({f"perplexity_{k}": v for k, v in (outputs.get("codebook_perplexity") or {}).items()})
         for name, value in terms.items():
-            self._term_sums[name] += float(value.detach().float()) if isinstance(value, torch.Tensor) else float(value)
+            # summed as device tensors: a float() per term would make the host wait for the GPU every step
+            self._term_sums[name] += value.detach().float() if isinstance(value, torch.Tensor) else float(value)
             self._term_counts[name] += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._term_counts:  # a training log event: add the averaged terms
             for name, total in self._term_sums.items():
-                logs[name] = round(total / self._term_counts[name], 6)
+                logs[name] = round(float(total) / self._term_counts[name], 6)
             self._term_sums.clear()
             self._term_counts.clear()
         super().log(logs, start_time)
