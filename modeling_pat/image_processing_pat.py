@@ -175,7 +175,8 @@ def semantic_map(
       `F.interpolate` calls), its height part (`mask_resize_matrix`, a few low-resolution rows per output row) per
       band of `tile` output rows, so no [Q, H, W] tensor is ever allocated (fresh GB-sized buffers cost about as
       much in page faults as the arithmetic);
-    * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache;
+    * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache (on a GPU: a few
+      large bands, see `_band_plan`; the band's row ranges come from a host copy of the resize matrix, no sync);
     * pruning (default from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile` tile the mask
       probabilities' per-query max and min (bounded by the low-resolution rows the band interpolates: bilinear
       weights are >= 0 and sum to 1) give each class an upper bound U_c = P_c . max and a lower bound
@@ -191,14 +192,12 @@ def semantic_map(
     pad = (None, None) if padded_size is None else padded_size
     img = (None, None) if image_size is None else image_size
     out = (None, None) if output_size is None else output_size
-    row_map = mask_resize_matrix(in_height, pad[0], img[0], out[0]).to(logits)  # (H, h)
+    host_map = mask_resize_matrix(in_height, pad[0], img[0], out[0])  # (H, h) float64 on the host
+    row_map = host_map.to(logits)
     logits = _resize_columns(logits, pad[1], img[1], out[1])  # (Q, h, W): the width chain, at low resolution
     height, width = row_map.shape[0], logits.shape[-1]
     logits = logits.transpose(0, 1).contiguous()  # (h, Q, W): a band of rows is then one small GEMM
-    if prune is None or return_scores:  # every class is scored when the scores are returned
-        prune = num_classes >= PRUNE_MIN_CLASSES and not return_scores
-    # bands of `tile` rows (the pruning tiles); with all the scores, few enough rows for an 8 MB score block
-    rows = tile if not return_scores else max(1, min(tile, (1 << 21) // max(1, num_classes * width)))
+    rows, prune = _band_plan(logits.device.type, num_queries, num_classes, width, tile, prune, return_scores)
     segmentation = torch.empty(height, width, dtype=torch.int64, device=logits.device)
     result = {"segmentation": segmentation}
     if return_scores:
@@ -208,7 +207,7 @@ def semantic_map(
         result["score_sums"] = logits.new_empty(height, width)
         total_probs = probs.sum(dim=0, keepdim=True)  # (1, Q)
     eps = torch.finfo(torch.float32).eps
-    identity_rows, nonzero = _is_identity(row_map), row_map != 0
+    identity_rows, nonzero = _is_identity(host_map), host_map != 0  # host copies: no device sync per band
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         if identity_rows:
@@ -259,6 +258,26 @@ def _resize_columns(logits: torch.Tensor, padded: int | None, image: int | None,
 
 def _is_identity(matrix: torch.Tensor) -> bool:
     return matrix.shape[0] == matrix.shape[1] and bool((matrix == torch.eye(len(matrix)).to(matrix)).all())
+
+
+def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int, tile: int, prune: bool | None,
+               return_scores: bool) -> tuple[int, bool]:
+    """(rows per band, prune) for `semantic_map`.
+
+    CPU: bands of `tile` rows (the pruning tiles), whose blocks stay in cache; with all the scores, few enough rows
+    for an 8 MB score block. Pruning is on by default from PRUNE_MIN_CLASSES classes (label map only).
+    Other devices: pruning decides per band on the host (a sync each), and every band costs a dozen kernel launches,
+    so by default there is no pruning and the bands are as large as a 64 MB block allows (one or a few per image).
+    """
+    on_host = device_type == "cpu"
+    if prune is None or return_scores:  # every class is scored when the scores are returned
+        prune = on_host and num_classes >= PRUNE_MIN_CLASSES and not return_scores
+    if prune:
+        return tile, True
+    if on_host:
+        return (tile if not return_scores else max(1, min(tile, (1 << 21) // max(1, num_classes * width)))), False
+    row_elements = max(num_queries, num_classes if return_scores else 1) * width  # the band's largest block, per row
+    return max(1, (1 << 24) // max(1, row_elements)), False
 
 
 def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tile: int, margin: float):

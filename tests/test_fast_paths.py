@@ -204,6 +204,27 @@ def test_banded_pruned_label_map_equals_plain(num_classes):
     assert torch.equal(with_scores["segmentation"], labels)
 
 
+@pytest.mark.parametrize("num_classes", [6, 300])
+def test_gpu_band_plan_gives_the_same_maps(num_classes, monkeypatch):
+    """The plan `semantic_map` uses off the CPU (no pruning, few large bands), run here on CPU tensors."""
+    from modeling_pat import image_processing_pat
+
+    plan = image_processing_pat._band_plan
+    assert plan("cuda", 100, 847, 640, 16, None, False) == (262, False)  # 16M-element blocks: 3 bands at 640 px
+    assert plan("cuda", 100, 847, 640, 16, None, True)[0] == 30  # all the scores: the class block sets the size
+    monkeypatch.setattr(image_processing_pat, "_band_plan", lambda device, *args: plan("cuda", *args))
+    generator = torch.Generator().manual_seed(num_classes)
+    low = F.avg_pool2d(torch.randn(1, 12, 12, 14, generator=generator) * 12, 3, stride=1)[0]  # (Q, 10, 12)
+    class_logits = 10 * torch.randn(12, num_classes + 1, generator=generator)
+    sizes = dict(padded_size=(160, 192), image_size=(150, 180), output_size=(113, 136))
+    scores = semantic_inference(class_logits, resize_mask_logits(low, **sizes))
+    result = semantic_map(class_logits, low, **sizes, return_scores=True, return_score_summary=True)
+    assert torch.equal(result["segmentation"], scores.argmax(dim=0))
+    assert torch.equal(semantic_map(class_logits, low, **sizes)["segmentation"], scores.argmax(dim=0))
+    close(result["segmentation_scores"], scores)
+    close(result["best_scores"], scores.max(dim=0).values)
+
+
 def test_pruning_actually_prunes_on_peaked_class_probabilities():
     """Sanity: with a trained-like (peaked) classifier most classes are skipped per band, yet the map is exact."""
     generator = torch.Generator().manual_seed(0)
