@@ -566,6 +566,7 @@ def stage_labels(model, processor):
 
 
 def profile_variants(setup: Setup) -> None:
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     if setup.threads:
@@ -591,11 +592,18 @@ def profile_variants(setup: Setup) -> None:
         averages = prof.key_averages()
         # On CUDA the host only queues kernels: stages and operators are ranked by their device time there (a
         # stage's CPU time would be its launch time, and the first synchronising stage would absorb the rest)
-        total, self_total = ("cpu_time_total", "self_cpu_time_total") if setup.device == "cpu" else (
+        on_cpu = setup.device == "cpu"
+        total, self_total = ("cpu_time_total", "self_cpu_time_total") if on_cpu else (
             "device_time_total", "self_device_time_total")
-        stages = {stage: getattr(event, total) / 1000 for stage in STAGES
-                  for event in averages if event.key == f"stage::{stage}"}
-        summary[name] = (wall, stages, sum(getattr(e, self_total) for e in averages) / 1000)
+        # a stage is its host-side range (on CUDA a GPU annotation of the same name exists too); the range's device
+        # time is that of the kernels launched inside it
+        stages = {stage: getattr(event, total) / 1000 for stage in STAGES for event in averages
+                  if event.key == f"stage::{stage}" and event.device_type == DeviceType.CPU}
+        # the total as torch's own table takes it: on the device, kernels only (not the ops that launched them, whose
+        # device time repeats theirs, nor the annotations)
+        counted = averages if on_cpu else [
+            e for e in averages if e.device_type != DeviceType.CPU and not e.is_user_annotation]
+        summary[name] = (wall, stages, sum(getattr(e, self_total) for e in counted) / 1000)
         lines = [f"# torch.profiler, {variant} ({'commit ' + BASELINE_COMMIT if variant == 'baseline' else 'current'}),"
                  f" {setup.label()}, threads {torch.get_num_threads()}, one call after warm-up: {wall:.3f} s wall",
                  f"# load average {os.getloadavg()}", "", f"stage                                  {unit} total (ms)"]
@@ -641,7 +649,8 @@ def environment() -> dict:
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "cuda_version": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
+            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+            if torch.cuda.is_available() else None}
 
 
 def main(argv=None) -> int:
@@ -677,6 +686,12 @@ def main(argv=None) -> int:
     parser.add_argument("--setup-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.device == "cuda" or (args.setup_json and json.loads(args.setup_json).get("device") == "cuda"):
+        # fp32 means fp32 (here and in the measuring subprocesses): cuDNN's default TF32 convolutions round to 10
+        # mantissa bits, and the baseline and the fast path put different operations through convolutions (the
+        # attention bias), so the 1e-4 agreement check would measure TF32, not the code
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if args.memory_child or args.text_cache_child:
         setup = Setup(**json.loads(args.setup_json))
         if setup.threads:
@@ -687,12 +702,6 @@ def main(argv=None) -> int:
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
-    if args.device == "cuda":
-        # fp32 means fp32: cuDNN's default TF32 convolutions round to 10 mantissa bits, and the baseline and the
-        # fast path put different operations through convolutions (the attention bias), so the 1e-4 agreement
-        # check would measure TF32, not the code
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
     setup = Setup(preset=args.preset, size=args.size, batch=args.batch, vocabulary=args.vocabulary, vocab=args.vocab,
                   dtype=args.dtype, device=args.device, decoder_attn=args.decoder_attn, threads=args.threads,
                   san_preset=args.san_preset)

@@ -114,8 +114,7 @@ class PATSegmentationTrainer(PATTrainer):
         if task is None:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         split = task.dataset.split
-        references = inputs.pop("semantic_labels")  # full-resolution ground truth, compared on the host: not sent
-        inputs = self._prepare_inputs(inputs)  # to the device and back
+        inputs = self._prepare_inputs(inputs)
         if self.is_fsdp_enabled:  # FSDP's own forward gathers the shards; precision follows its policy
             forward, dtype = model, torch.float32
         else:
@@ -127,7 +126,7 @@ class PATSegmentationTrainer(PATTrainer):
             outputs = forward(
                 pixel_values=inputs["pixel_values"].to(dtype),
                 image_sizes=inputs["image_sizes"],
-                class_embeddings=task.class_embeddings.to(inputs["pixel_values"].device, dtype),
+                class_embeddings=task.class_embeddings.to(inputs["pixel_values"].device),  # classified in fp32
                 return_dict=True,
             )
         original_sizes = inputs["original_sizes"].tolist()
@@ -141,7 +140,7 @@ class PATSegmentationTrainer(PATTrainer):
         ]
         intersect_and_union = self.metric_fns["intersect_and_union"]
         areas = []
-        for label_map, reference, (height, width) in zip(maps, references, original_sizes):
+        for label_map, reference, (height, width) in zip(maps, inputs["semantic_labels"], original_sizes):
             prediction = label_map.cpu().numpy()
             areas.append(np.stack(intersect_and_union(
                 prediction, reference[:height, :width].cpu().numpy(), split.num_labels, split.ignore_index

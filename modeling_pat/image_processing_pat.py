@@ -120,6 +120,8 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
 
 # `semantic_map` prunes classes by tile bounds from this many classes on (below it the dense product is cheaper).
 PRUNE_MIN_CLASSES = 32
+# Off the CPU, `semantic_map`'s bands hold at most this many elements per block (64 MB of fp32; see `_band_plan`).
+DEVICE_BAND_ELEMENTS = 1 << 24
 
 
 def _bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
@@ -177,7 +179,7 @@ def semantic_map(
       much in page faults as the arithmetic);
     * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache (on a GPU: a few
       large bands, see `_band_plan`; the band's row ranges come from a host copy of the resize matrix, no sync);
-    * pruning (default from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile` tile the mask
+    * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile` tile the mask
       probabilities' per-query max and min (bounded by the low-resolution rows the band interpolates: bilinear
       weights are >= 0 and sum to 1) give each class an upper bound U_c = P_c . max and a lower bound
       L_c = P_c . min of its score on the whole tile (probabilities are >= 0); a class whose U_c is below the best
@@ -267,7 +269,8 @@ def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int,
     CPU: bands of `tile` rows (the pruning tiles), whose blocks stay in cache; with all the scores, few enough rows
     for an 8 MB score block. Pruning is on by default from PRUNE_MIN_CLASSES classes (label map only).
     Other devices: pruning decides per band on the host (a sync each), and every band costs a dozen kernel launches,
-    so by default there is no pruning and the bands are as large as a 64 MB block allows (one or a few per image).
+    so by default there is no pruning and the bands are as large as a block of DEVICE_BAND_ELEMENTS allows (the
+    larger of the band's [Q, rows, W] mask probabilities and [rows, C, W] scores: a few bands per image).
     """
     on_host = device_type == "cpu"
     if prune is None or return_scores:  # every class is scored when the scores are returned
@@ -276,8 +279,8 @@ def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int,
         return tile, True
     if on_host:
         return (tile if not return_scores else max(1, min(tile, (1 << 21) // max(1, num_classes * width)))), False
-    row_elements = max(num_queries, num_classes if return_scores else 1) * width  # the band's largest block, per row
-    return max(1, (1 << 24) // max(1, row_elements)), False
+    row_elements = max(num_queries, num_classes) * width  # per band row: mask probabilities or scores, the larger
+    return max(1, DEVICE_BAND_ELEMENTS // max(1, row_elements)), False
 
 
 def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tile: int, margin: float):
@@ -780,8 +783,8 @@ class PATImageProcessor(TorchvisionBackend):
                 the whole image and are only resized to `target_sizes`.
             target_sizes: (H, W) per image, e.g. the processor's `original_sizes`; None keeps the cropped size.
             return_segmentation_scores: also return the [C, H, W] scores.
-            fast: compute the label map with `semantic_map` (by bands of rows, argmax in cache, classes pruned by
-                exact bounds; the [C, H, W] scores only when asked for). False: the plain `semantic_inference` +
+            fast: compute the label map with `semantic_map` (by bands of rows, argmax in cache, on the CPU classes
+                pruned by exact bounds; the [C, H, W] scores only when asked for). False: the plain `semantic_inference` +
                 argmax. Both give the same maps and scores up to float rounding.
 
         Returns:

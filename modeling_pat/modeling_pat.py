@@ -562,11 +562,12 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
     def classify(self, mask_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
         """(B, Q, D) mask embeddings, (N+1, D) classifier rows -> (B, Q, N+1) logits = exp(logit_scale) * cosine.
 
-        In fp32 whatever the model's dtype (cheap: Q x N): logits near 100 x cosine rounded to bf16 would move in
-        steps of 0.125-0.25, several percent in the softmax's probability ratios.
+        In fp32 whatever the model's dtype or autocast (cheap: Q x N): logits near 100 x cosine rounded to bf16 would
+        move in steps of 0.125-0.25, several percent in the softmax's probability ratios.
         """
-        scale = self.model.clip_tower.logit_scale.float().exp()
-        return torch.einsum("bqd,nd->bqn", mask_embeddings.float(), scale * text_embeddings.float())
+        with torch.autocast(device_type=mask_embeddings.device.type, enabled=False):
+            scale = self.model.clip_tower.logit_scale.float().exp()
+            return torch.einsum("bqd,nd->bqn", mask_embeddings.float(), scale * text_embeddings.float())
 
     # -- forward ---------------------------------------------------------------------------------------------------
     @can_return_tuple

@@ -224,7 +224,7 @@ def test_san_augmentation_geometry_and_padding():
 @pytest.mark.parametrize("size", [(37, 53), (97, 131), (128, 96), (300, 41)])
 def test_label_resize_twins_agree(size):
     """Training (numpy) and the image processor (torch) resize labels with one rule: output pixel y takes input
-    pixel floor((y + 0.5) * H_in / H_out), in exact rationals; 16-bit ids (ADE-847) survive unchanged."""
+    pixel floor((y + 0.5) * H_in / H_out), in exact rationals; ids beyond 255 (ADE-847's uint16) kept as they are."""
     label = np.random.default_rng(0).integers(0, 3000, (97, 131)).astype(np.uint16)
     rows = [min((2 * y + 1) * 97 // (2 * size[0]), 96) for y in range(size[0])]
     cols = [min((2 * x + 1) * 131 // (2 * size[1]), 130) for x in range(size[1])]

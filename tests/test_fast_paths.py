@@ -205,14 +205,18 @@ def test_banded_pruned_label_map_equals_plain(num_classes):
 
 
 @pytest.mark.parametrize("num_classes", [6, 300])
-def test_gpu_band_plan_gives_the_same_maps(num_classes, monkeypatch):
+@pytest.mark.parametrize("band_elements", [1 << 24, 12 * 136 * 8])  # one band; bands of 8 or fewer rows
+def test_gpu_band_plan_gives_the_same_maps(num_classes, band_elements, monkeypatch):
     """The plan `semantic_map` uses off the CPU (no pruning, few large bands), run here on CPU tensors."""
     from modeling_pat import image_processing_pat
 
     plan = image_processing_pat._band_plan
-    assert plan("cuda", 100, 847, 640, 16, None, False) == (262, False)  # 16M-element blocks: 3 bands at 640 px
-    assert plan("cuda", 100, 847, 640, 16, None, True)[0] == 30  # all the scores: the class block sets the size
+    assert plan("cuda", 100, 20, 640, 16, None, False) == (262, False)  # 16M-element blocks: 3 bands at 640 px
+    assert plan("cuda", 100, 847, 640, 16, None, False) == (30, False)  # the [rows, C, W] scores set the size
+    assert plan("cuda", 100, 847, 640, 16, True, False) == (16, True)  # pruning asked for: bands are its tiles
+    assert plan("cpu", 100, 847, 640, 16, None, False) == (16, True)
     monkeypatch.setattr(image_processing_pat, "_band_plan", lambda device, *args: plan("cuda", *args))
+    monkeypatch.setattr(image_processing_pat, "DEVICE_BAND_ELEMENTS", band_elements)
     generator = torch.Generator().manual_seed(num_classes)
     low = F.avg_pool2d(torch.randn(1, 12, 12, 14, generator=generator) * 12, 3, stride=1)[0]  # (Q, 10, 12)
     class_logits = 10 * torch.randn(12, num_classes + 1, generator=generator)

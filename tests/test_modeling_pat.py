@@ -134,6 +134,16 @@ def test_text_cache_is_reused_and_invalidated_by_weight_edits(model):
     assert recomputed is not first and not torch.allclose(recomputed, first)
 
 
+def test_classification_is_fp32_under_autocast(model, pixel_values):
+    with torch.no_grad():
+        plain = model(pixel_values).class_queries_logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(pixel_values).class_queries_logits
+    assert autocast.dtype == torch.float32
+    # the mask embeddings themselves come from bf16 layers: close to fp32, not equal
+    torch.testing.assert_close(autocast, plain, atol=0.5, rtol=0.05)
+
+
 def test_text_embeddings_made_under_autocast_are_full_precision(model):
     """A training step under bf16 autocast fills the vocabulary cache that a full-precision evaluation reads next."""
     names = ["cat", "sky"]
