@@ -216,6 +216,8 @@ class PATPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     # blocks kept whole by `device_map` sharding and wrapped as units by FSDP (open_clip's CLIP block, timm's EVA block)
     _no_split_modules = ["PATSideLayer", "PATDecoderLayer", "ResidualAttentionBlock", "EvaBlock"]
+    # CLIP's temperature stays fp32 when loaded in bf16 / fp16: ln 100 in bf16 is 4.59375, a 1% hotter softmax
+    _keep_in_fp32_modules_strict = ["logit_scale"]
     # The loss is normalised by the number of target masks, not by tokens: Trainer must not rescale it.
     accepts_loss_kwargs = False
 

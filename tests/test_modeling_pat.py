@@ -196,6 +196,7 @@ def test_from_pretrained_in_bfloat16(tmp_path, model, pixel_values):
     model.save_pretrained(tmp_path)
     half = PATForOpenVocabSegmentation.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
     assert half.model.side_adapter.pos_embed.dtype == torch.bfloat16
+    assert half.model.clip_tower.logit_scale.dtype == torch.float32  # exp(ln 100) stays 100, not 98.9
     with torch.no_grad():
         out = half(pixel_values.bfloat16())
     assert out.masks_queries_logits.dtype == torch.bfloat16
