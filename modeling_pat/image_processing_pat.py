@@ -179,12 +179,12 @@ def semantic_map(
       much in page faults as the arithmetic);
     * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache (on a GPU: a few
       large bands, see `_band_plan`; the band's row ranges come from a host copy of the resize matrix, no sync);
-    * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile` tile the mask
-      probabilities' per-query max and min (bounded by the low-resolution rows the band interpolates: bilinear
-      weights are >= 0 and sum to 1) give each class an upper bound U_c = P_c . max and a lower bound
-      L_c = P_c . min of its score on the whole tile (probabilities are >= 0); a class whose U_c is below the best
-      L_c, by more than a margin covering float rounding, loses on every pixel of the tile, so only the band's
-      other classes are scored.
+    * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile`
+      tile the mask probabilities' per-query max and min (bounded by the low-resolution rows the band
+      interpolates: bilinear weights are >= 0 and sum to 1) give each class an upper bound U_c = P_c . max and a
+      lower bound L_c = P_c . min of its score on the whole tile (probabilities are >= 0); a class whose U_c is
+      below the best L_c, by more than a margin covering float rounding, loses on every pixel of the tile, so only
+      the band's other classes are scored.
     Results equal the plain path's up to float rounding (label maps: except exact ties within rounding).
     """
     probs = class_logits.float().softmax(dim=-1)[..., :-1].T.contiguous()  # (C, Q)
@@ -784,8 +784,8 @@ class PATImageProcessor(TorchvisionBackend):
             target_sizes: (H, W) per image, e.g. the processor's `original_sizes`; None keeps the cropped size.
             return_segmentation_scores: also return the [C, H, W] scores.
             fast: compute the label map with `semantic_map` (by bands of rows, argmax in cache, on the CPU classes
-                pruned by exact bounds; the [C, H, W] scores only when asked for). False: the plain `semantic_inference` +
-                argmax. Both give the same maps and scores up to float rounding.
+                pruned by exact bounds; the [C, H, W] scores only when asked for). False: the plain
+                `semantic_inference` + argmax. Both give the same maps and scores up to float rounding.
 
         Returns:
             A list of LongTensor [H, W] class maps, or with `return_segmentation_scores=True` a list of

@@ -31,8 +31,9 @@ class PATChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype  # statistics in fp32 (a no-op for fp32 inputs): in fp16 the squares of CLIP's outlier
-        x = x.float()  # channels overflow, in bf16 the variance loses most of its digits
+        # statistics in fp32 (a no-op for fp32 inputs): in fp16 the squares of CLIP's outlier channels overflow,
+        # in bf16 the variance loses most of its digits
+        dtype, x = x.dtype, x.float()
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
