@@ -574,7 +574,7 @@ def profile_variants(setup: Setup) -> None:
     models = build(setup)
     RESULTS.mkdir(parents=True, exist_ok=True)
     prefix = "profile" if setup.preset == Setup.preset else f"profile_{setup.preset}"  # results/<prefix>_summary.txt
-    prefix += "" if setup.device == "cpu" else f"_{setup.device}"  # a GPU run keeps the committed CPU files
+    prefix += result_suffix(setup.device)
     unit = "CPU" if setup.device == "cpu" else "device"
     summary = {}
     for variant, name in (("baseline", "before"), ("fast", "after")):
@@ -639,18 +639,22 @@ def environment() -> dict:
         except OSError:
             return None
 
+    cuda = torch.cuda.is_available()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else None
     return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "cpu": cpu, "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
             "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "baseline_commit": resolve_commit(),
-            "cuda": torch.cuda.is_available(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "cuda_version": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+            "cuda": cuda, "gpu": torch.cuda.get_device_name() if cuda else None, "cuda_version": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if cuda else None,
             "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
-            if torch.cuda.is_available() else None}
+            if cuda else None}
+
+
+def result_suffix(device: str) -> str:
+    """'' on the CPU, '_cuda' on a GPU: a GPU run's result files sit beside the committed CPU ones."""
+    return "" if device == "cpu" else f"_{device}"
 
 
 def main(argv=None) -> int:
@@ -686,14 +690,15 @@ def main(argv=None) -> int:
     parser.add_argument("--setup-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.device == "cuda" or (args.setup_json and json.loads(args.setup_json).get("device") == "cuda"):
+    child_setup = Setup(**json.loads(args.setup_json)) if args.setup_json else None  # a measuring subprocess
+    if (child_setup.device if child_setup else args.device) == "cuda":
         # fp32 means fp32 (here and in the measuring subprocesses): cuDNN's default TF32 convolutions round to 10
         # mantissa bits, and the baseline and the fast path put different operations through convolutions (the
         # attention bias), so the 1e-4 agreement check would measure TF32, not the code
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     if args.memory_child or args.text_cache_child:
-        setup = Setup(**json.loads(args.setup_json))
+        setup = child_setup
         if setup.threads:
             torch.set_num_threads(setup.threads)
         result = memory_child(setup, args.memory_child) if args.memory_child else text_cache_child(
@@ -714,7 +719,7 @@ def main(argv=None) -> int:
     started = environment()
     if args.suite:
         report = run_suite(args)
-        name = "suite" if args.device == "cpu" else f"suite_{args.device}"  # a GPU run keeps the CPU results
+        name = "suite" + result_suffix(args.device)
     else:
         variants = args.variants.split(",") if args.variants else ["baseline", "fast"]
         if args.dtype != "fp32" and f"fast-{args.dtype}" not in variants:
@@ -727,7 +732,7 @@ def main(argv=None) -> int:
                               compare_scores=setup.vocab == "cached")
         report = {"scenarios": {"single": result}, "checks": []}
         name = f"{setup.preset}_{setup.size}_b{setup.batch}_{setup.vocabulary}_{setup.vocab}_{setup.dtype}"
-        name += "" if setup.device == "cpu" else f"_{setup.device}"
+        name += result_suffix(setup.device)
     report["environment"] = started
     report["load_average_end"] = os.getloadavg()
     path = Path(args.output) if args.output else RESULTS / f"{name}.json"
