@@ -277,8 +277,10 @@ def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int,
         prune = on_host and num_classes >= PRUNE_MIN_CLASSES and not return_scores
     if prune:
         return tile, True
-    if on_host:
-        return (tile if not return_scores else max(1, min(tile, (1 << 21) // max(1, num_classes * width)))), False
+    if on_host and not return_scores:
+        return tile, False
+    if on_host:  # all the scores: few enough rows for an 8 MB score block
+        return max(1, min(tile, (1 << 21) // max(1, num_classes * width))), False
     row_elements = max(num_queries, num_classes) * width  # per band row: mask probabilities or scores, the larger
     return max(1, DEVICE_BAND_ELEMENTS // max(1, row_elements)), False
 
