@@ -10,9 +10,15 @@ For every image, three files go into `--output-dir` (default `outputs/`), named 
 `<stem>_overlay.png` (the image blended with class colours, plus a legend of the classes present, largest first)
 and `<stem>.json` (labels, per-class pixel fractions, image size, model).
 
+Nothing the run did not create is overwritten. Each result file is marked as a pat-segment result (a PNG text chunk,
+a JSON key); an existing file is replaced only when it is a previous result of the same kind and not an input of
+this run. Otherwise the image's results get the next free stem (`<stem>-2`, `<stem>-3`, ...), reported at the end.
+Previous results found in an input folder or glob are not segmented again (name such a file itself to segment it).
+Every file is written under a temporary name and renamed when complete, so none is ever half-written.
+
 Exit codes: 0 success; 1 unexpected runtime error (e.g. out of memory); 2 usage error (bad arguments, an input that
 matches no image, no or duplicate labels, unavailable device); 3 the model could not be loaded; 4 some images could
-not be read (the others were still processed; the unreadable ones are listed at the end).
+not be read or their results not written (the others were still processed; the failed ones are listed at the end).
 """
 
 import argparse
@@ -33,8 +39,9 @@ from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary
 from .image_processing_pat import load_image
 from .modeling_pat import PATForOpenVocabSegmentation
 from .processing_pat import PATProcessor, validate_class_names
+from .atomic_files import atomic_open
 from .sliding_window import sliding_window_segmentation
-from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map
+from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map, save_png
 
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_MODEL, EXIT_UNREADABLE = 0, 1, 2, 3, 4
@@ -45,6 +52,9 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # owner/name
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POSTPROCESS_BUDGET = 2**28  # floats the full-resolution post-processing may hold per image (1 GiB in float32)
+# Marks a file as a pat-segment result (PNG text-chunk key and JSON key), its value the kind of result: only such a
+# file may be overwritten by a later run, and only by a result of the same kind.
+RESULT_MARKER = "pat-segment"
 
 CONVERT_COMMAND = (
     "python conversion_scripts/convert_san_to_hf.py --checkpoint_path san_vit_b_16.pth --config san-clip-vit-b16 "
@@ -74,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pat-segment",
         description="Segment images into the classes you name (SAN / PAT open-vocabulary segmentation).",
-        epilog="Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 model not loadable, 4 some images unreadable.",
+        epilog="Existing files are never overwritten unless they are earlier pat-segment results of the same kind and "
+        "not inputs of this run; an image whose result names are taken gets the next free stem (<stem>-2, ...), "
+        "reported at the end. Earlier results in an input folder or glob are not segmented again. "
+        "Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 model not loadable, "
+        "4 some images unreadable or their results not written.",
     )
     parser.add_argument(
         "inputs", nargs="+", help="image files, folders (their images, not recursive) or glob patterns (** recurses)"
@@ -136,11 +150,15 @@ def vocabulary_class_names(name: str) -> list[str]:
 def collect_inputs(patterns: list[str]) -> list[Path]:
     """Files, folders (their image files) and glob patterns -> image paths, in order, without repeats.
 
-    Every argument must match at least one file; a folder must hold at least one image file.
+    Every argument must match at least one file; a folder must hold at least one image file. Folders and globs skip
+    earlier pat-segment results (an output folder that is also the input folder is not segmented a second time); a
+    result named as a file is taken as asked.
     """
     paths, seen, unmatched = [], set(), []
     for pattern in patterns:
         matches = _expand(pattern)
+        if not Path(pattern).is_file():
+            matches = [path for path in matches if result_kind(path) is None]
         if not matches:
             unmatched.append(pattern)
         for path in matches:
@@ -239,17 +257,54 @@ def read_image(path: Path) -> Image.Image:
     return load_image(path)
 
 
-def output_stems(paths: list[Path]) -> list[str]:
-    """One output name per input: its file stem, with -2, -3, ... added when two inputs share a stem."""
+def result_files(stem: str) -> dict[str, str]:
+    """{kind: file name} of the three results of one image."""
+    return {"labels": f"{stem}_labels.png", "overlay": f"{stem}_overlay.png", "summary": f"{stem}.json"}
+
+
+def result_kind(path: Path) -> str | None:
+    """The kind of pat-segment result `path` is ("labels", "overlay", "summary"), or None for any other file."""
+    try:
+        if path.suffix.lower() == ".png":
+            with Image.open(path) as png:  # text chunks come before the pixel data: only the header is read
+                kind = png.info.get(RESULT_MARKER)
+        elif path.suffix.lower() == ".json" and path.stat().st_size < 2**20:
+            kind = json.loads(path.read_text(encoding="utf-8")).get(RESULT_MARKER)
+        else:
+            return None
+    except (OSError, ValueError, AttributeError):  # unreadable, not an image, not a JSON object: not ours
+        return None
+    return kind if kind in result_files("") else None
+
+
+def output_stems(paths: list[Path], output_dir: Path | None = None) -> list[str]:
+    """One output name per input: its file stem, with -2, -3, ... added when two inputs share a stem or (given
+    `output_dir`) when one of the stem's result files there may not be overwritten (`result_name_taken`)."""
+    inputs = {os.path.realpath(path) for path in paths}
     stems, used = [], set()
     for path in paths:
         stem, number = path.stem, 1
-        while stem.casefold() in used:
+        while stem.casefold() in used or (
+            output_dir is not None and result_name_taken(output_dir, stem, inputs) is not None
+        ):
             number += 1
             stem = f"{path.stem}-{number}"
         used.add(stem.casefold())
         stems.append(stem)
     return stems
+
+
+def result_name_taken(output_dir: Path, stem: str, inputs: set[str]) -> str | None:
+    """Why the results of `stem` may not be written to `output_dir` (a file there is an input of this run, or exists
+    and is not an earlier result of the same kind), or None when they may. A folder in the way is not a file: its
+    write fails and is reported with the other failures."""
+    for kind, name in result_files(stem).items():
+        target = output_dir / name
+        if os.path.realpath(target) in inputs:
+            return f"{target} is an input of this run"
+        if os.path.lexists(target) and not target.is_dir() and (target.is_symlink() or result_kind(target) != kind):
+            return f"{target} exists and is not an earlier pat-segment {kind} file"
+    return None
 
 
 @torch.inference_mode()
@@ -292,16 +347,19 @@ def _to_size(label_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 # -- outputs ----------------------------------------------------------------------------------------------------------
 def write_outputs(image, label_map, path: Path, stem: str, class_names, palette, output_dir: Path, model_id: str):
-    """The three result files of one image: label PNG, overlay PNG, JSON summary."""
-    label_file, overlay_file, json_file = f"{stem}_labels.png", f"{stem}_overlay.png", f"{stem}.json"
-    save_label_map(label_map, len(class_names), output_dir / label_file)
-    render_overlay(image, label_map, class_names, palette).save(output_dir / overlay_file)
+    """The three result files of one image: label PNG, overlay PNG, JSON summary, each marked as a result of its kind
+    and written atomically (raises OSError when a write fails)."""
+    label_file, overlay_file, json_file = result_files(stem).values()
+    save_label_map(label_map, len(class_names), output_dir / label_file, text={RESULT_MARKER: "labels"})
+    overlay = render_overlay(image, label_map, class_names, palette)
+    save_png(overlay, output_dir / overlay_file, text={RESULT_MARKER: "overlay"})
     fractions = pixel_fractions(label_map, len(class_names))
     present = [
         {"index": int(i), "label": class_names[i], "pixel_fraction": float(fractions[i])}
         for i in sorted(np.flatnonzero(fractions), key=lambda i: (-fractions[i], i))
     ]
     summary = {
+        RESULT_MARKER: "summary",
         "image": str(path),
         "image_size": {"height": image.height, "width": image.width},
         "model": model_id,
@@ -312,7 +370,7 @@ def write_outputs(image, label_map, path: Path, stem: str, class_names, palette,
         "label_map_dtype": "uint8" if len(class_names) <= 256 else "uint16",
         "overlay": overlay_file,
     }
-    with open(output_dir / json_file, "w", encoding="utf-8") as handle:
+    with atomic_open(output_dir / json_file) as handle:
         json.dump(summary, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
 
@@ -337,22 +395,39 @@ class SegmentationJob:
     def __post_init__(self):
         self.palette = make_palette(len(self.class_names))  # class i has the same colour in every overlay
 
-    def process(self, batch: list[tuple[Path, str, Image.Image]]) -> None:
-        """Segment a batch of (path, output stem, image) in one forward pass and write each image's files."""
+    def process(self, batch: list[tuple[Path, str, Image.Image]]) -> list[tuple[Path, str]]:
+        """Segment a batch of (path, output stem, image) in one forward pass and write each image's files; returns
+        the (path, reason) of every image whose files could not be written (the others are still written)."""
         images = [image for _, _, image in batch]
         label_maps = segment_batch(
             self.model, self.processor, images, self.class_embeddings, self.device, self.dtype,
             self.sliding_window, self.window_stride,
         )
+        failures = []
         for (path, stem, image), label_map in zip(batch, label_maps, strict=True):
-            write_outputs(image, label_map, path, stem, self.class_names, self.palette, self.output_dir, self.model_id)
+            try:
+                write_outputs(
+                    image, label_map, path, stem, self.class_names, self.palette, self.output_dir, self.model_id
+                )
+            except OSError as error:  # a folder in the way, a read-only or full disk: this image failed, not the run
+                failures.append((path, f"cannot write its results: {_describe_os_error(error)}"))
+        return failures
 
 
-def segment_files(job: SegmentationJob, paths: list[Path], batch_size: int, quiet: bool) -> list[tuple[Path, str]]:
-    """Read, batch and segment `paths` with a progress bar; returns the (path, reason) of every unreadable file."""
+def _describe_os_error(error: OSError) -> str:
+    """'<file>: <reason>' of a failed write, one line."""
+    reason = error.strerror or _first_line(error)
+    return f"{error.filename}: {reason}" if error.filename else reason
+
+
+def segment_files(
+    job: SegmentationJob, paths: list[Path], stems: list[str], batch_size: int, quiet: bool
+) -> list[tuple[Path, str]]:
+    """Read, batch and segment `paths` (results named after `stems`) with a progress bar; returns the (path, reason)
+    of every file that could not be read or whose results could not be written."""
     failures, batch = [], []
     with tqdm(total=len(paths), desc="pat-segment", unit="image", disable=quiet, file=sys.stderr) as progress:
-        for index, (path, stem) in enumerate(zip(paths, output_stems(paths), strict=True)):
+        for index, (path, stem) in enumerate(zip(paths, stems, strict=True)):
             try:
                 batch.append((path, stem, read_image(path)))
             except Exception as error:  # any decoding failure: report the file, keep going
@@ -361,7 +436,10 @@ def segment_files(job: SegmentationJob, paths: list[Path], batch_size: int, quie
                     tqdm.write(f"warning: skipping {path}: cannot read it as an image", file=sys.stderr)
                 progress.update(1)
             if batch and (len(batch) == batch_size or index == len(paths) - 1):
-                job.process(batch)
+                write_failures = job.process(batch)
+                for path_failed, reason in write_failures if not quiet else ():
+                    tqdm.write(f"warning: {path_failed}: {reason}", file=sys.stderr)
+                failures += write_failures
                 progress.update(len(batch))
                 batch = []
     return failures
@@ -389,8 +467,24 @@ def run(args: argparse.Namespace) -> int:
         model, processor, class_names, class_embeddings, device, dtype, args.output_dir, args.model or DEFAULT_MODEL,
         sliding_window=args.sliding_window, window_stride=args.window_stride,
     )
-    failures = segment_files(job, paths, args.batch_size, args.quiet)
+    stems = output_stems(paths, args.output_dir)
+    failures = segment_files(job, paths, stems, args.batch_size, args.quiet)
+    _report_renamed(paths, stems, args.output_dir)
     return _report(len(paths) - len(failures), failures, args.output_dir, args.quiet)
+
+
+def _report_renamed(paths: list[Path], stems: list[str], output_dir: Path) -> None:
+    """Say which images got another result name because their own would overwrite a file the run did not create
+    (always, even with --quiet: a user looking for <stem>_labels.png must learn where the results went)."""
+    renamed = [(path, stem) for path, stem in zip(paths, stems, strict=True) if stem != path.stem]
+    inputs = {os.path.realpath(path) for path in paths}
+    reasons = [(path, stem, result_name_taken(output_dir, path.stem, inputs)) for path, stem in renamed]
+    reasons = [entry for entry in reasons if entry[2] is not None]  # not merely two inputs sharing a stem
+    if reasons:
+        print(f"pat-segment: {len(reasons)} image(s) got other result names, so that no file is overwritten:",
+              file=sys.stderr)
+    for path, stem, reason in reasons:
+        print(f"  {path} -> {stem}_labels.png, {stem}_overlay.png, {stem}.json ({reason})", file=sys.stderr)
 
 
 def _report(num_done: int, failures: list, output_dir: Path, quiet: bool) -> int:
@@ -398,7 +492,7 @@ def _report(num_done: int, failures: list, output_dir: Path, quiet: bool) -> int
         print(f"pat-segment: wrote results for {num_done} image(s) to {output_dir}/", file=sys.stderr)
     if not failures:
         return EXIT_OK
-    print(f"pat-segment: {len(failures)} file(s) could not be read and were skipped:", file=sys.stderr)
+    print(f"pat-segment: {len(failures)} image(s) failed (not read, or results not written):", file=sys.stderr)
     for path, reason in failures:
         print(f"  {path}: {reason}", file=sys.stderr)
     return EXIT_UNREADABLE

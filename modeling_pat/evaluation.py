@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic_files import write_text_atomic
 from .data import SegmentationEvalDataset
 from .image_processing_pat import semantic_map
 from .model_card import write_model_card
@@ -255,10 +256,10 @@ def write_results_table(results, output_dir, model_name: str) -> tuple[Path, Pat
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = _ordered(results)
     markdown = output_dir / "eval_results_table.md"
-    markdown.write_text(results_markdown(rows, model_name), encoding="utf-8")
+    write_text_atomic(markdown, results_markdown(rows, model_name))  # atomic: a crash keeps the previous table
     table = output_dir / "eval_results_table.json"
     rows_json = [{k: _finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
-    table.write_text(json.dumps({"model": model_name, "results": rows_json}, indent=1), encoding="utf-8")
+    write_text_atomic(table, json.dumps({"model": model_name, "results": rows_json}, indent=1))
     return markdown, table
 
 

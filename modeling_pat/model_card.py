@@ -24,6 +24,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .atomic_files import atomic_path
 from .configuration_pat import PATConfig
 
 
@@ -232,7 +233,8 @@ def write_model_card(
         **_description(config, is_pat, base_model),
     )
     path = model_dir / "README.md"
-    card.save(path)
+    with atomic_path(path) as temporary:  # never a half-written card in place of the previous one
+        card.save(temporary)
     return path
 
 

@@ -1,7 +1,7 @@
 """Helpers for segmentation results: a class palette, a colour overlay, a legend panel and label-map PNGs (PIL only).
 
 Nothing here touches the model: every function takes a label map (int array [H, W] of class indices) and plain
-Python values, and returns arrays or new PIL images (or writes one PNG).
+Python values, and returns arrays or new PIL images (or writes one PNG, atomically: complete or not at all).
 """
 
 import colorsys
@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+from .atomic_files import atomic_path
 
 
 # Golden-ratio hue steps put consecutive class indices far apart on the colour wheel; the (saturation, value)
@@ -24,10 +27,20 @@ MAX_LEGEND_ROWS = 24
 MAX_NAME_CHARS = 40
 
 
-def save_label_map(label_map: np.ndarray, num_classes: int, path: Path) -> None:
-    """Class indices as a grayscale PNG: 8-bit when every index fits (<= 256 classes), else 16-bit."""
+def save_label_map(label_map: np.ndarray, num_classes: int, path: Path, text: dict[str, str] | None = None) -> None:
+    """Class indices as a grayscale PNG: 8-bit when every index fits (<= 256 classes), else 16-bit (`save_png`)."""
     dtype = np.uint8 if num_classes <= 256 else np.uint16
-    Image.fromarray(np.ascontiguousarray(label_map.astype(dtype))).save(path)
+    save_png(Image.fromarray(np.ascontiguousarray(label_map.astype(dtype))), path, text)
+
+
+def save_png(image: Image.Image, path: Path, text: dict[str, str] | None = None) -> None:
+    """`image` as a PNG at `path`, with `text` as PNG text chunks, written atomically (temporary file + rename), so
+    an interrupted or failed write never leaves a truncated PNG or destroys the file it replaces."""
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG", pnginfo=info)
 
 
 def make_palette(num_classes: int) -> np.ndarray:
@@ -185,4 +198,5 @@ __all__ = [
     "pixel_fractions",
     "render_overlay",
     "save_label_map",
+    "save_png",
 ]

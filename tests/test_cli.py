@@ -209,3 +209,62 @@ def test_usage_errors_exit_2(tmp_path, capsys, argv, message):
 def test_help_exits_0(capsys):
     assert main(["--help"]) == EXIT_OK
     assert "random:<preset>" in capsys.readouterr().out
+
+
+def _photo(path: Path, colour, size=(40, 30)) -> bytes:
+    Image.new("RGB", size, colour).save(path)
+    return path.read_bytes()
+
+
+def test_output_folder_that_is_the_input_folder_loses_no_photo_and_skips_earlier_results(tmp_path, capsys):
+    _photo(tmp_path / "x.png", (200, 40, 40))
+    user_photo = _photo(tmp_path / "x_labels.png", (20, 90, 200), size=(36, 24))  # a photo, not a result
+    argv = [str(tmp_path), "--labels", "sky,sea", "--output-dir", str(tmp_path)] + RANDOM
+    assert main(argv) == EXIT_OK
+    assert (tmp_path / "x_labels.png").read_bytes() == user_photo
+    _check_outputs(tmp_path, "x-2", (40, 30), ["sky", "sea"])  # x's results under the next free stem
+    _check_outputs(tmp_path, "x_labels", (36, 24), ["sky", "sea"])  # the photo was segmented as a photo
+    err = capsys.readouterr().err
+    assert "x-2_labels.png" in err and "is an input of this run" in err
+    first = sorted(p.name for p in tmp_path.iterdir())
+    assert len(first) == 2 + 6
+
+    assert main(argv) == EXIT_OK  # again: the results are not photos, and they are replaced, not multiplied
+    assert sorted(p.name for p in tmp_path.iterdir()) == first
+    assert (tmp_path / "x_labels.png").read_bytes() == user_photo
+    assert "x_labels_labels_labels" not in capsys.readouterr().err
+
+
+def test_an_earlier_result_named_as_a_file_is_segmented(tmp_path):
+    _photo(tmp_path / "x.png", (200, 40, 40))
+    assert main([str(tmp_path / "x.png"), "--labels", "sky,sea", "--output-dir", str(tmp_path / "out")] + RANDOM) == 0
+    result = tmp_path / "out" / "x_overlay.png"
+    assert main([str(result), "--labels", "sky,sea", "--output-dir", str(tmp_path / "again")] + RANDOM) == EXIT_OK
+    assert (tmp_path / "again" / "x_overlay_labels.png").is_file()
+
+
+def test_a_foreign_file_with_a_result_name_is_never_overwritten(tmp_path, capsys):
+    _photo(tmp_path / "x.png", (200, 40, 40))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.json").write_text('{"my": "notes"}')  # valid JSON, but not a pat-segment summary
+    assert main([str(tmp_path / "x.png"), "--labels", "sky,sea", "--output-dir", str(out)] + RANDOM) == EXIT_OK
+    assert (out / "x.json").read_text() == '{"my": "notes"}'
+    _check_outputs(out, "x-2", (40, 30), ["sky", "sea"])
+    assert "not an earlier pat-segment summary file" in capsys.readouterr().err  # reported even with --quiet
+
+
+def test_a_failed_write_fails_that_image_only_with_exit_4(tmp_path, capsys):
+    _photo(tmp_path / "a.png", (200, 40, 40))
+    _photo(tmp_path / "b.png", (40, 200, 40))
+    out = tmp_path / "out"
+    (out / "a_overlay.png").mkdir(parents=True)  # a folder in the way of one result file
+    argv = [str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--labels", "sky,sea", "--output-dir", str(out)]
+    assert main(argv + RANDOM) == EXIT_UNREADABLE
+    _check_outputs(out, "b", (40, 30), ["sky", "sea"])
+    assert not (out / "a.json").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left behind
+    err = capsys.readouterr().err
+    failure_lines = [line for line in err.splitlines() if "a.png" in line]
+    assert len(failure_lines) == 1 and "cannot write its results" in failure_lines[0]
+    assert "a_overlay.png" in failure_lines[0] and "Traceback" not in err

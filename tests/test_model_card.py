@@ -206,3 +206,18 @@ def test_module_runs_as_a_script(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "RuntimeWarning" not in run.stderr  # the package does not import the module before runpy runs it
     assert ModelCard.load(tmp_path / "README.md").data.model_name == "tiny"
+
+
+def test_a_failed_card_write_keeps_the_previous_card(tmp_path, monkeypatch):
+    saved_config(tmp_path)
+    (tmp_path / "README.md").write_text("my hand-written card")
+
+    def save_half(card, path):  # as a full disk would: part of the text, then an error
+        open(path, "w").write(str(card)[:50])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ModelCard, "save", save_half)
+    with pytest.raises(OSError, match="No space"):
+        write_model_card(tmp_path)
+    assert (tmp_path / "README.md").read_text() == "my hand-written card"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
