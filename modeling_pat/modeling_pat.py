@@ -18,10 +18,7 @@ K attention-bias heads (= CLIP heads), D CLIP embedding dim, N classes (+1 = voi
 | `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |
 """
 
-import hashlib
-import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,70 +42,12 @@ from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
 from .quantizer import PATQuantizerOutput, PATVectorQuantizer
 from .samplers import PATOffsetConv2d
 from .side_adapter import PATChannelLayerNorm, PATFusionProjection, PATSideAdapter
+from .text_embedding_cache import fingerprint_text_weights, read_text_cache, text_cache_path, update_text_cache
+from .weights_files import bad_weights_error, candidate_weights_files
 
 
 # Classes per text-tower call in `get_class_embeddings` (x the prompt templates): bounds memory for large vocabularies.
 TEXT_CHUNK_CLASSES = 64
-# Version of the on-disk text-embedding cache layout (part of every key: a new layout never reads an old file).
-TEXT_CACHE_FORMAT = "1"
-
-
-def fingerprint_text_weights(parameters: list[torch.Tensor]) -> str:
-    """sha256 over the text tower's parameters (order, dtype, shape and every byte): the on-disk cache's weight key."""
-    digest = hashlib.sha256()
-    for index, param in enumerate(parameters):
-        tensor = param.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{index}|{tensor.dtype}|{tuple(param.shape)}\n".encode())
-        digest.update(tensor.view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
-def text_cache_path(cache_dir, fingerprint: str, templates) -> Path:
-    """File of one (text weights, templates) pair; it holds one row per class name ever asked for."""
-    key = json.dumps([TEXT_CACHE_FORMAT, fingerprint, list(templates)], ensure_ascii=False)
-    return Path(cache_dir) / f"pat-text-{hashlib.sha256(key.encode()).hexdigest()[:40]}.safetensors"
-
-
-def read_text_cache(path: Path, fingerprint: str, templates) -> dict[str, torch.Tensor]:
-    """{class name: (D,) embedding} from a cache file; {} when absent, unreadable or keyed differently."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            same_key = (
-                meta.get("format") == TEXT_CACHE_FORMAT
-                and meta.get("fingerprint") == fingerprint
-                and json.loads(meta.get("templates", "null")) == list(templates)
-            )
-            if not same_key:
-                return {}
-            names, rows = json.loads(meta["names"]), handle.get_tensor("embeddings")
-    except (OSError, ValueError, KeyError, RuntimeError):  # absent, truncated or foreign file: a miss
-        return {}
-    return dict(zip(names, rows)) if len(names) == len(rows) else {}
-
-
-def write_text_cache(path: Path, rows: dict[str, torch.Tensor], fingerprint: str, templates) -> None:
-    """Write atomically (temporary file + rename), so a reader in another process never sees half a file."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": TEXT_CACHE_FORMAT,
-        "fingerprint": fingerprint,
-        "templates": json.dumps(list(templates), ensure_ascii=False),
-        "names": json.dumps(list(rows), ensure_ascii=False),
-    }
-    embeddings = torch.stack([row.detach().to("cpu") for row in rows.values()]).contiguous()
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({"embeddings": embeddings}, temporary, metadata=meta)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 @dataclass
@@ -220,6 +159,24 @@ class PATPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["logit_scale"]
     # The loss is normalised by the number of target masks, not by tokens: Trainer must not rescale it.
     accepts_loss_kwargs = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a truncated or corrupt weights file raises an OSError naming the file
+        and what is wrong with it (safetensors itself only says "Error while deserializing header")."""
+        from safetensors import SafetensorError
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            files = candidate_weights_files(
+                pretrained_model_name_or_path, kwargs.get("subfolder") or "", kwargs.get("cache_dir"),
+                kwargs.get("revision"),
+            )
+            bad = bad_weights_error(files) or OSError(
+                f"A weights file of {pretrained_model_name_or_path} is unusable (truncated or corrupt): {error}"
+            )
+            raise bad from error
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -536,12 +493,12 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         templates = tuple(self.config.prompt_templates)
         fingerprint = self.text_weights_fingerprint()
         path = text_cache_path(cache_dir, fingerprint, templates)
-        rows = read_text_cache(path, fingerprint, templates)
+        rows = read_text_cache(path, fingerprint, templates)  # {} (with a warning) when the file is not trustworthy
         missing = [name for name in dict.fromkeys(class_names) if name not in rows]
         if missing:
-            encoded = self._encode_class_names(self.prompt_input_ids(missing))
-            rows.update(zip(missing, encoded.to("cpu")))
-            write_text_cache(path, rows, fingerprint, templates)
+            encoded = dict(zip(missing, self._encode_class_names(self.prompt_input_ids(missing)).to("cpu")))
+            rows.update(encoded)
+            update_text_cache(path, encoded, fingerprint, templates)  # merged under a lock; a warning if unwritable
         dtype = self.model.clip_tower.text_tower.text_projection.dtype
         return torch.stack([rows[name] for name in class_names]).to(self.device, dtype)
 

@@ -268,3 +268,15 @@ def test_a_failed_write_fails_that_image_only_with_exit_4(tmp_path, capsys):
     failure_lines = [line for line in err.splitlines() if "a.png" in line]
     assert len(failure_lines) == 1 and "cannot write its results" in failure_lines[0]
     assert "a_overlay.png" in failure_lines[0] and "Traceback" not in err
+
+
+def test_a_truncated_weights_file_exits_3_naming_it(tmp_path, capsys):
+    folder = tmp_path / "tiny-model"
+    PATForOpenVocabSegmentation(PATConfig.from_preset("san-tiny")).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    _photo(tmp_path / "x.png", (200, 40, 40))
+    argv = [str(tmp_path / "x.png"), "--labels", "sky", "--model", str(folder), "--output-dir", str(tmp_path / "o")]
+    assert main(argv + ["-q"]) == EXIT_MODEL
+    err = capsys.readouterr().err
+    assert f"{weights} is unusable: truncated" in err and "Traceback" not in err

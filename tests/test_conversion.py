@@ -116,3 +116,19 @@ def test_round_trip_to_reference_names_is_the_identity(tmp_path):
     for key, value in back.items():
         assert torch.equal(value, reference[key].float()), key
     save_file(back, str(tmp_path / "back.safetensors"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("keep", [0, 100, 0.5])
+def test_a_truncated_checkpoint_raises_oserror_naming_it(tmp_path, suffix, keep):
+    reference = load_file(str(GOLDEN / "reference_state_dict.safetensors"))
+    path = tmp_path / f"ckpt{suffix}"
+    if suffix == ".pth":
+        torch.save({"model": reference}, path)
+    else:
+        save_file(reference, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: int(keep * len(data)) if isinstance(keep, float) else keep])
+    with pytest.raises(OSError, match="truncated") as caught:
+        convert.read_checkpoint(path)
+    assert str(path) in str(caught.value)

@@ -231,3 +231,21 @@ def test_mixed_size_real_photos_end_to_end():
     maps = processor.post_process_semantic_segmentation(outputs, target_sizes=inputs["original_sizes"].tolist())
     assert [tuple(m.shape) for m in maps] == [(img.height, img.width) for img in images]
     assert all(int(m.max()) < 3 for m in maps)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [(lambda data: data[: len(data) // 2], "truncated"), (lambda data: b"", "0 bytes"), (lambda data: data + b"!", "corrupt")],
+)
+def test_a_damaged_weights_file_is_named_by_from_pretrained(tmp_path, model, damage, reason):
+    from transformers import AutoModel
+
+    import modeling_pat  # noqa: F401  (registers the Auto classes)
+
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    for loader in (PATForOpenVocabSegmentation, AutoModel):
+        with pytest.raises(OSError, match=reason) as caught:
+            loader.from_pretrained(tmp_path)
+        assert str(weights) in str(caught.value)

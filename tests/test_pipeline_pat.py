@@ -272,3 +272,14 @@ def test_dtype_and_device_are_honoured(pat_folder):
     finally:
         hook.remove()
     assert len(seen) >= 2 and set(seen) == {torch.bfloat16}
+
+
+def test_a_truncated_weights_file_is_named(tmp_path, pat_folder):
+    import shutil
+
+    folder = Path(shutil.copytree(pat_folder, tmp_path / "model"))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    # transformers' pipeline() turns every loader's OSError into one ValueError; the cause stays in its text
+    with pytest.raises((OSError, ValueError), match="model.safetensors is unusable: truncated"):
+        pipeline("image-segmentation", model=str(folder))
