@@ -22,6 +22,7 @@ not be read or their results not written (the others were still processed; the f
 """
 
 import argparse
+import errno
 import glob
 import json
 import os
@@ -302,9 +303,20 @@ def result_name_taken(output_dir: Path, stem: str, inputs: set[str]) -> str | No
         target = output_dir / name
         if os.path.realpath(target) in inputs:
             return f"{target} is an input of this run"
-        if os.path.lexists(target) and not target.is_dir() and (target.is_symlink() or result_kind(target) != kind):
+        if _is_foreign_file(target, kind):
             return f"{target} exists and is not an earlier pat-segment {kind} file"
     return None
+
+
+def _is_foreign_file(target: Path, kind: str) -> bool:
+    """`target` is a file (or link) that is not an earlier result of this kind: it must not be replaced."""
+    return os.path.lexists(target) and not target.is_dir() and (target.is_symlink() or result_kind(target) != kind)
+
+
+def _refuse_foreign_file(target: Path, kind: str) -> None:
+    if _is_foreign_file(target, kind):
+        reason = "exists and is not an earlier pat-segment result, so it is kept"
+        raise FileExistsError(errno.EEXIST, reason, str(target))
 
 
 @torch.inference_mode()
@@ -350,6 +362,8 @@ def write_outputs(image, label_map, path: Path, stem: str, class_names, palette,
     """The three result files of one image: label PNG, overlay PNG, JSON summary, each marked as a result of its kind
     and written atomically (raises OSError when a write fails)."""
     label_file, overlay_file, json_file = result_files(stem).values()
+    for kind, name in result_files(stem).items():  # a file that appeared since the names were chosen is kept too
+        _refuse_foreign_file(output_dir / name, kind)
     save_label_map(label_map, len(class_names), output_dir / label_file, text={RESULT_MARKER: "labels"})
     overlay = render_overlay(image, label_map, class_names, palette)
     save_png(overlay, output_dir / overlay_file, text={RESULT_MARKER: "overlay"})

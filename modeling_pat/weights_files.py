@@ -30,7 +30,8 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
             return f"truncated: its header alone needs {8 + header_bytes} bytes, the file has {size}"
         try:
             header = json.loads(handle.read(header_bytes))
-            data_bytes = max([0] + [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"])
+            tensors = [entry for key, entry in header.items() if key != "__metadata__"]
+            data_bytes = max([0] + [int(entry["data_offsets"][1]) for entry in tensors])
         except (ValueError, TypeError, KeyError, IndexError) as error:
             return f"corrupt header (not the JSON tensor table safetensors writes: {error})"
     expected = 8 + header_bytes + data_bytes

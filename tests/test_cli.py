@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor
+from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor, cli
 from modeling_pat.cli import (
     EXIT_MODEL,
     EXIT_OK,
@@ -280,3 +280,18 @@ def test_a_truncated_weights_file_exits_3_naming_it(tmp_path, capsys):
     assert main(argv + ["-q"]) == EXIT_MODEL
     err = capsys.readouterr().err
     assert f"{weights} is unusable: truncated" in err and "Traceback" not in err
+
+
+def test_a_file_that_appears_during_the_run_is_kept(tmp_path, monkeypatch, capsys):
+    _photo(tmp_path / "x.png", (200, 40, 40))
+    out = tmp_path / "out"
+    segment = cli.segment_batch
+
+    def segment_then_someone_writes(*args, **kwargs):  # another program saves x.json while the model runs
+        (out / "x.json").write_text("someone else's file")
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "segment_batch", segment_then_someone_writes)
+    assert main([str(tmp_path / "x.png"), "--labels", "sky,sea", "--output-dir", str(out)] + RANDOM) == EXIT_UNREADABLE
+    assert (out / "x.json").read_text() == "someone else's file"
+    assert "exists and is not an earlier pat-segment result" in capsys.readouterr().err

@@ -235,7 +235,11 @@ def test_mixed_size_real_photos_end_to_end():
 
 @pytest.mark.parametrize(
     "damage, reason",
-    [(lambda data: data[: len(data) // 2], "truncated"), (lambda data: b"", "0 bytes"), (lambda data: data + b"!", "corrupt")],
+    [
+        (lambda data: data[: len(data) // 2], "truncated"),
+        (lambda data: b"", "0 bytes"),
+        (lambda data: data + b"!", "corrupt"),
+    ],
 )
 def test_a_damaged_weights_file_is_named_by_from_pretrained(tmp_path, model, damage, reason):
     from transformers import AutoModel
