@@ -147,6 +147,10 @@ def segment(path, ctx):
     return ctx.pipeline(str(path), candidate_labels=LABELS)
 
 
+def segment_many(images, ctx):
+    return ctx.pipeline(images, candidate_labels=LABELS)
+
+
 def segment_labels(names, ctx):
     return ctx.pipeline(Image.fromarray(RGB8), candidate_labels=names)
 
@@ -244,6 +248,18 @@ def palette_with_transparency() -> Image.Image:
 
 def value(x):
     return lambda ctx: x
+
+
+def nan_class_embeddings(ctx):
+    embeddings = embed(LABELS, ctx).clone()
+    embeddings[0, 0] = float("nan")
+    return {"pixel_values": torch.zeros(1, 3, 64, 64), "class_embeddings": embeddings}
+
+
+def empty_folder(ctx) -> Path:
+    folder = ctx.tmp_path / "no-images"
+    folder.mkdir()
+    return folder
 
 
 def pixel_values(fill=0.0, channels=3, size=(64, 64)):
@@ -378,6 +394,14 @@ def logits_with_columns(num_columns):
     return check
 
 
+def default_vocabulary_logits(outputs, ctx):
+    logits_with_columns(len(ctx.model.config.id2label) + 1)(outputs, ctx)
+
+
+def no_annotations(result, ctx):
+    assert result == []
+
+
 def ids_equal_open_clip(result, ctx):
     names = ["café", "猫", "Ωμέγα", "naïve résumé"]
     assert torch.equal(result["input_ids"], ctx.model.prompt_input_ids(names))
@@ -493,6 +517,13 @@ CASES = [
     P("wrong channel count", forward, pixel_values(channels=4),
       Raises(ValueError, r"`pixel_values` must have shape \(batch_size, 3")),
     P("uint8 pixel_values", forward, UINT8_PIXELS, Raises(TypeError, r"`pixel_values` must be a float")),
+    P("NaN in class_embeddings", forward, nan_class_embeddings, Raises(ValueError, r"`class_embeddings` contains NaN")),
+    P("float64 pixel_values", forward, value({"pixel_values": torch.zeros(1, 3, 64, 64, dtype=torch.float64)}),
+      Ok(default_vocabulary_logits)),
+    # empty image lists: a clear error (processor), an empty result (pipeline), a usage error (CLI)
+    P("empty image list", process, value([]), Raises(ValueError, r"`images` is empty")),
+    P("empty image list", segment_many, value([]), Ok(no_annotations)),
+    P("empty image list", cli, empty_folder, Exits(2, r"no image matched")),
     P("integers above 255", process, value(np.full((40, 56, 3), 300, np.int32)),
       Raises(ValueError, r"`images\[0\]` has int32 values in \[300, 300\]")),
     # class names
@@ -567,6 +598,7 @@ def test_every_case_of_the_issue_is_in_the_table():
         "NaN in pixel_values", "inf in pixel_values", "wrong channel count", "empty label list", "duplicate labels",
         "1,000 labels", "label over 77 tokens", "non-ASCII labels", "labels not strings",
         "checkpoint with a missing key", "checkpoint with a mis-shaped key", "config from a newer version",
+        "NaN in class_embeddings", "empty image list",
     ]
     covered = {case.values[0] for case in CASES}
     assert not set(issue) - covered, set(issue) - covered
