@@ -442,6 +442,30 @@ def _check_class_embeddings(class_embeddings: torch.Tensor, embed_dim: int) -> N
         )
 
 
+def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: int) -> None:
+    """(N, T, L) integer token ids, L at most CLIP's context; ids within the vocabulary when on the CPU (an id
+    outside it is an IndexError deep in the embedding on the CPU, a device-side assert on a GPU)."""
+    if (
+        not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 3 or 0 in input_ids.shape
+        or input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool
+    ):
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(
+            "`input_ids` must be integer token ids of shape (num_classes, num_templates, seq_len), each at least 1, "
+            f"got {getattr(input_ids, 'dtype', '')} {shape}; use PATProcessor(text=[...])."
+        )
+    if input_ids.shape[-1] > context_length:
+        raise ValueError(
+            f"`input_ids` are {input_ids.shape[-1]} tokens long; CLIP's text context holds {context_length}."
+        )
+    if _is_host_tensor(input_ids):
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"`input_ids` must lie in [0, {vocab_size - 1}] (CLIP's vocabulary), got values in [{low}, {high}]."
+            )
+
+
 def _is_host_tensor(tensor: torch.Tensor) -> bool:
     """Whether a value check is free of device synchronisation (and of graph breaks while torch.compile traces)."""
     return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -527,6 +551,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
                 )
             key = ("names", tuple(class_names), tuple(self.config.prompt_templates))
         else:
+            tower = self.model.clip_tower
+            _check_input_ids(input_ids, tower.text_tower.token_embedding.num_embeddings, tower.context_length)
             key = ("ids", tuple(input_ids.shape), hash(input_ids.detach().cpu().numpy().tobytes()))
         version = self._text_weights_version()
         cached = self._text_cache.get(key)
@@ -644,11 +670,6 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         """
         if sum(x is not None for x in (input_ids, class_embeddings)) > 1:
             raise ValueError("Pass at most one of `input_ids` and `class_embeddings`.")
-        if input_ids is not None and (input_ids.ndim != 3 or 0 in input_ids.shape or input_ids.is_floating_point()):
-            raise ValueError(
-                "`input_ids` must be integer token ids of shape (num_classes, num_templates, seq_len), each at least 1, "
-                f"got {input_ids.dtype} {tuple(input_ids.shape)}; use PATProcessor(text=[...])."
-            )
         if class_embeddings is not None:
             _check_class_embeddings(class_embeddings, self.classifier.void_embedding.shape[-1])
         else:

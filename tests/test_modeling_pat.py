@@ -167,6 +167,20 @@ def test_value_checks_read_only_host_tensors():
         prepare_pixel_values(torch.zeros(1, 3, 64, 64, dtype=torch.int32, device="meta"), 32, torch.float32)
 
 
+def test_input_ids_are_checked_before_the_text_tower(model, pixel_values):
+    ids = model.prompt_input_ids(["cat", "sky"])
+    vocab_size = model.model.clip_tower.text_tower.token_embedding.num_embeddings
+    for bad, found in ((vocab_size, vocab_size), (-1, -1)):
+        wrong = ids.clone()
+        wrong[1, 0, 3] = bad
+        with pytest.raises(ValueError, match=rf"must lie in \[0, {vocab_size - 1}\] .* got values in .*{found}"):
+            model(pixel_values, input_ids=wrong)
+    with pytest.raises(ValueError, match="`input_ids` are 78 tokens long; CLIP's text context holds 77"):
+        model.get_class_embeddings(input_ids=torch.cat([ids, ids[..., :1]], dim=-1))
+    with pytest.raises(ValueError, match="`input_ids` must be integer token ids"):
+        model.get_class_embeddings(input_ids=ids.float())
+
+
 def test_custom_prompt_templates_are_validated(model):
     assert model.prompt_input_ids(["cat"], ["a {} here"]).shape == (1, 1, 77)
     with pytest.raises(ValueError, match=r"`prompt_templates\[0\]` 'a \{\} and a \{\}' must contain exactly one"):
