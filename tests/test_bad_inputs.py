@@ -309,6 +309,14 @@ def grow(key):
     return edit
 
 
+def zero_queries(config):
+    config["num_queries"] = 0
+
+
+def two_placeholder_template(config):
+    config["prompt_templates"] = ["a {} or a {}"]
+
+
 def newer_config(config):
     config["transformers_version"] = "99.0.0"
     config["brand_new_field"] = {"introduced_in": "a future modeling_pat"}
@@ -565,6 +573,10 @@ CASES = [
       Ok(loaded_with_missing(VOID))),
     P("checkpoint with a mis-shaped key", from_pretrained, saved_model(edit_weights=grow(QUERY_EMBED)),
       Raises(RuntimeError, r"ignore_mismatched_sizes")),
+    P("config with a field out of range", from_pretrained, saved_model(edit_config=zero_queries),
+      Raises(ValueError, r"PATConfig\.num_queries must be a whole number >= 1, got 0")),
+    P("config with a field out of range", config_and_model, saved_model(edit_config=two_placeholder_template),
+      Raises(ValueError, r"`PATConfig\.prompt_templates\[0\]` 'a \{\} or a \{\}' must contain exactly one")),
     P("config from a newer version", config_and_model, saved_model(edit_config=newer_config),
       Warns(UserWarning, r"unknown field\(s\) \['brand_new_field'\] \(saved with transformers 99\.0\.0\)",
             kept_and_built)),
@@ -598,7 +610,7 @@ def test_every_case_of_the_issue_is_in_the_table():
         "NaN in pixel_values", "inf in pixel_values", "wrong channel count", "empty label list", "duplicate labels",
         "1,000 labels", "label over 77 tokens", "non-ASCII labels", "labels not strings",
         "checkpoint with a missing key", "checkpoint with a mis-shaped key", "config from a newer version",
-        "NaN in class_embeddings", "empty image list",
+        "NaN in class_embeddings", "empty image list", "config with a field out of range",
     ]
     covered = {case.values[0] for case in CASES}
     assert not set(issue) - covered, set(issue) - covered

@@ -190,6 +190,27 @@ def test_bad_config_json_fails_in_from_pretrained_naming_the_field(tmp_path):
         PATConfig.from_pretrained(tmp_path)
 
 
+def test_every_loader_reports_the_bad_field(tmp_path):
+    """The model class, the Auto classes and the pipeline all build the config first: the same ValueError."""
+    from transformers import AutoConfig, AutoModelForSemanticSegmentation, pipeline
+
+    from modeling_pat import PATForOpenVocabSegmentation
+
+    config = PATConfig.from_preset("pat-tiny")
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "codebook_sizes": [16, 0, 8]}))
+    message = r"PATConfig\.codebook_sizes must be 3 whole numbers >= 1, one per stage .* got \[16, 0, 8\]"
+    for load in (
+        lambda: PATForOpenVocabSegmentation.from_pretrained(tmp_path),
+        lambda: AutoConfig.from_pretrained(tmp_path),
+        lambda: AutoModelForSemanticSegmentation.from_pretrained(tmp_path),
+        lambda: pipeline("image-segmentation", model=str(tmp_path)),
+    ):
+        with pytest.raises(ValueError, match=message):
+            load()
+
+
 def test_keyword_overrides_of_from_pretrained_are_validated(tmp_path):
     """transformers sets `from_pretrained(..., key=value)` overrides after construction: checked again."""
     PATConfig.from_preset("san-tiny").save_pretrained(tmp_path)
