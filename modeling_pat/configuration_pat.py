@@ -243,7 +243,9 @@ class PATConfig(PreTrainedConfig):
     Configuration of SAN (Side Adapter Network) and PAT (its feature-pyramid tokenization extension).
 
     The defaults describe SAN with CLIP ViT-B/16 (`configuration/san-clip-vit-b16.json`). Named presets live in
-    the repository's `configuration/` folder; load one with `PATConfig.from_json_file(path)`.
+    the repository's `configuration/` folder; load one with `PATConfig.from_json_file(path)`. Every field is checked
+    when the config is built or loaded (`validate_config`): a bad setting is a ValueError naming the field and the
+    values it allows.
 
     CLIP (frozen; built with open_clip from `clip_config`, never downloaded at construction):
         clip_model_name (`str`): open_clip architecture name, used when `clip_config` is None and for provenance.
@@ -271,7 +273,8 @@ class PATConfig(PreTrainedConfig):
         rec_mask_value (`float`): additive mask constant of the recognition layers (SAN uses -100, not -inf).
 
     Text classifier:
-        prompt_templates (`list[str]`): templates ensembled per class name (`{}` is replaced by the name).
+        prompt_templates (`list[str]`): templates ensembled per class name, each with exactly one `{}` (replaced by
+            the name; `validate_prompt_templates`).
 
     Input:
         size_divisibility (`int`): the padded input size is a multiple of this.

@@ -21,6 +21,10 @@ Decisions these cases pin down:
   converter rejects both.
 * Files that are empty, truncated, not images or over PIL's decompression-bomb limit are ValueErrors naming the
   file; the CLI skips them, lists them and exits with code 4.
+* Float `pixel_values` / `class_embeddings` of another dtype are cast to the model's; integer ones are a TypeError
+  naming both dtypes. NaN / inf in either is a ValueError (read on CPU tensors only: a GPU forward never waits).
+* An empty image list is a ValueError in the processor, `[]` from the pipeline and exit code 2 in the CLI.
+* A config field out of range is a ValueError naming the field, raised when the config is loaded.
 """
 
 import contextlib
