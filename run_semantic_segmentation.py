@@ -222,12 +222,11 @@ def load_named_splits(specs, default_split: str, data_args, options, limit) -> d
 
 # -- model -------------------------------------------------------------------------------------------------------------
 def resolve_config(name: str) -> PATConfig:
-    if Path(name).is_file():
-        return PATConfig.from_json_file(name)
+    """A preset name or a PATConfig JSON file; an unknown name or a setting out of range is a SetupError."""
     try:
-        return PATConfig.from_preset(name)
-    except ValueError as error:
-        raise SetupError(str(error)) from error
+        return PATConfig.from_json_file(name) if Path(name).is_file() else PATConfig.from_preset(name)
+    except ValueError as error:  # PATConfig names the field and its allowed values
+        raise SetupError(f"--config_name {name}: {error}") from error
 
 
 def clip_weights_file(config: PATConfig, choice: str) -> str | None:
@@ -279,7 +278,7 @@ def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
                 model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
                 token=model_args.token, trust_remote_code=model_args.trust_remote_code,
             )
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: its config.json holds a setting out of range
             raise SetupError(f"Cannot load {model_args.model_name_or_path!r}: {error}") from error
     if not model_args.config_name:
         raise SetupError("Give a starting point: --model_name_or_path (saved / converted model) or --config_name.")

@@ -1,6 +1,8 @@
 """PATConfig: one configuration for SAN mode and full PAT (switched by `use_pyramid_tokenization`)."""
 
 import json
+import math
+import string
 import warnings
 from pathlib import Path
 
@@ -64,13 +66,186 @@ def load_vocabulary(name: str) -> dict:
         return json.load(handle)
 
 
+# PAT's pyramid has exactly these stages, early (finest) to late; `pyramid_*` and `codebook_sizes` list one per stage.
+PYRAMID_STAGES = ("early", "mid", "late")
+
+# The allowed range of every numeric PATConfig field, checked when a config is built or loaded (`validate_config`).
+# Counts and sizes: whole numbers >= 1 (a zero query, head, layer or codebook count builds an empty module that fails,
+# if at all, deep inside the forward pass).
+COUNT_FIELDS = (
+    "clip_feature_layers", "side_hidden_size", "side_num_hidden_layers", "side_num_attention_heads",
+    "side_patch_size", "side_image_size", "num_queries", "mask_embed_dim", "mask_mlp_dim", "mask_mlp_num_layers",
+    "attn_bias_num_heads", "attn_bias_num_layers", "size_divisibility", "train_num_points", "latent_codebook_size",
+    "code_dim", "token_mixer_hidden_dim", "global_attn_num_heads", "dysample_groups", "decoder_hidden_size",
+    "decoder_num_attention_heads", "spade_hidden_dim", "crf_num_samples",
+)
+# Whole numbers >= 0.
+OPTIONAL_COUNT_FIELDS = ("decoder_num_extra_layers",)
+# Finite floats > 0: scales, ratios, epsilons, temperatures, concentrations.
+POSITIVE_FIELDS = (
+    "clip_resolution", "side_mlp_ratio", "side_layer_norm_eps", "fusion_layer_norm_eps", "decoder_mlp_ratio",
+    "vq_diversity_temperature", "hsattn_kappa",
+)
+# Finite floats >= 0: loss weights (0 switches a term off) and the initialiser's standard deviation.
+WEIGHT_FIELDS = (
+    "class_weight", "mask_weight", "dice_weight", "no_object_weight", "vq_beta", "vq_diversity_weight",
+    "vq_loss_weight", "spatial_alignment_weight", "reconstruction_weight", "reconstruction_mse_weight",
+    "reconstruction_l1_weight", "reconstruction_perceptual_weight", "initializer_range",
+)
+REC_DOWNSAMPLE_METHODS = ("max", "avg", "bilinear", "bicubic", "nearest")
+PERCEPTUAL_NETWORKS = ("auto", "vgg", "clip", "none")  # see `pat_losses.build_perceptual_loss`
+
+
+def validate_prompt_templates(templates, argument: str = "prompt_templates") -> list[str]:
+    """One template or a list of them -> a list; each must hold exactly one `{}` (the class name) and format cleanly.
+
+    The one check of templates, used by PATConfig, PATProcessor and the pipeline; errors name `argument`. Other braces
+    must be doubled (`{{` / `}}`), as in `str.format`: "a {0}", "a {name}" or "a {} or a {}" would fail, or put the
+    name in the wrong place, only when the prompts are built.
+    """
+    if isinstance(templates, str):
+        templates = [templates]
+    if not isinstance(templates, list | tuple):
+        raise TypeError(f"`{argument}` must be a template string or a list of them, got {type(templates).__name__}.")
+    if not templates:
+        raise ValueError(f"`{argument}` must contain at least one template, e.g. 'a photo of a {{}}.'.")
+    for index, template in enumerate(templates):
+        if not isinstance(template, str):
+            raise TypeError(f"`{argument}[{index}]` must be a string, got {type(template).__name__} {template!r}.")
+        try:
+            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                      if name is not None]
+        except ValueError as error:  # a lone "{" or "}"
+            raise ValueError(
+                f"`{argument}[{index}]` {template!r} does not format: {error}; write literal braces as '{{{{' / '}}}}'."
+            ) from error
+        if fields != [("", "", None)]:
+            raise ValueError(
+                f"`{argument}[{index}]` {template!r} must contain exactly one '{{}}' (the class name) and no other "
+                f"placeholder, found {len(fields)}: {['{' + name + '}' for name, _, _ in fields]}; write literal "
+                "braces as '{{' / '}}'."
+            )
+    return list(templates)
+
+
+def _fail(name: str, allowed: str, value) -> None:
+    raise ValueError(f"PATConfig.{name} must be {allowed}, got {value!r}.")
+
+
+def _check_ranges(config) -> None:
+    """Every numeric field within its range (module constants above); bools are not numbers here."""
+    for name in COUNT_FIELDS + OPTIONAL_COUNT_FIELDS:
+        value, low = getattr(config, name), 0 if name in OPTIONAL_COUNT_FIELDS else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            _fail(name, f"a whole number >= {low}", value)
+    for name in POSITIVE_FIELDS + WEIGHT_FIELDS:
+        value = getattr(config, name)
+        number = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        if not number or value < 0 or (value == 0 and name in POSITIVE_FIELDS):
+            _fail(name, "a finite number > 0" if name in POSITIVE_FIELDS else "a finite number >= 0", value)
+    if not 0 <= config.importance_sample_ratio <= 1:
+        _fail("importance_sample_ratio", "in [0, 1] (the share of sampled points chosen by uncertainty)",
+              config.importance_sample_ratio)
+    if not config.oversample_ratio >= 1 or not math.isfinite(config.oversample_ratio):
+        _fail("oversample_ratio", "a finite number >= 1 (candidate points per sampled point)", config.oversample_ratio)
+    if not -math.inf < config.rec_mask_value < 0:
+        _fail("rec_mask_value", "a finite negative number (the additive mask of the recognition layers)",
+              config.rec_mask_value)
+    window = config.decoder_attn_window
+    if window is not None and (isinstance(window, bool) or window < 2):
+        _fail("decoder_attn_window", "None (global attention) or a window side >= 2 tokens", window)
+
+
+def _check_side_adapter(config) -> None:
+    """The side ViT, its fusion with CLIP and its deep supervision fit together."""
+    if config.side_hidden_size % config.side_num_attention_heads:
+        raise ValueError(
+            f"PATConfig.side_hidden_size ({config.side_hidden_size}) must be a multiple of side_num_attention_heads "
+            f"({config.side_num_attention_heads})."
+        )
+    if config.side_image_size % config.side_patch_size:
+        _fail("side_image_size", f"a multiple of side_patch_size={config.side_patch_size}", config.side_image_size)
+    if config.size_divisibility % config.side_patch_size:
+        _fail("size_divisibility", f"a multiple of side_patch_size={config.side_patch_size} (padded inputs must "
+              "cut into whole side patches)", config.size_divisibility)
+    clip_layers = ((config.clip_config or {}).get("vision_cfg") or {}).get("layers")
+    if isinstance(clip_layers, int) and not config.clip_feature_layers < clip_layers:
+        _fail("clip_feature_layers", f"below the CLIP depth ({clip_layers} blocks; the rest recognise the masks)",
+              config.clip_feature_layers)
+    if len(config.fusion_clip_layers) != len(config.fusion_side_layers):
+        raise ValueError(
+            f"PATConfig.fusion_clip_layers ({len(config.fusion_clip_layers)} entries) and fusion_side_layers "
+            f"({len(config.fusion_side_layers)}) must have the same length (they are pairs)."
+        )
+    if len(set(config.fusion_side_layers)) != len(config.fusion_side_layers):
+        raise ValueError(f"PATConfig.fusion_side_layers has duplicates: {list(config.fusion_side_layers)}.")
+    if any(not 0 <= i <= config.clip_feature_layers for i in config.fusion_clip_layers):
+        _fail("fusion_clip_layers", f"CLIP outputs in [0, clip_feature_layers={config.clip_feature_layers}]",
+              list(config.fusion_clip_layers))
+    if any(not 0 <= j <= config.side_num_hidden_layers for j in config.fusion_side_layers):
+        _fail("fusion_side_layers", f"side positions in [0, side_num_hidden_layers={config.side_num_hidden_layers}]",
+              list(config.fusion_side_layers))
+    layers = list(config.deep_supervision_layers)
+    if not layers or layers != sorted(set(layers)) or layers[0] < 1 or layers[-1] != config.side_num_hidden_layers:
+        _fail("deep_supervision_layers", "increasing side blocks in [1, side_num_hidden_layers] that end with the "
+              f"last one ({config.side_num_hidden_layers})", layers)
+    if config.rec_downsample_method not in REC_DOWNSAMPLE_METHODS:
+        _fail("rec_downsample_method", f"one of {list(REC_DOWNSAMPLE_METHODS)}", config.rec_downsample_method)
+
+
+def _check_pyramid(config) -> None:
+    """PAT only: one stage index, scale and codebook per pyramid stage, each consistent with the side adapter."""
+    stages = len(PYRAMID_STAGES)
+    for name in ("pyramid_side_layers", "pyramid_scales", "codebook_sizes"):
+        values = list(getattr(config, name))
+        if len(values) != stages or any(isinstance(v, bool) or v < 1 for v in values):
+            _fail(name, f"{stages} whole numbers >= 1, one per stage {list(PYRAMID_STAGES)}", values)
+    positions = list(config.pyramid_side_layers)
+    fused = sorted(j for j in config.fusion_side_layers if j >= 1)
+    if positions != sorted(set(positions)) or not set(positions) <= set(fused):
+        _fail("pyramid_side_layers", f"increasing side blocks that receive CLIP features (fusion_side_layers >= 1: "
+              f"{fused})", positions)
+    scales = list(config.pyramid_scales)
+    if any(config.side_patch_size % s for s in scales) or any(a % b for a, b in zip(scales, scales[1:])):
+        allowed = f"scales that divide side_patch_size={config.side_patch_size}, each a multiple of the next"
+        _fail("pyramid_scales", allowed, scales)
+    unknown = [s for s in config.decoder_stages if s not in PYRAMID_STAGES]
+    if unknown or len(set(config.decoder_stages)) != len(config.decoder_stages):
+        _fail("decoder_stages", f"distinct names from {list(PYRAMID_STAGES)}", list(config.decoder_stages))
+    for width, heads in (("decoder_hidden_size", "decoder_num_attention_heads"),
+                         ("side_hidden_size", "global_attn_num_heads")):
+        if getattr(config, width) % getattr(config, heads):
+            _fail(heads, f"a divisor of {width}={getattr(config, width)}", getattr(config, heads))
+    for width in ("decoder_hidden_size", "side_hidden_size"):  # DySample splits the channels into groups
+        if getattr(config, width) % config.dysample_groups:
+            _fail("dysample_groups", f"a divisor of {width}={getattr(config, width)}", config.dysample_groups)
+    if config.perceptual_network not in PERCEPTUAL_NETWORKS:
+        _fail("perceptual_network", f"one of {list(PERCEPTUAL_NETWORKS)}", config.perceptual_network)
+
+
+def validate_config(config) -> None:
+    """Every PATConfig rule, with a ValueError naming the field and its allowed range or values.
+
+    Runs when a config is built (`PATConfig(...)`, `from_dict`, `from_pretrained`, `from_preset`) and again from
+    `validate_architecture` (`config.validate()`, `save_pretrained`), so a bad setting never reaches the model. The
+    pyramid fields are checked only with `use_pyramid_tokenization` (SAN ignores them).
+    """
+    _check_ranges(config)
+    _check_side_adapter(config)
+    validate_prompt_templates(config.prompt_templates, "PATConfig.prompt_templates")
+    if config.use_pyramid_tokenization:
+        _check_pyramid(config)
+
+
 @strict
 class PATConfig(PreTrainedConfig):
     r"""
     Configuration of SAN (Side Adapter Network) and PAT (its feature-pyramid tokenization extension).
 
     The defaults describe SAN with CLIP ViT-B/16 (`configuration/san-clip-vit-b16.json`). Named presets live in
-    the repository's `configuration/` folder; load one with `PATConfig.from_json_file(path)`.
+    the repository's `configuration/` folder; load one with `PATConfig.from_json_file(path)`. Every field is checked
+    when the config is built or loaded (`validate_config`): a bad setting is a ValueError naming the field and the
+    values it allows.
 
     CLIP (frozen; built with open_clip from `clip_config`, never downloaded at construction):
         clip_model_name (`str`): open_clip architecture name, used when `clip_config` is None and for provenance.
@@ -98,7 +273,8 @@ class PATConfig(PreTrainedConfig):
         rec_mask_value (`float`): additive mask constant of the recognition layers (SAN uses -100, not -inf).
 
     Text classifier:
-        prompt_templates (`list[str]`): templates ensembled per class name (`{}` is replaced by the name).
+        prompt_templates (`list[str]`): templates ensembled per class name, each with exactly one `{}` (replaced by
+            the name; `validate_prompt_templates`).
 
     Input:
         size_divisibility (`int`): the padded input size is a multiple of this.
@@ -204,38 +380,21 @@ class PATConfig(PreTrainedConfig):
                 UserWarning,
                 stacklevel=3,
             )
+        # Here rather than only in `validate_architecture`: `@strict` wraps what that raises into its own exception
+        # type, and a bad setting should be a ValueError naming the field.
+        validate_config(self)
 
     def validate_architecture(self):
-        """Fail at construction on settings the model cannot build (called by `@strict`)."""
-        if self.side_hidden_size % self.side_num_attention_heads != 0:
-            raise ValueError(
-                f"side_hidden_size ({self.side_hidden_size}) must be a multiple of side_num_attention_heads "
-                f"({self.side_num_attention_heads})."
-            )
-        if len(self.fusion_clip_layers) != len(self.fusion_side_layers):
-            raise ValueError("fusion_clip_layers and fusion_side_layers must have the same length (they are pairs).")
-        if len(set(self.fusion_side_layers)) != len(self.fusion_side_layers):
-            raise ValueError(f"fusion_side_layers has duplicates: {list(self.fusion_side_layers)}.")
-        if any(not 0 <= i <= self.clip_feature_layers for i in self.fusion_clip_layers):
-            raise ValueError(
-                f"fusion_clip_layers {list(self.fusion_clip_layers)} must lie in [0, clip_feature_layers="
-                f"{self.clip_feature_layers}]."
-            )
-        if any(not 0 <= j <= self.side_num_hidden_layers for j in self.fusion_side_layers):
-            raise ValueError(
-                f"fusion_side_layers {list(self.fusion_side_layers)} must lie in [0, side_num_hidden_layers="
-                f"{self.side_num_hidden_layers}]."
-            )
-        layers = list(self.deep_supervision_layers)
-        if not layers or layers != sorted(set(layers)) or layers[-1] != self.side_num_hidden_layers:
-            raise ValueError(
-                f"deep_supervision_layers {layers} must be increasing and end with the last side block "
-                f"({self.side_num_hidden_layers})."
-            )
-        if self.rec_downsample_method not in ("max", "avg", "bilinear", "bicubic", "nearest"):
-            raise ValueError(f"Unknown rec_downsample_method {self.rec_downsample_method!r}.")
-        if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
-            raise ValueError("prompt_templates must be a non-empty list of strings that each contain '{}'.")
+        """Fail on settings the model cannot build (called by `@strict` after construction and by `save_pretrained`;
+        `__post_init__` has already run the same `validate_config` so that construction raises a plain ValueError)."""
+        validate_config(self)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """As `PreTrainedConfig.from_dict`, then validated again: keyword overrides are set after construction."""
+        loaded = super().from_dict(config_dict, **kwargs)
+        validate_config(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
 
     @classmethod
     def from_preset(cls, name: str) -> "PATConfig":
@@ -247,4 +406,4 @@ class PATConfig(PreTrainedConfig):
         return cls.from_json_file(str(path))
 
 
-__all__ = ["PATConfig", "VILD_TEMPLATES"]
+__all__ = ["PATConfig", "VILD_TEMPLATES", "validate_config", "validate_prompt_templates"]

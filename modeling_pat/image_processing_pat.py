@@ -509,6 +509,8 @@ def _flatten_images(images) -> list:
     flat = []
     for item in items:
         flat.extend(item if isinstance(item, list | tuple) else [item])
+    if not flat:  # an empty list would otherwise fail later as an IndexError
+        raise ValueError("`images` is empty: pass at least one image (there is no batch of zero images to process).")
     for index, image in enumerate(flat):
         if isinstance(image, str | os.PathLike) or (PIL is not None and isinstance(image, PIL.Image.Image)):
             continue

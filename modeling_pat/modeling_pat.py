@@ -34,7 +34,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
-from .configuration_pat import PATConfig
+from .configuration_pat import PATConfig, validate_prompt_templates
 from .losses import PATSegmentationLoss, labels_to_targets
 from .pat_losses import PATTokenizationLoss
 from .pixel_branch import PATPixelBranchOutput
@@ -215,6 +215,12 @@ class PATModel(PATPreTrainedModel):
         self.tokenization = PATPyramidTokenization(config) if config.use_pyramid_tokenization else None
         self.post_init()
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype images enter in: the side adapter's patch embedding (CLIP's is the same; `model.dtype` may be
+        CLIP's fp32 `logit_scale` in a half-precision model)."""
+        return self.side_adapter.patch_embed.weight.dtype
+
     def clip_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 3, floor(sH), floor(sW)): SAN's asymmetric input, resized by scale factor (not size)."""
         scale = self.config.clip_resolution
@@ -252,7 +258,7 @@ class PATModel(PATPreTrainedModel):
         """PAT only: the image's codes without the decoder or heads -> (pyramid quantizer outputs, latent ones)."""
         if self.tokenization is None:
             raise ValueError("Tokens exist only in PAT mode (config.use_pyramid_tokenization=True).")
-        _check_pixel_values(pixel_values, self.config.size_divisibility)
+        pixel_values = prepare_pixel_values(pixel_values, self.config.size_divisibility, self.input_dtype)
         clip_features = self.clip_tower.extract_features(self.clip_input(pixel_values))
         local_tokens = {}
         last = self.side_adapter.output_layers[-1:]
@@ -270,13 +276,14 @@ class PATModel(PATPreTrainedModel):
     ) -> PATModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
-            Normalised images, padded to a multiple of `config.size_divisibility` (see `PATImageProcessor`).
+            Normalised images, padded to a multiple of `config.size_divisibility` (see `PATImageProcessor`); checked
+            and cast to the model's dtype by `prepare_pixel_values`.
         output_auxiliary_logits (`bool`, *optional*):
             Decode the deep-supervision levels before the final one too (default: in training mode only).
         output_reconstruction (`bool`, *optional*):
             PAT mode: also reconstruct the image (default: in training mode only).
         """
-        _check_pixel_values(pixel_values, self.config.size_divisibility)
+        pixel_values = prepare_pixel_values(pixel_values, self.config.size_divisibility, self.input_dtype)
         output_auxiliary_logits = self.training if output_auxiliary_logits is None else output_auxiliary_logits
         output_reconstruction = self.training if output_reconstruction is None else output_reconstruction
         output_hidden_states = (
@@ -337,8 +344,15 @@ def _tokenization_fields(tokens: PATTokenizationOutput) -> dict[str, Any]:
     }
 
 
-def _check_pixel_values(pixel_values: torch.Tensor, size_divisibility: int) -> None:
-    """Clear errors for inputs the model cannot take (instead of a shape error deep inside a conv)."""
+def prepare_pixel_values(pixel_values: torch.Tensor, size_divisibility: int, dtype: torch.dtype) -> torch.Tensor:
+    """Checked images in the model's dtype: clear errors instead of a shape or dtype error deep inside a conv.
+
+    Shape and dtype are checked everywhere; a float tensor of another dtype (fp64 from numpy, fp32 into a bf16
+    model) is cast to `dtype`, as the pipeline and the CLI do; integer images are refused (they are not normalised).
+    The finiteness check reads the values, so it runs on CPU tensors only: on an accelerator it would make every
+    forward wait for the device. Images that reach the model through the processor, the pipeline or the CLI were
+    checked on the host there.
+    """
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
     if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
@@ -348,8 +362,8 @@ def _check_pixel_values(pixel_values: torch.Tensor, size_divisibility: int) -> N
         )
     if not pixel_values.is_floating_point():
         raise TypeError(
-            f"`pixel_values` must be a float tensor of normalised images, got {pixel_values.dtype}; "
-            "use PATImageProcessor to prepare images."
+            f"`pixel_values` must be a float tensor of normalised images (the model runs in {dtype}), got "
+            f"{pixel_values.dtype}; use PATImageProcessor to prepare images."
         )
     height, width = pixel_values.shape[-2:]
     if height == 0 or width == 0 or height % size_divisibility or width % size_divisibility:
@@ -357,20 +371,61 @@ def _check_pixel_values(pixel_values: torch.Tensor, size_divisibility: int) -> N
             f"`pixel_values` height and width ({height}, {width}) must be positive multiples of size_divisibility="
             f"{size_divisibility}; pad them (PATImageProcessor does)."
         )
-    # A data-dependent check (one device sync); skipped while torch.compile traces, where it would break the graph.
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values).all()):
+    if _is_host_tensor(pixel_values) and not bool(torch.isfinite(pixel_values).all()):
         raise ValueError("`pixel_values` contains NaN or infinite values; check the images and their preprocessing.")
+    return pixel_values.to(dtype)
 
 
 def _check_class_embeddings(class_embeddings: torch.Tensor, embed_dim: int) -> None:
-    """(N, D) float embeddings with N >= 1 and D = CLIP's embedding dim (shape checks only: compile-friendly)."""
-    if not isinstance(class_embeddings, torch.Tensor) or not class_embeddings.is_floating_point():
-        raise TypeError("`class_embeddings` must be a float tensor of shape (num_classes, embed_dim).")
+    """(N, D) float embeddings with N >= 1 and D = CLIP's embedding dim; finite when on the CPU (see
+    `prepare_pixel_values`). Any float dtype is accepted: the classifier casts them to fp32."""
+    if not isinstance(class_embeddings, torch.Tensor):
+        raise TypeError(f"`class_embeddings` must be a torch.Tensor, got {type(class_embeddings).__name__}.")
+    if not class_embeddings.is_floating_point():
+        raise TypeError(
+            f"`class_embeddings` must be a float tensor (the classifier runs in {torch.float32}), got "
+            f"{class_embeddings.dtype}; compute them with `model.get_class_embeddings`."
+        )
     if class_embeddings.ndim != 2 or class_embeddings.shape[0] == 0 or class_embeddings.shape[1] != embed_dim:
         raise ValueError(
             f"`class_embeddings` must have shape (num_classes >= 1, {embed_dim}), got {tuple(class_embeddings.shape)}; "
             "compute them with `model.get_class_embeddings`."
         )
+    if _is_host_tensor(class_embeddings) and not bool(torch.isfinite(class_embeddings).all()):
+        bad = (~torch.isfinite(class_embeddings).all(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"`class_embeddings` contains NaN or infinite values (rows {bad[:10]}{' ...' if len(bad) > 10 else ''}); "
+            "compute them with `model.get_class_embeddings`."
+        )
+
+
+def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: int) -> None:
+    """(N, T, L) integer token ids, L at most CLIP's context; ids within the vocabulary when on the CPU (an id
+    outside it is an IndexError deep in the embedding on the CPU, a device-side assert on a GPU)."""
+    if (
+        not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 3 or 0 in input_ids.shape
+        or input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool
+    ):
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(
+            "`input_ids` must be integer token ids of shape (num_classes, num_templates, seq_len), each at least 1, "
+            f"got {getattr(input_ids, 'dtype', '')} {shape}; use PATProcessor(text=[...])."
+        )
+    if input_ids.shape[-1] > context_length:
+        raise ValueError(
+            f"`input_ids` are {input_ids.shape[-1]} tokens long; CLIP's text context holds {context_length}."
+        )
+    if _is_host_tensor(input_ids):
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"`input_ids` must lie in [0, {vocab_size - 1}] (CLIP's vocabulary), got values in [{low}, {high}]."
+            )
+
+
+def _is_host_tensor(tensor: torch.Tensor) -> bool:
+    """Whether a value check is free of device synchronisation (and of graph breaks while torch.compile traces)."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> torch.Tensor:
@@ -413,7 +468,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
     # -- text side -------------------------------------------------------------------------------------------------
     def prompt_input_ids(self, class_names: list[str], templates=None) -> torch.Tensor:
         """Class names -> (N, T, 77) ids of every name in every template (`config.prompt_templates` by default)."""
-        templates = list(self.config.prompt_templates if templates is None else templates)
+        templates = list(self.config.prompt_templates) if templates is None else validate_prompt_templates(templates)
         prompts = [template.format(name) for name in class_names for template in templates]
         ids = self.model.clip_tower.tokenize(prompts).reshape(len(class_names), len(templates), -1)
         full = (ids[..., -1] != 0).any(dim=1)  # the last position holds a token only when the prompt was cut to fit
@@ -453,6 +508,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
                 )
             key = ("names", tuple(class_names), tuple(self.config.prompt_templates))
         else:
+            tower = self.model.clip_tower
+            _check_input_ids(input_ids, tower.text_tower.token_embedding.num_embeddings, tower.context_length)
             key = ("ids", tuple(input_ids.shape), hash(input_ids.detach().cpu().numpy().tobytes()))
         version = self._text_weights_version()
         cached = self._text_cache.get(key)
@@ -547,13 +604,16 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
     ) -> PATForOpenVocabSegmentationOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
-            Normalised, padded images (`PATImageProcessor`).
+            Normalised, padded images (`PATImageProcessor`). Another float dtype is cast to the model's; integer
+            images are a TypeError. NaN / inf are a ValueError when the tensor is on the CPU (on an accelerator the
+            check would synchronise every forward; the processor, pipeline and CLI check images on the host).
         input_ids (`torch.LongTensor` of shape `(num_classes, num_templates, seq_len)`, *optional*):
             Class-name prompts from `PATProcessor(text=[...])`. One vocabulary for the whole batch.
         attention_mask (`torch.LongTensor`, *optional*):
             Accepted for processor compatibility; CLIP's causal text tower pools the end-of-text token and needs none.
         class_embeddings (`torch.FloatTensor` of shape `(num_classes, embed_dim)`, *optional*):
-            Precomputed unit class embeddings (`get_class_embeddings`); skips the text tower.
+            Precomputed unit class embeddings (`get_class_embeddings`); skips the text tower. Any float dtype (the
+            classification runs in fp32); checked for NaN / inf like `pixel_values`.
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Semantic label maps at the size of `pixel_values`, `config.ignore_index` where unlabelled.
         image_sizes / original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
@@ -567,11 +627,6 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         """
         if sum(x is not None for x in (input_ids, class_embeddings)) > 1:
             raise ValueError("Pass at most one of `input_ids` and `class_embeddings`.")
-        if input_ids is not None and (input_ids.ndim != 3 or 0 in input_ids.shape or input_ids.is_floating_point()):
-            raise ValueError(
-                "`input_ids` must be integer token ids of shape (num_classes, num_templates, seq_len), each at least 1, "
-                f"got {input_ids.dtype} {tuple(input_ids.shape)}; use PATProcessor(text=[...])."
-            )
         if class_embeddings is not None:
             _check_class_embeddings(class_embeddings, self.classifier.void_embedding.shape[-1])
         else:

@@ -42,7 +42,7 @@ from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging as hf_logging
 
-from .configuration_pat import PATConfig
+from .configuration_pat import PATConfig, validate_prompt_templates
 from .image_processing_pat import load_image
 from .processing_pat import validate_class_names
 from .sliding_window import sliding_window_scores
@@ -82,14 +82,6 @@ def normalize_candidate_labels(candidate_labels) -> list[str]:
             f"one such entry per image; got {candidate_labels!r}."
         )
     return validate_class_names(names, "candidate_labels")
-
-
-def normalize_prompt_templates(prompt_templates) -> list[str]:
-    """One template or a list of them, each with one `{}` for the class name."""
-    templates = [prompt_templates] if isinstance(prompt_templates, str) else list(prompt_templates)
-    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
-        raise ValueError(f"`prompt_templates` must be strings that each contain '{{}}', got {prompt_templates!r}.")
-    return templates
 
 
 def is_per_image_labels(candidate_labels) -> bool:
@@ -163,7 +155,7 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
     Only `subtask=None` or `"semantic"` is available for SAN/PAT; `threshold`, `mask_threshold` and
     `overlap_mask_area_threshold` are accepted and, as in the stock semantic branch, unused. Images in a batch
     (`batch_size > 1`) may have different sizes; each still gets masks at its original size. Each entry's
-    `score` is a float (see the module docstring).
+    `score` is a float (see the module docstring). An empty list of images gives an empty list.
     """
 
     # -- model dispatch --------------------------------------------------------------------------------------------
@@ -205,6 +197,10 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
             inputs = [{"image": image, "candidate_labels": labels} for image, labels in zip(inputs, candidate_labels)]
         elif candidate_labels is not None:
             kwargs["candidate_labels"] = candidate_labels
+        if isinstance(inputs, list | tuple) and len(inputs) == 0:
+            # No images, no annotations; the arguments are still checked, so a bad call fails with or without images.
+            self._sanitize_parameters(**{k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")})
+            return []
         return super().__call__(inputs, **kwargs)
 
     def _sanitize_parameters(self, **kwargs):
@@ -221,7 +217,7 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
                     raise ValueError("Per-image `candidate_labels` can only be given when calling the pipeline.")
                 preprocess_params["candidate_labels"] = normalize_candidate_labels(candidate_labels)
             if prompt_templates is not None:
-                preprocess_params["prompt_templates"] = normalize_prompt_templates(prompt_templates)
+                preprocess_params["prompt_templates"] = validate_prompt_templates(prompt_templates)
         return preprocess_params, forward_params, postprocess_params
 
     def resolve_vocabulary(self, candidate_labels=None, prompt_templates=None) -> PATVocabulary:
@@ -229,7 +225,7 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         config = self.model.config
         if prompt_templates is None:
             prompt_templates = config.prompt_templates
-        templates = tuple(normalize_prompt_templates(prompt_templates))
+        templates = tuple(validate_prompt_templates(prompt_templates))
         if candidate_labels is None:
             id2label = config.id2label or {}
             if not id2label:

@@ -10,7 +10,7 @@ from transformers import CLIPTokenizer
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_pat import VILD_TEMPLATES
+from .configuration_pat import VILD_TEMPLATES, validate_prompt_templates
 from .image_processing_pat import PATImageProcessor
 
 
@@ -170,7 +170,9 @@ class PATProcessor(ProcessorMixin):
     """
 
     def __init__(self, image_processor=None, tokenizer=None, prompt_templates=None, **kwargs):
-        self.prompt_templates = _check_templates(VILD_TEMPLATES if prompt_templates is None else prompt_templates)
+        self.prompt_templates = validate_prompt_templates(
+            VILD_TEMPLATES if prompt_templates is None else prompt_templates
+        )
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @classmethod
@@ -244,7 +246,7 @@ class PATProcessor(ProcessorMixin):
     def encode_class_names(self, class_names: str | list[str], prompt_templates: list[str] | None = None) -> dict:
         """Class names -> {"input_ids", "attention_mask"} int64 [num_classes, num_templates, context_length]."""
         class_names = validate_class_names(class_names, "text")
-        templates = self.prompt_templates if prompt_templates is None else _check_templates(prompt_templates)
+        templates = self.prompt_templates if prompt_templates is None else validate_prompt_templates(prompt_templates)
         prompts = [template.format(name) for name in class_names for template in templates]
         input_ids, attention_mask = encode_prompts(self.tokenizer, prompts, self.context_length)
         shape = (len(class_names), len(templates), self.context_length)
@@ -253,16 +255,6 @@ class PATProcessor(ProcessorMixin):
     def post_process_semantic_segmentation(self, *args, **kwargs):
         """See [`PATImageProcessor.post_process_semantic_segmentation`]."""
         return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
-
-
-def _check_templates(templates) -> list[str]:
-    """Validate prompt templates (a non-empty list of strings with a `{}` each) and return them as a list."""
-    if isinstance(templates, str):
-        templates = [templates]
-    templates = list(templates)
-    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
-        raise ValueError("`prompt_templates` must be a non-empty list of strings that each contain '{}'.")
-    return templates
 
 
 __all__ = ["PATProcessor", "clean_prompt", "clip_tokenizer_from_open_clip", "encode_prompts", "validate_class_names"]

@@ -21,6 +21,10 @@ Decisions these cases pin down:
   converter rejects both.
 * Files that are empty, truncated, not images or over PIL's decompression-bomb limit are ValueErrors naming the
   file; the CLI skips them, lists them and exits with code 4.
+* Float `pixel_values` / `class_embeddings` of another dtype are cast to the model's; integer ones are a TypeError
+  naming both dtypes. NaN / inf in either is a ValueError (read on CPU tensors only: a GPU forward never waits).
+* An empty image list is a ValueError in the processor, `[]` from the pipeline and exit code 2 in the CLI.
+* A config field out of range is a ValueError naming the field, raised when the config is loaded.
 """
 
 import contextlib
@@ -147,6 +151,10 @@ def segment(path, ctx):
     return ctx.pipeline(str(path), candidate_labels=LABELS)
 
 
+def segment_many(images, ctx):
+    return ctx.pipeline(images, candidate_labels=LABELS)
+
+
 def segment_labels(names, ctx):
     return ctx.pipeline(Image.fromarray(RGB8), candidate_labels=names)
 
@@ -246,6 +254,18 @@ def value(x):
     return lambda ctx: x
 
 
+def nan_class_embeddings(ctx):
+    embeddings = embed(LABELS, ctx).clone()
+    embeddings[0, 0] = float("nan")
+    return {"pixel_values": torch.zeros(1, 3, 64, 64), "class_embeddings": embeddings}
+
+
+def empty_folder(ctx) -> Path:
+    folder = ctx.tmp_path / "no-images"
+    folder.mkdir()
+    return folder
+
+
 def pixel_values(fill=0.0, channels=3, size=(64, 64)):
     return lambda ctx: {"pixel_values": torch.full((1, channels, *size), fill), "class_embeddings": embed(LABELS, ctx)}
 
@@ -291,6 +311,14 @@ def grow(key):
         weights[key] = torch.zeros(weights[key].shape[0] + 1, *weights[key].shape[1:])
 
     return edit
+
+
+def zero_queries(config):
+    config["num_queries"] = 0
+
+
+def two_placeholder_template(config):
+    config["prompt_templates"] = ["a {} or a {}"]
 
 
 def newer_config(config):
@@ -376,6 +404,14 @@ def logits_with_columns(num_columns):
         assert torch.isfinite(outputs.class_queries_logits).all()
 
     return check
+
+
+def default_vocabulary_logits(outputs, ctx):
+    logits_with_columns(len(ctx.model.config.id2label) + 1)(outputs, ctx)
+
+
+def no_annotations(result, ctx):
+    assert result == []
 
 
 def ids_equal_open_clip(result, ctx):
@@ -493,6 +529,13 @@ CASES = [
     P("wrong channel count", forward, pixel_values(channels=4),
       Raises(ValueError, r"`pixel_values` must have shape \(batch_size, 3")),
     P("uint8 pixel_values", forward, UINT8_PIXELS, Raises(TypeError, r"`pixel_values` must be a float")),
+    P("NaN in class_embeddings", forward, nan_class_embeddings, Raises(ValueError, r"`class_embeddings` contains NaN")),
+    P("float64 pixel_values", forward, value({"pixel_values": torch.zeros(1, 3, 64, 64, dtype=torch.float64)}),
+      Ok(default_vocabulary_logits)),
+    # empty image lists: a clear error (processor), an empty result (pipeline), a usage error (CLI)
+    P("empty image list", process, value([]), Raises(ValueError, r"`images` is empty")),
+    P("empty image list", segment_many, value([]), Ok(no_annotations)),
+    P("empty image list", cli, empty_folder, Exits(2, r"no image matched")),
     P("integers above 255", process, value(np.full((40, 56, 3), 300, np.int32)),
       Raises(ValueError, r"`images\[0\]` has int32 values in \[300, 300\]")),
     # class names
@@ -534,6 +577,10 @@ CASES = [
       Ok(loaded_with_missing(VOID))),
     P("checkpoint with a mis-shaped key", from_pretrained, saved_model(edit_weights=grow(QUERY_EMBED)),
       Raises(RuntimeError, r"ignore_mismatched_sizes")),
+    P("config with a field out of range", from_pretrained, saved_model(edit_config=zero_queries),
+      Raises(ValueError, r"PATConfig\.num_queries must be a whole number >= 1, got 0")),
+    P("config with a field out of range", config_and_model, saved_model(edit_config=two_placeholder_template),
+      Raises(ValueError, r"`PATConfig\.prompt_templates\[0\]` 'a \{\} or a \{\}' must contain exactly one")),
     P("config from a newer version", config_and_model, saved_model(edit_config=newer_config),
       Warns(UserWarning, r"unknown field\(s\) \['brand_new_field'\] \(saved with transformers 99\.0\.0\)",
             kept_and_built)),
@@ -567,6 +614,7 @@ def test_every_case_of_the_issue_is_in_the_table():
         "NaN in pixel_values", "inf in pixel_values", "wrong channel count", "empty label list", "duplicate labels",
         "1,000 labels", "label over 77 tokens", "non-ASCII labels", "labels not strings",
         "checkpoint with a missing key", "checkpoint with a mis-shaped key", "config from a newer version",
+        "NaN in class_embeddings", "empty image list", "config with a field out of range",
     ]
     covered = {case.values[0] for case in CASES}
     assert not set(issue) - covered, set(issue) - covered

@@ -328,6 +328,16 @@ def test_errors(processor, golden):
         processor.post_process_semantic_segmentation({"class_queries_logits": torch.zeros(1, 2, 3)})
 
 
+@pytest.mark.parametrize(
+    "images",
+    [[], (), [[]], np.zeros((0, 32, 32, 3), np.uint8), torch.zeros(0, 3, 32, 32)],
+    ids=["list", "tuple", "nested list", "numpy batch", "torch batch"],
+)
+def test_an_empty_image_list_is_a_clear_error(processor, images):
+    with pytest.raises(ValueError, match=r"`images` is empty: pass at least one image"):
+        processor(images)
+
+
 # ---------------------------------------------------------------- save / load
 
 

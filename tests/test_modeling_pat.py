@@ -110,6 +110,83 @@ def test_pixel_values_are_checked(model):
         model(torch.randn(1, 4, 128, 128))
 
 
+def test_pixel_values_of_another_float_dtype_are_cast_to_the_model_dtype(model, pixel_values):
+    """Decision: float images of another dtype (fp64 from numpy, fp32 into a bf16 model) are cast, not refused."""
+    with torch.no_grad():
+        expected = model(pixel_values).class_queries_logits
+        from_double = model(pixel_values.double()).class_queries_logits
+    torch.testing.assert_close(from_double, expected)
+    half = tiny_model().to(torch.bfloat16)
+    with torch.no_grad():
+        out = half(pixel_values)  # fp32 images into a bf16 model
+    assert out.masks_queries_logits.dtype == torch.bfloat16 and torch.isfinite(out.class_queries_logits).all()
+
+
+def test_integer_pixel_values_are_refused_naming_both_dtypes(model):
+    with pytest.raises(TypeError, match=r"must be a float tensor .* runs in torch.float32\), got torch.uint8"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_class_embeddings_get_the_finiteness_check_of_pixel_values(model, bad):
+    embeddings = model.get_class_embeddings(class_names=["cat", "sky", "grass"]).clone()
+    embeddings[1, 0] = bad
+    with pytest.raises(ValueError, match=r"`class_embeddings` contains NaN or infinite values \(rows \[1\]\)"):
+        model(torch.zeros(1, 3, 64, 64), class_embeddings=embeddings)
+
+
+def test_class_embeddings_of_any_float_dtype_give_the_same_logits(model, pixel_values):
+    embeddings = model.get_class_embeddings(class_names=["cat", "sky"])
+    with torch.no_grad():
+        expected = model(pixel_values, class_embeddings=embeddings).class_queries_logits
+        from_double = model(pixel_values, class_embeddings=embeddings.double()).class_queries_logits
+    torch.testing.assert_close(from_double, expected)
+    with pytest.raises(TypeError, match=r"runs in torch.float32\), got torch.int64"):
+        model(pixel_values, class_embeddings=embeddings.long())
+    with pytest.raises(ValueError, match=r"`class_embeddings` must have shape \(num_classes >= 1, 8\), got \(2, 4\)"):
+        model(pixel_values, class_embeddings=embeddings[:, :4])
+
+
+def test_value_checks_read_only_host_tensors():
+    """Finiteness is checked on CPU tensors only: on an accelerator, reading the values would make every forward wait
+    for the device. A meta tensor (no values at all) stands in for a device tensor: shape and dtype are still checked,
+    values are never read; on the CPU the same tensors are refused."""
+    from modeling_pat.modeling_pat import _check_class_embeddings, prepare_pixel_values
+
+    nan_images = torch.full((1, 3, 64, 64), float("nan"))
+    nan_embeddings = torch.full((2, 8), float("nan"))
+    assert prepare_pixel_values(nan_images.to("meta"), 32, torch.bfloat16).dtype == torch.bfloat16
+    _check_class_embeddings(nan_embeddings.to("meta"), 8)
+    with pytest.raises(ValueError, match="pixel_values` contains NaN"):
+        prepare_pixel_values(nan_images, 32, torch.float32)
+    with pytest.raises(ValueError, match="class_embeddings` contains NaN"):
+        _check_class_embeddings(nan_embeddings, 8)
+    with pytest.raises(ValueError, match="must have shape"):
+        _check_class_embeddings(torch.zeros(2, 4, device="meta"), 8)
+    with pytest.raises(TypeError, match="got torch.int32"):
+        prepare_pixel_values(torch.zeros(1, 3, 64, 64, dtype=torch.int32, device="meta"), 32, torch.float32)
+
+
+def test_input_ids_are_checked_before_the_text_tower(model, pixel_values):
+    ids = model.prompt_input_ids(["cat", "sky"])
+    vocab_size = model.model.clip_tower.text_tower.token_embedding.num_embeddings
+    for bad, found in ((vocab_size, vocab_size), (-1, -1)):
+        wrong = ids.clone()
+        wrong[1, 0, 3] = bad
+        with pytest.raises(ValueError, match=rf"must lie in \[0, {vocab_size - 1}\] .* got values in .*{found}"):
+            model(pixel_values, input_ids=wrong)
+    with pytest.raises(ValueError, match="`input_ids` are 78 tokens long; CLIP's text context holds 77"):
+        model.get_class_embeddings(input_ids=torch.cat([ids, ids[..., :1]], dim=-1))
+    with pytest.raises(ValueError, match="`input_ids` must be integer token ids"):
+        model.get_class_embeddings(input_ids=ids.float())
+
+
+def test_custom_prompt_templates_are_validated(model):
+    assert model.prompt_input_ids(["cat"], ["a {} here"]).shape == (1, 1, 77)
+    with pytest.raises(ValueError, match=r"`prompt_templates\[0\]` 'a \{\} and a \{\}' must contain exactly one"):
+        model.prompt_input_ids(["cat"], ["a {} and a {}"])
+
+
 def test_text_inputs_embeddings_and_default_vocabulary_agree(model, pixel_values):
     names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     ids = model.prompt_input_ids(names)

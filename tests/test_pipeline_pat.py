@@ -152,6 +152,21 @@ def test_prompt_templates_change_the_embeddings(segmenter):
     assert masks_equal(default, same)
     with pytest.raises(ValueError, match="prompt_templates"):
         segmenter(str(image), candidate_labels=names, prompt_templates=["no placeholder"])
+    with pytest.raises(ValueError, match=r"`prompt_templates\[0\]` 'a \{\} by a \{\}' must contain exactly one"):
+        segmenter(str(image), candidate_labels=names, prompt_templates=["a {} by a {}"])
+    with pytest.raises(ValueError, match=r"`prompt_templates\[0\]` 'a \{\} \{' does not format"):
+        segmenter([{"image": str(image), "prompt_templates": ["a {} {"]}], candidate_labels=names)
+
+
+def test_an_empty_image_list_gives_an_empty_result(segmenter):
+    assert segmenter([], candidate_labels=["cat", "sofa"]) == []
+    assert segmenter([], candidate_labels=["cat", "sofa"], batch_size=4) == []
+    assert segmenter(images=[]) == []
+    # the arguments are still checked without images
+    with pytest.raises(ValueError, match="`candidate_labels` names the same class twice"):
+        segmenter([], candidate_labels=["cat", "Cat"])
+    with pytest.raises(ValueError, match="prompt_templates"):
+        segmenter([], candidate_labels=["cat"], prompt_templates=["no placeholder"])
 
 
 def test_explicit_pipeline_class(pat_folder, segmenter):

@@ -167,6 +167,26 @@ def test_errors(processor):
         processor(text=["cat"], segmentation_maps=np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="prompt_templates"):
         PATProcessor(processor.image_processor, processor.tokenizer, prompt_templates=[])
+    with pytest.raises(ValueError, match=r"`images` is empty"):
+        processor(images=[], text=["cat"])
+
+
+@pytest.mark.parametrize(
+    ("templates", "message"),
+    [
+        (["a photo of a {} next to a {}."], r"must contain exactly one '\{\}' .* found 2"),
+        (["a photo of {name}."], r"found 1: \['\{name\}'\]"),
+        (["a {} photo {"], r"does not format"),
+    ],
+)
+def test_templates_are_checked_as_the_config_checks_them(processor, templates, message):
+    """One rule for templates: a call's override, the constructor and PATConfig give the same error."""
+    with pytest.raises(ValueError, match=r"`prompt_templates\[0\]` .*" + message):
+        processor(text=["cat"], prompt_templates=templates)
+    with pytest.raises(ValueError, match=message):
+        PATProcessor(processor.image_processor, processor.tokenizer, prompt_templates=templates)
+    with pytest.raises(ValueError, match=message):
+        PATConfig(prompt_templates=templates)
 
 
 def test_save_load_round_trip(tmp_path, processor):

@@ -322,6 +322,21 @@ def test_fine_tune_tiny_pat(workspace, tmp_path):
     assert json.loads((output / "eval_results.json").read_text())["eval_ade8_num_images"] == 1
 
 
+def test_a_config_out_of_range_is_a_setup_error_naming_the_field(tmp_path):
+    """A bad --config_name file or a saved model with a bad config.json: a SetupError, not a traceback."""
+    config = PATConfig.from_preset("san-tiny")
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "num_queries": 0}))
+    message = r"PATConfig\.num_queries must be a whole number >= 1, got 0"
+    with pytest.raises(runner.SetupError, match=rf"--config_name .*config\.json: {message}"):
+        runner.build_model(runner.ModelArguments(config_name=str(tmp_path / "config.json"), clip_pretrained="none"))
+    with pytest.raises(runner.SetupError, match=rf"Cannot load .*: {message}"):
+        runner.build_model(runner.ModelArguments(model_name_or_path=str(tmp_path)))
+    with pytest.raises(runner.SetupError, match=r"--config_name no-such-preset: Unknown preset"):
+        runner.resolve_config("no-such-preset")
+
+
 def test_clip_weights_from_a_checkpoint_file(tmp_path):
     """--config_name + --clip_pretrained FILE: open_clip weights are loaded into the (frozen) CLIP tower."""
     torch.manual_seed(1)
