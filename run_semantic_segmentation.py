@@ -50,6 +50,7 @@ from modeling_pat.data import (
 )
 from modeling_pat.evaluation import PATSegmentationTrainer, write_results_table
 from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS
+from modeling_pat.training import checkpoint_problem, last_complete_checkpoint
 
 
 logger = logging.getLogger("run_semantic_segmentation")
@@ -364,6 +365,27 @@ def build_image_processor(model_args, data_args, config: PATConfig) -> PATImageP
     return processor
 
 
+def resume_point(args: TrainingArguments) -> str | None:
+    """--resume_from_checkpoint: `last` (or `true`) is the newest complete checkpoint in the output folder, passing
+    over (with a warning) those a kill during saving left incomplete, and a fresh start when there is none; a folder
+    given by name must be complete."""
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint is None:
+        return None
+    if checkpoint.lower() in ("true", "last"):
+        found = last_complete_checkpoint(args.output_dir)
+        if found is None:
+            logger.warning("--resume_from_checkpoint %s: no complete checkpoint in %s; training starts from step 0.",
+                           checkpoint, args.output_dir)
+        return found
+    if not Path(checkpoint).is_dir():
+        raise SetupError(f"--resume_from_checkpoint {checkpoint}: no such folder.")
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise SetupError(f"--resume_from_checkpoint {checkpoint}: incomplete checkpoint ({problem}).")
+    return checkpoint
+
+
 # -- main ------------------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_arguments(argv)
@@ -385,8 +407,9 @@ def main(argv=None) -> int:
         data_args.train_dataset = data_args.train_dataset or f"hub={data_args.dataset_name}"
         data_args.eval_datasets = data_args.eval_datasets or [f"hub={data_args.dataset_name}"]
     options = data_options(data_args, model_args, training_args.seed)
-    train_split = None
+    train_split, checkpoint = None, None
     if training_args.do_train:
+        checkpoint = resume_point(training_args)
         if not data_args.train_dataset:
             raise SetupError("--do_train needs --train_dataset (or --dataset_name).")
         train_split = next(iter(load_named_splits(
@@ -446,9 +469,6 @@ def main(argv=None) -> int:
         )
 
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint is not None and checkpoint.lower() in ("true", "last"):
-            checkpoint = True
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         metrics = result.metrics

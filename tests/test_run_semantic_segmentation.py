@@ -19,6 +19,7 @@ whatever is learnt in 30 steps; `initializer_range` 0.2 makes the queries differ
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -379,3 +380,52 @@ def test_bad_label_file_in_training_is_one_line_and_exit_2(workspace, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert zero.returncode == 2 and "Traceback" not in zero.stderr, zero.stderr[-3000:]
     assert zero.stderr.strip().splitlines()[-1].startswith("error: --max_steps 0")
+
+
+# -- resuming never picks a half-written checkpoint ------------------------------------------------------------------------
+# Runs the script with Trainer's RNG-state save paused at one step: the weights, optimizer and scheduler of that
+# checkpoint are on disk, trainer_state.json (written last) is not, which is where the test kills the process.
+PAUSE_IN_SAVE = """
+import pathlib, sys, time
+import transformers
+sys.path.insert(0, {repo!r})
+import run_semantic_segmentation as runner
+save_rng_state = transformers.Trainer._save_rng_state
+def paused(self, output_dir):
+    if self.state.global_step == {step}:
+        pathlib.Path({marker!r}).write_text(output_dir)
+        time.sleep(600)
+    return save_rng_state(self, output_dir)
+transformers.Trainer._save_rng_state = paused
+sys.exit(runner.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_resume_last_skips_a_checkpoint_killed_while_saving(workspace, tmp_path):
+    env = subprocess_env(threads=1)
+    output, marker = tmp_path / "run", tmp_path / "saving"
+    code = PAUSE_IN_SAVE.format(repo=str(REPO), step=8, marker=str(marker))
+    command = _train_command(workspace, output)
+    saving = subprocess.Popen([sys.executable, "-c", code, *command[2:]], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and saving.poll() is None and not marker.is_file():
+        time.sleep(0.05)
+    assert saving.poll() is None, "the run ended before it reached the save of step 8"
+    os.kill(saving.pid, signal.SIGKILL)  # kill -9 in the middle of writing checkpoint-8
+    saving.wait(timeout=60)
+    assert saving.returncode == -signal.SIGKILL
+    assert (output / "checkpoint-8" / "model.safetensors").is_file()
+    assert not (output / "checkpoint-8" / "trainer_state.json").exists()
+
+    resumed = subprocess.run([*command, "--resume_from_checkpoint", "last", "--log_level", "info"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    assert f"Skipping the incomplete checkpoint {output / 'checkpoint-8'} (no trainer_state.json)" in log
+    assert re.search(r"Resuming training from checkpoint with epoch \d+ and global step 4\b", log)
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, 9))
+    assert json.loads((output / "checkpoint-8" / "trainer_state.json").read_text())["global_step"] == 8
