@@ -40,6 +40,7 @@ from modeling_pat.data import (
     SAN_TRAIN_SHORT_EDGES,
     DatasetSpec,
     EpochCallback,
+    LabelFileError,
     SANTrainAugmentation,
     SegmentationCollator,
     SegmentationEvalDataset,
@@ -49,6 +50,7 @@ from modeling_pat.data import (
 )
 from modeling_pat.evaluation import PATSegmentationTrainer, write_results_table
 from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS
+from modeling_pat.training import checkpoint_problem, last_complete_checkpoint
 
 
 logger = logging.getLogger("run_semantic_segmentation")
@@ -161,11 +163,47 @@ class SegmentationTrainingArguments(TrainingArguments):
 def parse_arguments(argv=None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SegmentationTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:  # TrainingArguments refuses some combinations itself, with a ValueError
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+            return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:
+        raise SetupError(str(error)) from error
+
+
+def check_arguments(data_args: DataTrainingArguments, args: TrainingArguments) -> None:
+    """Values that make no sense are usage errors here, not a traceback from the Trainer or a scheduler later."""
+    problems = []
+    if args.do_train:
+        if args.max_steps == 0 or args.max_steps < -1:
+            problems.append(f"--max_steps {args.max_steps}: give a positive number of steps "
+                            "(or -1 to train for --num_train_epochs).")
+        elif args.max_steps == -1 and not args.num_train_epochs > 0:
+            problems.append(f"--num_train_epochs {args.num_train_epochs} trains nothing; give a positive number.")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name} {getattr(args, name)}: must be at least 1.")
+    for name in ("learning_rate", "weight_decay", "max_grad_norm"):
+        if not getattr(args, name) >= 0:  # also catches nan
+            problems.append(f"--{name} {getattr(args, name)}: must be a non-negative number.")
+    if getattr(args.save_strategy, "value", args.save_strategy) == "steps" and not args.save_steps > 0:
+        problems.append(f"--save_steps {args.save_steps}: must be positive (or --save_strategy no).")
+    for name in ("crop_size", "test_short_edge", "max_long_edge"):
+        if getattr(data_args, name) < 1:
+            problems.append(f"--{name} {getattr(data_args, name)}: must be a positive number of pixels.")
+    if not data_args.train_short_edges or min(data_args.train_short_edges) < 1:
+        problems.append(f"--train_short_edges {data_args.train_short_edges}: give one or more positive sizes.")
+    if not 0 <= data_args.flip_prob <= 1:
+        problems.append(f"--flip_prob {data_args.flip_prob}: a probability, between 0 and 1.")
+    if data_args.train_val_split is not None and not 0 <= data_args.train_val_split < 1:
+        problems.append(f"--train_val_split {data_args.train_val_split}: a fraction, at least 0 and below 1.")
+    for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+        if getattr(data_args, name) is not None and getattr(data_args, name) < 1:
+            problems.append(f"--{name} {getattr(data_args, name)} leaves no examples; give at least 1.")
+    if problems:
+        raise SetupError(" ".join(problems))
 
 
 def fix_training_arguments(args: TrainingArguments) -> None:
@@ -218,6 +256,14 @@ def load_named_splits(specs, default_split: str, data_args, options, limit) -> d
             label, number = f"{spec.label()}_{number}", number + 1
         splits[label] = split
     return splits
+
+
+def check_train_batches(split, args: TrainingArguments) -> None:
+    """With --dataloader_drop_last, a split smaller than one global batch gives no step at all."""
+    batch = args.per_device_train_batch_size * max(args.world_size, 1)
+    if args.dataloader_drop_last and len(split) < batch:
+        raise SetupError(f"{split.display_name} ({split.split}) has {len(split)} examples, fewer than one batch of "
+                         f"{batch} with --dataloader_drop_last: no training step would run.")
 
 
 # -- model -------------------------------------------------------------------------------------------------------------
@@ -318,9 +364,31 @@ def build_image_processor(model_args, data_args, config: PATConfig) -> PATImageP
     return processor
 
 
+def resume_point(args: TrainingArguments) -> str | None:
+    """--resume_from_checkpoint: `last` (or `true`) is the newest complete checkpoint in the output folder, passing
+    over (with a warning) those a kill during saving left incomplete, and a fresh start when there is none; a folder
+    given by name must be complete."""
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint is None:
+        return None
+    if checkpoint.lower() in ("true", "last"):
+        found = last_complete_checkpoint(args.output_dir)
+        if found is None:
+            logger.warning("--resume_from_checkpoint %s: no complete checkpoint in %s; training starts from step 0.",
+                           checkpoint, args.output_dir)
+        return found
+    if not Path(checkpoint).is_dir():
+        raise SetupError(f"--resume_from_checkpoint {checkpoint}: no such folder.")
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise SetupError(f"--resume_from_checkpoint {checkpoint}: incomplete checkpoint ({problem}).")
+    return checkpoint
+
+
 # -- main ------------------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_arguments(argv)
+    check_arguments(data_args, training_args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
     log_level = training_args.get_process_log_level()
@@ -338,12 +406,14 @@ def main(argv=None) -> int:
         data_args.train_dataset = data_args.train_dataset or f"hub={data_args.dataset_name}"
         data_args.eval_datasets = data_args.eval_datasets or [f"hub={data_args.dataset_name}"]
     options = data_options(data_args, model_args, training_args.seed)
-    train_split = None
+    train_split, checkpoint = None, None
     if training_args.do_train:
+        checkpoint = resume_point(training_args)
         if not data_args.train_dataset:
             raise SetupError("--do_train needs --train_dataset (or --dataset_name).")
         train_split = next(iter(load_named_splits(
             [data_args.train_dataset], "train", data_args, options, data_args.max_train_samples).values()))
+        check_train_batches(train_split, training_args)
     eval_splits = {}
     if training_args.do_eval or (training_args.do_train and training_args.eval_strategy != "no"):
         if not data_args.eval_datasets:
@@ -398,9 +468,6 @@ def main(argv=None) -> int:
         )
 
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint is not None and checkpoint.lower() in ("true", "last"):
-            checkpoint = True
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         metrics = result.metrics
@@ -452,11 +519,22 @@ def close_process_group() -> None:
             logger.warning("Could not destroy the process group at exit: %s", error)
 
 
+def data_error_line(error: LabelFileError) -> str:
+    """One line for a bad label file met during a run. A DataLoader worker's error comes back with the worker's
+    traceback in its message; the file and the problem are its last line."""
+    last = str(error).strip().splitlines()[-1]
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except LabelFileError as error:  # a label file read after the start: the data, not the code, is at fault
+        print(f"error: {data_error_line(error)}", file=sys.stderr)
         sys.exit(2)
     finally:
         close_process_group()

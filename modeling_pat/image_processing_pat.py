@@ -7,6 +7,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -68,6 +69,38 @@ def get_padded_size(sizes: Sequence[Sequence[int]], size_divisibility: int = 32)
     return height, width
 
 
+# `padding_groups` splits a batch when one padded batch costs more than this many times its images padded alone.
+MAX_PADDING_OVERHEAD = 1.5
+
+
+def padding_groups(
+    image_sizes: Sequence[Sequence[int]], size_divisibility: int = 32, max_overhead: float = MAX_PADDING_OVERHEAD
+) -> list[list[int]]:
+    """Indices of a batch's images, in groups that are padded and run together.
+
+    A batch padded to its largest height and width costs `batch x Hp x Wp` pixels of model input: one very wide image
+    among small ones makes every other image as wide. Images are taken in order of their padded (H, W) and join the
+    current group while its padded cost stays within `max_overhead` times the sum of its images' own padded sizes
+    (at most a third of its pixels padding with the default 1.5); otherwise they start a new group. A batch of
+    similar sizes stays one group (in its order), so the common case runs exactly as before."""
+    padded = [get_padded_size([size], size_divisibility) for size in image_sizes]
+    order = sorted(range(len(padded)), key=lambda i: (padded[i], i))
+    groups, current, own_pixels = [], [], 0
+    for index in order:
+        height, width = get_padded_size([padded[i] for i in current + [index]], 1)
+        pixels = own_pixels + padded[index][0] * padded[index][1]
+        if current and (len(current) + 1) * height * width > max_overhead * pixels:
+            groups.append(current)
+            current, pixels = [], padded[index][0] * padded[index][1]
+        current.append(index)
+        own_pixels = pixels
+    if current:
+        groups.append(current)
+    if len(groups) == 1:
+        return [list(range(len(padded)))]
+    return [sorted(group) for group in groups]
+
+
 def reduce_labels(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """[H, W] int -> [H, W]: 0 -> ignore_index, v -> v - 1, ignore_index kept (ADE20K's reduce_zero_label)."""
     reduced = torch.where(label == 0, torch.full_like(label, ignore_index), label - 1)
@@ -124,33 +157,100 @@ PRUNE_MIN_CLASSES = 32
 DEVICE_BAND_ELEMENTS = 1 << 24
 
 
-def _bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
-    """(out, in) float64 matrix of a 1-D bilinear resize (align_corners=False, no antialias), as `F.interpolate`."""
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+# On the CPU, `semantic_map`'s bands hold at least this many output pixels: a thin image (65535 x 1) in bands of
+# `tile` rows would spend its time in the per-band overhead of thousands of tiny bands.
+CPU_BAND_PIXELS = 8192
+
+
+@dataclass(frozen=True)
+class ResizeRows:
+    """A 1-D resize chain (out, in) kept as what it is, a few source rows per output row: output row o reads source
+    rows `first[o]` .. `first[o] + S - 1` with the float64 weights `weights[o]` (zeros past its last source row) and
+    `last[o]` is one past its last row with a non-zero weight. Its dense (out, in) matrix would be 335 MB for a
+    65535-pixel side; this form is out x S (S <= 4 for the bilinear chains used here)."""
+
+    first: torch.Tensor  # (out,) int64
+    last: torch.Tensor  # (out,) int64
+    weights: torch.Tensor  # (out, S) float64
+    in_size: int
+
+    @property
+    def out_size(self) -> int:
+        return len(self.first)
+
+    def is_identity(self) -> bool:
+        rows = torch.arange(self.out_size)
+        return (self.out_size == self.in_size and bool((self.first == rows).all())
+                and bool((self.weights[:, 0] == 1).all()) and bool((self.weights[:, 1:] == 0).all()))
+
+    def to(self, like: torch.Tensor) -> "ResizeRows":
+        """The weights in `like`'s dtype, everything on its device (once per image: no copy per band)."""
+        return ResizeRows(self.first.to(like.device), self.last.to(like.device), self.weights.to(like), self.in_size)
+
+    def block(self, top: int, bottom: int, first: int, last: int) -> torch.Tensor:
+        """The dense (bottom - top, last - first) block of output rows top..bottom-1 over source rows first..last-1
+        (which must cover their non-zero weights), in the weights' dtype and device."""
+        weights = self.weights[top:bottom]
+        columns = (self.first[top:bottom] - first)[:, None] + torch.arange(weights.shape[1], device=weights.device)
+        inside = columns < last - first  # the zero weights past a row's support may point past the block
+        block = weights.new_zeros(bottom - top, last - first)
+        block.scatter_add_(1, columns.clamp(max=last - first - 1), torch.where(inside, weights, 0))
+        return block
+
+    def dense(self) -> torch.Tensor:
+        return self.block(0, self.out_size, 0, self.in_size)
+
+
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """((out, 2) source rows, (out, 2) float64 weights) of a 1-D bilinear resize (align_corners=False, no
+    antialias), as `F.interpolate` computes them."""
     if in_size == out_size:
-        return matrix.fill_diagonal_(1.0)
+        rows = torch.arange(out_size)
+        weights = torch.zeros(out_size, 2, dtype=torch.float64)
+        weights[:, 0] = 1.0
+        return torch.stack([rows, rows], dim=1), weights
     source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
     first = source.floor().long().clamp(max=in_size - 1)
     second = (first + 1).clamp(max=in_size - 1)
     weight = (source - first).clamp(0, 1)
-    rows = torch.arange(out_size)
-    matrix.index_put_((rows, first), 1 - weight, accumulate=True)
-    matrix.index_put_((rows, second), weight, accumulate=True)
-    return matrix
+    return torch.stack([first, second], dim=1), torch.stack([1 - weight, weight], dim=1)
+
+
+def _rows_from_taps(index: torch.Tensor, weights: torch.Tensor, in_size: int) -> ResizeRows:
+    """(out, K) source rows and weights (repeats allowed, summed in float64) -> `ResizeRows`."""
+    nonzero = weights != 0
+    big = torch.iinfo(torch.int64).max
+    first = torch.where(nonzero, index, big).amin(dim=1)
+    last = torch.where(nonzero, index, -1).amax(dim=1) + 1
+    first = torch.where(last > 0, first, 0)  # a row without weight (cannot happen for these resizes) reads row 0
+    last = torch.maximum(last, first + 1)
+    span = int((last - first).max()) if len(first) else 1
+    window = torch.zeros(len(first), span, dtype=torch.float64)
+    offsets = (index - first[:, None]).clamp(0, span - 1)
+    window.scatter_add_(1, offsets, torch.where(nonzero, weights, 0.0))
+    return ResizeRows(first=first, last=last, weights=window, in_size=in_size)
+
+
+def mask_resize_rows(in_size: int, padded: int | None, image: int | None, output: int | None) -> ResizeRows:
+    """`resize_mask_logits`' chain along one axis as `ResizeRows`: resize to `padded`, crop to `image`, resize to
+    `output` (each step skipped when None or already that size). Bilinear resizes act on each axis separately, so
+    the 2-D resize chain is `R_y @ logits @ R_x.T`."""
+    index, weights = _bilinear_taps(in_size, in_size)
+    if padded is not None and padded != in_size:
+        index, weights = _bilinear_taps(in_size, padded)
+    if image is not None:
+        index, weights = index[: int(image)], weights[: int(image)]
+    if output is not None and output != index.shape[0]:
+        outer_index, outer_weights = _bilinear_taps(index.shape[0], output)
+        # each output row reads two rows of the chain so far, each of which reads a few source rows
+        index = index[outer_index].flatten(1)
+        weights = (outer_weights[:, :, None] * weights[outer_index]).flatten(1)
+    return _rows_from_taps(index, weights, in_size)
 
 
 def mask_resize_matrix(in_size: int, padded: int | None, image: int | None, output: int | None) -> torch.Tensor:
-    """(output, in) float64 map of `resize_mask_logits` along one axis: resize to `padded`, crop to `image`, resize to
-    `output` (each step skipped when None or already that size). Bilinear resizes act on each axis separately, so
-    the 2-D resize chain is `R_y @ logits @ R_x.T`."""
-    matrix = _bilinear_matrix(in_size, in_size)
-    if padded is not None and padded != in_size:
-        matrix = _bilinear_matrix(in_size, padded)
-    if image is not None:
-        matrix = matrix[: int(image)]
-    if output is not None and output != matrix.shape[0]:
-        matrix = _bilinear_matrix(matrix.shape[0], output) @ matrix
-    return matrix
+    """The dense (output, in) float64 matrix of `mask_resize_rows` (for small sizes and tests)."""
+    return mask_resize_rows(in_size, padded, image, output).dense()
 
 
 def semantic_map(
@@ -174,11 +274,11 @@ def semantic_map(
     Same maths as the plain path, in the exact order (the sigmoid comes after the resize: the scores are products of
     the [C, Q] class probabilities with the full-resolution [Q, pixels] mask probabilities), arranged to stay small:
     * the resize chain is separable: its width part runs once at low resolution ([Q, h, W], the same
-      `F.interpolate` calls), its height part (`mask_resize_matrix`, a few low-resolution rows per output row) per
-      band of `tile` output rows, so no [Q, H, W] tensor is ever allocated (fresh GB-sized buffers cost about as
-      much in page faults as the arithmetic);
+      `F.interpolate` calls), its height part (`mask_resize_rows`, a few low-resolution rows per output row, never
+      a dense [H, h] matrix) per band of output rows (`_band_plan`), so no [Q, H, W] tensor is ever allocated
+      (fresh GB-sized buffers cost about as much in page faults as the arithmetic);
     * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache (on a GPU: a few
-      large bands, see `_band_plan`; the band's row ranges come from a host copy of the resize matrix, no sync);
+      large bands; the band's row ranges come from the host copy of the resize rows, no sync);
     * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile`
       tile the mask probabilities' per-query max and min (bounded by the low-resolution rows the band
       interpolates: bilinear weights are >= 0 and sum to 1) give each class an upper bound U_c = P_c . max and a
@@ -194,10 +294,10 @@ def semantic_map(
     pad = (None, None) if padded_size is None else padded_size
     img = (None, None) if image_size is None else image_size
     out = (None, None) if output_size is None else output_size
-    host_map = mask_resize_matrix(in_height, pad[0], img[0], out[0])  # (H, h) float64 on the host
-    row_map = host_map.to(logits)
+    row_map = mask_resize_rows(in_height, pad[0], img[0], out[0])  # (H, h) as a few rows each, on the host
+    device_rows = row_map.to(logits)
     logits = _resize_columns(logits, pad[1], img[1], out[1])  # (Q, h, W): the width chain, at low resolution
-    height, width = row_map.shape[0], logits.shape[-1]
+    height, width = row_map.out_size, logits.shape[-1]
     logits = logits.transpose(0, 1).contiguous()  # (h, Q, W): a band of rows is then one small GEMM
     rows, prune = _band_plan(logits.device.type, num_queries, num_classes, width, tile, prune, return_scores)
     segmentation = torch.empty(height, width, dtype=torch.int64, device=logits.device)
@@ -209,17 +309,17 @@ def semantic_map(
         result["score_sums"] = logits.new_empty(height, width)
         total_probs = probs.sum(dim=0, keepdim=True)  # (1, Q)
     eps = torch.finfo(torch.float32).eps
-    identity_rows, nonzero = _is_identity(host_map), host_map != 0  # host copies: no device sync per band
+    identity_rows = row_map.is_identity()  # host copies: no device sync per band
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         if identity_rows:
             first, last = top, bottom
             mask_probs = logits[top:bottom].sigmoid()  # (r, Q, W)
         else:  # the band's rows of the resize read only a few low-resolution rows
-            used = nonzero[top:bottom].any(dim=0).nonzero().squeeze(1)
-            first, last = int(used[0]), int(used[-1]) + 1
+            first, last = int(row_map.first[top:bottom].min()), int(row_map.last[top:bottom].max())
             source = logits[first:last]
-            mask_probs = (row_map[top:bottom, first:last] @ source.view(last - first, -1)).view(-1, *source.shape[1:])
+            block = device_rows.block(top, bottom, first, last)
+            mask_probs = (block @ source.view(last - first, -1)).view(-1, *source.shape[1:])
             mask_probs.sigmoid_()
         classes, weights = None, probs
         if prune:
@@ -258,16 +358,13 @@ def _resize_columns(logits: torch.Tensor, padded: int | None, image: int | None,
     return x[0]
 
 
-def _is_identity(matrix: torch.Tensor) -> bool:
-    return matrix.shape[0] == matrix.shape[1] and bool((matrix == torch.eye(len(matrix)).to(matrix)).all())
-
-
 def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int, tile: int, prune: bool | None,
                return_scores: bool) -> tuple[int, bool]:
     """(rows per band, prune) for `semantic_map`.
 
-    CPU: bands of `tile` rows (the pruning tiles), whose blocks stay in cache; with all the scores, few enough rows
-    for an 8 MB score block. Pruning is on by default from PRUNE_MIN_CLASSES classes (label map only).
+    CPU: bands of `tile` rows (the pruning tiles), whose blocks stay in cache, or more rows for images narrower than
+    CPU_BAND_PIXELS / tile (at least that many pixels per band); with all the scores, few enough rows for an 8 MB
+    score block. Pruning is on by default from PRUNE_MIN_CLASSES classes (label map only).
     Other devices: pruning decides per band on the host (a sync each), and every band costs a dozen kernel launches,
     so by default there is no pruning and the bands are as large as a block of DEVICE_BAND_ELEMENTS allows (the
     larger of the band's [Q, rows, W] mask probabilities and [rows, C, W] scores: a few bands per image).
@@ -275,12 +372,13 @@ def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int,
     on_host = device_type == "cpu"
     if prune is None or return_scores:  # every class is scored when the scores are returned
         prune = on_host and num_classes >= PRUNE_MIN_CLASSES and not return_scores
+    if on_host:
+        rows = max(tile, CPU_BAND_PIXELS // max(1, width))
+        if return_scores:  # all the scores: few enough rows for an 8 MB score block
+            rows = min(rows, (1 << 21) // max(1, num_classes * width))
+        return max(1, rows), prune
     if prune:
         return tile, True
-    if on_host and not return_scores:
-        return tile, False
-    if on_host:  # all the scores: few enough rows for an 8 MB score block
-        return max(1, min(tile, (1 << 21) // max(1, num_classes * width))), False
     row_elements = max(num_queries, num_classes) * width  # per band row: mask probabilities or scores, the larger
     return max(1, DEVICE_BAND_ELEMENTS // max(1, row_elements)), False
 
@@ -886,6 +984,8 @@ __all__ = [
     "get_padded_size",
     "get_resize_output_size",
     "load_image",
+    "mask_resize_rows",
+    "padding_groups",
     "reduce_labels",
     "resize_mask_logits",
     "semantic_inference",

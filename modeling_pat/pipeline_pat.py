@@ -43,7 +43,7 @@ from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging as hf_logging
 
 from .configuration_pat import PATConfig, validate_prompt_templates
-from .image_processing_pat import load_image
+from .image_processing_pat import get_padded_size, load_image, padding_groups
 from .processing_pat import validate_class_names
 from .sliding_window import sliding_window_scores
 
@@ -132,6 +132,10 @@ def _leaves(nested) -> list:
     return [nested]
 
 
+# What `_forward` keeps of the model's output, per image.
+MODEL_OUTPUT_FIELDS = ("class_queries_logits", "masks_queries_logits", "image_sizes", "padded_sizes")
+
+
 class PATImageSegmentationPipeline(ImageSegmentationPipeline):
     r"""
     Image segmentation with open-vocabulary SAN/PAT models; the stock `ImageSegmentationPipeline` for every other
@@ -154,8 +158,9 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
 
     Only `subtask=None` or `"semantic"` is available for SAN/PAT; `threshold`, `mask_threshold` and
     `overlap_mask_area_threshold` are accepted and, as in the stock semantic branch, unused. Images in a batch
-    (`batch_size > 1`) may have different sizes; each still gets masks at its original size. Each entry's
-    `score` is a float (see the module docstring). An empty list of images gives an empty list.
+    (`batch_size > 1`) may have different sizes; each still gets masks at its original size, and sizes too
+    different to pad together (`padding_groups`: one very wide image among small ones) run as separate forward
+    passes. Each entry's `score` is a float (see the module docstring). An empty list of images gives an empty list.
     """
 
     # -- model dispatch --------------------------------------------------------------------------------------------
@@ -271,17 +276,30 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
                     )
                 )
             return {"segmentation_scores": scores, "target_size": target_size, "vocabulary": vocabulary}
-        outputs = self.model(**model_inputs, class_embeddings=class_embeddings)
-        # A plain dict of per-image tensors (no (N+1, D) text_embeddings: the un-batcher would slice them per image).
-        return {
-            "class_queries_logits": outputs.class_queries_logits,
-            "masks_queries_logits": outputs.masks_queries_logits,
-            "image_sizes": outputs.image_sizes,
-            "padded_sizes": outputs.padded_sizes,
-            "label_columns": label_columns,
-            "target_size": target_size,
-            "vocabulary": vocabulary,
-        }
+        groups = padding_groups(model_inputs["image_sizes"].tolist(), self.image_processor.size_divisibility)
+        if len(groups) == 1:
+            outputs = self.model(**model_inputs, class_embeddings=class_embeddings)
+            fields = {name: getattr(outputs, name) for name in MODEL_OUTPUT_FIELDS}
+        else:  # sizes too different to pad into one batch: one forward pass per group, lists of per-image tensors
+            fields = self._forward_groups(model_inputs, class_embeddings, groups)
+        # A plain dict of per-image values (no (N+1, D) text_embeddings: the un-batcher would slice them per image).
+        return {**fields, "label_columns": label_columns, "target_size": target_size, "vocabulary": vocabulary}
+
+    def _forward_groups(self, model_inputs: dict, class_embeddings: torch.Tensor, groups: list[list[int]]) -> dict:
+        """The batch's groups (`padding_groups`) one forward pass each, each cropped to its own padded size, which
+        is exactly the batch the processor makes of that group alone. Returns per-image lists in batch order (the
+        pipeline's un-batcher takes entry i of a list as it takes row i of a tensor)."""
+        per_image = {name: [None] * len(model_inputs["pixel_values"]) for name in MODEL_OUTPUT_FIELDS}
+        for group in groups:
+            index = torch.tensor(group)
+            inputs = {key: value[index] for key, value in model_inputs.items() if isinstance(value, torch.Tensor)}
+            height, width = get_padded_size(inputs["image_sizes"].tolist(), self.image_processor.size_divisibility)
+            inputs["pixel_values"] = inputs["pixel_values"][..., :height, :width]
+            outputs = self.model(**inputs, class_embeddings=class_embeddings)
+            for name in MODEL_OUTPUT_FIELDS:
+                for row, position in enumerate(group):
+                    per_image[name][position] = getattr(outputs, name)[row]
+        return per_image
 
     def postprocess(
         self, model_outputs, subtask=None, threshold=0.9, mask_threshold=0.5, overlap_mask_area_threshold=0.5

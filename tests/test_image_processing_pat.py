@@ -11,12 +11,17 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
+from modeling_pat import image_processing_pat
 from modeling_pat.image_processing_pat import (
+    CPU_BAND_PIXELS,
     PATImageProcessor,
+    ResizeRows,
     convert_segmentation_map_to_binary_masks,
     get_padded_size,
     get_resize_output_size,
     load_image,
+    mask_resize_rows,
+    padding_groups,
     reduce_labels,
     resize_mask_logits,
     semantic_inference,
@@ -373,3 +378,47 @@ def test_upright_rgb_images_are_not_copied_and_rotated_ones_are_turned():
     keyed = Image.new("RGB", (4, 4), (255, 0, 0))
     keyed.info["transparency"] = (255, 0, 0)  # colour-key transparency: still composited over white
     assert np.asarray(load_image(keyed)).min() == 255
+
+
+# -- extreme shapes stay cheap ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_classes", [5, 40])  # without and with class pruning
+def test_thin_image_post_processing_is_banded_and_equals_plain(monkeypatch, num_classes):
+    """A 65535 x 1 image: model input 2560 x 32 (masks 640 x 8), label map at 65535 x 1. The height chain is a few
+    source rows per output row (never a dense 65535 x 640 matrix) and the bands hold CPU_BAND_PIXELS pixels each,
+    not 16 rows (4096 bands)."""
+    torch.manual_seed(0)
+    class_logits, mask_logits = torch.randn(6, num_classes + 1) * 3, torch.randn(6, 640, 8) * 4
+    sizes = {"padded_size": (2560, 32), "image_size": (2560, 1), "output_size": (65535, 1)}
+    rows = mask_resize_rows(640, 2560, 2560, 65535)
+    assert rows.out_size == 65535 and rows.weights.shape[1] <= 4
+    bands = []
+    block = ResizeRows.block
+    monkeypatch.setattr(ResizeRows, "block", lambda self, *a: bands.append(a) or block(self, *a))
+    processor = PATImageProcessor()
+    outputs = {"class_queries_logits": class_logits[None], "masks_queries_logits": mask_logits[None],
+               "image_sizes": torch.tensor([[2560, 1]]), "padded_sizes": torch.tensor([[2560, 32]])}
+    fast = processor.post_process_semantic_segmentation(outputs, target_sizes=[(65535, 1)],
+                                                        return_segmentation_scores=True)[0]
+    assert 1 <= len(bands) <= math.ceil(65535 / CPU_BAND_PIXELS)
+    plain = semantic_inference(class_logits, resize_mask_logits(mask_logits, **sizes))
+    # F.interpolate computes source coordinates in float32, off by ~1e-3 pixel at row 65535 (the banded path's are
+    # float64): scores agree to 1e-4, not 1e-5, on this size; the maps are identical
+    torch.testing.assert_close(fast["segmentation_scores"], plain, atol=3e-4, rtol=0)
+    assert torch.equal(fast["segmentation"], plain.argmax(dim=0))
+    label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[(65535, 1)])[0]
+    assert torch.equal(label_map, plain.argmax(dim=0))
+
+
+def test_padding_groups_split_only_when_padding_would_dominate():
+    portrait, landscape = (640, 853), (853, 640)
+    assert padding_groups([portrait, landscape, portrait]) == [[0, 1, 2]]  # similar sizes: one batch, in order
+    # a very wide image among three 640 x 853: alone, not 4 x 640 x 2560 of input
+    assert padding_groups([portrait, (640, 2560), portrait, portrait]) == [[0, 2, 3], [1]]
+    assert padding_groups([(65535, 1), (640, 640)]) == [[1], [0]]
+    assert padding_groups([(100, 100)]) == [[0]] and padding_groups([]) == []
+    # no group pads its images by more than the allowed overhead
+    sizes = [(96, 96), (96, 2000), (480, 96), (96, 128), (500, 500), (96, 100)]
+    for group in padding_groups(sizes, size_divisibility=1):
+        height, width = get_padded_size([sizes[i] for i in group], 1)
+        own = sum(sizes[i][0] * sizes[i][1] for i in group)
+        assert len(group) * height * width <= image_processing_pat.MAX_PADDING_OVERHEAD * own

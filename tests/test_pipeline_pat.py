@@ -298,3 +298,24 @@ def test_a_truncated_weights_file_is_named(tmp_path, pat_folder):
     # transformers' pipeline() turns every loader's OSError into one ValueError; the cause stays in its text
     with pytest.raises((OSError, ValueError), match="model.safetensors is unusable: truncated"):
         pipeline("image-segmentation", model=str(folder))
+
+
+# -- extreme shapes: one very wide image does not pad the batch ---------------------------------------------------------
+def test_very_wide_image_gets_its_own_forward_pass_with_per_image_results(segmenter, monkeypatch):
+    cat = Image.open(fixture_image(CAT)).convert("RGB")
+    wide = Image.open(fixture_image(STREET)).convert("RGB").resize((1200, 40))  # resized to 13 x 384
+    images = [cat, wide, cat.transpose(Image.FLIP_LEFT_RIGHT), cat.rotate(180)]
+    labels = ["cat", "sofa", "road", "car"]
+    shapes = []
+    forward = segmenter.model.forward
+    monkeypatch.setattr(segmenter.model, "forward",
+                        lambda pixel_values, **kw: shapes.append(tuple(pixel_values.shape)) or forward(pixel_values, **kw))
+    batched = segmenter(images, candidate_labels=labels, batch_size=4)
+    # the three 96 x 144 images together (padded to 96 x 160), the wide one alone (32 x 384), not 4 x 96 x 384
+    assert sorted(shapes) == [(1, 3, 32, 384), (3, 3, 96, 160)]
+    shapes.clear()
+    singles = [segmenter(image, candidate_labels=labels) for image in images]
+    assert len(shapes) == 4
+    for grouped, single in zip(batched, singles, strict=True):
+        assert masks_equal(grouped, single)
+        assert [e["score"] for e in grouped] == pytest.approx([e["score"] for e in single], abs=1e-5)

@@ -19,6 +19,7 @@ whatever is learnt in 30 steps; `initializer_range` 0.2 makes the queries differ
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -348,3 +349,98 @@ def test_clip_weights_from_a_checkpoint_file(tmp_path):
     torch.testing.assert_close(clip.state_dict(), donor.state_dict())
     assert clip.visual.positional_embedding.requires_grad  # SAN fine-tunes it
     assert not clip.visual.conv1.weight.requires_grad and not clip.token_embedding.weight.requires_grad
+
+
+# -- nonsense arguments and bad training data: usage errors, exit code 2 -------------------------------------------------
+@pytest.mark.parametrize("extra, message", [
+    (["--max_steps", "0"], "--max_steps 0: give a positive number of steps"),
+    (["--max_steps", "-5"], "--max_steps -5"),
+    (["--max_steps", "-1", "--num_train_epochs", "0"], "--num_train_epochs 0.0 trains nothing"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be at least 1"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0"),
+    (["--learning_rate", "-1"], "--learning_rate -1.0: must be a non-negative number"),
+    (["--save_steps", "0"], "--save_steps 0"),
+    (["--logging_steps", "0"], "requires non-zero --logging_steps"),  # TrainingArguments' own refusal
+    (["--crop_size", "0"], "--crop_size 0"),
+    (["--flip_prob", "1.5"], "--flip_prob 1.5"),
+    (["--train_val_split", "1"], "--train_val_split 1.0"),
+    (["--max_train_samples", "0"], "--max_train_samples 0 leaves no examples"),
+    (["--per_device_train_batch_size", "8", "--dataloader_drop_last", "true"], "fewer than one batch of 8"),
+])
+def test_nonsense_arguments_are_usage_errors(workspace, tmp_path, extra, message):
+    with pytest.raises(runner.SetupError, match=message):
+        runner.main(run_args(workspace, tmp_path / "never", "--do_train", "--max_steps", "4", *extra))
+    assert not (tmp_path / "never" / "config.json").exists()
+
+
+def test_bad_label_file_in_training_is_one_line_and_exit_2(workspace, tmp_path):
+    """A label file that only the training loop reads (not the first one, checked at load) stops the run with one
+    line naming the file and the value, exit code 2, no traceback."""
+    data = tmp_path / "data"
+    layouts.make_folder(data, {"train": ADE_STEMS[:2], "validation": ADE_STEMS[5:]}, CLASSES,
+                        lambda stem: np.full(layouts.raw_label(stem).shape, 255, np.uint8))
+    bad = data / "train" / "label" / f"{ADE_STEMS[1]}.png"
+    Image.fromarray(np.full(np.array(Image.open(bad)).shape, 42, np.uint8)).save(bad)
+    command = [sys.executable, str(SCRIPT), "--model_name_or_path", str(workspace / "start"), "--train_dataset",
+               f"folder={data}", "--output_dir", str(tmp_path / "run"), *SMALL, "--do_train", "--max_steps", "2",
+               "--per_device_train_batch_size", "2", "--save_strategy", "no"]
+    result = subprocess.run(command, cwd=REPO, env=subprocess_env(threads=1), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(bad) in last and "label value(s) 42" in last, last
+
+    zero = subprocess.run([*command[:-7], "--do_train", "--max_steps", "0"], cwd=REPO, env=subprocess_env(threads=1),
+                          capture_output=True, text=True, timeout=600)
+    assert zero.returncode == 2 and "Traceback" not in zero.stderr, zero.stderr[-3000:]
+    assert zero.stderr.strip().splitlines()[-1].startswith("error: --max_steps 0")
+
+
+# -- resuming never picks a half-written checkpoint ------------------------------------------------------------------------
+# Runs the script with Trainer's RNG-state save paused at one step: the weights, optimizer and scheduler of that
+# checkpoint are on disk, trainer_state.json (written last) is not, which is where the test kills the process.
+PAUSE_IN_SAVE = """
+import pathlib, sys, time
+import transformers
+sys.path.insert(0, {repo!r})
+import run_semantic_segmentation as runner
+save_rng_state = transformers.Trainer._save_rng_state
+def paused(self, output_dir):
+    if self.state.global_step == {step}:
+        pathlib.Path({marker!r}).write_text(output_dir)
+        time.sleep(600)
+    return save_rng_state(self, output_dir)
+transformers.Trainer._save_rng_state = paused
+sys.exit(runner.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_resume_last_skips_a_checkpoint_killed_while_saving(workspace, tmp_path):
+    env = subprocess_env(threads=1)
+    output, marker = tmp_path / "run", tmp_path / "saving"
+    code = PAUSE_IN_SAVE.format(repo=str(REPO), step=8, marker=str(marker))
+    command = _train_command(workspace, output)
+    saving = subprocess.Popen([sys.executable, "-c", code, *command[2:]], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and saving.poll() is None and not marker.is_file():
+        time.sleep(0.05)
+    assert saving.poll() is None, "the run ended before it reached the save of step 8"
+    os.kill(saving.pid, signal.SIGKILL)  # kill -9 in the middle of writing checkpoint-8
+    saving.wait(timeout=60)
+    assert saving.returncode == -signal.SIGKILL
+    assert (output / "checkpoint-8" / "model.safetensors").is_file()
+    assert not (output / "checkpoint-8" / "trainer_state.json").exists()
+
+    resumed = subprocess.run([*command, "--resume_from_checkpoint", "last", "--log_level", "info"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    assert f"Skipping the incomplete checkpoint {output / 'checkpoint-8'} (no trainer_state.json)" in log
+    assert re.search(r"Resuming training from checkpoint with epoch \d+ and global step 4\b", log)
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, 9))
+    assert json.loads((output / "checkpoint-8" / "trainer_state.json").read_text())["global_step"] == 8
