@@ -35,7 +35,13 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import ParallelMode
 
-from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATImageProcessor, register_for_auto_classes
+from modeling_pat import (
+    PATConfig,
+    PATForOpenVocabSegmentation,
+    PATImageProcessor,
+    PATProcessor,
+    register_for_auto_classes,
+)
 from modeling_pat.conversion import convert
 from modeling_pat.data import (
     SAN_TRAIN_SHORT_EDGES,
@@ -321,6 +327,13 @@ def build_image_processor(model_args, data_args, config: PATConfig) -> PATImageP
     return processor
 
 
+def full_processor(image_processor: PATImageProcessor, config: PATConfig) -> PATProcessor:
+    """The image processor with the model's CLIP tokenizer and prompt templates: what `save_model` writes, so that an
+    output folder loads with AutoProcessor, pipeline(...) and pat-segment like a converted checkpoint."""
+    tokenizer = PATProcessor.from_config(config).tokenizer
+    return PATProcessor(image_processor, tokenizer, prompt_templates=config.prompt_templates)
+
+
 # -- main ------------------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_arguments(argv)
@@ -387,7 +400,7 @@ def main(argv=None) -> int:
         eval_dataset=eval_datasets or None,
         data_collator=SegmentationCollator(ignore_index=model.config.ignore_index,
                                            size_divisibility=model.config.size_divisibility),
-        processing_class=processor,
+        processing_class=full_processor(processor, model.config),  # saved beside the model: AutoProcessor loads it
         callbacks=callbacks,
         metric=metric,
         predictions_dir=Path(training_args.output_dir) / "predictions",

@@ -210,7 +210,9 @@ def _write_conversion(folder: Path, checkpoint: Path, preset: str | None, source
     write_model_card(folder, converted_from=source, source_checkpoint=checkpoint.name, source_sha256=sha256)
     difference = reload_difference(model, folder)  # one forward pass of the saved folder against the converted model
     if difference > REVERSE_TOLERANCE:
-        raise ConversionError(f"The saved conversion of {checkpoint} differs from the converted model by {difference:.3g}.")
+        raise ConversionError(
+            f"The saved conversion of {checkpoint} differs from the converted model by {difference:.3g}."
+        )
     manifest = {
         "source": source,
         "source_file": checkpoint.name,

@@ -129,7 +129,8 @@ def test_unreachable_hub_fails_fast_without_a_retry_loop(offline, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: connection refused
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+    template = "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match="hf download Mendel192/san"):
         resolve_pretrained("san-vit-b16", revision="v1")
@@ -178,8 +179,8 @@ def test_two_processes_using_the_default_model_at_once_convert_it_once(hub_cache
     script = textwrap.dedent(RUN_CLI).format(repo=REPO_ID, file=FILENAME)
     runs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, str(SAMPLE), "--labels", "cat,grass", "--output-dir", str(tmp_path / f"o{i}"),
-             "-q"],
+            [sys.executable, "-c", script, str(SAMPLE), "--labels", "cat,grass",
+             "--output-dir", str(tmp_path / f"o{i}"), "-q"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
