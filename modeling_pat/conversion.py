@@ -1,6 +1,6 @@
 """Official SAN checkpoints (MendelXu/SAN key layout) -> this package's model: key renaming, strict loading, checks.
 
-Application code: the model modules never import it. `conversion_scripts/convert_san_to_hf.py` is its command line,
+Application code: the model modules never import it. `conversion_scripts/convert_san_to_hf.py` is its command line
 and `modeling_pat.pretrained` runs it once per official checkpoint to fill the converted-model cache.
 """
 

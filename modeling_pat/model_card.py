@@ -227,7 +227,9 @@ def write_model_card(
         summary=PAT_SUMMARY if is_pat else SAN_SUMMARY,
         mode_name="PAT" if is_pat else "SAN",
         pyramid=str(is_pat).lower(),
-        training_section=_training_section(training_summary, datasets, converted_from, source_checkpoint, source_sha256),
+        training_section=_training_section(
+            training_summary, datasets, converted_from, source_checkpoint, source_sha256
+        ),
         evaluation_section=_evaluation_section(results),
         citations=SAN_CITATION + ("\n\n" + PAT_CITATION if is_pat else ""),
         num_parameters=_count_parameters(model_dir),
@@ -310,13 +312,13 @@ def _conversion_note(converted_from: str, source_checkpoint: str | None, source_
     if converted_from.lower() == OFFICIAL_SAN_REPO.lower():
         return (
             f"No training was done for this repository: the weights were converted from the official SAN checkpoint "
-            f"{where} with `conversion_scripts/convert_san_to_hf.py` of `modeling_pat`. The SAN authors trained it "
-            "on COCO-Stuff (171 classes); see the SAN paper and `configs/san_clip_vit_res4_coco.yaml` in "
+            f"{where} with the converter of `modeling_pat` (`modeling_pat/conversion.py`). The SAN authors trained "
+            "it on COCO-Stuff (171 classes); see the SAN paper and `configs/san_clip_vit_res4_coco.yaml` in "
             "[MendelXu/SAN](https://github.com/MendelXu/SAN) for the recipe."
         )
     return (
         f"The weights were converted from the SAN-format checkpoint {where} with "
-        "`conversion_scripts/convert_san_to_hf.py` of `modeling_pat`."
+        "the converter of `modeling_pat` (`modeling_pat/conversion.py`)."
     )
 
 
