@@ -6,12 +6,12 @@
         --data_root $DETECTRON2_DATASETS --train_dataset coco171 --eval_datasets voc20 pc59 ade150 pc459 ade847 \
         --do_train --do_eval --max_steps 60000 --per_device_train_batch_size 4 --bf16 --output_dir san-coco
 
-    # evaluate a converted checkpoint on the five benchmarks (one command, Table I style)
-    python run_semantic_segmentation.py --model_name_or_path san-vit-b16-hf --do_eval \
+    # evaluate the official SAN ViT-B/16 (fetched and converted once) on the five benchmarks (Table I style)
+    python run_semantic_segmentation.py --model_name_or_path san-vit-b16 --do_eval \
         --eval_datasets voc20 pc59 ade150 pc459 ade847 --data_root $DETECTRON2_DATASETS --output_dir eval-san
 
     # fine-tune on your own classes (folder with id2label.json, train/ and validation/ with image/ + label/)
-    python run_semantic_segmentation.py --model_name_or_path san-vit-b16-hf --train_dataset folder=/data/mine \
+    python run_semantic_segmentation.py --model_name_or_path san-vit-b16 --train_dataset folder=/data/mine \
         --eval_datasets folder=/data/mine --do_train --do_eval --max_steps 2000 --output_dir san-mine
 
 Datasets are given as `KIND[=PATH][:SPLIT]` (see `modeling_pat/data.py` for every layout): `coco171`, `ade150`,
@@ -35,7 +35,14 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import ParallelMode
 
-from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATImageProcessor, register_for_auto_classes
+from modeling_pat import (
+    PATConfig,
+    PATForOpenVocabSegmentation,
+    PATImageProcessor,
+    PATProcessor,
+    register_for_auto_classes,
+)
+from modeling_pat.conversion import convert
 from modeling_pat.data import (
     SAN_TRAIN_SHORT_EDGES,
     DatasetSpec,
@@ -50,6 +57,7 @@ from modeling_pat.data import (
 )
 from modeling_pat.evaluation import PATSegmentationTrainer, write_results_table
 from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS
+from modeling_pat.pretrained import resolve_pretrained
 from modeling_pat.training import checkpoint_problem, last_complete_checkpoint
 
 
@@ -66,8 +74,10 @@ class SetupError(RuntimeError):
 class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A saved SAN/PAT folder or Hub repo (a converted SAN checkpoint, or a folder this script "
-                          "wrote), or an official SAN checkpoint file (.pth, converted on the fly; needs --config_name)."},
+        metadata={"help": "An official SAN model by name (san-vit-b16, san-vit-l14-336: fetched from the Hub and "
+                          "converted once into a local cache), an official SAN checkpoint file (.pth, likewise; with "
+                          "--config_name converted on the fly instead), a saved SAN/PAT folder (e.g. one this script "
+                          "wrote) or a Hub repo of one."},
     )
     config_name: str | None = field(
         default=None,
@@ -304,27 +314,24 @@ def clip_weights_file(config: PATConfig, choice: str) -> str | None:
             "are not cached). Either\n"
             "  * run once where the Hub is reachable (open_clip caches the file), or\n"
             "  * pass --clip_pretrained /path/to/open_clip_pytorch_model.bin (or .safetensors), or\n"
-            "  * start from a converted SAN checkpoint: --model_name_or_path san-vit-b16-hf "
-            "(python conversion_scripts/convert_san_to_hf.py ...), or\n"
+            "  * start from the official SAN weights: --model_name_or_path san-vit-b16 (fetched and converted "
+            "once), or\n"
             "  * pass --clip_pretrained none for random CLIP weights (smoke tests only)."
         ) from error
 
 
 def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
-    if model_args.model_name_or_path and model_args.model_name_or_path.endswith((".pth", ".pt", ".pkl")):
-        if not model_args.config_name:
-            raise SetupError("An official SAN checkpoint (.pth) needs --config_name (e.g. san-clip-vit-b16).")
-        sys.path.insert(0, str(REPO_ROOT / "conversion_scripts"))
-        from convert_san_to_hf import convert  # noqa: E402  (a script folder, not a package)
-
-        return convert(model_args.model_name_or_path, resolve_config(model_args.config_name))
-    if model_args.model_name_or_path:
-        try:
+    source = model_args.model_name_or_path
+    if source and source.endswith((".pth", ".pt", ".pkl")) and model_args.config_name:
+        return convert(source, resolve_config(model_args.config_name))  # an explicit config: no cache, no detection
+    if source:
+        try:  # a short name (san-vit-b16) or a checkpoint file: fetched and converted once into the cache
+            source = resolve_pretrained(source, revision=model_args.model_revision, token=model_args.token)
             return PATForOpenVocabSegmentation.from_pretrained(
-                model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+                source, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
                 token=model_args.token, trust_remote_code=model_args.trust_remote_code,
             )
-        except (OSError, ValueError) as error:  # ValueError: its config.json holds a setting out of range
+        except (OSError, ValueError) as error:  # ValueError: a setting out of range, or a ConversionError
             raise SetupError(f"Cannot load {model_args.model_name_or_path!r}: {error}") from error
     if not model_args.config_name:
         raise SetupError("Give a starting point: --model_name_or_path (saved / converted model) or --config_name.")
@@ -349,7 +356,8 @@ def set_vocabulary(model: PATForOpenVocabSegmentation, class_names: list[str], i
 
 
 def build_image_processor(model_args, data_args, config: PATConfig) -> PATImageProcessor:
-    source = model_args.image_processor_name or model_args.model_name_or_path
+    # the model's own folder as from_pretrained saw it (a short name's converted folder, not the name)
+    source = model_args.image_processor_name or (config.name_or_path if model_args.model_name_or_path else None)
     processor = None
     if source and not source.endswith((".pth", ".pt", ".pkl")):
         try:
@@ -383,6 +391,13 @@ def resume_point(args: TrainingArguments) -> str | None:
     if problem is not None:
         raise SetupError(f"--resume_from_checkpoint {checkpoint}: incomplete checkpoint ({problem}).")
     return checkpoint
+
+
+def full_processor(image_processor: PATImageProcessor, config: PATConfig) -> PATProcessor:
+    """The image processor with the model's CLIP tokenizer and prompt templates: what `save_model` writes, so that an
+    output folder loads with AutoProcessor, pipeline(...) and pat-segment like a converted checkpoint."""
+    tokenizer = PATProcessor.from_config(config).tokenizer
+    return PATProcessor(image_processor, tokenizer, prompt_templates=config.prompt_templates)
 
 
 # -- main ------------------------------------------------------------------------------------------------------------------
@@ -454,7 +469,7 @@ def main(argv=None) -> int:
         eval_dataset=eval_datasets or None,
         data_collator=SegmentationCollator(ignore_index=model.config.ignore_index,
                                            size_divisibility=model.config.size_divisibility),
-        processing_class=processor,
+        processing_class=full_processor(processor, model.config),  # saved beside the model: AutoProcessor loads it
         callbacks=callbacks,
         metric=metric,
         predictions_dir=Path(training_args.output_dir) / "predictions",

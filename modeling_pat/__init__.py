@@ -34,6 +34,10 @@ def __getattr__(name: str):
         from .model_card import write_model_card
 
         return write_model_card
+    if name in ("resolve_pretrained", "WeightsUnavailableError"):  # application code, loaded when first asked for
+        from . import pretrained
+
+        return getattr(pretrained, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -60,10 +64,12 @@ __all__ = [
     "PATProcessor",
     "PATRegionMatch",
     "PATRegionProposals",
+    "WeightsUnavailableError",
     "load_image",
     "query_region",
     "register_for_auto_classes",
     "register_pipeline",
+    "resolve_pretrained",
     "sliding_window_segmentation",
     "write_model_card",
 ]

@@ -1,9 +1,14 @@
 """`pat-segment`: open-vocabulary semantic segmentation of image files from the command line.
 
-    pat-segment samples/*.png --labels "cat,cup,person,sky,grass" --model san-vit-b16-hf
-    pat-segment photos/ --vocabulary ade150 --model san-vit-b16-hf --device cuda --dtype bfloat16
+    pat-segment samples/*.png --labels "cat,cup,person,sky,grass"     # the default model, san-vit-b16
+    pat-segment photos/ --vocabulary ade150 --model san-vit-l14-336 --device cuda --dtype bfloat16
     pat-segment samples/ --labels cat,sky --model random:san-tiny      # offline smoke test, random weights
-    pat-segment big_photo.jpg --vocabulary ade150 --model san-vit-b16-hf --sliding-window --window-stride 320
+    pat-segment big_photo.jpg --vocabulary ade150 --sliding-window --window-stride 320
+    pat-segment --list-cache                                           # converted official models (--clear-cache)
+
+`--model` takes an official model name (`san-vit-b16`, `san-vit-l14-336`: the checkpoint is fetched from the Hub
+once and converted once into a local cache, see `modeling_pat.pretrained`), an official `.pth` file, a
+`save_pretrained` folder or a Hub id.
 
 For every image, three files go into `--output-dir` (default `outputs/`), named after the image's file stem:
 `<stem>_labels.png` (class index per pixel: 8-bit, or 16-bit when there are more than 256 classes),
@@ -26,7 +31,6 @@ import errno
 import glob
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +43,15 @@ from tqdm import tqdm
 from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary
 from .image_processing_pat import load_image
 from .modeling_pat import PATForOpenVocabSegmentation
+from .pretrained import (
+    OFFICIAL_MODELS,
+    WeightsUnavailableError,
+    clear_cache,
+    converted_cache_dir,
+    hub_offline,
+    list_cache,
+    resolve_pretrained,
+)
 from .processing_pat import PATProcessor, validate_class_names
 from .atomic_files import atomic_open
 from .sliding_window import sliding_window_segmentation
@@ -47,9 +60,8 @@ from .visualization import make_palette, pixel_fractions, render_overlay, save_l
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_MODEL, EXIT_UNREADABLE = 0, 1, 2, 3, 4
 
-DEFAULT_MODEL = "san-vit-b16-hf"
+DEFAULT_MODEL = "san-vit-b16"  # the official SAN ViT-B/16, fetched and converted once (modeling_pat.pretrained)
 RANDOM_PREFIX = "random:"
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # owner/name
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 POSTPROCESS_BUDGET = 2**28  # floats the full-resolution post-processing may hold per image (1 GiB in float32)
@@ -57,18 +69,11 @@ POSTPROCESS_BUDGET = 2**28  # floats the full-resolution post-processing may hol
 # file may be overwritten by a later run, and only by a result of the same kind.
 RESULT_MARKER = "pat-segment"
 
-CONVERT_COMMAND = (
-    "python conversion_scripts/convert_san_to_hf.py --checkpoint_path san_vit_b_16.pth --config san-clip-vit-b16 "
-    f"--output_dir {DEFAULT_MODEL}"
-)
 HOW_TO_GET_WEIGHTS = f"""\
-To get a checkpoint:
-  1. download san_vit_b_16.pth from the Hugging Face Hub repository Mendel192/san
-     (e.g. `hf download Mendel192/san san_vit_b_16.pth --local-dir .`, on a machine that can reach the Hub);
-  2. convert it, from the root of a modeling_pat clone and with its Python environment
-     (e.g. put `bash .ci/setup` in front of the command):
-     {CONVERT_COMMAND}
-  3. run again with --model {DEFAULT_MODEL}.
+To get a model: --model takes a name ({{names}}: the official SAN checkpoints, fetched from the Hugging Face Hub
+repository Mendel192/san and converted once into a local cache), a downloaded official .pth file, a save_pretrained
+folder or a Hub id (owner/name). Offline, fetch the default's file once where the Hub is reachable (same HF_HOME):
+  hf download Mendel192/san san_vit_b_16.pth
 Or try the whole pipeline offline with random weights: --model random:san-tiny"""
 
 
@@ -77,7 +82,12 @@ class UsageError(Exception):
 
 
 class ModelLoadError(Exception):
-    """The model (or its processor) could not be loaded: exit code 3."""
+    """The model (or its processor) could not be loaded: exit code 3. `complete`: the message already says how to
+    get the model (a named official model), so no general instructions are added."""
+
+    def __init__(self, message: str, complete: bool = False):
+        super().__init__(message)
+        self.complete = complete
 
 
 # -- arguments --------------------------------------------------------------------------------------------------------
@@ -102,9 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=None,
-        help=f"save_pretrained folder, Hub id (owner/name) or random:<preset> (e.g. random:san-tiny); "
-        f"default: the folder {DEFAULT_MODEL} if it exists",
+        help=f"official model name ({', '.join(OFFICIAL_MODELS)}; fetched and converted once), official .pth "
+        f"file, save_pretrained folder, Hub id (owner/name) or random:<preset> (e.g. random:san-tiny); "
+        f"default: {DEFAULT_MODEL}",
     )
+    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of --model (default: main)")
+    parser.add_argument(
+        "--list-cache", action="store_true", help="list the converted official models in the local cache and exit"
+    )
+    parser.add_argument("--clear-cache", action="store_true", help="remove the converted official models and exit")
     parser.add_argument("--output-dir", default="outputs", type=Path, help="where results go (default: outputs/)")
     parser.add_argument("--batch-size", default=4, type=_positive_int, help="images per forward pass (default: 4)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
@@ -193,20 +209,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(spec: str | None, device: torch.device, dtype: torch.dtype):
+def load_model(spec: str | None, device: torch.device, dtype: torch.dtype, revision: str | None = None):
     """`--model` -> (model in eval mode on `device` in `dtype`, processor); raises ModelLoadError with instructions."""
-    if spec is None:
-        if not Path(DEFAULT_MODEL).is_dir():
-            raise ModelLoadError(f"No --model given and there is no converted checkpoint folder ./{DEFAULT_MODEL}.")
-        spec = DEFAULT_MODEL
+    spec = spec or DEFAULT_MODEL
     if spec.startswith(RANDOM_PREFIX):
         model, processor = _random_model(spec.removeprefix(RANDOM_PREFIX))
-    elif Path(spec).is_dir():
-        model, processor = _pretrained_model(spec, dtype, f"the folder {spec!r} holds no loadable PAT/SAN model")
-    elif HUB_ID.fullmatch(spec) and not Path(spec).exists():
-        model, processor = _pretrained_model(spec, dtype, f"could not load {spec!r} from the Hugging Face Hub")
-    else:  # not a folder, not owner/name: a local path that does not exist (no Hub request is made)
-        raise ModelLoadError(f"--model {spec!r} is not a folder here (and not a Hub id of the form owner/name).")
+        return model.to(device=device, dtype=dtype).eval(), processor
+    try:  # a folder, an official name or .pth file (fetched / converted once), or a Hub id
+        source = resolve_pretrained(spec, revision=revision)
+    except WeightsUnavailableError as error:
+        raise ModelLoadError(str(error), complete=spec in OFFICIAL_MODELS) from error
+    except ValueError as error:  # a local file that is not an official SAN checkpoint
+        raise ModelLoadError(f"--model {spec!r} could not be converted: {_first_line(error)}") from error
+    failure = f"could not load {spec!r}" + ("" if Path(source).is_dir() else " from the Hugging Face Hub")
+    model, processor = _pretrained_model(source, dtype, failure, revision)
     return model.to(device=device, dtype=dtype).eval(), processor
 
 
@@ -222,21 +238,17 @@ def _random_model(preset: str):
     return model, PATProcessor.from_config(config)
 
 
-def _pretrained_model(spec: str, dtype: torch.dtype, failure: str):
+def _pretrained_model(spec: str, dtype: torch.dtype, failure: str, revision: str | None = None):
     try:
-        model = PATForOpenVocabSegmentation.from_pretrained(spec, dtype=dtype)
+        model = PATForOpenVocabSegmentation.from_pretrained(spec, dtype=dtype, revision=revision)
     except Exception as error:  # OSError (offline / not found), ValueError / KeyError (not a PAT model), ...
-        offline = " (offline mode: HF_HUB_OFFLINE is set)" if _hub_offline() and not Path(spec).is_dir() else ""
+        offline = " (offline mode: HF_HUB_OFFLINE is set)" if hub_offline() and not Path(spec).is_dir() else ""
         raise ModelLoadError(f"{failure}{offline}: {_first_line(error)}") from error
     try:
-        processor = PATProcessor.from_pretrained(spec)
+        processor = PATProcessor.from_pretrained(spec, revision=revision)
     except Exception:  # a folder with weights and config only: the config says everything the processor needs
         processor = PATProcessor.from_config(model.config)
     return model, processor
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _first_line(error: BaseException) -> str:
@@ -466,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
     if args.window_stride is not None and not args.sliding_window:
         raise UsageError("--window-stride only applies with --sliding-window.")
-    model, processor = load_model(args.model, device, dtype)
+    model, processor = load_model(args.model, device, dtype, args.revision)
     if args.window_stride is not None and args.window_stride > model.config.side_image_size:
         raise UsageError(
             f"--window-stride {args.window_stride} is larger than the window ({model.config.side_image_size} pixels, "
@@ -512,8 +524,31 @@ def _report(num_done: int, failures: list, output_dir: Path, quiet: bool) -> int
     return EXIT_UNREADABLE
 
 
+def cache_command(argv: list[str] | None) -> int | None:
+    """`--list-cache` / `--clear-cache`: answered before the main parser, which requires inputs and labels."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--list-cache", action="store_true")
+    parser.add_argument("--clear-cache", action="store_true")
+    known, _ = parser.parse_known_args(argv)
+    if known.clear_cache:
+        count = clear_cache()
+        print(f"pat-segment: removed {count} converted model(s) from {converted_cache_dir()}")
+        return EXIT_OK
+    if not known.list_cache:
+        return None
+    entries = list_cache()
+    print(f"converted models in {converted_cache_dir()}: {len(entries)}")
+    for entry in entries:
+        state = "ok" if entry["complete"] else "incomplete (redone on next use)"
+        source = f"{entry.get('source', '?')} {entry.get('source_file', '')}".strip()
+        print(f"  {entry['folder']}  {entry['size_bytes'] / 2**20:.0f} MiB  {source}  [{state}]")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (`pat-segment`); returns the exit code."""
+    if (code := cache_command(argv)) is not None:
+        return code
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -525,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pat-segment: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ModelLoadError as error:
-        print(f"pat-segment: error: the model could not be loaded.\n{error}\n\n{HOW_TO_GET_WEIGHTS}", file=sys.stderr)
+        instructions = "" if error.complete else "\n\n" + HOW_TO_GET_WEIGHTS.format(names=", ".join(OFFICIAL_MODELS))
+        print(f"pat-segment: error: the model could not be loaded.\n{error}{instructions}", file=sys.stderr)
         return EXIT_MODEL
     except torch.OutOfMemoryError as error:
         message = f"out of memory ({_first_line(error)}); try a smaller --batch-size"

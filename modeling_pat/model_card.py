@@ -176,6 +176,7 @@ def write_model_card(
     repo_id: str | None = None,
     converted_from: str | None = None,
     source_checkpoint: str | None = None,
+    source_sha256: str | None = None,
 ) -> Path:
     """Write `model_dir/README.md` for the saved SAN/PAT model in `model_dir` and return its path.
 
@@ -195,6 +196,7 @@ def write_model_card(
         converted_from: Hub repo (or URL / path) of the original checkpoint the weights were converted from, e.g.
             "Mendel192/san"; the "Training" section then says so.
         source_checkpoint: the checkpoint file inside `converted_from`, e.g. "san_vit_b_16.pth".
+        source_sha256: that file's sha256, recorded so the source of the weights can be checked.
     """
     model_dir = Path(model_dir)
     config = PATConfig.from_pretrained(model_dir)
@@ -226,7 +228,9 @@ def write_model_card(
         summary=PAT_SUMMARY if is_pat else SAN_SUMMARY,
         mode_name="PAT" if is_pat else "SAN",
         pyramid=str(is_pat).lower(),
-        training_section=_training_section(training_summary, datasets, converted_from, source_checkpoint),
+        training_section=_training_section(
+            training_summary, datasets, converted_from, source_checkpoint, source_sha256
+        ),
         evaluation_section=_evaluation_section(results),
         citations=SAN_CITATION + ("\n\n" + PAT_CITATION if is_pat else ""),
         num_parameters=_count_parameters(model_dir),
@@ -288,10 +292,10 @@ def _description(config: PATConfig, is_pat: bool, base_model: str | None) -> dic
     }
 
 
-def _training_section(training_summary, datasets, converted_from, source_checkpoint) -> str:
+def _training_section(training_summary, datasets, converted_from, source_checkpoint, source_sha256=None) -> str:
     parts = []
     if converted_from:
-        parts.append(_conversion_note(converted_from, source_checkpoint))
+        parts.append(_conversion_note(converted_from, source_checkpoint, source_sha256))
     if training_summary:
         parts.append(training_summary.strip())
     if datasets:
@@ -301,22 +305,22 @@ def _training_section(training_summary, datasets, converted_from, source_checkpo
     return "\n\n".join(parts) if parts else "No training details were provided for this checkpoint."
 
 
-def _conversion_note(converted_from: str, source_checkpoint: str | None) -> str:
+def _conversion_note(converted_from: str, source_checkpoint: str | None, source_sha256: str | None = None) -> str:
     """The "converted, not trained here" paragraph; the official SAN repo also gets its training data and recipe."""
     is_hub_repo = _HUB_REPO_ID.match(converted_from) is not None
     where = f"[`{converted_from}`](https://huggingface.co/{converted_from})" if is_hub_repo else f"`{converted_from}`"
     if source_checkpoint:
-        where += f" (`{source_checkpoint}`)"
+        where += f" (`{source_checkpoint}`" + (f", sha256 `{source_sha256}`)" if source_sha256 else ")")
     if converted_from.lower() == OFFICIAL_SAN_REPO.lower():
         return (
             f"No training was done for this repository: the weights were converted from the official SAN checkpoint "
-            f"{where} with `conversion_scripts/convert_san_to_hf.py` of `modeling_pat`. The SAN authors trained it "
-            "on COCO-Stuff (171 classes); see the SAN paper and `configs/san_clip_vit_res4_coco.yaml` in "
+            f"{where} with the converter of `modeling_pat` (`modeling_pat/conversion.py`). The SAN authors trained "
+            "it on COCO-Stuff (171 classes); see the SAN paper and `configs/san_clip_vit_res4_coco.yaml` in "
             "[MendelXu/SAN](https://github.com/MendelXu/SAN) for the recipe."
         )
     return (
         f"The weights were converted from the SAN-format checkpoint {where} with "
-        "`conversion_scripts/convert_san_to_hf.py` of `modeling_pat`."
+        "the converter of `modeling_pat` (`modeling_pat/conversion.py`)."
     )
 
 

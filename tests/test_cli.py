@@ -168,17 +168,20 @@ def test_unloadable_hub_model_exits_3_with_instructions(tmp_path, capsys, monkey
     code = main([str(image), "--labels", "cat", "--model", "nobody/no-such-pat-model", "--output-dir", str(tmp_path)])
     assert code == EXIT_MODEL
     err = capsys.readouterr().err
-    for text in ("Mendel192/san", "san_vit_b_16.pth", "convert_san_to_hf.py", "--model san-vit-b16-hf"):
+    for text in ("Mendel192/san", "san_vit_b_16.pth", "hf download Mendel192/san", "san-vit-b16"):
         assert text in err
     assert "random:san-tiny" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("model_args", [[], ["--model", "missing-folder"], ["--model", "random:no-such-preset"]])
 def test_missing_default_model_folder_or_preset_exits_3(tmp_path, capsys, monkeypatch, model_args):
-    monkeypatch.chdir(tmp_path)  # no ./san-vit-b16-hf here
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
     image = _copy_samples(tmp_path, ["chelsea"])[0]
     assert main([str(image), "--labels", "cat"] + model_args) == EXIT_MODEL
-    assert "convert_san_to_hf.py" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "hf download Mendel192/san san_vit_b_16.pth" in err and "random:san-tiny" in err
     assert not (tmp_path / "outputs").exists()  # nothing written when the model cannot be loaded
 
 

@@ -1,29 +1,50 @@
-"""The README's Python example runs as written (on a saved tiny random model instead of a converted checkpoint)."""
+"""Every Python example in the README runs as written, on saved tiny random models instead of the official ones:
+`resolve_pretrained("san-vit-b16")` answers with a saved tiny SAN folder, `"pat-checkpoint"` is a saved tiny PAT."""
 
 import os
 import re
 from pathlib import Path
 
-from modeling_pat import PATProcessor
+import pytest
+
+from modeling_pat import PATProcessor, pretrained
 
 from conftest import tiny_model
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_python_example_runs(tmp_path, capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "the README has no Python example"
-    folder = tmp_path / "san-vit-b16-hf"
-    model = tiny_model()
+def saved_folder(folder: Path, preset: str) -> Path:
+    model = tiny_model(preset=preset)
     model.save_pretrained(folder)
     PATProcessor.from_config(model.config).save_pretrained(folder)
-    cwd = os.getcwd()
-    os.chdir(README.parent)  # the example reads samples/ relative to the repository root
-    try:
-        exec(compile(blocks[0].replace('"san-vit-b16-hf"', repr(str(folder))), "README.md", "exec"), {})
-    finally:
-        os.chdir(cwd)
-    printed = capsys.readouterr().out
-    assert re.search(r"\{'(cup|coffee|saucer|spoon|table)': ", printed)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("readme_models")
+    return {"san": saved_folder(root / "san", "san-tiny"), "pat": saved_folder(root / "pat", "pat-tiny")}
+
+
+def test_the_readme_has_python_examples():
+    assert len(BLOCKS) >= 4
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_python_example_runs(index, folders, monkeypatch, capsys):
+    requested = []
+
+    def resolve(name, revision=None, token=None):
+        requested.append(name)
+        return str(folders["san"])
+
+    monkeypatch.setattr(pretrained, "resolve_pretrained", resolve)
+    monkeypatch.chdir(README.parent)  # the examples read samples/ relative to the repository root
+    code = BLOCKS[index].replace('"pat-checkpoint"', repr(str(folders["pat"])))
+    exec(compile(code, f"README.md python example {index + 1}", "exec"), {})
+    assert set(requested) <= set(pretrained.OFFICIAL_MODELS)  # only names that exist
+    if "print({class_names[i]" in code:
+        assert re.search(r"\{'(cup|coffee|saucer|spoon|table)': ", capsys.readouterr().out)

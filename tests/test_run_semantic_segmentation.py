@@ -444,3 +444,36 @@ def test_resume_last_skips_a_checkpoint_killed_while_saving(workspace, tmp_path)
     assert state["global_step"] == 8
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, 9))
     assert json.loads((output / "checkpoint-8" / "trainer_state.json").read_text())["global_step"] == 8
+
+
+# -- an official model by name, and output folders that load like any checkpoint -----------------------------------
+def test_official_name_starts_a_run_whose_folder_loads_everywhere(workspace, tmp_path, monkeypatch, capsys):
+    """`--model_name_or_path NAME` (an official-layout checkpoint in an offline Hub cache, converted on the fly);
+    the output folder then loads with AutoProcessor, pipeline (no remote-code question) and pat-segment."""
+    from huggingface_hub import constants
+    from test_pretrained import FILENAME, REPO_ID, SAMPLE, write_hub_cache
+    from transformers import AutoProcessor, pipeline
+
+    from modeling_pat import PATProcessor, pretrained
+    from modeling_pat.cli import main as pat_segment
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "converted"))
+    official = pretrained.OfficialCheckpoint(REPO_ID, FILENAME, "san-tiny")
+    monkeypatch.setitem(pretrained.OFFICIAL_MODELS, "tiny-official", official)
+    write_hub_cache(tmp_path / "hub")
+    output = tmp_path / "eval"
+    assert runner.main([
+        "--model_name_or_path", "tiny-official", "--eval_datasets", f"folder={workspace / 'ade8'}", "--do_eval",
+        "--output_dir", str(output), *SMALL,
+    ]) == 0
+    assert len(pretrained.list_cache()) == 1  # converted into the cache, not next to the run
+
+    processor = AutoProcessor.from_pretrained(output)
+    assert isinstance(processor, PATProcessor) and processor.tokenizer is not None
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("pipeline asked the remote-code question"))
+    segments = pipeline("image-segmentation", model=str(output))(str(SAMPLE), candidate_labels=["cat", "grass"])
+    assert {segment["label"] for segment in segments} <= {"cat", "grass"}
+    assert pat_segment([str(SAMPLE), "--labels", "cat,grass", "--model", str(output), "--output-dir",
+                        str(tmp_path / "segmented"), "-q"]) == 0
