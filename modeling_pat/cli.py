@@ -4,11 +4,15 @@
     pat-segment photos/ --vocabulary ade150 --model san-vit-b16-hf --device cuda --dtype bfloat16
     pat-segment samples/ --labels cat,sky --model random:san-tiny      # offline smoke test, random weights
     pat-segment big_photo.jpg --vocabulary ade150 --model san-vit-b16-hf --sliding-window --window-stride 320
+    pat-segment samples/ --labels "cat,person,cup,sky" --model san-vit-b16-hf --subtask instance --threshold 0.3
 
 For every image, three files go into `--output-dir` (default `outputs/`), named after the image's file stem:
 `<stem>_labels.png` (class index per pixel: 8-bit, or 16-bit when there are more than 256 classes),
 `<stem>_overlay.png` (the image blended with class colours, plus a legend of the classes present, largest first)
-and `<stem>.json` (labels, per-class pixel fractions, image size, model).
+and `<stem>.json` (labels, per-class pixel fractions, image size, model). With `--subtask instance` or `panoptic`
+there is also `<stem>_segments.png` (16-bit segment id per pixel, 0 = no segment; ids as in the JSON), the JSON
+lists the segments (id, label, score, area in pixels, box [x0, y0, x1, y1) in pixels) best first, and the overlay
+outlines every segment.
 
 Exit codes: 0 success; 1 unexpected runtime error (e.g. out of memory); 2 usage error (bad arguments, an input that
 matches no image, no or duplicate labels, unavailable device); 3 the model could not be loaded; 4 some images could
@@ -29,12 +33,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary
+from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary, stuff_class_names
 from .image_processing_pat import load_image
 from .modeling_pat import PATForOpenVocabSegmentation
 from .processing_pat import PATProcessor, validate_class_names
 from .sliding_window import sliding_window_segmentation
-from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map
+from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map, save_segment_map
 
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_MODEL, EXIT_UNREADABLE = 0, 1, 2, 3, 4
@@ -44,6 +48,7 @@ RANDOM_PREFIX = "random:"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # owner/name
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SUBTASKS = ("semantic", "instance", "panoptic")
 POSTPROCESS_BUDGET = 2**28  # floats the full-resolution post-processing may hold per image (1 GiB in float32)
 
 CONVERT_COMMAND = (
@@ -103,6 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--window-stride", type=_positive_int, default=None, metavar="PIXELS",
         help="with --sliding-window: pixels between windows (default: two thirds of the window)",
+    )
+    parser.add_argument(
+        "--subtask", default="semantic", choices=SUBTASKS,
+        help="semantic (default): a class per pixel; instance / panoptic: also individual segments with scores "
+        "(<stem>_segments.png, segments in the JSON; panoptic merges stuff classes such as sky into one segment)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.5,
+        help="with --subtask instance / panoptic: the least segment score (instance) or class probability "
+        "(panoptic) a segment needs (default: 0.5)",
+    )
+    parser.add_argument(
+        "--mask-threshold", type=float, default=0.5, help="mask probability that makes a pixel part of a segment"
+    )
+    parser.add_argument(
+        "--overlap-mask-area-threshold", type=float, default=0.8,
+        help="a segment is dropped unless more than this share of its mask is left once better segments took "
+        "their pixels (default: 0.8)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-image messages")
     return parser
@@ -252,6 +275,74 @@ def output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+@dataclass
+class SegmentOptions:
+    """`--subtask` and its thresholds; "semantic" needs none of them."""
+
+    subtask: str = "semantic"
+    threshold: float = 0.5
+    mask_threshold: float = 0.5
+    overlap_mask_area_threshold: float = 0.8
+
+    def thresholds(self) -> dict:
+        return {"threshold": self.threshold, "mask_threshold": self.mask_threshold,
+                "overlap_mask_area_threshold": self.overlap_mask_area_threshold}
+
+
+@torch.inference_mode()
+def segment_batch_results(
+    model, processor, images, class_embeddings, device, dtype, class_names, options: SegmentOptions
+) -> list[dict]:
+    """PIL images -> per image {"label_map": [H, W] int64} and, for instance / panoptic, "segment_map" ([H, W]
+    int64 segment ids, 0 = none) and "segments" (the processor's segments_info plus "label" and "box"), from one
+    forward pass for the whole batch."""
+    sizes = [(image.height, image.width) for image in images]
+    targets = [_postprocess_size(size, model.config.num_queries, class_embeddings.shape[0]) for size in sizes]
+    inputs = processor(images=images, return_tensors="pt")
+    outputs = model(
+        pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
+        class_embeddings=class_embeddings,
+        image_sizes=inputs["image_sizes"].to(device),
+    )
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=targets)
+    results = [{"label_map": _to_size(label_map.cpu(), size)} for label_map, size in zip(maps, sizes, strict=True)]
+    if options.subtask == "semantic":
+        return results
+    if options.subtask == "instance":
+        segmented = processor.image_processor.post_process_instance_segmentation(
+            outputs, target_sizes=targets, **options.thresholds()
+        )
+    else:
+        stuff = stuff_class_names()
+        segmented = processor.image_processor.post_process_panoptic_segmentation(
+            outputs, target_sizes=targets, **options.thresholds(),
+            label_ids_to_fuse={i for i, name in enumerate(class_names) if name.lower() in stuff},
+        )
+    for result, segments, size in zip(results, segmented, sizes, strict=True):
+        result["segment_map"] = _to_size(segments["segmentation"].cpu(), size)
+        result["segments"] = describe_segments(result["segment_map"], segments["segments_info"], class_names)
+    return results
+
+
+def describe_segments(segment_map: np.ndarray, segments_info: list[dict], class_names) -> list[dict]:
+    """segments_info -> JSON-ready entries (id, label_id, label, score, area, box [x0, y0, x1, y1)) measured on
+    the final segment map (it may have been upsampled); segments left without pixels are dropped."""
+    described = []
+    for segment in segments_info:
+        rows, columns = np.nonzero(segment_map == segment["id"])
+        if len(rows) == 0:
+            continue
+        described.append({
+            "id": int(segment["id"]),
+            "label_id": int(segment["label_id"]),
+            "label": class_names[segment["label_id"]],
+            "score": float(segment["score"]),
+            "area": int(len(rows)),
+            "box": [int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1],
+        })
+    return described
+
+
 @torch.inference_mode()
 def segment_batch(
     model, processor, images, class_embeddings, device, dtype, sliding_window=False, window_stride=None
@@ -266,14 +357,8 @@ def segment_batch(
             stride=window_stride,
         )
         return [_to_size(label_map.cpu(), size) for label_map, size in zip(maps, sizes, strict=True)]
-    inputs = processor(images=images, return_tensors="pt")
-    outputs = model(
-        pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
-        class_embeddings=class_embeddings,
-        image_sizes=inputs["image_sizes"].to(device),
-    )
-    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=targets)
-    return [_to_size(label_map.cpu(), size) for label_map, size in zip(maps, sizes, strict=True)]
+    results = segment_batch_results(model, processor, images, class_embeddings, device, dtype, None, SegmentOptions())
+    return [result["label_map"] for result in results]
 
 
 def _postprocess_size(size: tuple[int, int], num_queries: int, num_classes: int) -> tuple[int, int]:
@@ -291,11 +376,15 @@ def _to_size(label_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 # -- outputs ----------------------------------------------------------------------------------------------------------
-def write_outputs(image, label_map, path: Path, stem: str, class_names, palette, output_dir: Path, model_id: str):
-    """The three result files of one image: label PNG, overlay PNG, JSON summary."""
+def write_outputs(
+    image, label_map, path: Path, stem: str, class_names, palette, output_dir: Path, model_id: str, segments=None
+):
+    """The result files of one image: label PNG, overlay PNG, JSON summary; with `segments` (a
+    `segment_batch_results` entry of an instance / panoptic run) also the segment-id PNG and the segment list."""
     label_file, overlay_file, json_file = f"{stem}_labels.png", f"{stem}_overlay.png", f"{stem}.json"
     save_label_map(label_map, len(class_names), output_dir / label_file)
-    render_overlay(image, label_map, class_names, palette).save(output_dir / overlay_file)
+    segment_map = None if segments is None else segments["segment_map"]
+    render_overlay(image, label_map, class_names, palette, outline_map=segment_map).save(output_dir / overlay_file)
     fractions = pixel_fractions(label_map, len(class_names))
     present = [
         {"index": int(i), "label": class_names[i], "pixel_fraction": float(fractions[i])}
@@ -312,6 +401,11 @@ def write_outputs(image, label_map, path: Path, stem: str, class_names, palette,
         "label_map_dtype": "uint8" if len(class_names) <= 256 else "uint16",
         "overlay": overlay_file,
     }
+    if segments is not None:
+        segment_file = f"{stem}_segments.png"
+        save_segment_map(segment_map, output_dir / segment_file)
+        summary.update(subtask=segments["subtask"], segment_map=segment_file, segment_map_dtype="uint16",
+                       segments=segments["segments"])
     with open(output_dir / json_file, "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
@@ -333,6 +427,7 @@ class SegmentationJob:
     palette: np.ndarray = field(init=False)
     sliding_window: bool = False
     window_stride: int | None = None
+    options: SegmentOptions = field(default_factory=SegmentOptions)
 
     def __post_init__(self):
         self.palette = make_palette(len(self.class_names))  # class i has the same colour in every overlay
@@ -340,6 +435,16 @@ class SegmentationJob:
     def process(self, batch: list[tuple[Path, str, Image.Image]]) -> None:
         """Segment a batch of (path, output stem, image) in one forward pass and write each image's files."""
         images = [image for _, _, image in batch]
+        if self.options.subtask != "semantic":
+            results = segment_batch_results(
+                self.model, self.processor, images, self.class_embeddings, self.device, self.dtype,
+                self.class_names, self.options,
+            )
+            for (path, stem, image), result in zip(batch, results, strict=True):
+                result["subtask"] = self.options.subtask
+                write_outputs(image, result["label_map"], path, stem, self.class_names, self.palette,
+                              self.output_dir, self.model_id, segments=result)
+            return
         label_maps = segment_batch(
             self.model, self.processor, images, self.class_embeddings, self.device, self.dtype,
             self.sliding_window, self.window_stride,
@@ -374,6 +479,7 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
     if args.window_stride is not None and not args.sliding_window:
         raise UsageError("--window-stride only applies with --sliding-window.")
+    options = segment_options(args)
     model, processor = load_model(args.model, device, dtype)
     if args.window_stride is not None and args.window_stride > model.config.side_image_size:
         raise UsageError(
@@ -387,10 +493,21 @@ def run(args: argparse.Namespace) -> int:
     class_embeddings = compute_class_embeddings(model, processor, class_names)  # once per run
     job = SegmentationJob(
         model, processor, class_names, class_embeddings, device, dtype, args.output_dir, args.model or DEFAULT_MODEL,
-        sliding_window=args.sliding_window, window_stride=args.window_stride,
+        sliding_window=args.sliding_window, window_stride=args.window_stride, options=options,
     )
     failures = segment_files(job, paths, args.batch_size, args.quiet)
     return _report(len(paths) - len(failures), failures, args.output_dir, args.quiet)
+
+
+def segment_options(args: argparse.Namespace) -> SegmentOptions:
+    """--subtask and its thresholds, checked: thresholds within [0, 1], no segments from sliding windows."""
+    for name in ("threshold", "mask_threshold", "overlap_mask_area_threshold"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}.")
+    if args.subtask != "semantic" and args.sliding_window:
+        raise UsageError(f"--subtask {args.subtask} needs the mask proposals; --sliding-window gives semantic "
+                         "scores only.")
+    return SegmentOptions(args.subtask, args.threshold, args.mask_threshold, args.overlap_mask_area_threshold)
 
 
 def _report(num_done: int, failures: list, output_dir: Path, quiet: bool) -> int:

@@ -1,5 +1,6 @@
 """PATConfig: one configuration for SAN mode and full PAT (switched by `use_pyramid_tokenization`)."""
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -62,6 +63,26 @@ def load_vocabulary(name: str) -> dict:
         raise ValueError(f"Unknown vocabulary {name!r}; available: {sorted(VOCABULARY_FILES)}.")
     with open(PRESETS_DIR / "vocabularies" / VOCABULARY_FILES[name], encoding="utf-8") as handle:
         return json.load(handle)
+
+
+@functools.cache
+def stuff_class_names() -> frozenset[str]:
+    """Lower-cased class names that are "stuff" (sky, grass, wall...) in every shipped vocabulary that marks stuff
+    classes (`stuff_class_ids`: ADE-150, COCO-Stuff-171) and has that name; a name that is a thing anywhere (COCO's
+    "cabinet" is stuff, ADE's is a thing) is left out. Empty where the vocabulary files are not installed (e.g.
+    Hub remote code)."""
+    stuff, things = set(), set()
+    for name in VOCABULARY_FILES:
+        try:
+            vocabulary = load_vocabulary(name)
+        except OSError:
+            continue
+        marked = set(vocabulary.get("stuff_class_ids", ()))
+        if not marked:
+            continue
+        for index, class_name in enumerate(vocabulary["class_names"]):
+            (stuff if index in marked else things).add(class_name.lower())
+    return frozenset(stuff - things)
 
 
 @strict
@@ -247,4 +268,4 @@ class PATConfig(PreTrainedConfig):
         return cls.from_json_file(str(path))
 
 
-__all__ = ["PATConfig", "VILD_TEMPLATES"]
+__all__ = ["PATConfig", "VILD_TEMPLATES", "stuff_class_names"]

@@ -254,6 +254,14 @@ class PATProcessor(ProcessorMixin):
         """See [`PATImageProcessor.post_process_semantic_segmentation`]."""
         return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
 
+    def post_process_instance_segmentation(self, *args, **kwargs):
+        """See [`PATImageProcessor.post_process_instance_segmentation`]."""
+        return self.image_processor.post_process_instance_segmentation(*args, **kwargs)
+
+    def post_process_panoptic_segmentation(self, *args, **kwargs):
+        """See [`PATImageProcessor.post_process_panoptic_segmentation`]."""
+        return self.image_processor.post_process_panoptic_segmentation(*args, **kwargs)
+
 
 def _check_templates(templates) -> list[str]:
     """Validate prompt templates (a non-empty list of strings with a `{}` each) and return them as a list."""

@@ -193,3 +193,12 @@ def test_vocabularies_mark_stuff_classes():
     assert ade["class_names"].index("person") not in ade["stuff_class_ids"]
     assert coco["class_names"].index("grass") in coco["stuff_class_ids"]
     assert coco["class_names"].index("dog") not in coco["stuff_class_ids"]
+
+
+def test_processor_delegates_to_its_image_processor(golden_outputs):
+    image_processor, outputs, sizes, _ = golden_outputs
+    processor = PATProcessor.from_config(golden_model().config)
+    ours = processor.post_process_instance_segmentation(outputs, threshold=0.0, target_sizes=sizes)
+    theirs = image_processor.post_process_instance_segmentation(outputs, threshold=0.0, target_sizes=sizes)
+    assert [r["segments_info"] for r in ours] == [r["segments_info"] for r in theirs]
+    assert processor.post_process_panoptic_segmentation(outputs, threshold=0.0)[0]["segmentation"].shape == (128, 128)
