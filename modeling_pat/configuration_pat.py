@@ -101,6 +101,9 @@ class PATConfig(PreTrainedConfig):
         clip_feature_layers (`int`): CLIP blocks run to extract features; the remaining blocks form the
             recognition head (SAN's `FEATURE_LAST_LAYER_IDX`).
         clip_trainable_positional_embedding (`bool`): SAN fine-tunes CLIP's visual positional embedding.
+        clip_trainable_layers (`int`): the last this many CLIP visual blocks train too (0, SAN: none). The text
+            tower always stays frozen.
+        clip_lr_multiplier (`float`): learning-rate factor of those blocks' parameters (the optimiser's groups).
 
     Side adapter (a small plain ViT that sees the full-resolution image):
         side_hidden_size, side_num_hidden_layers, side_num_attention_heads, side_mlp_ratio, side_patch_size,
@@ -139,6 +142,8 @@ class PATConfig(PreTrainedConfig):
     clip_resolution: float = 0.5
     clip_feature_layers: int = 9
     clip_trainable_positional_embedding: bool = True
+    clip_trainable_layers: int = 0
+    clip_lr_multiplier: float = 1.0
 
     side_hidden_size: int = 240
     side_num_hidden_layers: int = 8
@@ -253,6 +258,10 @@ class PATConfig(PreTrainedConfig):
                 f"deep_supervision_layers {layers} must be increasing and end with the last side block "
                 f"({self.side_num_hidden_layers})."
             )
+        if self.clip_trainable_layers < 0:
+            raise ValueError(f"clip_trainable_layers must be >= 0, got {self.clip_trainable_layers}.")
+        if not self.clip_lr_multiplier > 0:
+            raise ValueError(f"clip_lr_multiplier must be > 0, got {self.clip_lr_multiplier}.")
         if self.rec_downsample_method not in ("max", "avg", "bilinear", "bicubic", "nearest"):
             raise ValueError(f"Unknown rec_downsample_method {self.rec_downsample_method!r}.")
         if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
