@@ -221,6 +221,17 @@ class PATPreTrainedModel(PreTrainedModel):
     # The loss is normalised by the number of target masks, not by tokens: Trainer must not rescale it.
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then the config's frozen set again: loading builds the parameters anew
+        (all trainable), which would otherwise train the whole CLIP, text tower included."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+        for module in model.modules():
+            if isinstance(module, PATClipTower):
+                module.freeze(model.config.clip_trainable_positional_embedding, model.config.clip_trainable_layers)
+        return loaded
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Modules with their own init are handled before the generic rule: transformers initialises children first

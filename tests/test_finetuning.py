@@ -194,3 +194,13 @@ def test_text_cache_key_follows_the_text_tower():
     perturb_lora(model, seed=3)
     assert model._text_weights_version() != version and model.text_weights_fingerprint() != fingerprint
     assert not torch.allclose(model.get_class_embeddings(class_names=names), first, atol=1e-4)
+
+
+@pytest.mark.parametrize("layers", [0, 2])
+def test_from_pretrained_keeps_the_frozen_set(tmp_path, layers):
+    model = tiny_model(clip_trainable_layers=layers)
+    model.save_pretrained(tmp_path)
+    loaded = PATForOpenVocabSegmentation.from_pretrained(tmp_path)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == trainable
+    assert not any("clip_tower" in n and ".visual." not in n for n in trainable)  # the text tower stays frozen
