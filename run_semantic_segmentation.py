@@ -48,7 +48,13 @@ from modeling_pat.data import (
     load_split,
 )
 from modeling_pat.evaluation import PATSegmentationTrainer, write_results_table
-from modeling_pat.finetuning import LORA_TARGETS, add_lora, configure_clip_training, format_trainable_summary, merge_lora
+from modeling_pat.finetuning import (
+    LORA_TARGETS,
+    add_lora,
+    configure_clip_training,
+    format_trainable_summary,
+    merge_lora,
+)
 from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS
 
 

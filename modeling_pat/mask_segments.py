@@ -35,7 +35,7 @@ MaskProbabilities = Callable[[torch.Tensor], torch.Tensor]
 
 
 def mask_quality(mask_probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(K, H, W) probabilities and their (K, H, W) bool masks -> (K,) mean probability inside each mask (0 if empty)."""
+    """(K, H, W) probabilities and their (K, H, W) bool masks -> (K,) mean probability inside each mask (0: empty)."""
     area = masks.flatten(1).sum(dim=1)
     inside = (mask_probs * masks).flatten(1).sum(dim=1)
     return torch.where(area > 0, inside / area.clamp_min(1), torch.zeros_like(inside))

@@ -34,7 +34,8 @@ def save_segment_map(segment_map: np.ndarray, path: Path) -> None:
     """Segment ids (0 = no segment) as a 16-bit grayscale PNG, whatever their number (ids above 65535 are an error)."""
     segment_map = np.asarray(segment_map)
     if segment_map.size and (segment_map.min() < 0 or segment_map.max() > np.iinfo(np.uint16).max):
-        raise ValueError(f"segment ids must lie in 0..65535 for a 16-bit PNG, got {segment_map.min()}..{segment_map.max()}.")
+        low, high = segment_map.min(), segment_map.max()
+        raise ValueError(f"segment ids must lie in 0..65535 for a 16-bit PNG, got {low}..{high}.")
     Image.fromarray(np.ascontiguousarray(segment_map.astype(np.uint16))).save(path)
 
 

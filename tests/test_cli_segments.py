@@ -56,8 +56,8 @@ def test_segment_files(model_folder, tmp_path, subtask):
     semantic = json.loads((tmp_path / "sem" / "chelsea.json").read_text())
     assert summary["pixel_fractions"] == semantic["pixel_fractions"] and "segments" not in semantic
     assert not (tmp_path / "sem" / "chelsea_segments.png").exists()
-    with Image.open(tmp_path / "seg" / "chelsea_overlay.png") as a, Image.open(tmp_path / "sem" / "chelsea_overlay.png") as b:
-        outlined, plain = np.asarray(a)[:300, :451], np.asarray(b)[:300, :451]
+    overlays = [Image.open(tmp_path / run / "chelsea_overlay.png") for run in ("seg", "sem")]
+    outlined, plain = (np.asarray(overlay.convert("RGB"))[:300, :451] for overlay in overlays)
     changed = (outlined != plain).any(axis=-1)
     assert changed.any() and (outlined[changed] == 255).all()  # only white outline pixels were added
 

@@ -67,7 +67,7 @@ def outputs_of(model):
     return out.class_queries_logits, out.masks_queries_logits
 
 
-# -- clip_trainable_layers ----------------------------------------------------------------------------------------------
+# -- clip_trainable_layers --------------------------------------------------------------------------------------------
 def test_unfrozen_blocks_get_gradients_and_nothing_else_changes():
     model = tiny_model(clip_trainable_layers=3)  # 6 blocks: block 3 is a feature block, 4 and 5 recognition blocks
     expected = side_network_names(model) | {CLIP_POS}
@@ -99,7 +99,7 @@ def test_clip_blocks_get_their_learning_rate_and_san_weight_decay(tmp_path):
     assert {k: v for k, v in trainer_groups.items() if v} == {k: v for k, v in by_setting.items() if v}
 
 
-# -- LoRA ---------------------------------------------------------------------------------------------------------------
+# -- LoRA -------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target", ["clip", "side", "all"])
 def test_lora_gradients_reach_exactly_the_chosen_parameters(target):
     model = tiny_model()
@@ -160,7 +160,7 @@ def test_adapter_save_load_and_merge(tmp_path):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
-# -- the trainable set and the text cache -------------------------------------------------------------------------------
+# -- the trainable set and the text cache -----------------------------------------------------------------------------
 def test_trainable_summary_counts_each_group():
     model = tiny_model(preset="pat-tiny", clip_trainable_layers=1)
     add_lora(model, rank=2, target="clip")
