@@ -56,6 +56,13 @@ from modeling_pat.data import (
     load_split,
 )
 from modeling_pat.evaluation import PATSegmentationTrainer, write_results_table
+from modeling_pat.finetuning import (
+    LORA_TARGETS,
+    add_lora,
+    configure_clip_training,
+    format_trainable_summary,
+    merge_lora,
+)
 from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS
 from modeling_pat.pretrained import resolve_pretrained
 from modeling_pat.training import checkpoint_problem, last_complete_checkpoint
@@ -95,6 +102,21 @@ class ModelArguments:
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
     token: str | None = field(default=None, metadata={"help": "Hub token (or `hf auth login`)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code stored in a Hub model repo."})
+    clip_trainable_layers: int | None = field(
+        default=None,
+        metadata={"help": "Train the last N CLIP visual blocks too (default: the model's config; SAN: 0)."},
+    )
+    clip_lr_multiplier: float | None = field(
+        default=None, metadata={"help": "Learning-rate factor of those CLIP blocks (default: the config's, 1.0)."}
+    )
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank (0: no LoRA); needs peft (extra [lora])."})
+    lora_target: str = field(
+        default="clip",
+        metadata={"help": "Where LoRA goes: clip (the CLIP visual blocks' MLPs), side (the side adapter's layers) "
+                          "or all.", "choices": list(LORA_TARGETS)},
+    )
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
 
 
 @dataclass
@@ -342,10 +364,32 @@ def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
         import open_clip
 
         open_clip.load_checkpoint(model.model.clip_tower.clip, weights)
-        model.model.clip_tower.freeze(config.clip_trainable_positional_embedding)
+        model.model.clip_tower.freeze(config.clip_trainable_positional_embedding, config.clip_trainable_layers)
         model._text_cache.clear()
         logger.info("Loaded CLIP weights from %s", weights)
     return model
+
+
+def apply_finetuning_options(model: PATForOpenVocabSegmentation, model_args: ModelArguments) -> bool:
+    """--clip_trainable_layers / --clip_lr_multiplier into the model's config and frozen set, and the LoRA adapter
+    (--lora_rank, --lora_target); returns whether LoRA is on."""
+    configure_clip_training(model, model_args.clip_trainable_layers, model_args.clip_lr_multiplier)
+    if not model_args.lora_rank:
+        return False
+    try:
+        add_lora(model, model_args.lora_rank, model_args.lora_target, model_args.lora_alpha, model_args.lora_dropout)
+    except ImportError as error:
+        raise SetupError(str(error)) from error
+    return True
+
+
+def save_lora_model(trainer, output_dir: str) -> None:
+    """A LoRA run's results: the adapter in OUTPUT/lora_adapter (it applies to this run's base weights), then the
+    adapter merged into the weights and the whole model in OUTPUT, a plain checkpoint that loads without peft."""
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(Path(output_dir) / "lora_adapter")
+    merge_lora(trainer.model)
+    trainer.save_model()
 
 
 def set_vocabulary(model: PATForOpenVocabSegmentation, class_names: list[str], ignore_index: int) -> None:
@@ -448,6 +492,10 @@ def main(argv=None) -> int:
         set_vocabulary(model, train_split.class_names, train_split.ignore_index)
     processor = build_image_processor(model_args, data_args, model.config)
     metric = evaluate.load(data_args.metric_path)
+    use_lora = apply_finetuning_options(model, model_args)
+    if use_lora and training_args.resume_from_checkpoint is not None:
+        raise SetupError("--resume_from_checkpoint is not available with --lora_rank: LoRA checkpoints hold the "
+                         "adapter only, not the side network trained beside it.")
 
     train_dataset, callbacks = None, []
     if train_split is not None:
@@ -483,8 +531,13 @@ def main(argv=None) -> int:
         )
 
     if training_args.do_train:
+        if trainer.is_world_process_zero():
+            print(format_trainable_summary(model), flush=True)  # what the optimiser's groups are built from
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
+        if use_lora:
+            save_lora_model(trainer, training_args.output_dir)
+        else:
+            trainer.save_model()
         metrics = result.metrics
         metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", metrics)

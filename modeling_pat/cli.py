@@ -4,6 +4,7 @@
     pat-segment photos/ --vocabulary ade150 --model san-vit-l14-336 --device cuda --dtype bfloat16
     pat-segment samples/ --labels cat,sky --model random:san-tiny      # offline smoke test, random weights
     pat-segment big_photo.jpg --vocabulary ade150 --sliding-window --window-stride 320
+    pat-segment samples/ --labels "cat,person,cup,sky" --subtask instance --threshold 0.3
     pat-segment --list-cache                                           # converted official models (--clear-cache)
 
 `--model` takes an official model name (`san-vit-b16`, `san-vit-l14-336`: the checkpoint is fetched from the Hub
@@ -13,7 +14,10 @@ once and converted once into a local cache, see `modeling_pat.pretrained`), an o
 For every image, three files go into `--output-dir` (default `outputs/`), named after the image's file stem:
 `<stem>_labels.png` (class index per pixel: 8-bit, or 16-bit when there are more than 256 classes),
 `<stem>_overlay.png` (the image blended with class colours, plus a legend of the classes present, largest first)
-and `<stem>.json` (labels, per-class pixel fractions, image size, model).
+and `<stem>.json` (labels, per-class pixel fractions, image size, model). With `--subtask instance` or `panoptic`
+there is also `<stem>_segments.png` (16-bit segment id per pixel, 0 = no segment; ids as in the JSON), the JSON
+lists the segments (id, label, score, area in pixels, box [x0, y0, x1, y1) in pixels) best first, and the overlay
+outlines every segment.
 
 Nothing the run did not create is overwritten. Each result file is marked as a pat-segment result (a PNG text chunk,
 a JSON key); an existing file is replaced only when it is a previous result of the same kind and not an input of
@@ -40,7 +44,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary
+from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary, stuff_class_names
 from .image_processing_pat import load_image
 from .modeling_pat import PATForOpenVocabSegmentation
 from .pretrained import (
@@ -55,7 +59,7 @@ from .pretrained import (
 from .processing_pat import PATProcessor, validate_class_names
 from .atomic_files import atomic_open
 from .sliding_window import sliding_window_segmentation
-from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map, save_png
+from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map, save_png, save_segment_map
 
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_MODEL, EXIT_UNREADABLE = 0, 1, 2, 3, 4
@@ -64,13 +68,14 @@ DEFAULT_MODEL = "san-vit-b16"  # the official SAN ViT-B/16, fetched and converte
 RANDOM_PREFIX = "random:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SUBTASKS = ("semantic", "instance", "panoptic")
 POSTPROCESS_BUDGET = 2**28  # floats the full-resolution post-processing may hold per image (1 GiB in float32)
 # Marks a file as a pat-segment result (PNG text-chunk key and JSON key), its value the kind of result: only such a
 # file may be overwritten by a later run, and only by a result of the same kind.
 RESULT_MARKER = "pat-segment"
 
-HOW_TO_GET_WEIGHTS = f"""\
-To get a model: --model takes a name ({{names}}: the official SAN checkpoints, fetched from the Hugging Face Hub
+HOW_TO_GET_WEIGHTS = """\
+To get a model: --model takes a name ({names}: the official SAN checkpoints, fetched from the Hugging Face Hub
 repository Mendel192/san and converted once into a local cache), a downloaded official .pth file, a save_pretrained
 folder or a Hub id (owner/name). Offline, fetch the default's file once where the Hub is reachable (same HF_HOME):
   hf download Mendel192/san san_vit_b_16.pth
@@ -134,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--window-stride", type=_positive_int, default=None, metavar="PIXELS",
         help="with --sliding-window: pixels between windows (default: two thirds of the window)",
+    )
+    parser.add_argument(
+        "--subtask", default="semantic", choices=SUBTASKS,
+        help="semantic (default): a class per pixel; instance / panoptic: also individual segments with scores "
+        "(<stem>_segments.png, segments in the JSON; panoptic merges stuff classes such as sky into one segment)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.5,
+        help="with --subtask instance / panoptic: the least segment score (instance) or class probability "
+        "(panoptic) a segment needs (default: 0.5)",
+    )
+    parser.add_argument(
+        "--mask-threshold", type=float, default=0.5, help="mask probability that makes a pixel part of a segment"
+    )
+    parser.add_argument(
+        "--overlap-mask-area-threshold", type=float, default=0.8,
+        help="a segment is dropped unless more than this share of its mask is left once better segments took "
+        "their pixels (default: 0.8)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-image messages")
     return parser
@@ -271,12 +294,15 @@ def read_image(path: Path) -> Image.Image:
 
 
 def result_files(stem: str) -> dict[str, str]:
-    """{kind: file name} of the three results of one image."""
-    return {"labels": f"{stem}_labels.png", "overlay": f"{stem}_overlay.png", "summary": f"{stem}.json"}
+    """{kind: file name} of the results of one image (`segments` is written by instance / panoptic runs only, but its
+    name is kept free in every run, so that a later --subtask run of the same images finds it so)."""
+    return {"labels": f"{stem}_labels.png", "overlay": f"{stem}_overlay.png", "summary": f"{stem}.json",
+            "segments": f"{stem}_segments.png"}
 
 
 def result_kind(path: Path) -> str | None:
-    """The kind of pat-segment result `path` is ("labels", "overlay", "summary"), or None for any other file."""
+    """The kind of pat-segment result `path` is ("labels", "overlay", "summary", "segments"), or None for any other
+    file."""
     try:
         if path.suffix.lower() == ".png":
             with Image.open(path) as png:  # text chunks come before the pixel data: only the header is read
@@ -331,6 +357,74 @@ def _refuse_foreign_file(target: Path, kind: str) -> None:
         raise FileExistsError(errno.EEXIST, reason, str(target))
 
 
+@dataclass
+class SegmentOptions:
+    """`--subtask` and its thresholds; "semantic" needs none of them."""
+
+    subtask: str = "semantic"
+    threshold: float = 0.5
+    mask_threshold: float = 0.5
+    overlap_mask_area_threshold: float = 0.8
+
+    def thresholds(self) -> dict:
+        return {"threshold": self.threshold, "mask_threshold": self.mask_threshold,
+                "overlap_mask_area_threshold": self.overlap_mask_area_threshold}
+
+
+@torch.inference_mode()
+def segment_batch_results(
+    model, processor, images, class_embeddings, device, dtype, class_names, options: SegmentOptions
+) -> list[dict]:
+    """PIL images -> per image {"label_map": [H, W] int64} and, for instance / panoptic, "segment_map" ([H, W]
+    int64 segment ids, 0 = none) and "segments" (the processor's segments_info plus "label" and "box"), from one
+    forward pass for the whole batch."""
+    sizes = [(image.height, image.width) for image in images]
+    targets = [_postprocess_size(size, model.config.num_queries, class_embeddings.shape[0]) for size in sizes]
+    inputs = processor(images=images, return_tensors="pt")
+    outputs = model(
+        pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
+        class_embeddings=class_embeddings,
+        image_sizes=inputs["image_sizes"].to(device),
+    )
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=targets)
+    results = [{"label_map": _to_size(label_map.cpu(), size)} for label_map, size in zip(maps, sizes, strict=True)]
+    if options.subtask == "semantic":
+        return results
+    if options.subtask == "instance":
+        segmented = processor.image_processor.post_process_instance_segmentation(
+            outputs, target_sizes=targets, **options.thresholds()
+        )
+    else:
+        stuff = stuff_class_names()
+        segmented = processor.image_processor.post_process_panoptic_segmentation(
+            outputs, target_sizes=targets, **options.thresholds(),
+            label_ids_to_fuse={i for i, name in enumerate(class_names) if name.lower() in stuff},
+        )
+    for result, segments, size in zip(results, segmented, sizes, strict=True):
+        result["segment_map"] = _to_size(segments["segmentation"].cpu(), size)
+        result["segments"] = describe_segments(result["segment_map"], segments["segments_info"], class_names)
+    return results
+
+
+def describe_segments(segment_map: np.ndarray, segments_info: list[dict], class_names) -> list[dict]:
+    """segments_info -> JSON-ready entries (id, label_id, label, score, area, box [x0, y0, x1, y1)) measured on
+    the final segment map (it may have been upsampled); segments left without pixels are dropped."""
+    described = []
+    for segment in segments_info:
+        rows, columns = np.nonzero(segment_map == segment["id"])
+        if len(rows) == 0:
+            continue
+        described.append({
+            "id": int(segment["id"]),
+            "label_id": int(segment["label_id"]),
+            "label": class_names[segment["label_id"]],
+            "score": float(segment["score"]),
+            "area": int(len(rows)),
+            "box": [int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1],
+        })
+    return described
+
+
 @torch.inference_mode()
 def segment_batch(
     model, processor, images, class_embeddings, device, dtype, sliding_window=False, window_stride=None
@@ -345,14 +439,8 @@ def segment_batch(
             stride=window_stride,
         )
         return [_to_size(label_map.cpu(), size) for label_map, size in zip(maps, sizes, strict=True)]
-    inputs = processor(images=images, return_tensors="pt")
-    outputs = model(
-        pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
-        class_embeddings=class_embeddings,
-        image_sizes=inputs["image_sizes"].to(device),
-    )
-    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=targets)
-    return [_to_size(label_map.cpu(), size) for label_map, size in zip(maps, sizes, strict=True)]
+    results = segment_batch_results(model, processor, images, class_embeddings, device, dtype, None, SegmentOptions())
+    return [result["label_map"] for result in results]
 
 
 def _postprocess_size(size: tuple[int, int], num_queries: int, num_classes: int) -> tuple[int, int]:
@@ -370,14 +458,19 @@ def _to_size(label_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 # -- outputs ----------------------------------------------------------------------------------------------------------
-def write_outputs(image, label_map, path: Path, stem: str, class_names, palette, output_dir: Path, model_id: str):
-    """The three result files of one image: label PNG, overlay PNG, JSON summary, each marked as a result of its kind
-    and written atomically (raises OSError when a write fails)."""
-    label_file, overlay_file, json_file = result_files(stem).values()
-    for kind, name in result_files(stem).items():  # a file that appeared since the names were chosen is kept too
+def write_outputs(
+    image, label_map, path: Path, stem: str, class_names, palette, output_dir: Path, model_id: str, segments=None
+):
+    """The result files of one image: label PNG, overlay PNG, JSON summary, and with `segments` (a
+    `segment_batch_results` entry of an instance / panoptic run) the segment-id PNG, whose segments the JSON lists;
+    each marked as a result of its kind and written atomically (raises OSError when a write fails)."""
+    files = result_files(stem)
+    for kind, name in files.items():  # a file that appeared since the names were chosen is kept too
         _refuse_foreign_file(output_dir / name, kind)
+    label_file, overlay_file, json_file = files["labels"], files["overlay"], files["summary"]
     save_label_map(label_map, len(class_names), output_dir / label_file, text={RESULT_MARKER: "labels"})
-    overlay = render_overlay(image, label_map, class_names, palette)
+    segment_map = None if segments is None else segments["segment_map"]
+    overlay = render_overlay(image, label_map, class_names, palette, outline_map=segment_map)
     save_png(overlay, output_dir / overlay_file, text={RESULT_MARKER: "overlay"})
     fractions = pixel_fractions(label_map, len(class_names))
     present = [
@@ -396,6 +489,11 @@ def write_outputs(image, label_map, path: Path, stem: str, class_names, palette,
         "label_map_dtype": "uint8" if len(class_names) <= 256 else "uint16",
         "overlay": overlay_file,
     }
+    if segments is not None:
+        segment_file = files["segments"]
+        save_segment_map(segment_map, output_dir / segment_file, text={RESULT_MARKER: "segments"})
+        summary.update(subtask=segments["subtask"], segment_map=segment_file, segment_map_dtype="uint16",
+                       segments=segments["segments"])
     with atomic_open(output_dir / json_file) as handle:
         json.dump(summary, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
@@ -417,6 +515,7 @@ class SegmentationJob:
     palette: np.ndarray = field(init=False)
     sliding_window: bool = False
     window_stride: int | None = None
+    options: SegmentOptions = field(default_factory=SegmentOptions)
 
     def __post_init__(self):
         self.palette = make_palette(len(self.class_names))  # class i has the same colour in every overlay
@@ -425,6 +524,16 @@ class SegmentationJob:
         """Segment a batch of (path, output stem, image) in one forward pass and write each image's files; returns
         the (path, reason) of every image whose files could not be written (the others are still written)."""
         images = [image for _, _, image in batch]
+        if self.options.subtask != "semantic":
+            results = segment_batch_results(
+                self.model, self.processor, images, self.class_embeddings, self.device, self.dtype,
+                self.class_names, self.options,
+            )
+            for (path, stem, image), result in zip(batch, results, strict=True):
+                result["subtask"] = self.options.subtask
+                write_outputs(image, result["label_map"], path, stem, self.class_names, self.palette,
+                              self.output_dir, self.model_id, segments=result)
+            return
         label_maps = segment_batch(
             self.model, self.processor, images, self.class_embeddings, self.device, self.dtype,
             self.sliding_window, self.window_stride,
@@ -478,6 +587,7 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = resolve_device(args.device), DTYPES[args.dtype]
     if args.window_stride is not None and not args.sliding_window:
         raise UsageError("--window-stride only applies with --sliding-window.")
+    options = segment_options(args)
     model, processor = load_model(args.model, device, dtype, args.revision)
     if args.window_stride is not None and args.window_stride > model.config.side_image_size:
         raise UsageError(
@@ -491,7 +601,7 @@ def run(args: argparse.Namespace) -> int:
     class_embeddings = compute_class_embeddings(model, processor, class_names)  # once per run
     job = SegmentationJob(
         model, processor, class_names, class_embeddings, device, dtype, args.output_dir, args.model or DEFAULT_MODEL,
-        sliding_window=args.sliding_window, window_stride=args.window_stride,
+        sliding_window=args.sliding_window, window_stride=args.window_stride, options=options,
     )
     stems = output_stems(paths, args.output_dir)
     failures = segment_files(job, paths, stems, args.batch_size, args.quiet)
@@ -511,6 +621,17 @@ def _report_renamed(paths: list[Path], stems: list[str], output_dir: Path) -> No
               file=sys.stderr)
     for path, stem, reason in reasons:
         print(f"  {path} -> {stem}_labels.png, {stem}_overlay.png, {stem}.json ({reason})", file=sys.stderr)
+
+
+def segment_options(args: argparse.Namespace) -> SegmentOptions:
+    """--subtask and its thresholds, checked: thresholds within [0, 1], no segments from sliding windows."""
+    for name in ("threshold", "mask_threshold", "overlap_mask_area_threshold"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}.")
+    if args.subtask != "semantic" and args.sliding_window:
+        raise UsageError(f"--subtask {args.subtask} needs the mask proposals; --sliding-window gives semantic "
+                         "scores only.")
+    return SegmentOptions(args.subtask, args.threshold, args.mask_threshold, args.overlap_mask_area_threshold)
 
 
 def _report(num_done: int, failures: list, output_dir: Path, quiet: bool) -> int:

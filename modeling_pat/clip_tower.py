@@ -386,7 +386,7 @@ class PATClipTower(nn.Module):
         self.mask_value = config.rec_mask_value
         self.downsample_method = config.rec_downsample_method
         self.context_length = self.clip.context_length
-        self.freeze(config.clip_trainable_positional_embedding)
+        self.freeze(config.clip_trainable_positional_embedding, config.clip_trainable_layers)
 
     # -- structure -------------------------------------------------------------------------------------------------
     @property
@@ -437,12 +437,22 @@ class PATClipTower(nn.Module):
         params = [p for m in self.text_modules() for p in m.parameters()]
         return params + [self.text_tower.positional_embedding, self.text_tower.text_projection]
 
-    def freeze(self, trainable_positional_embedding: bool = True) -> None:
+    def freeze(self, trainable_positional_embedding: bool = True, trainable_layers: int = 0) -> None:
         """CLIP is frozen, except (as in SAN) the visual absolute positional embedding, which SAN fine-tunes
-        (`visual.positional_embedding`; EVA: `visual.trunk.pos_embed`)."""
+        (`visual.positional_embedding`; EVA: `visual.trunk.pos_embed`), and the last `trainable_layers` visual
+        blocks (0 in SAN). The text tower is always frozen: cached class embeddings stay valid while training."""
+        blocks = self.vision.blocks
+        if trainable_layers > len(blocks):
+            raise ValueError(f"clip_trainable_layers is {trainable_layers}, but CLIP has {len(blocks)} visual blocks.")
         for param in self.clip.parameters():
             param.requires_grad = False
         self.vision.positional_embedding.requires_grad = trainable_positional_embedding
+        for block in blocks[len(blocks) - trainable_layers :]:
+            block.requires_grad_(True)
+
+    def trainable_block_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the visual blocks that train (`clip_trainable_layers`): their own learning rate."""
+        return [p for block in self.vision.blocks for p in block.parameters() if p.requires_grad]
 
     def train(self, mode: bool = True):
         """The text tower always stays in eval mode (SAN never trains it)."""

@@ -1,5 +1,6 @@
 """PATConfig: one configuration for SAN mode and full PAT (switched by `use_pyramid_tokenization`)."""
 
+import functools
 import json
 import math
 import string
@@ -80,11 +81,11 @@ COUNT_FIELDS = (
     "decoder_num_attention_heads", "spade_hidden_dim", "crf_num_samples",
 )
 # Whole numbers >= 0.
-OPTIONAL_COUNT_FIELDS = ("decoder_num_extra_layers",)
+OPTIONAL_COUNT_FIELDS = ("decoder_num_extra_layers", "clip_trainable_layers")
 # Finite floats > 0: scales, ratios, epsilons, temperatures, concentrations.
 POSITIVE_FIELDS = (
     "clip_resolution", "side_mlp_ratio", "side_layer_norm_eps", "fusion_layer_norm_eps", "decoder_mlp_ratio",
-    "vq_diversity_temperature", "hsattn_kappa",
+    "vq_diversity_temperature", "hsattn_kappa", "clip_lr_multiplier",
 )
 # Finite floats >= 0: loss weights (0 switches a term off) and the initialiser's standard deviation.
 WEIGHT_FIELDS = (
@@ -237,6 +238,26 @@ def validate_config(config) -> None:
         _check_pyramid(config)
 
 
+@functools.cache
+def stuff_class_names() -> frozenset[str]:
+    """Lower-cased class names that are "stuff" (sky, grass, wall...) in every shipped vocabulary that marks stuff
+    classes (`stuff_class_ids`: ADE-150, COCO-Stuff-171) and has that name; a name that is a thing anywhere (COCO's
+    "cabinet" is stuff, ADE's is a thing) is left out. Empty where the vocabulary files are not installed (e.g.
+    Hub remote code)."""
+    stuff, things = set(), set()
+    for name in VOCABULARY_FILES:
+        try:
+            vocabulary = load_vocabulary(name)
+        except OSError:
+            continue
+        marked = set(vocabulary.get("stuff_class_ids", ()))
+        if not marked:
+            continue
+        for index, class_name in enumerate(vocabulary["class_names"]):
+            (stuff if index in marked else things).add(class_name.lower())
+    return frozenset(stuff - things)
+
+
 @strict
 class PATConfig(PreTrainedConfig):
     r"""
@@ -255,6 +276,9 @@ class PATConfig(PreTrainedConfig):
         clip_feature_layers (`int`): CLIP blocks run to extract features; the remaining blocks form the
             recognition head (SAN's `FEATURE_LAST_LAYER_IDX`).
         clip_trainable_positional_embedding (`bool`): SAN fine-tunes CLIP's visual positional embedding.
+        clip_trainable_layers (`int`): the last this many CLIP visual blocks train too (0, SAN: none). The text
+            tower always stays frozen.
+        clip_lr_multiplier (`float`): learning-rate factor of those blocks' parameters (the optimiser's groups).
 
     Side adapter (a small plain ViT that sees the full-resolution image):
         side_hidden_size, side_num_hidden_layers, side_num_attention_heads, side_mlp_ratio, side_patch_size,
@@ -294,6 +318,8 @@ class PATConfig(PreTrainedConfig):
     clip_resolution: float = 0.5
     clip_feature_layers: int = 9
     clip_trainable_positional_embedding: bool = True
+    clip_trainable_layers: int = 0
+    clip_lr_multiplier: float = 1.0
 
     side_hidden_size: int = 240
     side_num_hidden_layers: int = 8
@@ -406,4 +432,4 @@ class PATConfig(PreTrainedConfig):
         return cls.from_json_file(str(path))
 
 
-__all__ = ["PATConfig", "VILD_TEMPLATES", "validate_config", "validate_prompt_templates"]
+__all__ = ["PATConfig", "VILD_TEMPLATES", "stuff_class_names", "validate_config", "validate_prompt_templates"]

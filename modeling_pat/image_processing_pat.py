@@ -19,6 +19,8 @@ from transformers.image_transforms import group_images_by_shape, reorder_images
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageInput, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .mask_segments import instance_segments, panoptic_segments
+
 
 try:
     import PIL.Image
@@ -937,6 +939,112 @@ class PATImageProcessor(TorchvisionBackend):
             else:
                 results.append(segmentation)
         return results
+
+    def post_process_instance_segmentation(
+        self,
+        outputs,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
+        return_binary_maps: bool = False,
+    ) -> list[dict]:
+        """
+        Turn model outputs into per-image instance segments (Mask2Former's format and instance inference).
+
+        Args:
+            outputs: as for `post_process_semantic_segmentation` (`class_queries_logits`, `masks_queries_logits`,
+                optionally `image_sizes` / `padded_sizes` to crop the padding).
+            threshold: the least score a segment needs; score = p(class) * mean mask probability inside the mask
+                (see `modeling_pat.mask_segments`).
+            mask_threshold: mask probabilities above this make a segment's binary mask.
+            overlap_mask_area_threshold: a segment is dropped unless more than this share of its mask remains
+                once better segments took their pixels.
+            target_sizes: (H, W) per image, e.g. the processor's `original_sizes`; None keeps the cropped size.
+            return_binary_maps: `segmentation` is then a bool (K, H, W) tensor, segment i + 1's whole mask in row
+                i (masks may overlap there), instead of the id map.
+
+        Returns:
+            Per image a dict: `segmentation`, an int64 (H, W) map of segment ids (0 = no segment), and
+            `segments_info`, best score first: `{"id", "label_id", "score", "was_fused" (False), "area" (pixels
+            in the id map), "query_index"}`.
+        """
+        return [
+            instance_segments(
+                class_logits, masks_at, size, threshold, mask_threshold, overlap_mask_area_threshold,
+                return_binary_maps,
+            )
+            for class_logits, masks_at, size in self._mask_proposals(outputs, target_sizes)
+        ]
+
+    def post_process_panoptic_segmentation(
+        self,
+        outputs,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        label_ids_to_fuse: "set[int] | None" = None,
+        target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
+    ) -> list[dict]:
+        """
+        Turn model outputs into per-image panoptic segments (Mask2Former's format and panoptic inference).
+
+        Args:
+            outputs, mask_threshold, overlap_mask_area_threshold, target_sizes: as in
+                `post_process_instance_segmentation`.
+            threshold: a query makes a segment when its most likely column is a class, not void, with a probability
+                above this.
+            label_ids_to_fuse: "stuff" classes, one segment per class (e.g. a shipped vocabulary's
+                `stuff_class_ids` from `load_vocabulary`); default none.
+
+        Returns:
+            Per image a dict: `segmentation`, an int64 (H, W) map of segment ids (0 = no segment), and
+            `segments_info`, best score first: `{"id", "label_id", "score", "was_fused", "area", "query_index"}`.
+        """
+        return [
+            panoptic_segments(
+                class_logits, masks_at, size, threshold, mask_threshold, overlap_mask_area_threshold,
+                label_ids_to_fuse,
+            )
+            for class_logits, masks_at, size in self._mask_proposals(outputs, target_sizes)
+        ]
+
+    def _mask_proposals(self, outputs, target_sizes):
+        """Per image: (class_logits (Q, C+1), a function of query ids -> their (K, H, W) mask probabilities at the
+        output size, padding cropped as in semantic post-processing, and that output size (H, W))."""
+        class_logits = _field(outputs, "class_queries_logits")
+        mask_logits = _field(outputs, "masks_queries_logits")
+        if not isinstance(class_logits, torch.Tensor) or class_logits.ndim != 3:
+            raise ValueError("`outputs.class_queries_logits` must be a [batch, queries, classes + 1] tensor.")
+        if not isinstance(mask_logits, torch.Tensor) or mask_logits.ndim != 4:
+            raise ValueError("`outputs.masks_queries_logits` must be a [batch, queries, height, width] tensor.")
+        if mask_logits.shape[:2] != class_logits.shape[:2]:
+            raise ValueError(
+                f"`outputs.class_queries_logits` {tuple(class_logits.shape)} and `outputs.masks_queries_logits` "
+                f"{tuple(mask_logits.shape)} disagree on batch size or number of queries."
+            )
+        batch_size = class_logits.shape[0]
+        if target_sizes is not None and len(target_sizes) != batch_size:
+            raise ValueError(f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}.")
+        image_sizes, padded_sizes = _field(outputs, "image_sizes"), _field(outputs, "padded_sizes")
+        if padded_sizes is None and image_sizes is not None:
+            padded_sizes = get_padded_size(
+                [_size_at(image_sizes, i) for i in range(batch_size)], self.size_divisibility
+            )
+        for i in range(batch_size):
+            sizes = {
+                "padded_size": _size_at(padded_sizes, i),
+                "image_size": _size_at(image_sizes, i),
+                "output_size": _size_at(target_sizes, i),
+            }
+            output_size = sizes["output_size"] or sizes["image_size"] or sizes["padded_size"]
+            output_size = output_size or tuple(mask_logits.shape[-2:])
+
+            def masks_at(queries, logits=mask_logits[i], sizes=sizes):
+                return resize_mask_logits(logits[queries.to(logits.device)], **sizes).sigmoid()
+
+            yield class_logits[i], masks_at, tuple(output_size)
+
 
 
 def _per_channel(values, num_channels: int) -> list[float]:

@@ -21,7 +21,6 @@ K attention-bias heads (= CLIP heads), D CLIP embedding dim, N classes (+1 = voi
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -162,12 +161,14 @@ class PATPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`; a truncated or corrupt weights file raises an OSError naming the file
-        and what is wrong with it (safetensors itself only says "Error while deserializing header")."""
+        """`PreTrainedModel.from_pretrained`, then the config's frozen set again (loading builds the parameters anew,
+        all trainable, which would otherwise train the whole CLIP, text tower included). A truncated or corrupt
+        weights file raises an OSError naming the file and what is wrong with it (safetensors itself only says
+        "Error while deserializing header")."""
         from safetensors import SafetensorError
 
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:
             files = candidate_weights_files(
                 pretrained_model_name_or_path, kwargs.get("subfolder") or "", kwargs.get("cache_dir"),
@@ -177,6 +178,11 @@ class PATPreTrainedModel(PreTrainedModel):
                 f"A weights file of {pretrained_model_name_or_path} is unusable (truncated or corrupt): {error}"
             )
             raise bad from error
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+        for module in model.modules():
+            if isinstance(module, PATClipTower):
+                module.freeze(model.config.clip_trainable_positional_embedding, model.config.clip_trainable_layers)
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

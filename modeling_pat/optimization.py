@@ -24,12 +24,23 @@ Weight decay 0 (everything else that trains keeps 1e-4, **biases included**, as 
 - the learnable void embedding of the classifier (`void_embedding`) — asked for by the training issue; **SAN itself
   decays its `bg_embed`** (it is in no exception list), pass `decay_void_embedding=True` for the strict SAN rule.
 
+Learning rates: one for every group, as in SAN, except the CLIP visual blocks unfrozen by `clip_trainable_layers`
+(not their LoRA adapters), whose rate is multiplied by `config.clip_lr_multiplier`
+(`get_learning_rate_multipliers`; `PATTrainer` splits its optimiser groups by it). Those blocks follow the same
+weight-decay rule (their LayerNorms undecayed, their linear weights and biases decayed).
+
 SAN's fusion layers use a custom channel LayerNorm (`PATChannelLayerNorm`), which is not a `torch.nn.LayerNorm` and
 therefore keeps weight decay in SAN; so do PAT's channel LayerNorms here. The trainable set is whatever the model
 leaves `requires_grad=True` (the config's frozen policy: CLIP frozen except its visual positional embedding).
 """
 
+from collections import defaultdict
+
 from torch import nn
+
+
+# Parameter names of the CLIP visual blocks (open_clip OpenAI layout; timm Eva); `finetuning` groups them the same way.
+CLIP_BLOCK_NAME_PATTERNS = (".visual.transformer.resblocks.", ".visual.trunk.blocks.")
 
 
 NO_DECAY_NAME_PATTERNS = (
@@ -82,23 +93,66 @@ def get_decay_parameter_names(model: nn.Module, decay_void_embedding: bool = Fal
     return decayed
 
 
+def get_learning_rate_multipliers(model: nn.Module) -> dict[str, float]:
+    """{parameter name: learning-rate factor} of the trainable parameters whose rate is not the base one: the CLIP
+    visual blocks' own weights (`clip_trainable_layers`) get `config.clip_lr_multiplier`; LoRA adapters do not."""
+    config = getattr(model, "config", None)
+    multiplier = float(getattr(config, "clip_lr_multiplier", 1.0))
+    if multiplier == 1.0:
+        return {}
+    return {
+        name: multiplier
+        for name, param in model.named_parameters()
+        if param.requires_grad and "lora_" not in name and any(p in name for p in CLIP_BLOCK_NAME_PATTERNS)
+    }
+
+
 def get_parameter_groups(
-    model: nn.Module, weight_decay: float = 1e-4, decay_void_embedding: bool = False
+    model: nn.Module, weight_decay: float = 1e-4, decay_void_embedding: bool = False, learning_rate: float = 1e-4
 ) -> list[dict]:
-    """Two AdamW groups of the trainable parameters, for loops without `Trainer`:
-    `torch.optim.AdamW(get_parameter_groups(model), lr=1e-4)`."""
+    """AdamW groups of the trainable parameters, for loops without `Trainer`:
+    `torch.optim.AdamW(get_parameter_groups(model, learning_rate=1e-4))`. Two groups (decayed or not) per learning
+    rate: the base one and, with `clip_trainable_layers` and a `clip_lr_multiplier`, the CLIP blocks' own."""
     decay = set(get_decay_parameter_names(model, decay_void_embedding))
+    multipliers = get_learning_rate_multipliers(model)
     trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
-    return [
-        {"params": [p for n, p in trainable if n in decay], "weight_decay": weight_decay},
-        {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
-    ]
+    groups = []
+    for factor in sorted({1.0, *multipliers.values()}):
+        members = [(n, p) for n, p in trainable if multipliers.get(n, 1.0) == factor]
+        for decayed in (True, False):
+            params = [p for n, p in members if (n in decay) == decayed]
+            if params or factor == 1.0:
+                groups.append({"params": params, "weight_decay": weight_decay if decayed else 0.0,
+                               "lr": learning_rate * factor})
+    return groups
+
+
+def apply_learning_rate_multipliers(optimizer, model: nn.Module) -> None:
+    """Move the parameters with a learning-rate factor (`get_learning_rate_multipliers`) out of an optimiser's
+    groups into copies of those groups with the rate scaled; before the first step and the scheduler only."""
+    multipliers = get_learning_rate_multipliers(model)
+    if not multipliers:
+        return
+    factor_of = {id(p): multipliers[n] for n, p in model.named_parameters() if n in multipliers}
+    for group in list(optimizer.param_groups):
+        moved = defaultdict(list)
+        for param in group["params"]:
+            if id(param) in factor_of:
+                moved[factor_of[id(param)]].append(param)
+        if not moved:
+            continue
+        group["params"] = [p for p in group["params"] if id(p) not in factor_of]
+        for factor, params in moved.items():
+            optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"},
+                                       "params": params, "lr": group["lr"] * factor})
 
 
 __all__ = [
     "NORM_MODULE_TYPES",
     "NO_DECAY_NAME_PATTERNS",
     "POLY_LR_SCHEDULER_KWARGS",
+    "apply_learning_rate_multipliers",
+    "get_learning_rate_multipliers",
     "get_decay_parameter_names",
     "get_parameter_groups",
     "is_decayed",

@@ -6,7 +6,8 @@ A strict superset of transformers' `ImageSegmentationPipeline` (hf_conventions.m
   image for a list of images) and `prompt_templates`; without labels it segments with `config.id2label`.
 * For any other model every call goes to the stock implementation unchanged.
 
-Output, as the stock `subtask="semantic"` branch: per image a list of `{"score", "label", "mask"}`, one entry per
+`subtask="instance"` / `"panoptic"` give one entry per segment (see the class docstring); by default (None or
+"semantic") the output is, as the stock `subtask="semantic"` branch: per image a list of `{"score", "label", "mask"}`, one entry per
 class present in the label map, `mask` a PIL mode "L" image (0 / 255) at the original image size. `score` is a
 float (the stock semantic branch gives None): the mean, over the class's pixels, of the class's share of the
 per-pixel semantic scores, i.e. how clearly the winning class won there (1.0 = no other class had any score).
@@ -42,7 +43,7 @@ from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging as hf_logging
 
-from .configuration_pat import PATConfig, validate_prompt_templates
+from .configuration_pat import PATConfig, stuff_class_names, validate_prompt_templates
 from .image_processing_pat import get_padded_size, load_image, padding_groups
 from .processing_pat import validate_class_names
 from .sliding_window import sliding_window_scores
@@ -51,6 +52,7 @@ from .sliding_window import sliding_window_scores
 logger = hf_logging.get_logger(__name__)
 
 TASK = "image-segmentation"
+SEGMENT_SUBTASKS = ("instance", "panoptic")
 SLIDING_WINDOW_KEYS = ("sliding_window", "window_stride", "window_size")
 # Bound on the pipeline's memo of tokenised vocabularies (custom prompt templates only; ids never go stale).
 _MAX_MEMOISED_VOCABULARIES = 8
@@ -156,11 +158,16 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         window_stride (`int`, *optional*): pixels between windows; default two thirds of the window.
         window_size (`int`, *optional*): window side; default `config.side_image_size`.
 
-    Only `subtask=None` or `"semantic"` is available for SAN/PAT; `threshold`, `mask_threshold` and
-    `overlap_mask_area_threshold` are accepted and, as in the stock semantic branch, unused. Images in a batch
-    (`batch_size > 1`) may have different sizes; each still gets masks at its original size, and sizes too
-    different to pad together (`padding_groups`: one very wide image among small ones) run as separate forward
-    passes. Each entry's `score` is a float (see the module docstring). An empty list of images gives an empty list.
+    `subtask`: None or `"semantic"` (the default here, unlike the stock pipeline, which prefers panoptic) gives one
+    entry per class present; `"instance"` and `"panoptic"` give one entry per segment of the processor's
+    `post_process_instance_segmentation` / `post_process_panoptic_segmentation`, best score first, with
+    `threshold` (default 0.9, as in the stock pipeline), `mask_threshold` and `overlap_mask_area_threshold`
+    passed on as the stock pipeline does (for semantic they are unused). Panoptic fuses the candidate labels that
+    the shipped vocabularies mark as stuff (`stuff_class_names`, e.g. "sky", "grass") into one segment per class.
+    Images in a batch (`batch_size > 1`) may have different sizes; each still gets masks at its original size, and
+    sizes too different to pad together (`padding_groups`: one very wide image among small ones) run as separate
+    forward passes. Each entry's `score` is a float (see the module docstring). An empty list of images gives an
+    empty list.
     """
 
     # -- model dispatch --------------------------------------------------------------------------------------------
@@ -312,8 +319,16 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
                 mask_threshold=mask_threshold,
                 overlap_mask_area_threshold=overlap_mask_area_threshold,
             )
+        if subtask in SEGMENT_SUBTASKS:
+            return self.segment_annotation(
+                model_outputs, subtask, threshold=threshold, mask_threshold=mask_threshold,
+                overlap_mask_area_threshold=overlap_mask_area_threshold,
+            )
         if subtask not in (None, "semantic"):
-            raise ValueError(f"Subtask {subtask} is not supported for model {type(self.model)}")
+            raise ValueError(
+                f"Subtask {subtask!r} is not supported for model {type(self.model).__name__}; choose one of "
+                "'semantic' (the default), 'instance' or 'panoptic'."
+            )
         vocabulary = _leaves(model_outputs["vocabulary"])[0]
         if "segmentation_scores" in model_outputs:  # sliding window
             scores = model_outputs["segmentation_scores"][0]  # (C, H, W): a list entry, or un-batched (1, C, H, W)
@@ -329,6 +344,44 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
             outputs, target_sizes=model_outputs["target_size"], return_segmentation_scores=True
         )[0]
         return semantic_annotation(result["segmentation"], result["segmentation_scores"], vocabulary.names)
+
+    def segment_annotation(self, model_outputs, subtask: str, **thresholds) -> list[dict]:
+        """One image's outputs -> one {"score", "label", "mask"} per instance or panoptic segment, best first.
+
+        The processor's `post_process_instance_segmentation` / `post_process_panoptic_segmentation` with the
+        pipeline's thresholds; for panoptic, candidate labels that every shipped vocabulary naming them marks as
+        "stuff" (`stuff_class_names`) are fused into one segment per class."""
+        if "segmentation_scores" in model_outputs:
+            raise ValueError(f"subtask={subtask!r} needs the mask proposals; sliding-window inference gives "
+                             "semantic scores only (use subtask='semantic' or no sliding_window).")
+        vocabulary = _leaves(model_outputs["vocabulary"])[0]
+        columns = model_outputs["label_columns"][0]  # (U+1,) bool: this image's classes + void within the union
+        outputs = {
+            "class_queries_logits": model_outputs["class_queries_logits"][:, :, columns],
+            "masks_queries_logits": model_outputs["masks_queries_logits"],
+            "image_sizes": model_outputs["image_sizes"],
+            "padded_sizes": model_outputs["padded_sizes"],
+        }
+        target_sizes = _per_image_sizes(model_outputs["target_size"])[:1]
+        if subtask == "instance":
+            result = self.image_processor.post_process_instance_segmentation(
+                outputs, target_sizes=target_sizes, **thresholds
+            )[0]
+        else:
+            stuff = stuff_class_names()
+            fuse = {index for index, name in enumerate(vocabulary.names) if name.lower() in stuff}
+            result = self.image_processor.post_process_panoptic_segmentation(
+                outputs, target_sizes=target_sizes, label_ids_to_fuse=fuse, **thresholds
+            )[0]
+        segmentation = result["segmentation"].cpu().numpy()
+        return [
+            {
+                "score": segment["score"],
+                "label": vocabulary.names[segment["label_id"]],
+                "mask": Image.fromarray(((segmentation == segment["id"]) * 255).astype(np.uint8), mode="L"),
+            }
+            for segment in result["segments_info"]
+        ]
 
     # -- text side -------------------------------------------------------------------------------------------------
     def batch_class_embeddings(self, vocabularies: list[PATVocabulary]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -256,5 +256,13 @@ class PATProcessor(ProcessorMixin):
         """See [`PATImageProcessor.post_process_semantic_segmentation`]."""
         return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
 
+    def post_process_instance_segmentation(self, *args, **kwargs):
+        """See [`PATImageProcessor.post_process_instance_segmentation`]."""
+        return self.image_processor.post_process_instance_segmentation(*args, **kwargs)
+
+    def post_process_panoptic_segmentation(self, *args, **kwargs):
+        """See [`PATImageProcessor.post_process_panoptic_segmentation`]."""
+        return self.image_processor.post_process_panoptic_segmentation(*args, **kwargs)
+
 
 __all__ = ["PATProcessor", "clean_prompt", "clip_tokenizer_from_open_clip", "encode_prompts", "validate_class_names"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from .optimization import get_decay_parameter_names
+from .optimization import apply_learning_rate_multipliers, get_decay_parameter_names
 
 
 class PATTrainer(Trainer):
@@ -40,6 +40,15 @@ class PATTrainer(Trainer):
     def get_decay_parameter_names(self, model) -> list[str]:
         """SAN / PAT weight-decay groups (biases decayed; norms, position / query embeddings, codebooks, void not)."""
         return get_decay_parameter_names(model)
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimiser, its groups split by learning rate: the unfrozen CLIP blocks get
+        `config.clip_lr_multiplier` times the rate (`optimization.apply_learning_rate_multipliers`)."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh:
+            apply_learning_rate_multipliers(optimizer, self.model if model is None else model)
+        return optimizer
 
     def _accumulate(self, outputs) -> None:
         terms = dict(outputs.get("loss_dict") or {})

@@ -43,6 +43,16 @@ def save_png(image: Image.Image, path: Path, text: dict[str, str] | None = None)
         image.save(temporary, format="PNG", pnginfo=info)
 
 
+def save_segment_map(segment_map: np.ndarray, path: Path, text: dict[str, str] | None = None) -> None:
+    """Segment ids (0 = no segment) as a 16-bit grayscale PNG, whatever their number (ids above 65535 are an error),
+    written atomically (`save_png`)."""
+    segment_map = np.asarray(segment_map)
+    if segment_map.size and (segment_map.min() < 0 or segment_map.max() > np.iinfo(np.uint16).max):
+        low, high = segment_map.min(), segment_map.max()
+        raise ValueError(f"segment ids must lie in 0..65535 for a 16-bit PNG, got {low}..{high}.")
+    save_png(Image.fromarray(np.ascontiguousarray(segment_map.astype(np.uint16))), path, text)
+
+
 def make_palette(num_classes: int) -> np.ndarray:
     """(N, 3) uint8 RGB colours, pairwise distinct, bright enough for dark text borders; index i = class i."""
     colours, seen = [], set()
@@ -75,15 +85,22 @@ def legend_entries(fractions, class_names: list[str]) -> list[tuple[int, str, fl
     return sorted(present, key=lambda entry: (-entry[2], entry[0]))
 
 
-def blend_labels(image: Image.Image, label_map: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """RGB image [H, W] blended with the class colours of `label_map`, class boundaries drawn in white."""
+def blend_labels(
+    image: Image.Image, label_map: np.ndarray, palette: np.ndarray, alpha: float = 0.5, outline_map=None
+) -> Image.Image:
+    """RGB image [H, W] blended with the class colours of `label_map`, class boundaries drawn in white, and also
+    the boundaries of `outline_map` ([H, W] segment ids, e.g. instances) when given."""
     label_map = np.asarray(label_map)
     if label_map.shape != (image.height, image.width):
         raise ValueError(f"label_map has shape {label_map.shape}, the image is {image.height}x{image.width}.")
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     colours = palette[label_map].astype(np.float32)  # (H, W) -> (H, W, 3)
     blended = (1.0 - alpha) * pixels + alpha * colours
-    blended[class_boundaries(label_map, _line_width(image.height, image.width))] = 255.0
+    line_width = _line_width(image.height, image.width)
+    edges = class_boundaries(label_map, line_width)
+    if outline_map is not None:
+        edges |= class_boundaries(outline_map, line_width)
+    blended[edges] = 255.0
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
@@ -169,14 +186,16 @@ def render_overlay(
     class_names: list[str],
     palette: np.ndarray | None = None,
     alpha: float = 0.5,
+    outline_map: np.ndarray | None = None,
 ) -> Image.Image:
-    """The colour overlay with a legend of the classes present (largest share first) to its right.
+    """The colour overlay with a legend of the classes present (largest share first) to its right; with
+    `outline_map` ([H, W] segment ids) every segment is outlined too.
 
     The result is RGB, `image.width + legend width` wide and at least `image.height` tall (taller only when the
     legend needs more room than a small image offers); the image sits at the top left.
     """
     palette = make_palette(len(class_names)) if palette is None else palette
-    overlay = blend_labels(image, label_map, palette, alpha)
+    overlay = blend_labels(image, label_map, palette, alpha, outline_map)
     entries = legend_entries(pixel_fractions(label_map, len(class_names)), class_names)
     legend = draw_legend(legend_rows(entries, palette), legend_font_size(image.height, image.width), image.height)
     canvas = Image.new("RGB", (overlay.width + legend.width, legend.height), LEGEND_BACKGROUND)
@@ -199,4 +218,5 @@ __all__ = [
     "render_overlay",
     "save_label_map",
     "save_png",
+    "save_segment_map",
 ]

@@ -211,7 +211,7 @@ def test_label_and_subtask_errors(segmenter):
     with pytest.raises(ValueError, match="at least one"):
         segmenter(image, candidate_labels=" , ")
     with pytest.raises(ValueError, match="not supported"):
-        segmenter(image, candidate_labels=["cat"], subtask="panoptic")
+        segmenter(image, candidate_labels=["cat"], subtask="depth")
     # duplicates are an error, as in PATProcessor and the CLI (tests/test_bad_inputs.py), never silently dropped
     with pytest.raises(ValueError, match="names the same class twice"):
         normalize_candidate_labels(["cat", "dog", "cat"])
