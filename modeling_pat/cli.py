@@ -529,21 +529,20 @@ class SegmentationJob:
                 self.model, self.processor, images, self.class_embeddings, self.device, self.dtype,
                 self.class_names, self.options,
             )
-            for (path, stem, image), result in zip(batch, results, strict=True):
+            for result in results:
                 result["subtask"] = self.options.subtask
-                write_outputs(image, result["label_map"], path, stem, self.class_names, self.palette,
-                              self.output_dir, self.model_id, segments=result)
-            return
-        label_maps = segment_batch(
-            self.model, self.processor, images, self.class_embeddings, self.device, self.dtype,
-            self.sliding_window, self.window_stride,
-        )
+        else:
+            label_maps = segment_batch(
+                self.model, self.processor, images, self.class_embeddings, self.device, self.dtype,
+                self.sliding_window, self.window_stride,
+            )
+            results = [{"label_map": label_map} for label_map in label_maps]
         failures = []
-        for (path, stem, image), label_map in zip(batch, label_maps, strict=True):
+        for (path, stem, image), result in zip(batch, results, strict=True):
+            segments = result if "segments" in result else None
             try:
-                write_outputs(
-                    image, label_map, path, stem, self.class_names, self.palette, self.output_dir, self.model_id
-                )
+                write_outputs(image, result["label_map"], path, stem, self.class_names, self.palette,
+                              self.output_dir, self.model_id, segments=segments)
             except OSError as error:  # a folder in the way, a read-only or full disk: this image failed, not the run
                 failures.append((path, f"cannot write its results: {_describe_os_error(error)}"))
         return failures
