@@ -23,7 +23,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere in a checkou
     sys.path.insert(0, str(REPO_ROOT))
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, write_model_card  # noqa: E402
-from modeling_pat.weights_files import bad_weights_error  # noqa: E402
+from modeling_pat.weights_files import bad_weights_error, torch_load_weights  # noqa: E402
 
 
 HUB_REPO_ID = "Mendel192/san"
@@ -156,28 +156,13 @@ def read_checkpoint(path: str | Path) -> dict:
         if bad is not None:
             raise bad
         return load_file(str(path))
-    checkpoint = _torch_load(path)
+    checkpoint = torch_load_weights(path)
     for wrapper in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
             checkpoint = checkpoint[wrapper]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     return checkpoint
-
-
-def _torch_load(path: Path):
-    """`torch.load(weights_only=True)`; a file it cannot decode raises an OSError naming it (torch says e.g. only
-    "PytorchStreamReader failed reading zip archive: failed finding central directory", or a bare KeyError)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the file exists: whatever torch.load trips over is in the file
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # the weights-only unpickler's own reason is on a later line than its long advice
-        reason = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0] if lines else "")
-        raise OSError(
-            f"The checkpoint {path} ({path.stat().st_size} bytes) is unusable: truncated, corrupt, or holding more "
-            f"than tensors and plain containers ({type(error).__name__}: {reason}). Download it again."
-        ) from error
 
 
 def config_from_reference_json(description: dict) -> PATConfig:

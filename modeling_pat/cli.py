@@ -273,7 +273,7 @@ def result_kind(path: Path) -> str | None:
             kind = json.loads(path.read_text(encoding="utf-8")).get(RESULT_MARKER)
         else:
             return None
-    except (OSError, ValueError, AttributeError):  # unreadable, not an image, not a JSON object: not ours
+    except Exception:  # unreadable, not an image, a decompression bomb, not a JSON object: not one of ours
         return None
     return kind if kind in result_files("") else None
 
