@@ -49,6 +49,7 @@ from modeling_pat.data import (
 )
 from modeling_pat.evaluation import PATSegmentationTrainer, write_results_table
 from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS
+from modeling_pat.weights_files import bad_weights_error
 
 
 logger = logging.getLogger("run_semantic_segmentation")
@@ -272,7 +273,10 @@ def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
         sys.path.insert(0, str(REPO_ROOT / "conversion_scripts"))
         from convert_san_to_hf import convert  # noqa: E402  (a script folder, not a package)
 
-        return convert(model_args.model_name_or_path, resolve_config(model_args.config_name))
+        try:
+            return convert(model_args.model_name_or_path, resolve_config(model_args.config_name))
+        except OSError as error:  # missing, truncated or corrupt: the message names the file
+            raise SetupError(str(error)) from error
     if model_args.model_name_or_path:
         try:
             return PATForOpenVocabSegmentation.from_pretrained(
@@ -289,7 +293,13 @@ def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
     if weights is not None:
         import open_clip
 
-        open_clip.load_checkpoint(model.model.clip_tower.clip, weights)
+        try:
+            open_clip.load_checkpoint(model.model.clip_tower.clip, weights)
+        except Exception as error:  # truncated, corrupt or not CLIP's weights: name the file and the problem
+            bad = bad_weights_error([weights])  # safetensors itself only says "Error while deserializing header"
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise SetupError(str(bad) if bad else f"Cannot load the CLIP weights {weights}: "
+                             f"{type(error).__name__}: {detail}") from error
         model.model.clip_tower.freeze(config.clip_trainable_positional_embedding)
         model._text_cache.clear()
         logger.info("Loaded CLIP weights from %s", weights)

@@ -333,3 +333,26 @@ def test_clip_weights_from_a_checkpoint_file(tmp_path):
     torch.testing.assert_close(clip.state_dict(), donor.state_dict())
     assert clip.visual.positional_embedding.requires_grad  # SAN fine-tunes it
     assert not clip.visual.conv1.weight.requires_grad and not clip.token_embedding.weight.requires_grad
+
+
+@pytest.mark.parametrize("which", ["checkpoint.pth", "saved folder", "clip weights"])
+def test_a_truncated_weights_file_is_a_setup_error_naming_it(tmp_path, which):
+    model = PATForOpenVocabSegmentation(PATConfig.from_preset("san-tiny"))
+    if which == "checkpoint.pth":
+        weights = tmp_path / "san.pth"
+        torch.save({"model": {"a": torch.zeros(1000)}}, weights)
+        arguments = runner.ModelArguments(model_name_or_path=str(weights), config_name="san-tiny")
+    elif which == "saved folder":
+        model.save_pretrained(tmp_path)
+        weights = tmp_path / "model.safetensors"
+        arguments = runner.ModelArguments(model_name_or_path=str(tmp_path))
+    else:
+        weights = tmp_path / "open_clip_model.safetensors"
+        from safetensors.torch import save_file
+
+        save_file(model.model.clip_tower.clip.state_dict(), str(weights))
+        arguments = runner.ModelArguments(config_name="san-tiny", clip_pretrained=str(weights))
+    weights.write_bytes(weights.read_bytes()[:-64])  # an interrupted download
+    with pytest.raises(runner.SetupError, match="truncated") as caught:
+        runner.build_model(arguments)
+    assert str(weights) in str(caught.value)
