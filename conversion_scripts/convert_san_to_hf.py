@@ -260,12 +260,16 @@ def convert(checkpoint_path: str | Path, config: PATConfig) -> PATForOpenVocabSe
 
 
 def save(model: PATForOpenVocabSegmentation, output_dir: str | Path) -> None:
-    """`save_pretrained` folder with model, config and processor, loadable through the Auto classes."""
+    """`save_pretrained` folder with model, config and processor, loadable through the Auto classes. Written to a
+    staging folder first and then moved file by file, so a failed or interrupted save never leaves a half-written
+    weights file over an earlier conversion in `output_dir`."""
     from modeling_pat import PATProcessor, register_for_auto_classes
+    from modeling_pat.atomic_files import staged_folder
 
     register_for_auto_classes()
-    model.save_pretrained(output_dir)
-    PATProcessor.from_config(model.config).save_pretrained(output_dir)
+    with staged_folder(output_dir) as staging:
+        model.save_pretrained(staging)
+        PATProcessor.from_config(model.config).save_pretrained(staging)
 
 
 def verify(model: PATForOpenVocabSegmentation, output_dir: str | Path) -> None:
