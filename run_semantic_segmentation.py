@@ -66,6 +66,7 @@ from modeling_pat.finetuning import (
 from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS
 from modeling_pat.pretrained import resolve_pretrained
 from modeling_pat.training import checkpoint_problem, last_complete_checkpoint
+from modeling_pat.weights_files import bad_weights_error
 
 
 logger = logging.getLogger("run_semantic_segmentation")
@@ -345,7 +346,10 @@ def clip_weights_file(config: PATConfig, choice: str) -> str | None:
 def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
     source = model_args.model_name_or_path
     if source and source.endswith((".pth", ".pt", ".pkl")) and model_args.config_name:
-        return convert(source, resolve_config(model_args.config_name))  # an explicit config: no cache, no detection
+        try:  # an explicit config: no cache, no detection
+            return convert(source, resolve_config(model_args.config_name))
+        except OSError as error:  # missing, truncated or corrupt: the message names the file
+            raise SetupError(str(error)) from error
     if source:
         try:  # a short name (san-vit-b16) or a checkpoint file: fetched and converted once into the cache
             source = resolve_pretrained(source, revision=model_args.model_revision, token=model_args.token)
@@ -363,7 +367,13 @@ def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
     if weights is not None:
         import open_clip
 
-        open_clip.load_checkpoint(model.model.clip_tower.clip, weights)
+        try:
+            open_clip.load_checkpoint(model.model.clip_tower.clip, weights)
+        except Exception as error:  # truncated, corrupt or not CLIP's weights: name the file and the problem
+            bad = bad_weights_error([weights])  # safetensors itself only says "Error while deserializing header"
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise SetupError(str(bad) if bad else f"Cannot load the CLIP weights {weights}: "
+                             f"{type(error).__name__}: {detail}") from error
         model.model.clip_tower.freeze(config.clip_trainable_positional_embedding, config.clip_trainable_layers)
         model._text_cache.clear()
         logger.info("Loaded CLIP weights from %s", weights)

@@ -6,6 +6,7 @@ exception while writing leaves the previous file (if any) untouched and no half-
 """
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -63,10 +64,30 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
+@contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yields an empty staging folder inside `folder` for a writer of several files (e.g. `save_pretrained`); once the
+    block ends without an exception each file is synced and renamed into `folder` (one atomic rename per file),
+    otherwise the staging folder is removed and `folder` keeps exactly what it had."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
+    try:
+        yield staging
+        for file in sorted(staging.iterdir()):
+            if not file.is_file():
+                raise IsADirectoryError(f"staged_folder moves files only; {file.name} is a folder")
+            _sync(str(file))
+        for file in sorted(staging.iterdir()):
+            os.replace(file, folder / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _sync(path: str) -> None:
     # the data must be on disk before the rename is, or a power loss can leave an empty file under the final name
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 
 
-__all__ = ["atomic_open", "atomic_path", "write_text_atomic"]
+__all__ = ["atomic_open", "atomic_path", "staged_folder", "write_text_atomic"]

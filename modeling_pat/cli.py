@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .atomic_files import atomic_open
 from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary, stuff_class_names
 from .image_processing_pat import load_image
 from .modeling_pat import PATForOpenVocabSegmentation
@@ -57,7 +58,6 @@ from .pretrained import (
     resolve_pretrained,
 )
 from .processing_pat import PATProcessor, validate_class_names
-from .atomic_files import atomic_open
 from .sliding_window import sliding_window_segmentation
 from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map, save_png, save_segment_map
 
@@ -311,7 +311,7 @@ def result_kind(path: Path) -> str | None:
             kind = json.loads(path.read_text(encoding="utf-8")).get(RESULT_MARKER)
         else:
             return None
-    except (OSError, ValueError, AttributeError):  # unreadable, not an image, not a JSON object: not ours
+    except Exception:  # unreadable, not an image, a decompression bomb, not a JSON object: not one of ours
         return None
     return kind if kind in result_files("") else None
 
@@ -549,9 +549,10 @@ class SegmentationJob:
 
 
 def _describe_os_error(error: OSError) -> str:
-    """'<file>: <reason>' of a failed write, one line."""
+    """'<file>: <reason>' of a failed write, one line (the final name, not the temporary one, when a rename failed)."""
     reason = error.strerror or _first_line(error)
-    return f"{error.filename}: {reason}" if error.filename else reason
+    file = error.filename2 or error.filename
+    return f"{file}: {reason}" if file else reason
 
 
 def segment_files(
@@ -571,8 +572,9 @@ def segment_files(
                 progress.update(1)
             if batch and (len(batch) == batch_size or index == len(paths) - 1):
                 write_failures = job.process(batch)
-                for path_failed, reason in write_failures if not quiet else ():
-                    tqdm.write(f"warning: {path_failed}: {reason}", file=sys.stderr)
+                if not quiet:
+                    for failed, reason in write_failures:
+                        tqdm.write(f"warning: {failed}: {reason}", file=sys.stderr)
                 failures += write_failures
                 progress.update(len(batch))
                 batch = []
@@ -603,23 +605,31 @@ def run(args: argparse.Namespace) -> int:
         sliding_window=args.sliding_window, window_stride=args.window_stride, options=options,
     )
     stems = output_stems(paths, args.output_dir)
+    renamed = _renamed(paths, stems, args.output_dir)  # before writing: the reasons are about files found there
     failures = segment_files(job, paths, stems, args.batch_size, args.quiet)
-    _report_renamed(paths, stems, args.output_dir)
+    _report_renamed(renamed)
     return _report(len(paths) - len(failures), failures, args.output_dir, args.quiet)
 
 
-def _report_renamed(paths: list[Path], stems: list[str], output_dir: Path) -> None:
-    """Say which images got another result name because their own would overwrite a file the run did not create
-    (always, even with --quiet: a user looking for <stem>_labels.png must learn where the results went)."""
-    renamed = [(path, stem) for path, stem in zip(paths, stems, strict=True) if stem != path.stem]
+def _renamed(paths: list[Path], stems: list[str], output_dir: Path) -> list[tuple[Path, str, str]]:
+    """(path, stem, reason) of every image whose results avoid a file the run must not overwrite (not those that
+    merely share a stem with another input)."""
     inputs = {os.path.realpath(path) for path in paths}
-    reasons = [(path, stem, result_name_taken(output_dir, path.stem, inputs)) for path, stem in renamed]
-    reasons = [entry for entry in reasons if entry[2] is not None]  # not merely two inputs sharing a stem
-    if reasons:
-        print(f"pat-segment: {len(reasons)} image(s) got other result names, so that no file is overwritten:",
+    reasons = [
+        (path, stem, result_name_taken(output_dir, path.stem, inputs))
+        for path, stem in zip(paths, stems, strict=True)
+        if stem != path.stem
+    ]
+    return [entry for entry in reasons if entry[2] is not None]
+
+
+def _report_renamed(renamed: list[tuple[Path, str, str]]) -> None:
+    """Always, even with --quiet: a user looking for <stem>_labels.png must learn where the results went."""
+    if renamed:
+        print(f"pat-segment: {len(renamed)} image(s) got other result names, so that no file is overwritten:",
               file=sys.stderr)
-    for path, stem, reason in reasons:
-        print(f"  {path} -> {stem}_labels.png, {stem}_overlay.png, {stem}.json ({reason})", file=sys.stderr)
+    for path, stem, reason in renamed:
+        print(f"  {path} -> {', '.join(result_files(stem).values())} ({reason})", file=sys.stderr)
 
 
 def segment_options(args: argparse.Namespace) -> SegmentOptions:

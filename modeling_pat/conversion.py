@@ -13,7 +13,7 @@ import torch
 from .configuration_pat import PATConfig
 from .modeling_pat import PATForOpenVocabSegmentation
 from .processing_pat import PATProcessor
-from .weights_files import bad_weights_error
+from .weights_files import bad_weights_error, torch_load_weights
 
 
 # Bumped whenever a change here would change a converted folder: the converted-model cache is keyed on it.
@@ -146,28 +146,13 @@ def read_checkpoint(path: str | Path) -> dict:
         if bad is not None:
             raise bad
         return load_file(str(path))
-    checkpoint = _torch_load(path)
+    checkpoint = torch_load_weights(path)
     for wrapper in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
             checkpoint = checkpoint[wrapper]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     return checkpoint
-
-
-def _torch_load(path: Path):
-    """`torch.load(weights_only=True)`; a file it cannot decode raises an OSError naming it (torch says e.g. only
-    "PytorchStreamReader failed reading zip archive: failed finding central directory", or a bare KeyError)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the file exists: whatever torch.load trips over is in the file
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # the weights-only unpickler's own reason is on a later line than its long advice
-        reason = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0] if lines else "")
-        raise OSError(
-            f"The checkpoint {path} ({path.stat().st_size} bytes) is unusable: truncated, corrupt, or holding more "
-            f"than tensors and plain containers ({type(error).__name__}: {reason}). Download it again."
-        ) from error
 
 
 def config_from_reference_json(description: dict) -> PATConfig:
@@ -246,12 +231,15 @@ def convert(checkpoint_path: str | Path, config: PATConfig) -> PATForOpenVocabSe
 
 def save(model: PATForOpenVocabSegmentation, output_dir: str | Path) -> None:
     """`save_pretrained` folder with model, config and processor (tokenizer included), loadable through the Auto
-    classes."""
+    classes. Written to a staging folder first and then moved file by file, so a failed or interrupted save never
+    leaves a half-written weights file over an earlier conversion in `output_dir`."""
     from . import register_for_auto_classes
+    from .atomic_files import staged_folder
 
     register_for_auto_classes()
-    model.save_pretrained(output_dir)
-    PATProcessor.from_config(model.config).save_pretrained(output_dir)
+    with staged_folder(output_dir) as staging:
+        model.save_pretrained(staging)
+        PATProcessor.from_config(model.config).save_pretrained(staging)
 
 
 def reload_difference(model: PATForOpenVocabSegmentation, output_dir: str | Path) -> float:

@@ -26,6 +26,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .atomic_files import atomic_path
 from .configuration_pat import PATConfig
+from .weights_files import bad_weights_error
 
 
 logger = logging.getLogger(__name__)
@@ -345,6 +346,9 @@ def _count_parameters(model_dir: Path) -> str | None:
 
     total = 0
     for path in sorted(model_dir.glob("*.safetensors")):
+        bad = bad_weights_error([path])  # safetensors would only say "Error while deserializing header"
+        if bad is not None:
+            raise bad
         with safe_open(path, framework="pt") as weights:
             for key in weights.keys():
                 count = 1

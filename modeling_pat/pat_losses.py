@@ -32,6 +32,7 @@ from torch import nn
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .configuration_pat import PATConfig
+from .weights_files import torch_load_weights
 
 
 SPATIAL_ALIGNMENT_STAGES = ("early", "mid", "late")
@@ -183,7 +184,7 @@ def load_vgg16_features(path: Path) -> nn.Sequential:
     # built on meta (no random init of the 120M-parameter classifier), then the real tensors are assigned
     with torch.device("meta"):
         features = vgg16(weights=None).features[: VGG16_LAYER_ENDS["relu5_3"]]
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load_weights(path)  # a truncated download: an OSError naming the file
     state = {k.removeprefix("features."): v.float() for k, v in state.items() if k.startswith("features.")}
     state = {k: v for k, v in state.items() if int(k.split(".")[0]) < VGG16_LAYER_ENDS["relu5_3"]}
     try:

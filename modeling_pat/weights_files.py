@@ -1,5 +1,6 @@
 """Which weights file is bad, and how: safetensors headers checked by hand, so that a truncated download or a foreign
-file is reported as an `OSError` naming the file instead of safetensors' bare "Error while deserializing header".
+file is reported as an `OSError` naming the file instead of safetensors' bare "Error while deserializing header";
+the same for `torch.load` of `.pth` files.
 
 A safetensors file is an 8-byte little-endian header length n, n bytes of JSON (name -> dtype, shape, data_offsets),
 then the tensor data; the last tensor's end offset is the data size, so the exact file size is known from the header.
@@ -9,6 +10,8 @@ import json
 import os
 import struct
 from pathlib import Path
+
+import torch
 
 
 # A header is a few hundred bytes per tensor; anything near this is not a safetensors header (safetensors' own cap)
@@ -72,8 +75,27 @@ def candidate_weights_files(name_or_path: str | os.PathLike, subfolder: str = ""
     return [file for file in found if isinstance(file, str)]
 
 
+def torch_load_weights(path: str | os.PathLike):
+    """`torch.load(path, weights_only=True)` on the CPU; a file it cannot decode raises an OSError naming it (torch
+    says e.g. only "PytorchStreamReader failed reading zip archive: failed finding central directory", or a bare
+    KeyError). A missing file stays a FileNotFoundError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {path}.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the file exists: whatever torch.load trips over is in the file
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # the weights-only unpickler's own reason is on a later line than its long advice
+        reason = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0] if lines else "")
+        raise OSError(
+            f"The checkpoint {path} ({path.stat().st_size} bytes) is unusable: truncated, corrupt, or holding more "
+            f"than tensors and plain containers ({type(error).__name__}: {reason}). Download it again."
+        ) from error
+
+
 def _join(subfolder: str, name: str) -> str:
     return f"{subfolder.strip('/')}/{name}" if subfolder else name
 
 
-__all__ = ["bad_weights_error", "candidate_weights_files", "safetensors_problem"]
+__all__ = ["bad_weights_error", "candidate_weights_files", "safetensors_problem", "torch_load_weights"]

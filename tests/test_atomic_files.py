@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_pat.atomic_files import atomic_open, atomic_path, write_text_atomic
+from modeling_pat.atomic_files import atomic_open, atomic_path, staged_folder, write_text_atomic
 from modeling_pat.visualization import save_label_map
 
 
@@ -63,3 +63,21 @@ def test_an_interrupted_png_write_leaves_the_previous_png(tmp_path, monkeypatch)
     with Image.open(target) as png:
         assert np.array(png).tolist() == np.ones((4, 5)).tolist()
     assert [p.name for p in tmp_path.iterdir()] == ["labels.png"]
+
+
+def test_a_staged_folder_moves_its_files_in_only_when_complete(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_text("the earlier, complete weights")
+    with pytest.raises(OSError, match="No space"):
+        with staged_folder(folder) as staging:
+            (staging / "config.json").write_text("{}")
+            (staging / "model.safetensors").write_text("half of the new wei")
+            raise OSError(28, "No space left on device")
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors"]
+    assert (folder / "model.safetensors").read_text() == "the earlier, complete weights"
+    with staged_folder(folder) as staging:
+        (staging / "model.safetensors").write_text("new weights")
+        (staging / "config.json").write_text("{}")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert (folder / "model.safetensors").read_text() == "new weights"

@@ -2,6 +2,7 @@
 
 import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +133,19 @@ def test_a_truncated_checkpoint_raises_oserror_naming_it(tmp_path, suffix, keep)
     with pytest.raises(OSError, match="truncated") as caught:
         convert.read_checkpoint(path)
     assert str(path) in str(caught.value)
+
+
+def test_a_failed_save_keeps_the_earlier_conversion(tmp_path, monkeypatch):
+    out = tmp_path / "converted"
+    model = PATForOpenVocabSegmentation(PATConfig.from_preset("san-tiny"))
+    convert.save(model, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail_midway(self, save_directory, *args, **kwargs):  # as a full disk would, after part of the weights
+        (Path(save_directory) / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PATForOpenVocabSegmentation, "save_pretrained", fail_midway)
+    with pytest.raises(OSError, match="No space"):
+        convert.save(model, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -221,3 +221,15 @@ def test_a_failed_card_write_keeps_the_previous_card(tmp_path, monkeypatch):
         write_model_card(tmp_path)
     assert (tmp_path / "README.md").read_text() == "my hand-written card"
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_truncated_weights_file_is_named(tmp_path, capsys):
+    from modeling_pat.model_card import main
+
+    config = PATConfig.from_preset("san-tiny")
+    PATForOpenVocabSegmentation(config).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights} is unusable: truncated" in err and not (tmp_path / "README.md").exists()

@@ -237,6 +237,15 @@ def test_vgg_loads_from_the_local_cache_only(monkeypatch, tmp_path):
     assert math.isfinite(perceptual(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)).item())
 
 
+
+def test_a_truncated_vgg_file_raises_oserror_naming_it(tmp_path):
+    path = tmp_path / "vgg16-397923af.pth"
+    torch.save({"features.0.weight": torch.randn(64, 3, 3, 3)}, path)
+    path.write_bytes(path.read_bytes()[:300])  # an interrupted download
+    with pytest.raises(OSError, match="truncated") as caught:
+        load_vgg16_features(path)
+    assert str(path) in str(caught.value)
+
 # ---------------------------------------------------------------------------------------------------------------------
 # VQ and the combined tokenization loss
 

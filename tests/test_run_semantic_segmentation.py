@@ -477,3 +477,26 @@ def test_official_name_starts_a_run_whose_folder_loads_everywhere(workspace, tmp
     assert {segment["label"] for segment in segments} <= {"cat", "grass"}
     assert pat_segment([str(SAMPLE), "--labels", "cat,grass", "--model", str(output), "--output-dir",
                         str(tmp_path / "segmented"), "-q"]) == 0
+
+
+@pytest.mark.parametrize("which", ["checkpoint.pth", "saved folder", "clip weights"])
+def test_a_truncated_weights_file_is_a_setup_error_naming_it(tmp_path, which):
+    model = PATForOpenVocabSegmentation(PATConfig.from_preset("san-tiny"))
+    if which == "checkpoint.pth":
+        weights = tmp_path / "san.pth"
+        torch.save({"model": {"a": torch.zeros(1000)}}, weights)
+        arguments = runner.ModelArguments(model_name_or_path=str(weights), config_name="san-tiny")
+    elif which == "saved folder":
+        model.save_pretrained(tmp_path)
+        weights = tmp_path / "model.safetensors"
+        arguments = runner.ModelArguments(model_name_or_path=str(tmp_path))
+    else:
+        weights = tmp_path / "open_clip_model.safetensors"
+        from safetensors.torch import save_file
+
+        save_file(model.model.clip_tower.clip.state_dict(), str(weights))
+        arguments = runner.ModelArguments(config_name="san-tiny", clip_pretrained=str(weights))
+    weights.write_bytes(weights.read_bytes()[:-64])  # an interrupted download
+    with pytest.raises(runner.SetupError, match="truncated") as caught:
+        runner.build_model(arguments)
+    assert str(weights) in str(caught.value)
