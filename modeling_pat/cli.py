@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary
-from .image_processing_pat import load_image
+from .image_processing_pat import load_image, padding_groups
 from .modeling_pat import PATForOpenVocabSegmentation
 from .processing_pat import PATProcessor, validate_class_names
 from .sliding_window import sliding_window_segmentation
@@ -256,8 +256,8 @@ def output_stems(paths: list[Path]) -> list[str]:
 def segment_batch(
     model, processor, images, class_embeddings, device, dtype, sliding_window=False, window_stride=None
 ) -> list[np.ndarray]:
-    """PIL images -> [H, W] int64 label maps at each image's own size (one forward pass for the whole batch, or
-    with `sliding_window` batches of windows per image)."""
+    """PIL images -> [H, W] int64 label maps at each image's own size (one forward pass for the whole batch, or for
+    each of its `padding_groups`; with `sliding_window` batches of windows per image)."""
     sizes = [(image.height, image.width) for image in images]
     targets = [_postprocess_size(size, model.config.num_queries, class_embeddings.shape[0]) for size in sizes]
     if sliding_window:
@@ -266,13 +266,20 @@ def segment_batch(
             stride=window_stride,
         )
         return [_to_size(label_map.cpu(), size) for label_map, size in zip(maps, sizes, strict=True)]
-    inputs = processor(images=images, return_tensors="pt")
-    outputs = model(
-        pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
-        class_embeddings=class_embeddings,
-        image_sizes=inputs["image_sizes"].to(device),
-    )
-    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=targets)
+    # sizes too different to pad into one batch (one very wide image among small ones) run as separate batches
+    image_processor = processor.image_processor
+    resized = [image_processor.resized_size(*size) for size in sizes]
+    maps = [None] * len(images)
+    for group in padding_groups(resized, image_processor.size_divisibility):
+        inputs = processor(images=[images[i] for i in group], return_tensors="pt")
+        outputs = model(
+            pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
+            class_embeddings=class_embeddings,
+            image_sizes=inputs["image_sizes"].to(device),
+        )
+        group_maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[targets[i] for i in group])
+        for index, label_map in zip(group, group_maps, strict=True):
+            maps[index] = label_map
     return [_to_size(label_map.cpu(), size) for label_map, size in zip(maps, sizes, strict=True)]
 
 

@@ -776,6 +776,16 @@ class PATImageProcessor(TorchvisionBackend):
             size = SizeDict(height=new_size[0], width=new_size[1])
         return super().resize(image, size, resample=resample, antialias=antialias, **kwargs)
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) `preprocess` resizes a (height, width) image to with this processor's settings, before
+        padding: what a caller needs to plan batches (`padding_groups`) without preprocessing first."""
+        if not self.do_resize:
+            return int(height), int(width)
+        size = self.size if isinstance(self.size, SizeDict) else SizeDict(**self.size)
+        if size.shortest_edge:
+            return get_resize_output_size(height, width, size.shortest_edge, size.longest_edge)
+        return int(size.height), int(size.width)
+
     def rescale_and_normalize(
         self,
         images: torch.Tensor,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor
@@ -17,6 +18,7 @@ from modeling_pat.cli import (
     vocabulary_class_names,
     main,
     output_stems,
+    segment_batch,
 )
 
 
@@ -209,3 +211,24 @@ def test_usage_errors_exit_2(tmp_path, capsys, argv, message):
 def test_help_exits_0(capsys):
     assert main(["--help"]) == EXIT_OK
     assert "random:<preset>" in capsys.readouterr().out
+
+
+def test_one_very_wide_image_does_not_pad_the_batch(monkeypatch):
+    """segment_batch runs the batch in `padding_groups`: the three small images together, the wide one alone (not
+    four images padded to its width), with the maps of one image at a time."""
+    torch.manual_seed(0)
+    model = PATForOpenVocabSegmentation(PATConfig.from_preset("san-tiny")).eval()
+    processor = PATProcessor.from_config(model.config, size={"shortest_edge": 96, "longest_edge": 384})
+    embeddings = model.get_class_embeddings(class_names=LABELS)
+    small = Image.open(SAMPLES[0]).convert("RGB").resize((144, 96))
+    wide = Image.open(SAMPLES[1]).convert("RGB").resize((1200, 40))  # resized to 13 x 384
+    images = [small, wide, small.transpose(Image.FLIP_LEFT_RIGHT), small.rotate(180)]
+    shapes = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda pixel_values, **kw: shapes.append(tuple(pixel_values.shape))
+                        or forward(pixel_values, **kw))
+    maps = segment_batch(model, processor, images, embeddings, torch.device("cpu"), torch.float32)
+    assert sorted(shapes) == [(1, 3, 32, 384), (3, 3, 96, 160)]
+    for image, label_map in zip(images, maps, strict=True):
+        alone = segment_batch(model, processor, [image], embeddings, torch.device("cpu"), torch.float32)[0]
+        assert label_map.shape == (image.height, image.width) and np.array_equal(label_map, alone)

@@ -412,3 +412,12 @@ def test_padding_groups_split_only_when_padding_would_dominate():
         height, width = get_padded_size([sizes[i] for i in group], 1)
         own = sum(sizes[i][0] * sizes[i][1] for i in group)
         assert len(group) * height * width <= image_processing_pat.MAX_PADDING_OVERHEAD * own
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"size": {"shortest_edge": 96, "longest_edge": 384}}, {"do_resize": False},
+                                    {"size": {"height": 64, "width": 80}}])
+def test_resized_size_is_what_preprocess_gives(kwargs):
+    processor = PATImageProcessor(**kwargs)
+    for height, width in [(300, 451), (40, 1200), (2000, 3), (17, 17)]:
+        image = Image.new("RGB", (width, height))
+        assert processor.resized_size(height, width) == tuple(processor(images=image)["image_sizes"][0].tolist())
