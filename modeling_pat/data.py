@@ -92,11 +92,12 @@ class _DuplicateKey(ValueError):
 
 
 def _refuse_duplicate_keys(pairs: list) -> dict:
-    keys = [key for key, _ in pairs]
-    for key in keys:
-        if keys.count(key) > 1:
+    content = {}
+    for key, value in pairs:
+        if key in content:
             raise _DuplicateKey(key)
-    return dict(pairs)
+        content[key] = value
+    return content
 
 
 def _id_to_name(path, content: dict) -> dict[int, str]:

@@ -429,3 +429,21 @@ def test_resume_last_skips_a_checkpoint_killed_while_saving(workspace, tmp_path)
     assert state["global_step"] == 8
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, 9))
     assert json.loads((output / "checkpoint-8" / "trainer_state.json").read_text())["global_step"] == 8
+
+
+def test_bad_label_error_from_a_dataloader_worker_is_one_line():
+    """A DataLoader worker re-raises the error with its traceback in the message; the line printed is the cause."""
+    from torch._utils import ExceptionWrapper
+
+    from modeling_pat.data import LabelFileError
+
+    try:
+        raise LabelFileError("/data/label/x.png: label value(s) 9 are neither a class index nor the ignore value.")
+    except LabelFileError:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(LabelFileError) as error:
+        wrapper.reraise()
+    assert "Traceback" in str(error.value)
+    assert runner.data_error_line(error.value) == (
+        "/data/label/x.png: label value(s) 9 are neither a class index nor the ignore value.")
+    assert runner.data_error_line(LabelFileError("plain message")) == "plain message"
