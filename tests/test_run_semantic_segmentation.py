@@ -447,3 +447,19 @@ def test_bad_label_error_from_a_dataloader_worker_is_one_line():
     assert runner.data_error_line(error.value) == (
         "/data/label/x.png: label value(s) 9 are neither a class index nor the ignore value.")
     assert runner.data_error_line(LabelFileError("plain message")) == "plain message"
+
+
+def test_resume_point_named_incomplete_folder_is_a_usage_error_and_last_without_one_starts_over(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    incomplete = tmp_path / "checkpoint-3"
+    incomplete.mkdir()
+    (incomplete / "model.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(runner.SetupError, match=r"checkpoint-3: incomplete checkpoint \(no trainer_state.json\)"):
+        runner.resume_point(SimpleNamespace(resume_from_checkpoint=str(incomplete), output_dir=str(tmp_path)))
+    with pytest.raises(runner.SetupError, match="no such folder"):
+        runner.resume_point(SimpleNamespace(resume_from_checkpoint=str(tmp_path / "nope"), output_dir=str(tmp_path)))
+    with caplog.at_level("WARNING"):
+        assert runner.resume_point(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(tmp_path))) is None
+    assert "Skipping the incomplete checkpoint" in caplog.text and "training starts from step 0" in caplog.text
+    assert runner.resume_point(SimpleNamespace(resume_from_checkpoint=None, output_dir=str(tmp_path))) is None
