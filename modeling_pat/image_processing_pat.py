@@ -680,6 +680,8 @@ class PATImageProcessor(TorchvisionBackend):
 
     Returns `pixel_values` float32 [B, 3, Hp, Wp], `image_sizes` int64 [B, 2] (resized, unpadded H, W),
     `original_sizes` int64 [B, 2] (input H, W) and, with `segmentation_maps`, `labels` int64 [B, Hp, Wp].
+    A batch is padded to its largest image; callers that batch images of any size split them first with
+    `padding_groups` (planned from `resized_size`), as the pipeline and `pat-segment` do.
     """
 
     valid_kwargs = PATImageProcessorKwargs
