@@ -225,8 +225,11 @@ def test_one_very_wide_image_does_not_pad_the_batch(monkeypatch):
     images = [small, wide, small.transpose(Image.FLIP_LEFT_RIGHT), small.rotate(180)]
     shapes = []
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda pixel_values, **kw: shapes.append(tuple(pixel_values.shape))
-                        or forward(pixel_values, **kw))
+    def recording(pixel_values, **kwargs):
+        shapes.append(tuple(pixel_values.shape))
+        return forward(pixel_values, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
     maps = segment_batch(model, processor, images, embeddings, torch.device("cpu"), torch.float32)
     assert sorted(shapes) == [(1, 3, 32, 384), (3, 3, 96, 160)]
     for image, label_map in zip(images, maps, strict=True):

@@ -370,7 +370,7 @@ def test_upright_rgb_images_are_not_copied_and_rotated_ones_are_turned():
     assert np.asarray(load_image(keyed)).min() == 255
 
 
-# -- extreme shapes stay cheap ------------------------------------------------------------------------------------------
+# -- extreme shapes stay cheap -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("num_classes", [5, 40])  # without and with class pruning
 def test_thin_image_post_processing_is_banded_and_equals_plain(monkeypatch, num_classes):
     """A 65535 x 1 image: model input 2560 x 32 (masks 640 x 8), label map at 65535 x 1. The height chain is a few

@@ -336,7 +336,7 @@ def test_clip_weights_from_a_checkpoint_file(tmp_path):
     assert not clip.visual.conv1.weight.requires_grad and not clip.token_embedding.weight.requires_grad
 
 
-# -- nonsense arguments and bad training data: usage errors, exit code 2 -------------------------------------------------
+# -- nonsense arguments and bad training data: usage errors, exit code 2 -----------------------------------------------
 @pytest.mark.parametrize("extra, message", [
     (["--max_steps", "0"], "--max_steps 0: give a positive number of steps"),
     (["--max_steps", "-5"], "--max_steps -5"),
@@ -382,7 +382,7 @@ def test_bad_label_file_in_training_is_one_line_and_exit_2(workspace, tmp_path):
     assert zero.stderr.strip().splitlines()[-1].startswith("error: --max_steps 0")
 
 
-# -- resuming never picks a half-written checkpoint ------------------------------------------------------------------------
+# -- resuming never picks a half-written checkpoint --------------------------------------------------------------------
 # Runs the script with Trainer's RNG-state save paused at one step: the weights, optimizer and scheduler of that
 # checkpoint are on disk, trainer_state.json (written last) is not, which is where the test kills the process.
 PAUSE_IN_SAVE = """
