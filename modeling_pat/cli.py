@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from .atomic_files import atomic_open
 from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary, stuff_class_names
-from .image_processing_pat import load_image
+from .image_processing_pat import load_image, padding_groups
 from .modeling_pat import PATForOpenVocabSegmentation
 from .pretrained import (
     OFFICIAL_MODELS,
@@ -377,7 +377,22 @@ def segment_batch_results(
 ) -> list[dict]:
     """PIL images -> per image {"label_map": [H, W] int64} and, for instance / panoptic, "segment_map" ([H, W]
     int64 segment ids, 0 = none) and "segments" (the processor's segments_info plus "label" and "box"), from one
-    forward pass for the whole batch."""
+    forward pass for the whole batch, or one per `padding_groups` group: sizes too different to pad together (one
+    very wide image among small ones) run as separate passes."""
+    image_processor = processor.image_processor
+    resized = [image_processor.resized_size(image.height, image.width) for image in images]
+    results = [None] * len(images)
+    for group in padding_groups(resized, image_processor.size_divisibility):
+        group_results = _segment_group(
+            model, processor, [images[i] for i in group], class_embeddings, device, dtype, class_names, options
+        )
+        for index, result in zip(group, group_results, strict=True):
+            results[index] = result
+    return results
+
+
+def _segment_group(model, processor, images, class_embeddings, device, dtype, class_names, options) -> list[dict]:
+    """`segment_batch_results` for images that pad into one batch: one forward pass."""
     sizes = [(image.height, image.width) for image in images]
     targets = [_postprocess_size(size, model.config.num_queries, class_embeddings.shape[0]) for size in sizes]
     inputs = processor(images=images, return_tensors="pt")
@@ -429,8 +444,8 @@ def describe_segments(segment_map: np.ndarray, segments_info: list[dict], class_
 def segment_batch(
     model, processor, images, class_embeddings, device, dtype, sliding_window=False, window_stride=None
 ) -> list[np.ndarray]:
-    """PIL images -> [H, W] int64 label maps at each image's own size (one forward pass for the whole batch, or
-    with `sliding_window` batches of windows per image)."""
+    """PIL images -> [H, W] int64 label maps at each image's own size (one forward pass for the whole batch, or for
+    each of its `padding_groups`; with `sliding_window` batches of windows per image)."""
     sizes = [(image.height, image.width) for image in images]
     targets = [_postprocess_size(size, model.config.num_queries, class_embeddings.shape[0]) for size in sizes]
     if sliding_window:

@@ -25,6 +25,12 @@ The `*_detectron2` folders are what SAN's / Mask2Former's preparation scripts wr
 `prepare_ade20k_full_sem_seg.py`); the raw folders are read directly where the mapping is a pure pixel-value lookup
 (COCO-Stuff, ADE-150, VOC). ADE-847 and PC-459 need the preparation scripts (they decode the full ADE20K index and
 the Pascal Context `.mat` files). Images and labels are paired by file stem (detectron2's `load_sem_seg`).
+
+What is checked when (cheap whatever the dataset's size): `load_split` reads `id2label.json` strictly
+(`read_id2label`), refuses an empty split and reads and checks the first label file (`check_split`); every label file
+is checked again each time it is read (`SegmentationSplit.load`: one vectorised pass beside the image decoding).
+A colour-coded (RGB) map or a value that is neither a class index nor the ignore value raises `LabelFileError`
+naming the file (and the values); `palette_to_class_indices` converts colour-coded maps to class indices.
 """
 
 import json
@@ -92,11 +98,12 @@ class _DuplicateKey(ValueError):
 
 
 def _refuse_duplicate_keys(pairs: list) -> dict:
-    keys = [key for key, _ in pairs]
-    for key in keys:
-        if keys.count(key) > 1:
+    content = {}
+    for key, value in pairs:
+        if key in content:
             raise _DuplicateKey(key)
-    return dict(pairs)
+        content[key] = value
+    return content
 
 
 def _id_to_name(path, content: dict) -> dict[int, str]:

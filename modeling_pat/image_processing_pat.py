@@ -684,6 +684,8 @@ class PATImageProcessor(TorchvisionBackend):
 
     Returns `pixel_values` float32 [B, 3, Hp, Wp], `image_sizes` int64 [B, 2] (resized, unpadded H, W),
     `original_sizes` int64 [B, 2] (input H, W) and, with `segmentation_maps`, `labels` int64 [B, Hp, Wp].
+    A batch is padded to its largest image; callers that batch images of any size split them first with
+    `padding_groups` (planned from `resized_size`), as the pipeline and `pat-segment` do.
     """
 
     valid_kwargs = PATImageProcessorKwargs
@@ -779,6 +781,16 @@ class PATImageProcessor(TorchvisionBackend):
                 return image
             size = SizeDict(height=new_size[0], width=new_size[1])
         return super().resize(image, size, resample=resample, antialias=antialias, **kwargs)
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) `preprocess` resizes a (height, width) image to with this processor's settings, before
+        padding: what a caller needs to plan batches (`padding_groups`) without preprocessing first."""
+        if not self.do_resize:
+            return int(height), int(width)
+        size = self.size if isinstance(self.size, SizeDict) else SizeDict(**self.size)
+        if size.shortest_edge:
+            return get_resize_output_size(height, width, size.shortest_edge, size.longest_edge)
+        return int(size.height), int(size.width)
 
     def rescale_and_normalize(
         self,

@@ -68,7 +68,7 @@ class PATTrainer(Trainer):
         super().log(logs, start_time)
 
 
-# -- resuming -----------------------------------------------------------------------------------------------------------
+# -- resuming ----------------------------------------------------------------------------------------------------------
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor, cli
@@ -17,6 +18,7 @@ from modeling_pat.cli import (
     vocabulary_class_names,
     main,
     output_stems,
+    segment_batch,
 )
 
 
@@ -298,3 +300,27 @@ def test_a_file_that_appears_during_the_run_is_kept(tmp_path, monkeypatch, capsy
     assert main([str(tmp_path / "x.png"), "--labels", "sky,sea", "--output-dir", str(out)] + RANDOM) == EXIT_UNREADABLE
     assert (out / "x.json").read_text() == "someone else's file"
     assert "exists and is not an earlier pat-segment result" in capsys.readouterr().err
+
+
+def test_one_very_wide_image_does_not_pad_the_batch(monkeypatch):
+    """segment_batch runs the batch in `padding_groups`: the three small images together, the wide one alone (not
+    four images padded to its width), with the maps of one image at a time."""
+    torch.manual_seed(0)
+    model = PATForOpenVocabSegmentation(PATConfig.from_preset("san-tiny")).eval()
+    processor = PATProcessor.from_config(model.config, size={"shortest_edge": 96, "longest_edge": 384})
+    embeddings = model.get_class_embeddings(class_names=LABELS)
+    small = Image.open(SAMPLES[0]).convert("RGB").resize((144, 96))
+    wide = Image.open(SAMPLES[1]).convert("RGB").resize((1200, 40))  # resized to 13 x 384
+    images = [small, wide, small.transpose(Image.FLIP_LEFT_RIGHT), small.rotate(180)]
+    shapes = []
+    forward = model.forward
+    def recording(pixel_values, **kwargs):
+        shapes.append(tuple(pixel_values.shape))
+        return forward(pixel_values, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    maps = segment_batch(model, processor, images, embeddings, torch.device("cpu"), torch.float32)
+    assert sorted(shapes) == [(1, 3, 32, 384), (3, 3, 96, 160)]
+    for image, label_map in zip(images, maps, strict=True):
+        alone = segment_batch(model, processor, [image], embeddings, torch.device("cpu"), torch.float32)[0]
+        assert label_map.shape == (image.height, image.width) and np.array_equal(label_map, alone)

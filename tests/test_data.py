@@ -324,7 +324,7 @@ def test_collator_pads_mixed_sizes():
     assert train["image_sizes"].tolist() == [[50, 50]]
 
 
-# -- training data checked when a split is loaded (naming the file) ------------------------------------------------------
+# -- training data checked when a split is loaded (naming the file) ----------------------------------------------------
 def _two_class_folder(root, label_fn, stems=ADE_STEMS[:2]):
     """A folder dataset with the classes wall / sky whose labels `label_fn(stem)` writes."""
     return layouts.make_folder(root, {"train": list(stems)}, ["wall", "sky"], label_fn)
@@ -349,9 +349,11 @@ def test_label_value_outside_the_vocabulary_names_file_and_value(tmp_path):
     later = root / "train" / "label" / f"{ADE_STEMS[1]}.png"
     _write_label(later, np.full_like(np.array(Image.open(later)), 9))
     split = load_split(f"folder={root}", "train")
-    dataset = SegmentationTrainDataset(split, SANTrainAugmentation(crop_size=64, short_edges=(64,)), PATImageProcessor())
+    augmentation = SANTrainAugmentation(crop_size=64, short_edges=(64,))
+    dataset = SegmentationTrainDataset(split, augmentation, PATImageProcessor())
     dataset[0]
-    with pytest.raises(LabelFileError, match=rf"{ADE_STEMS[1]}\.png: label value\(s\) 9 are neither .*ignore value 255"):
+    message = rf"{ADE_STEMS[1]}\.png: label value\(s\) 9 are neither .*ignore value 255"
+    with pytest.raises(LabelFileError, match=message):
         dataset[1]
 
 

@@ -380,7 +380,7 @@ def test_upright_rgb_images_are_not_copied_and_rotated_ones_are_turned():
     assert np.asarray(load_image(keyed)).min() == 255
 
 
-# -- extreme shapes stay cheap ------------------------------------------------------------------------------------------
+# -- extreme shapes stay cheap -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("num_classes", [5, 40])  # without and with class pruning
 def test_thin_image_post_processing_is_banded_and_equals_plain(monkeypatch, num_classes):
     """A 65535 x 1 image: model input 2560 x 32 (masks 640 x 8), label map at 65535 x 1. The height chain is a few
@@ -422,3 +422,12 @@ def test_padding_groups_split_only_when_padding_would_dominate():
         height, width = get_padded_size([sizes[i] for i in group], 1)
         own = sum(sizes[i][0] * sizes[i][1] for i in group)
         assert len(group) * height * width <= image_processing_pat.MAX_PADDING_OVERHEAD * own
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"size": {"shortest_edge": 96, "longest_edge": 384}}, {"do_resize": False},
+                                    {"size": {"height": 64, "width": 80}}])
+def test_resized_size_is_what_preprocess_gives(kwargs):
+    processor = PATImageProcessor(**kwargs)
+    for height, width in [(300, 451), (40, 1200), (2000, 3), (17, 17)]:
+        image = Image.new("RGB", (width, height))
+        assert processor.resized_size(height, width) == tuple(processor(images=image)["image_sizes"][0].tolist())

@@ -300,7 +300,7 @@ def test_a_truncated_weights_file_is_named(tmp_path, pat_folder):
         pipeline("image-segmentation", model=str(folder))
 
 
-# -- extreme shapes: one very wide image does not pad the batch ---------------------------------------------------------
+# -- extreme shapes: one very wide image does not pad the batch --------------------------------------------------------
 def test_very_wide_image_gets_its_own_forward_pass_with_per_image_results(segmenter, monkeypatch):
     cat = Image.open(fixture_image(CAT)).convert("RGB")
     wide = Image.open(fixture_image(STREET)).convert("RGB").resize((1200, 40))  # resized to 13 x 384
@@ -308,8 +308,11 @@ def test_very_wide_image_gets_its_own_forward_pass_with_per_image_results(segmen
     labels = ["cat", "sofa", "road", "car"]
     shapes = []
     forward = segmenter.model.forward
-    monkeypatch.setattr(segmenter.model, "forward",
-                        lambda pixel_values, **kw: shapes.append(tuple(pixel_values.shape)) or forward(pixel_values, **kw))
+    def recording(pixel_values, **kwargs):
+        shapes.append(tuple(pixel_values.shape))
+        return forward(pixel_values, **kwargs)
+
+    monkeypatch.setattr(segmenter.model, "forward", recording)
     batched = segmenter(images, candidate_labels=labels, batch_size=4)
     # the three 96 x 144 images together (padded to 96 x 160), the wide one alone (32 x 384), not 4 x 96 x 384
     assert sorted(shapes) == [(1, 3, 32, 384), (3, 3, 96, 160)]

@@ -351,7 +351,7 @@ def test_clip_weights_from_a_checkpoint_file(tmp_path):
     assert not clip.visual.conv1.weight.requires_grad and not clip.token_embedding.weight.requires_grad
 
 
-# -- nonsense arguments and bad training data: usage errors, exit code 2 -------------------------------------------------
+# -- nonsense arguments and bad training data: usage errors, exit code 2 -----------------------------------------------
 @pytest.mark.parametrize("extra, message", [
     (["--max_steps", "0"], "--max_steps 0: give a positive number of steps"),
     (["--max_steps", "-5"], "--max_steps -5"),
@@ -397,7 +397,7 @@ def test_bad_label_file_in_training_is_one_line_and_exit_2(workspace, tmp_path):
     assert zero.stderr.strip().splitlines()[-1].startswith("error: --max_steps 0")
 
 
-# -- resuming never picks a half-written checkpoint ------------------------------------------------------------------------
+# -- resuming never picks a half-written checkpoint --------------------------------------------------------------------
 # Runs the script with Trainer's RNG-state save paused at one step: the weights, optimizer and scheduler of that
 # checkpoint are on disk, trainer_state.json (written last) is not, which is where the test kills the process.
 PAUSE_IN_SAVE = """
@@ -500,3 +500,37 @@ def test_a_truncated_weights_file_is_a_setup_error_naming_it(tmp_path, which):
     with pytest.raises(runner.SetupError, match="truncated") as caught:
         runner.build_model(arguments)
     assert str(weights) in str(caught.value)
+
+
+def test_bad_label_error_from_a_dataloader_worker_is_one_line():
+    """A DataLoader worker re-raises the error with its traceback in the message; the line printed is the cause."""
+    from torch._utils import ExceptionWrapper
+
+    from modeling_pat.data import LabelFileError
+
+    try:
+        raise LabelFileError("/data/label/x.png: label value(s) 9 are neither a class index nor the ignore value.")
+    except LabelFileError:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(LabelFileError) as error:
+        wrapper.reraise()
+    assert "Traceback" in str(error.value)
+    assert runner.data_error_line(error.value) == (
+        "/data/label/x.png: label value(s) 9 are neither a class index nor the ignore value.")
+    assert runner.data_error_line(LabelFileError("plain message")) == "plain message"
+
+
+def test_resume_point_named_incomplete_folder_is_a_usage_error_and_last_without_one_starts_over(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    incomplete = tmp_path / "checkpoint-3"
+    incomplete.mkdir()
+    (incomplete / "model.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(runner.SetupError, match=r"checkpoint-3: incomplete checkpoint \(no trainer_state.json\)"):
+        runner.resume_point(SimpleNamespace(resume_from_checkpoint=str(incomplete), output_dir=str(tmp_path)))
+    with pytest.raises(runner.SetupError, match="no such folder"):
+        runner.resume_point(SimpleNamespace(resume_from_checkpoint=str(tmp_path / "nope"), output_dir=str(tmp_path)))
+    with caplog.at_level("WARNING"):
+        assert runner.resume_point(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(tmp_path))) is None
+    assert "Skipping the incomplete checkpoint" in caplog.text and "training starts from step 0" in caplog.text
+    assert runner.resume_point(SimpleNamespace(resume_from_checkpoint=None, output_dir=str(tmp_path))) is None
