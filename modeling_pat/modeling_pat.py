@@ -497,7 +497,9 @@ def _check_sizes(sizes: torch.Tensor | None, name: str, batch_size: int) -> None
         return
     if not isinstance(sizes, torch.Tensor) or sizes.is_floating_point() or tuple(sizes.shape) != (batch_size, 2):
         found = f"{sizes.dtype} {tuple(sizes.shape)}" if isinstance(sizes, torch.Tensor) else type(sizes).__name__
-        raise ValueError(f"`{name}` must be an integer tensor of shape (batch_size, 2) = ({batch_size}, 2), got {found}")
+        raise ValueError(
+            f"`{name}` must be an integer tensor of shape (batch_size, 2) = ({batch_size}, 2), got {found}."
+        )
 
 
 class PATForOpenVocabSegmentation(PATPreTrainedModel):
