@@ -118,7 +118,8 @@ def validate_prompt_templates(templates, argument: str = "prompt_templates") -> 
                       if name is not None]
         except ValueError as error:  # a lone "{" or "}"
             raise ValueError(
-                f"`{argument}[{index}]` {template!r} does not format: {error}; write literal braces as '{{{{' / '}}}}'."
+                f"`{argument}[{index}]` {template!r} does not format: {error}; "
+                "write literal braces as '{{' / '}}'."
             ) from error
         if fields != [("", "", None)]:
             raise ValueError(

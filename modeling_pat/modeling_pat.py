@@ -450,8 +450,19 @@ def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
     if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != expected:
         shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"`labels` must be a tensor of shape (batch_size, height, width) = {expected}, got {shape}.")
-    if labels.is_floating_point():
-        raise TypeError("`labels` must hold integer class ids (torch.long), not floats.")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"`labels` must hold integer class ids (torch.long), got {labels.dtype}.")
+
+
+def _check_sizes(sizes: torch.Tensor | None, name: str, batch_size: int) -> None:
+    """`image_sizes` / `original_sizes`: integer (batch_size, 2) rows of (height, width), as the processor gives."""
+    if sizes is None:
+        return
+    if not isinstance(sizes, torch.Tensor) or sizes.is_floating_point() or tuple(sizes.shape) != (batch_size, 2):
+        found = f"{sizes.dtype} {tuple(sizes.shape)}" if isinstance(sizes, torch.Tensor) else type(sizes).__name__
+        raise ValueError(
+            f"`{name}` must be an integer tensor of shape (batch_size, 2) = ({batch_size}, 2), got {found}."
+        )
 
 
 class PATForOpenVocabSegmentation(PATPreTrainedModel):
@@ -643,6 +654,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             pixel_values, output_auxiliary_logits=want_aux, output_hidden_states=output_hidden_states,
             output_reconstruction=want_aux, return_dict=True,
         )
+        for name, sizes in (("image_sizes", image_sizes), ("original_sizes", original_sizes)):
+            _check_sizes(sizes, name, pixel_values.shape[0])  # after the model: `pixel_values` is known good there
         class_logits = self.classify(outputs.mask_embeddings, text_embeddings)
         auxiliary = [
             {"class_queries_logits": self.classify(aux["mask_embeddings"], text_embeddings),

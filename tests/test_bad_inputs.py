@@ -529,7 +529,8 @@ CASES = [
     P("wrong channel count", forward, pixel_values(channels=4),
       Raises(ValueError, r"`pixel_values` must have shape \(batch_size, 3")),
     P("uint8 pixel_values", forward, UINT8_PIXELS, Raises(TypeError, r"`pixel_values` must be a float")),
-    P("NaN in class_embeddings", forward, nan_class_embeddings, Raises(ValueError, r"`class_embeddings` contains NaN")),
+    P("NaN in class_embeddings", forward, nan_class_embeddings,
+      Raises(ValueError, r"`class_embeddings` contains NaN")),
     P("float64 pixel_values", forward, value({"pixel_values": torch.zeros(1, 3, 64, 64, dtype=torch.float64)}),
       Ok(default_vocabulary_logits)),
     # empty image lists: a clear error (processor), an empty result (pipeline), a usage error (CLI)

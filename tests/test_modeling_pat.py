@@ -103,6 +103,19 @@ def test_labels_must_match_the_padded_input(model, pixel_values):
         model(pixel_values, labels=torch.zeros(2, 128, 160))
 
 
+def test_label_dtype_and_size_tensors_are_checked_naming_expected_and_actual(model, pixel_values):
+    with pytest.raises(TypeError, match=r"`labels` must hold integer class ids \(torch.long\), got torch.float32"):
+        model(pixel_values, labels=torch.zeros(2, 128, 160))
+    sizes = torch.tensor([[128, 160], [100, 150]])
+    with pytest.raises(ValueError, match=r"`image_sizes` must be an integer tensor of shape \(batch_size, 2\) = "
+                                         r"\(2, 2\), got torch.int64 \(1, 2\)"):
+        model(pixel_values, image_sizes=sizes[:1])
+    with pytest.raises(ValueError, match=r"`original_sizes` .* got torch.float32 \(2, 2\)"):
+        model(pixel_values, original_sizes=sizes.float())
+    with torch.no_grad():
+        assert model(pixel_values, image_sizes=sizes, original_sizes=sizes).image_sizes.tolist() == sizes.tolist()
+
+
 def test_pixel_values_are_checked(model):
     with pytest.raises(ValueError, match="size_divisibility"):
         model(torch.randn(1, 3, 100, 128))
