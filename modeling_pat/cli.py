@@ -266,7 +266,7 @@ def segment_batch(
             stride=window_stride,
         )
         return [_to_size(label_map.cpu(), size) for label_map, size in zip(maps, sizes, strict=True)]
-    inputs = processor(images=images, return_tensors="pt")
+    inputs = processor(images=images, return_tensors="pt", device=device)  # uploaded as uint8, resized there
     outputs = model(
         pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
         class_embeddings=class_embeddings,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor
@@ -209,3 +210,21 @@ def test_usage_errors_exit_2(tmp_path, capsys, argv, message):
 def test_help_exits_0(capsys):
     assert main(["--help"]) == EXIT_OK
     assert "random:<preset>" in capsys.readouterr().out
+
+
+def test_images_are_preprocessed_on_the_models_device(tmp_path, monkeypatch):
+    """`--device` reaches the image processor: the photos are uploaded as they are and resized there."""
+    from modeling_pat.image_processing_pat import PATImageProcessor
+
+    devices = []
+    preprocess = PATImageProcessor.preprocess
+
+    def spy(self, *args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return preprocess(self, *args, **kwargs)
+
+    monkeypatch.setattr(PATImageProcessor, "preprocess", spy)
+    inputs = _copy_samples(tmp_path / "in", ["chelsea"])
+    argv = [str(inputs[0]), "--labels", "cat, sofa", "--device", "cpu", "--output-dir", str(tmp_path / "out")]
+    assert main(argv + RANDOM) == EXIT_OK
+    assert devices and set(devices) == {torch.device("cpu")}

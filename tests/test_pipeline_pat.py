@@ -272,3 +272,23 @@ def test_dtype_and_device_are_honoured(pat_folder):
     finally:
         hook.remove()
     assert len(seen) >= 2 and set(seen) == {torch.bfloat16}
+
+
+def test_images_are_preprocessed_on_the_models_device(pat_folder, monkeypatch):
+    """The image processor gets the model's device (uploads uint8, resizes and normalises there); not in DataLoader
+    workers, which must not touch a GPU."""
+    segmenter = pipeline("image-segmentation", model=str(pat_folder), device="cpu")
+    processor = segmenter.image_processor
+    devices = []
+    preprocess = processor.preprocess
+
+    def spy(*args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return preprocess(*args, **kwargs)
+
+    monkeypatch.setattr(processor, "preprocess", spy)
+    expected = segmenter(str(fixture_image(CAT)), candidate_labels=["cat", "sofa"])
+    assert devices == [torch.device("cpu")]
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # as inside a loader worker
+    assert masks_equal(segmenter(str(fixture_image(CAT)), candidate_labels=["cat", "sofa"]), expected)
+    assert devices == [torch.device("cpu"), None]
