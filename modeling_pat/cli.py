@@ -395,7 +395,7 @@ def _segment_group(model, processor, images, class_embeddings, device, dtype, cl
     """`segment_batch_results` for images that pad into one batch: one forward pass."""
     sizes = [(image.height, image.width) for image in images]
     targets = [_postprocess_size(size, model.config.num_queries, class_embeddings.shape[0]) for size in sizes]
-    inputs = processor(images=images, return_tensors="pt")
+    inputs = processor(images=images, return_tensors="pt", device=device)  # uploaded as uint8, resized there
     outputs = model(
         pixel_values=inputs["pixel_values"].to(device=device, dtype=dtype),
         class_embeddings=class_embeddings,

@@ -16,7 +16,14 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import group_images_by_shape, reorder_images
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageInput, PILImageResampling, SizeDict
+from transformers.image_utils import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ChannelDimension,
+    ImageInput,
+    PILImageResampling,
+    SizeDict,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .mask_segments import instance_segments, panoptic_segments
@@ -770,6 +777,20 @@ class PATImageProcessor(TorchvisionBackend):
                 labels = [label.to(device) for label in labels]
         return self._preprocess(images, labels, **kwargs)
 
+    def process_image(self, image, do_convert_rgb=None, input_data_format=None, device=None, **kwargs):
+        """One image -> [C, H, W] tensor on `device`. Host images go up as they are (uint8, channels last): the
+        channels-first copy, like everything after it, then runs on the device, and the host only uploads."""
+        if device is not None and PIL is not None and isinstance(image, PIL.Image.Image):
+            if do_convert_rgb:  # `preprocess` already made it RGB; this covers direct calls
+                image = convert_image_to_rgb(image)
+            image = np.array(image)
+            input_data_format = ChannelDimension.LAST if image.ndim == 3 else input_data_format
+        if device is not None and isinstance(image, np.ndarray):
+            image = torch.from_numpy(image)
+        if device is not None and isinstance(image, torch.Tensor):
+            image = image.to(device)
+        return super().process_image(image, do_convert_rgb, input_data_format, device, **kwargs)
+
     def resize(
         self, image: torch.Tensor, size: SizeDict, resample=None, antialias: bool = True, **kwargs
     ) -> torch.Tensor:
@@ -800,9 +821,15 @@ class PATImageProcessor(TorchvisionBackend):
         do_normalize: bool,
         image_mean,
         image_std,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[B, C, H, W] -> float32; rescale + normalise is (x - mean / rescale_factor) / (std / rescale_factor)."""
-        images = images.to(torch.float32)
+        """[B, C, H, W] -> float32; rescale + normalise is (x - mean / rescale_factor) / (std / rescale_factor).
+
+        With `out` (a float32 tensor of the images' shape, e.g. an image's slot in the padded batch) the result is
+        written there: the batch is then filled in place, with no per-image float copy, padding copy or stack.
+        """
+        if images.is_floating_point() and images.dtype != torch.float32:
+            images = images.to(torch.float32)  # integers and float32 enter the float32 subtraction as they are
         if do_normalize:
             # SAN normalises 0..255 values with 255 * mean and 255 * std, computed in float64 and stored as float32;
             # folding the rescale into the constants this way reproduces its float32 results bit for bit.
@@ -812,10 +839,12 @@ class PATImageProcessor(TorchvisionBackend):
             std = torch.tensor(_per_channel(image_std, num_channels), dtype=torch.float64) * scale
             mean = mean.to(torch.float32, copy=False).view(-1, 1, 1).to(images.device)
             std = std.to(torch.float32, copy=False).view(-1, 1, 1).to(images.device)
-            return (images - mean) / std
-        if do_rescale:
-            return images * rescale_factor
-        return images
+            return torch.sub(images, mean, out=out).div_(std)
+        if out is None:
+            out = images.to(torch.float32, copy=True)
+        else:
+            out.copy_(images)
+        return out.mul_(rescale_factor) if do_rescale else out
 
     def _preprocess(
         self,
@@ -838,19 +867,19 @@ class PATImageProcessor(TorchvisionBackend):
         return_tensors,
         **kwargs,
     ) -> BatchFeature:
-        """Resize, normalise and pad [3, H, W] images (and their [H, W] labels) into one batch."""
+        """Resize, normalise and pad [3, H, W] images (and their [H, W] labels) into one batch.
+
+        Every step is torch ops on the images' own device: given `device`, the images are uploaded as they come
+        (uint8) and resized, normalised and padded there; the host path is the same code on the CPU.
+        """
         original_sizes = [tuple(image.shape[-2:]) for image in images]
 
-        grouped, index = group_images_by_shape(images, disable_grouping=disable_grouping)
-        processed = {}
-        for shape, stacked in grouped.items():
-            if do_resize:
-                stacked = self.resize(stacked, size=size, resample=resample)
-            processed[shape] = self.rescale_and_normalize(
-                stacked, do_rescale, rescale_factor, do_normalize, image_mean, image_std
-            )
-        images = reorder_images(processed, index)
+        if do_resize:
+            grouped, index = group_images_by_shape(images, disable_grouping=disable_grouping)
+            resized = {shape: self.resize(stacked, size=size, resample=resample) for shape, stacked in grouped.items()}
+            images = reorder_images(resized, index)
         image_sizes = [tuple(image.shape[-2:]) for image in images]
+        normalise = (do_rescale, rescale_factor, do_normalize, image_mean, image_std)
 
         if labels is not None:
             if do_reduce_labels:
@@ -859,9 +888,16 @@ class PATImageProcessor(TorchvisionBackend):
 
         if do_pad:
             padded_size = self._padded_size(image_sizes, pad_size, size_divisibility)
-            images = [_pad_bottom_right(image, padded_size, 0.0) for image in images]
+            # One zero-filled batch, each image normalised straight into its top-left slot (the zeros are the
+            # padding, which comes after normalisation): one float pass per pixel instead of four copies.
+            batch = images[0].new_zeros((len(images), images[0].shape[0], *padded_size), dtype=torch.float32)
+            for slot, image in zip(batch, images, strict=True):
+                self.rescale_and_normalize(image, *normalise, out=slot[:, : image.shape[-2], : image.shape[-1]])
+            images = batch if return_tensors is not None else list(batch)
             if labels is not None:
                 labels = [_pad_bottom_right(label, padded_size, ignore_index) for label in labels]
+        else:
+            images = [self.rescale_and_normalize(image[None], *normalise)[0] for image in images]
 
         data = {"pixel_values": images, "image_sizes": image_sizes, "original_sizes": original_sizes}
         if labels is not None:
@@ -1086,6 +1122,9 @@ def _to_batch_feature(data: dict, return_tensors) -> BatchFeature:
     for key, value in data.items():
         if key.endswith("_sizes"):
             stacked[key] = torch.tensor(value, dtype=torch.int64).reshape(-1, 2)
+            continue
+        if isinstance(value, torch.Tensor):  # already one batch tensor
+            stacked[key] = value
             continue
         shapes = {tuple(v.shape) for v in value}
         if len(shapes) > 1:

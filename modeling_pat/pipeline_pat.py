@@ -257,11 +257,20 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
             image = image["image"]
         image = load_image(image, timeout=timeout)
         # Sliding windows pad each window themselves; `image_sizes` marks the real pixels after batch padding.
-        inputs = self.image_processor(images=[image], return_tensors="pt", do_pad=not sliding_window).to(self.dtype)
+        inputs = self.image_processor(
+            images=[image], return_tensors="pt", do_pad=not sliding_window, device=self.preprocess_device()
+        ).to(self.dtype)
         inputs["target_size"] = [(image.height, image.width)]
         # List-wrapped per-image values stay lists through collation and un-batching (as `target_size` does).
         inputs["vocabulary"] = [self.resolve_vocabulary(candidate_labels, prompt_templates)]
         return inputs
+
+    def preprocess_device(self) -> torch.device | None:
+        """The model's device, where the image processor uploads the image and resizes and normalises it (no
+        float copy on the host); None in DataLoader workers (`num_workers` > 0), which must not touch a GPU."""
+        if torch.utils.data.get_worker_info() is not None:
+            return None
+        return self.device
 
     def _forward(self, model_inputs, sliding_window=False, window_stride=None, window_size=None):
         if not self.is_open_vocabulary:

@@ -324,3 +324,21 @@ def test_one_very_wide_image_does_not_pad_the_batch(monkeypatch):
     for image, label_map in zip(images, maps, strict=True):
         alone = segment_batch(model, processor, [image], embeddings, torch.device("cpu"), torch.float32)[0]
         assert label_map.shape == (image.height, image.width) and np.array_equal(label_map, alone)
+
+
+def test_images_are_preprocessed_on_the_models_device(tmp_path, monkeypatch):
+    """`--device` reaches the image processor: the photos are uploaded as they are and resized there."""
+    from modeling_pat.image_processing_pat import PATImageProcessor
+
+    devices = []
+    preprocess = PATImageProcessor.preprocess
+
+    def spy(self, *args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return preprocess(self, *args, **kwargs)
+
+    monkeypatch.setattr(PATImageProcessor, "preprocess", spy)
+    inputs = _copy_samples(tmp_path / "in", ["chelsea"])
+    argv = [str(inputs[0]), "--labels", "cat, sofa", "--device", "cpu", "--output-dir", str(tmp_path / "out")]
+    assert main(argv + RANDOM) == EXIT_OK
+    assert devices and set(devices) == {torch.device("cpu")}

@@ -21,6 +21,7 @@ from modeling_pat.data import (
     SegmentationCollator,
     SegmentationEvalDataset,
     SegmentationTrainDataset,
+    _convert,
     hsv_uint8_to_rgb,
     load_split,
     load_vocabulary,
@@ -248,6 +249,64 @@ def test_photometric_distortion_and_hsv():
     outputs = [photometric_distortion(image, np.random.default_rng(seed)) for seed in range(8)]
     assert all(o.dtype == np.uint8 and o.shape == image.shape for o in outputs)
     assert sum(not np.array_equal(o, image) for o in outputs) >= 6
+
+
+# The 8-bit HSV formulas (OpenCV's) evaluated elementwise in float32: the reference the table-driven conversions
+# of modeling_pat.data must reproduce bit for bit.
+def formula_rgb_to_hsv(image):
+    rgb = image.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(axis=-1)
+    delta = value - rgb.min(axis=-1)
+    saturation = np.where(value > 0, delta * 255.0 / np.maximum(value, 1e-6), 0.0)
+    safe = np.maximum(delta, 1e-6)
+    hue = np.where(value == r, 60.0 * (g - b) / safe,
+                   np.where(value == g, 120.0 + 60.0 * (b - r) / safe, 240.0 + 60.0 * (r - g) / safe))
+    hue = np.where(delta > 0, hue, 0.0) % 360.0
+    return np.stack([np.round(hue / 2.0) % 180, np.round(saturation), value], axis=-1).astype(np.uint8)
+
+
+def formula_hsv_to_rgb(hsv):
+    hue = hsv[..., 0].astype(np.float32) * 2.0
+    chroma = hsv[..., 2].astype(np.float32) * (hsv[..., 1].astype(np.float32) / 255.0)
+    sector = (hue / 60.0) % 6.0
+    x = chroma * (1.0 - np.abs(sector % 2.0 - 1.0))
+    zeros = np.zeros_like(chroma)
+    index = np.floor(sector).astype(np.int64)
+    r = np.choose(index, [chroma, x, zeros, zeros, x, chroma])
+    g = np.choose(index, [x, chroma, chroma, x, zeros, zeros])
+    b = np.choose(index, [zeros, zeros, x, chroma, chroma, x])
+    low = hsv[..., 2].astype(np.float32) - chroma
+    return np.clip(np.round(np.stack([r + low, g + low, b + low], axis=-1)), 0, 255).astype(np.uint8)
+
+
+def test_hsv_tables_reproduce_the_float_formulas():
+    """Every (R, G) pair with 12 blue levels (ties, greys, each channel the max), and every (H, S) pair with 12
+    value levels: the table lookups give the formulas' bytes exactly."""
+    levels = np.array([0, 1, 2, 63, 64, 127, 128, 129, 200, 253, 254, 255])
+    grid = np.stack(np.meshgrid(np.arange(256), np.arange(256), levels, indexing="ij"), axis=-1)
+    rgb = grid.reshape(256, -1, 3).astype(np.uint8)
+    np.testing.assert_array_equal(rgb_to_hsv_uint8(rgb), formula_rgb_to_hsv(rgb))
+    grid = np.stack(np.meshgrid(np.arange(180), np.arange(256), levels, indexing="ij"), axis=-1)
+    hsv = grid.reshape(180, -1, 3).astype(np.uint8)
+    np.testing.assert_array_equal(hsv_uint8_to_rgb(hsv), formula_hsv_to_rgb(hsv))
+    photo = np.random.default_rng(1).integers(0, 256, (64, 48, 3), dtype=np.uint8)[:, ::2]  # a strided view too
+    np.testing.assert_array_equal(rgb_to_hsv_uint8(photo), formula_rgb_to_hsv(photo))
+
+
+@pytest.mark.parametrize("alpha, beta", [(1.0, -31.7), (1.0, 25.5), (0.51, 0.0), (1.37, 0.0), (1.5, 0.0)])
+def test_brightness_and_contrast_table_reproduces_the_float_formula(alpha, beta):
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    expected = np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(_convert(values, alpha, beta), expected)
+
+
+def test_label_resize_window_is_the_crop_of_the_resized_map():
+    label = np.random.default_rng(0).integers(0, 300, (97, 131))
+    for size, window in [((150, 203), (13, 40, 100, 120)), ((60, 81), (0, 0, 60, 81)), ((97, 131), (5, 7, 50, 60))]:
+        top, left, height, width = window
+        expected = resize_label_nearest(label, size)[top : top + height, left : left + width]
+        np.testing.assert_array_equal(resize_label_nearest(label, size, window=window), expected)
 
 
 # -- datasets and collator ---------------------------------------------------------------------------------------------------

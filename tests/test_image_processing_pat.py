@@ -246,6 +246,89 @@ def test_padding_options():
         plain(photo, pad_size={"height": 20, "width": 20})
 
 
+# ---------------------------------------------------------------- preprocessing on a device
+
+# Where a GPU is present the same tests run there too (the device path is the host path's code on another device).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def grey_levels(pixel_values: torch.Tensor, processor: PATImageProcessor) -> torch.Tensor:
+    """Normalised [B, 3, H, W] -> the 0..255 values they were computed from (float64)."""
+    mean = torch.tensor(processor.image_mean, dtype=torch.float64).view(-1, 1, 1) * 255
+    std = torch.tensor(processor.image_std, dtype=torch.float64).view(-1, 1, 1) * 255
+    return pixel_values.cpu().double() * std + mean
+
+
+def mixed_batch_with_labels():
+    stems = ["ade150_ADE_val_00000002", "cocostuff_000000001490", "ade150_ADE_val_00000003"]
+    images = [load_rgb(f"{stem}.jpg") for stem in stems]
+    images[1] = np.array(images[1])  # numpy HWC beside PIL
+    return images, [load_label(stem) for stem in stems]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("device", DEVICES)
+def test_golden_pixel_values_on_device(golden, processor, device):
+    images = [Image.open(fixture("san_tiny", f"image_{i}.png")) for i in range(2)]
+    inputs = processor(images, do_resize=False, device=device)
+    assert inputs["pixel_values"].device.type == device
+    assert_close(inputs["pixel_values"].cpu(), golden["input.batch"], f"input.batch on {device}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_path_matches_host_path(processor, device):
+    images, labels = mixed_batch_with_labels()
+    host = processor(images, segmentation_maps=labels)
+    on_device = processor(images, segmentation_maps=labels, device=device)
+    assert on_device["pixel_values"].device.type == on_device["labels"].device.type == device
+    assert torch.equal(on_device["image_sizes"], host["image_sizes"])
+    assert torch.equal(on_device["original_sizes"], host["original_sizes"])
+    assert torch.equal(on_device["labels"].cpu(), host["labels"])
+    diff = (grey_levels(on_device["pixel_values"], processor) - grey_levels(host["pixel_values"], processor)).abs()
+    print(f"{device}: max difference {diff.max().item():.4f} grey levels")
+    assert diff.max() <= 1 + 1e-3  # within 1/255 on the 0..1 scale
+    for pixels, (h, w) in zip(on_device["pixel_values"], host["image_sizes"].tolist(), strict=True):
+        assert torch.count_nonzero(pixels[:, h:]) == torch.count_nonzero(pixels[:, :, w:]) == 0  # padding is zero
+
+
+def test_float_resize_kernel_within_a_grey_level(processor, monkeypatch):
+    """Off the CPU, torchvision resizes uint8 images by a float32 kernel and rounds; forcing that kernel on the CPU
+    shows what the device path gives on a GPU: within one grey level of the host's uint8 kernel."""
+    images, labels = mixed_batch_with_labels()
+    host = processor(images, segmentation_maps=labels)
+    import torchvision.transforms.v2.functional._geometry as geometry
+
+    monkeypatch.setattr(geometry, "_do_native_uint8_resize_on_cpu", lambda interpolation: False)
+    float_kernel = processor(images, segmentation_maps=labels, device="cpu")
+    diff = (grey_levels(float_kernel["pixel_values"], processor) - grey_levels(host["pixel_values"], processor)).abs()
+    print(f"float kernel: max {diff.max().item():.4f} grey levels, {(diff > 0.5).double().mean().item():.2%} differ")
+    assert 0 < diff.max() <= 1 + 1e-3  # the other kernel did run, and stays within 1/255
+    assert torch.equal(float_kernel["labels"], host["labels"])
+
+
+def test_device_path_never_leaves_the_device(processor):
+    """Every step runs where the images are: on `meta` any copy back to the host or read of a value would raise."""
+    images, labels = mixed_batch_with_labels()
+    inputs = processor(images, segmentation_maps=labels, device="meta")
+    assert inputs["pixel_values"].is_meta and inputs["labels"].is_meta
+    host = processor(images, segmentation_maps=labels)
+    assert inputs["pixel_values"].shape == host["pixel_values"].shape and inputs["labels"].shape == host["labels"].shape
+
+
+def test_batch_is_filled_in_place_with_and_without_padding(processor):
+    """The padded batch (normalised into slots) equals normalising each image alone; lists without return_tensors."""
+    images, _ = mixed_batch_with_labels()
+    batch = processor(images)["pixel_values"]
+    listed = processor(images, return_tensors=None)["pixel_values"]
+    for image, row, item in zip(images, batch, listed, strict=True):
+        alone = processor(image, do_pad=False)["pixel_values"][0]
+        h, w = alone.shape[-2:]
+        assert torch.equal(row[:, :h, :w], alone) and torch.equal(item, row)
+    rescaled = PATImageProcessor(do_normalize=False)(images[0])["pixel_values"]
+    plain = PATImageProcessor(do_normalize=False, do_rescale=False)(images[0])["pixel_values"]
+    assert torch.allclose(rescaled * 255, plain, atol=1e-4) and plain.max() > 1
+
+
 # ---------------------------------------------------------------- label maps
 
 

@@ -322,3 +322,23 @@ def test_very_wide_image_gets_its_own_forward_pass_with_per_image_results(segmen
     for grouped, single in zip(batched, singles, strict=True):
         assert masks_equal(grouped, single)
         assert [e["score"] for e in grouped] == pytest.approx([e["score"] for e in single], abs=1e-5)
+
+
+def test_images_are_preprocessed_on_the_models_device(pat_folder, monkeypatch):
+    """The image processor gets the model's device (uploads uint8, resizes and normalises there); not in DataLoader
+    workers, which must not touch a GPU."""
+    segmenter = pipeline("image-segmentation", model=str(pat_folder), device="cpu")
+    processor = segmenter.image_processor
+    devices = []
+    preprocess = processor.preprocess
+
+    def spy(*args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return preprocess(*args, **kwargs)
+
+    monkeypatch.setattr(processor, "preprocess", spy)
+    expected = segmenter(str(fixture_image(CAT)), candidate_labels=["cat", "sofa"])
+    assert devices == [torch.device("cpu")]
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # as inside a loader worker
+    assert masks_equal(segmenter(str(fixture_image(CAT)), candidate_labels=["cat", "sofa"]), expected)
+    assert devices == [torch.device("cpu"), None]
