@@ -92,11 +92,15 @@ def build_recognition_row_masks(attn_bias: torch.Tensor, grid, num_heads: int, m
         raise ValueError(f"The attention bias has {k} heads; CLIP has {num_heads} (attn_bias_num_heads must match).")
     pooled = pool_attention_bias(attn_bias, grid, method).flatten(-2)  # (B, K or 1, Q, L)
     pooled = pooled.expand(b, num_heads, -1, -1)
-    sos = torch.full((q, q + 1), mask_value, device=pooled.device, dtype=pooled.dtype)
-    sos.fill_diagonal_(0.0)  # each SOS token sees itself, no other SOS token, not cls (no host index tensor)
+    # each SOS token sees itself, no other SOS token, not cls (a mask built on the device, no in-place diagonal
+    # write: ONNX export has no translation for it)
+    own = torch.eye(q, q + 1, dtype=torch.bool, device=pooled.device)
+    sos = torch.full((q, q + 1), mask_value, device=pooled.device, dtype=pooled.dtype).masked_fill(own, 0.0)
     sos_rows = torch.cat([sos.expand(b, num_heads, q, q + 1), pooled], dim=-1)
-    other_rows = pooled.new_zeros(1, 1, 1, q + 1 + pooled.shape[-1])
-    other_rows[..., :q] = mask_value
+    # cls and patch rows: masked from the SOS columns only. The zeros take their size from a slice, not from a size
+    # computed from the grid: ONNX export freezes such sizes at the example's grid.
+    zeros = torch.zeros_like(sos_rows[:1, :1, :1, q:])  # (1, 1, 1, 1+L)
+    other_rows = torch.cat([zeros.new_full((1, 1, 1, q), mask_value), zeros], dim=-1)
     return sos_rows, other_rows
 
 
