@@ -327,11 +327,16 @@ def build_image_processor(model_args, data_args, config: PATConfig) -> PATImageP
     return processor
 
 
-def full_processor(image_processor: PATImageProcessor, config: PATConfig) -> PATProcessor:
-    """The image processor with the model's CLIP tokenizer and prompt templates: what `save_model` writes, so that an
-    output folder loads with AutoProcessor, pipeline(...) and pat-segment like a converted checkpoint."""
-    tokenizer = PATProcessor.from_config(config).tokenizer
-    return PATProcessor(image_processor, tokenizer, prompt_templates=config.prompt_templates)
+def save_model(trainer: PATSegmentationTrainer, image_processor: PATImageProcessor) -> None:
+    """The model, and beside it the full processor (image processor, the model's CLIP tokenizer and prompt
+    templates), so that the output folder loads with AutoProcessor, pipeline(...) and pat-segment like a converted
+    checkpoint."""
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        config = trainer.model.config
+        tokenizer = PATProcessor.from_config(config).tokenizer
+        processor = PATProcessor(image_processor, tokenizer, prompt_templates=config.prompt_templates)
+        processor.save_pretrained(trainer.args.output_dir)
 
 
 # -- main ------------------------------------------------------------------------------------------------------------------
@@ -400,7 +405,10 @@ def main(argv=None) -> int:
         eval_dataset=eval_datasets or None,
         data_collator=SegmentationCollator(ignore_index=model.config.ignore_index,
                                            size_divisibility=model.config.size_divisibility),
-        processing_class=full_processor(processor, model.config),  # saved beside the model: AutoProcessor loads it
+        # none: save_model writes the full processor. Trainer would copy its tokenizer's ids into the config, and a
+        # preprocessor_config.json beside it makes pipeline(...) ask the remote-code question (transformers guesses
+        # a video processor from its auto_map)
+        processing_class=None,
         callbacks=callbacks,
         metric=metric,
         predictions_dir=Path(training_args.output_dir) / "predictions",
@@ -418,7 +426,7 @@ def main(argv=None) -> int:
         if checkpoint is not None and checkpoint.lower() in ("true", "last"):
             checkpoint = True
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
+        save_model(trainer, processor)
         metrics = result.metrics
         metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", metrics)
@@ -430,7 +438,7 @@ def main(argv=None) -> int:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         if not training_args.do_train:
-            trainer.save_model()  # the evaluated model, so that the card below describes what is in the folder
+            save_model(trainer, processor)  # the evaluated model: the card below describes the folder
 
     if training_args.do_predict:
         for label, split in predict_splits.items():
