@@ -393,15 +393,6 @@ def apply_finetuning_options(model: PATForOpenVocabSegmentation, model_args: Mod
     return True
 
 
-def save_lora_model(trainer, output_dir: str) -> None:
-    """A LoRA run's results: the adapter in OUTPUT/lora_adapter (it applies to this run's base weights), then the
-    adapter merged into the weights and the whole model in OUTPUT, a plain checkpoint that loads without peft."""
-    if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(Path(output_dir) / "lora_adapter")
-    merge_lora(trainer.model)
-    trainer.save_model()
-
-
 def set_vocabulary(model: PATForOpenVocabSegmentation, class_names: list[str], ignore_index: int) -> None:
     """The training vocabulary becomes the model's default vocabulary (config.id2label) and loss ignore value."""
     model.config.id2label = dict(enumerate(class_names))
@@ -447,11 +438,21 @@ def resume_point(args: TrainingArguments) -> str | None:
     return checkpoint
 
 
-def full_processor(image_processor: PATImageProcessor, config: PATConfig) -> PATProcessor:
-    """The image processor with the model's CLIP tokenizer and prompt templates: what `save_model` writes, so that an
-    output folder loads with AutoProcessor, pipeline(...) and pat-segment like a converted checkpoint."""
-    tokenizer = PATProcessor.from_config(config).tokenizer
-    return PATProcessor(image_processor, tokenizer, prompt_templates=config.prompt_templates)
+def save_model(trainer: PATSegmentationTrainer, image_processor: PATImageProcessor, use_lora: bool = False) -> None:
+    """The model, and beside it the full processor (image processor, the model's CLIP tokenizer and prompt
+    templates), so that the output folder loads with AutoProcessor, pipeline(...) and pat-segment like a converted
+    checkpoint. A LoRA run first writes its adapter to OUTPUT/lora_adapter (it applies to this run's base weights)
+    and merges it into the weights, so that OUTPUT holds a plain checkpoint that loads without peft."""
+    if use_lora:
+        if trainer.is_world_process_zero():
+            trainer.model.save_pretrained(Path(trainer.args.output_dir) / "lora_adapter")
+        merge_lora(trainer.model)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        config = trainer.model.config
+        tokenizer = PATProcessor.from_config(config).tokenizer
+        processor = PATProcessor(image_processor, tokenizer, prompt_templates=config.prompt_templates)
+        processor.save_pretrained(trainer.args.output_dir)
 
 
 # -- main ------------------------------------------------------------------------------------------------------------------
@@ -527,7 +528,10 @@ def main(argv=None) -> int:
         eval_dataset=eval_datasets or None,
         data_collator=SegmentationCollator(ignore_index=model.config.ignore_index,
                                            size_divisibility=model.config.size_divisibility),
-        processing_class=full_processor(processor, model.config),  # saved beside the model: AutoProcessor loads it
+        # none: save_model writes the full processor. Trainer would copy its tokenizer's ids into the config, and a
+        # preprocessor_config.json beside it makes pipeline(...) ask the remote-code question (transformers guesses
+        # a video processor from its auto_map)
+        processing_class=None,
         callbacks=callbacks,
         metric=metric,
         predictions_dir=Path(training_args.output_dir) / "predictions",
@@ -544,10 +548,7 @@ def main(argv=None) -> int:
         if trainer.is_world_process_zero():
             print(format_trainable_summary(model), flush=True)  # what the optimiser's groups are built from
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        if use_lora:
-            save_lora_model(trainer, training_args.output_dir)
-        else:
-            trainer.save_model()
+        save_model(trainer, processor, use_lora)
         metrics = result.metrics
         metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", metrics)
@@ -559,7 +560,7 @@ def main(argv=None) -> int:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         if not training_args.do_train:
-            trainer.save_model()  # the evaluated model, so that the card below describes what is in the folder
+            save_model(trainer, processor)  # the evaluated model: the card below describes the folder
 
     if training_args.do_predict:
         for label, split in predict_splits.items():

@@ -124,6 +124,9 @@ def test_fine_tune_tiny_san_learns(workspace, tmp_path):
     for folder in (output / "checkpoint-15", output / "checkpoint-30", output):
         assert (folder / "model.safetensors").is_file() and not list(folder.glob("pytorch_model*.bin"))
     assert json.loads((output / "config.json").read_text())["id2label"]["2"] == "sky"
+    # the full processor is saved beside the model, and the tokenizer's ids stay out of the config
+    assert json.loads((output / "processor_config.json").read_text())["prompt_templates"] == ["{}"]
+    assert "pad_token_id" not in json.loads((output / "config.json").read_text())
     # the table (markdown + JSON, per-class IoU) and the model card with the results
     table = json.loads((output / "eval_results_table.json").read_text())
     rows = {row["dataset"] + "/" + row["split"]: row for row in table["results"]}
@@ -472,6 +475,8 @@ def test_official_name_starts_a_run_whose_folder_loads_everywhere(workspace, tmp
 
     processor = AutoProcessor.from_pretrained(output)
     assert isinstance(processor, PATProcessor) and processor.tokenizer is not None
+    saved_config = json.loads((output / "config.json").read_text())
+    assert not {"bos_token_id", "eos_token_id", "pad_token_id"} & set(saved_config)  # not Trainer's text-model ids
     monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("pipeline asked the remote-code question"))
     segments = pipeline("image-segmentation", model=str(output))(str(SAMPLE), candidate_labels=["cat", "grass"])
     assert {segment["label"] for segment in segments} <= {"cat", "grass"}
