@@ -296,7 +296,7 @@ def semantic_map(
       the band's other classes are scored.
     Results equal the plain path's up to float rounding (label maps: except exact ties within rounding).
     """
-    probs = class_logits.float().softmax(dim=-1)[..., :-1].T.contiguous()  # (C, Q)
+    probs = _flush_subnormal(class_logits.float().softmax(dim=-1)[..., :-1].T.contiguous())  # (C, Q)
     logits = mask_logits.float()
     num_classes, num_queries = probs.shape
     in_height, in_width = logits.shape[-2:]
@@ -352,6 +352,15 @@ def semantic_map(
             result["best_scores"][top:bottom] = best
             result["score_sums"][top:bottom] = torch.matmul(total_probs, mask_probs)[:, 0]
     return result
+
+
+def _flush_subnormal(probs: torch.Tensor) -> torch.Tensor:
+    """Probabilities below float32's smallest normal number (1.2e-38) -> 0.
+
+    A peaked softmax over hundreds of classes (a calibrated model: CLIP's logit scale 100) leaves many class
+    probabilities subnormal, and x86 CPUs multiply subnormals tens of times slower: measured 17x on the score
+    product at 847 classes. Flushing them changes each score by less than Q * 1.2e-38, far below float rounding."""
+    return probs.masked_fill(probs < torch.finfo(torch.float32).tiny, 0.0)
 
 
 def _resize_columns(logits: torch.Tensor, padded: int | None, image: int | None, output: int | None):

@@ -246,6 +246,30 @@ def test_pruning_actually_prunes_on_peaked_class_probabilities():
     assert torch.equal(semantic_map(class_logits, low, output_size=(64, 64))["segmentation"], labels)
 
 
+def test_subnormal_class_probabilities_are_flushed_and_maps_unchanged(monkeypatch):
+    """A sharp softmax over many classes gives subnormal probabilities (slow on CPUs); `semantic_map` scores with
+    them flushed to 0 and still gives the plain path's maps and scores."""
+    from modeling_pat import image_processing_pat
+
+    generator = torch.Generator().manual_seed(0)
+    low = F.avg_pool2d(torch.randn(1, 12, 12, 14, generator=generator) * 12, 3, stride=1)[0]  # (Q, 10, 12)
+    class_logits = 40 * torch.randn(12, 301, generator=generator)
+    plain_probs = class_logits.softmax(-1)
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((plain_probs > 0) & (plain_probs < tiny)).any()  # the case at hand
+    seen = []
+    candidates = image_processing_pat._candidate_classes
+    monkeypatch.setattr(image_processing_pat, "_candidate_classes",
+                        lambda probs, *args: seen.append(probs) or candidates(probs, *args))
+    sizes = dict(padded_size=(160, 192), image_size=(150, 180), output_size=(113, 136))
+    scores = semantic_inference(class_logits, resize_mask_logits(low, **sizes))
+    result = semantic_map(class_logits, low, **sizes, prune=True, return_score_summary=True)
+    assert seen and not any(((probs > 0) & (probs < tiny)).any() for probs in seen)
+    assert torch.equal(result["segmentation"], scores.argmax(dim=0))
+    close(result["best_scores"], scores.max(dim=0).values)
+    close(semantic_map(class_logits, low, **sizes, return_scores=True)["segmentation_scores"], scores)
+
+
 # -- on-disk text-embedding cache -------------------------------------------------------------------------------------
 def test_disk_cache_second_model_reads_without_text_tower(golden, tmp_path, monkeypatch):
     model, description, _ = golden
