@@ -1,6 +1,6 @@
 """ONNX export of SAN / PAT's image path (`python -m modeling_pat.export`), so that inference needs no PyTorch.
 
-    python -m modeling_pat.export --model san-vit-b16-hf --output san.onnx --vocabulary ade150 \
+    python -m modeling_pat.export --model san-vit-b16 --output san.onnx --vocabulary ade150 \
         --dynamic-batch --dynamic-size
     python -m modeling_pat.export --model random:san-tiny --output tiny.onnx --labels "cat,sky"   # offline smoke test
 
@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .cli import (
+    DEFAULT_MODEL,
     EXIT_MODEL,
     EXIT_OK,
     EXIT_RUNTIME,
@@ -53,6 +54,7 @@ from .cli import (
     vocabulary_class_names,
 )
 from .configuration_pat import VOCABULARY_FILES
+from .pretrained import OFFICIAL_MODELS
 
 
 DEFAULT_OPSET = 18
@@ -239,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 export or check failed, 2 usage error, 3 model not loadable.",
     )
     parser.add_argument("--model", default=None,
-                        help="save_pretrained folder, Hub id (owner/name) or random:<preset> (e.g. random:san-tiny)")
+                        help=f"an official name ({', '.join(OFFICIAL_MODELS)}; default {DEFAULT_MODEL}), a "
+                        "save_pretrained folder, a Hub id (owner/name) or random:<preset> (e.g. random:san-tiny)")
     parser.add_argument("--output", required=True, type=Path, help="the .onnx file to write")
     vocabulary = parser.add_mutually_exclusive_group()
     vocabulary.add_argument("--labels", action="append", metavar="NAMES",
@@ -331,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ModelLoadError as error:
-        print(f"export: error: the model could not be loaded.\n{error}\n\n{HOW_TO_GET_WEIGHTS}", file=sys.stderr)
+        instructions = "" if error.complete else "\n\n" + HOW_TO_GET_WEIGHTS.format(names=", ".join(OFFICIAL_MODELS))
+        print(f"export: error: the model could not be loaded.\n{error}{instructions}", file=sys.stderr)
         return EXIT_MODEL
     except ValueError as error:  # the post-export check
         print(f"export: error: {error}", file=sys.stderr)
