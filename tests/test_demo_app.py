@@ -1,6 +1,7 @@
 """The demo's behaviour without a browser: inputs and their error messages, segmentation results, the region query,
 the subtask table, the page's layout and the command line (the page in a browser: test_demo_browser.py)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -185,3 +186,17 @@ def test_command_line_reports_an_unloadable_model(tmp_path):
     assert done.returncode == 3, done.stderr
     assert "pat-demo: error: the model could not be loaded" in done.stderr and "random:san-tiny" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_space_app_serves_every_address_with_its_settings():
+    spec = importlib.util.spec_from_file_location("space_app", REPO_ROOT / "demo" / "app.py")
+    space_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(space_app)  # defines the arguments; the page starts only under __main__
+    defaults = demo_app.build_parser().parse_args(space_app.space_arguments({}))
+    assert (defaults.host, defaults.port, defaults.model) == ("0.0.0.0", 7860, None)
+    assert defaults.samples == REPO_ROOT / "demo" / "samples"
+    chosen = space_app.space_arguments({"PAT_DEMO_MODEL": "random:san-tiny", "PAT_DEMO_DTYPE": "bfloat16"})
+    chosen = demo_app.build_parser().parse_args(chosen)
+    assert (chosen.model, chosen.dtype) == ("random:san-tiny", "bfloat16")
+    requirement = (REPO_ROOT / "demo" / "requirements.txt").read_text()
+    assert "modeling_pat[demo] @ git+" in requirement
