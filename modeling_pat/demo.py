@@ -8,14 +8,13 @@ Needs the `demo` extra (`pip install ".[demo]"`, Gradio). The page itself lives 
 starts it, so that `python -m` runs a module that the package import never loads.
 """
 
+import importlib.util
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (`pat-demo`); returns the exit code."""
-    try:
-        import gradio  # noqa: F401  (checked here so that a missing extra is one clear line, not a trace)
-    except ImportError:
+    if importlib.util.find_spec("gradio") is None:  # found, not imported: Gradio loads once the model has
         print('pat-demo: error: the demo needs Gradio: pip install "modeling_pat[demo]"', file=sys.stderr)
         return 2
     from .demo_app import main as run_demo

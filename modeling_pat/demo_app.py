@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 # The official SAN ViT-B/16, by name; until the package resolves that name, the CLI's default is used instead.
 DEFAULT_MODEL = "san-vit-b16"
 MAX_IMAGE_PIXELS = 25_000_000  # a 25-megapixel photo; larger uploads are refused before they are decoded
+RESULT_LIFETIME_S = 3600  # result files (and Gradio's copies of them) are deleted after an hour: a Space runs for days
 TYPED_NAMES = ""  # the preset value meaning "use the class names typed in the text box"
 VOCABULARY_TITLES = {
     "ade150": "ADE-150",
@@ -179,6 +181,7 @@ class SegmentationDemo:
         return self._result(image, image_path, label_map, segment_names)
 
     def _result(self, image, image_path, label_map, names) -> SegmentationResult:
+        remove_old_results(self.output_root, RESULT_LIFETIME_S)
         folder = self.output_root / uuid.uuid4().hex[:16]
         folder.mkdir(parents=True)
         stem = _safe_stem(Path(image_path).stem)
@@ -233,6 +236,17 @@ def _safe_stem(stem: str) -> str:
     return stem[:80] or "image"
 
 
+def remove_old_results(root: Path, max_age_s: float) -> None:
+    """Delete the result folders under `root` last modified more than `max_age_s` seconds ago."""
+    cutoff = time.time() - max_age_s
+    for folder in root.iterdir():
+        try:
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:  # removed meanwhile
+            pass
+
+
 def _temporary_folder() -> Path:
     """A folder for the result files of this process, removed when it exits."""
     folder = Path(tempfile.mkdtemp(prefix="pat-demo-"))
@@ -270,14 +284,14 @@ def build_interface(demo: SegmentationDemo, samples: list[str] | None = None):
     import gradio as gr
 
     def run_segmentation(image_path, labels_text, preset, subtask, sliding_window, progress=gr.Progress()):
+        # every run clears the previous run's outputs and region answer, so that nothing stale stays in the page
         try:
             result = demo.segment(image_path, labels_text, preset, subtask, sliding_window, progress=progress)
         except Exception as error:
-            return None, None, None, None, _error_text(error), None
+            return None, None, None, None, _error_text(error), None, None, ""
         state = {"image_path": result.image_path, "class_names": result.class_names}
-        return (
-            result.overlay, result.table, str(result.label_file), str(result.json_file), result.message, state,
-        )
+        files = str(result.label_file), str(result.json_file)
+        return result.overlay, result.table, *files, result.message, state, None, ""
 
     def run_region_query(state, event: gr.SelectData):
         try:
@@ -288,7 +302,10 @@ def build_interface(demo: SegmentationDemo, samples: list[str] | None = None):
             return None, _error_text(error)
         return answer.image, answer.message
 
-    with gr.Blocks(title="SAN / PAT open-vocabulary segmentation", analytics_enabled=False) as page:
+    with gr.Blocks(
+        title="SAN / PAT open-vocabulary segmentation", analytics_enabled=False,
+        delete_cache=(RESULT_LIFETIME_S, RESULT_LIFETIME_S),
+    ) as page:
         gr.Markdown(
             "# Open-vocabulary segmentation\n"
             f"Model: `{demo.model_id}`. Name the classes to look for, run, then click the result to ask what is there."
@@ -330,7 +347,8 @@ def build_interface(demo: SegmentationDemo, samples: list[str] | None = None):
         # one queue for every event that uses the model: concurrent visitors wait their turn
         run.click(
             run_segmentation, [image, labels, preset, subtask, sliding],
-            [overlay, table, label_file, json_file, status, state], concurrency_id="model", concurrency_limit=1,
+            [overlay, table, label_file, json_file, status, state, region_image, region_text],
+            concurrency_id="model", concurrency_limit=1,
         )
         overlay.select(
             run_region_query, [state], [region_image, region_text], concurrency_id="model", concurrency_limit=1

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,17 @@ def test_segment_returns_overlay_table_and_files(demo):
     assert result.overlay.height == 300 and result.overlay.width > 451  # the photo, then the legend to its right
     assert result.image_width == 451 and result.class_names == ["cat", "sofa", "floor"]
     assert steps[0].startswith("Computing text embeddings of 3 class names")
+
+
+def test_old_result_folders_are_removed(demo):
+    stale, fresh = demo.output_root / "stale", demo.output_root / "fresh"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "x_labels.png").write_bytes(b"")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    result = demo.segment(str(SAMPLE), "cat", "")
+    assert not stale.exists() and fresh.exists() and result.label_file.exists()
 
 
 def test_progress_is_shown_before_the_text_encoder_runs(demo, monkeypatch):
@@ -200,3 +212,14 @@ def test_space_app_serves_every_address_with_its_settings():
     assert (chosen.model, chosen.dtype) == ("random:san-tiny", "bfloat16")
     requirement = (REPO_ROOT / "demo" / "requirements.txt").read_text()
     assert "modeling_pat[demo] @ git+" in requirement
+
+
+def test_missing_gradio_is_one_clear_line(monkeypatch, capsys):
+    from modeling_pat import demo as entry
+
+    real_find_spec = entry.importlib.util.find_spec
+    monkeypatch.setattr(
+        entry.importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real_find_spec(name, *a)
+    )
+    assert entry.main(["--model", "random:san-tiny"]) == 2
+    assert capsys.readouterr().err == 'pat-demo: error: the demo needs Gradio: pip install "modeling_pat[demo]"\n'

@@ -37,7 +37,13 @@ def _unavailable(reason: str):
     pytest.skip(reason)
 
 
-def _chromium() -> str:
+@pytest.fixture
+def chromium() -> str:
+    """The browser to drive; checked before the demo starts, so that a skip costs nothing."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _unavailable("the playwright package is not installed (pip install -e '.[dev]')")
     named = os.environ.get("PAT_CHROMIUM")
     found = named or next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
     if not found:
@@ -71,8 +77,9 @@ def _download(url: str) -> bytes:
 
 
 @pytest.fixture
-def demo_url(tmp_path):
-    """The demo with a tiny random model, on a free localhost port, for the duration of one test."""
+def demo_url(tmp_path, chromium):
+    """(URL, start time) of the demo with a tiny random model on a free localhost port, for one test."""
+    started = time.monotonic()
     port = _free_port()
     env = dict(os.environ)
     env.update(
@@ -90,7 +97,7 @@ def demo_url(tmp_path):
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_for_server(url, process, log)
-        yield url
+        yield url, started
     finally:
         process.terminate()
         try:
@@ -100,20 +107,18 @@ def demo_url(tmp_path):
             process.wait()
 
 
-def test_demo_in_browser(demo_url, tmp_path):
-    started = time.monotonic()
-    chromium = _chromium()
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install '.[dev]')")
+@pytest.mark.timeout(4 * TIME_LIMIT_S)  # a hung browser or server fails the test instead of the whole run
+def test_demo_in_browser(chromium, demo_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, started = demo_url
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
         page.set_default_timeout(60_000)
-        page.goto(demo_url)
+        page.goto(url)
         expect(page.locator("#run")).to_be_visible()
         page.screenshot(path=shots / "1_loaded.png")
 
@@ -154,10 +159,12 @@ def test_demo_in_browser(demo_url, tmp_path):
         page.locator("#run").click()
         status = page.locator("#status")
         expect(status).to_contain_text("names the same class twice")
+        expect(page.locator("#region-answer")).not_to_contain_text("At (")  # the last run's answer is cleared
+        expect(page.locator("#overlay img")).to_have_count(0)
         assert "Traceback" not in page.content()
         page.screenshot(path=shots / "5_duplicate_label.png", full_page=True)
         browser.close()
     assert sorted(path.name for path in shots.iterdir()) == [
         "1_loaded.png", "2_inputs.png", "3_segmented.png", "4_region.png", "5_duplicate_label.png"
     ]
-    assert time.monotonic() - started < TIME_LIMIT_S
+    assert time.monotonic() - started < TIME_LIMIT_S  # server start included
