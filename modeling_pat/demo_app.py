@@ -84,8 +84,8 @@ def semantic_subtask(demo: "SegmentationDemo", image: Image.Image, class_names, 
 
 
 # Subtask name -> function(demo, image, class names, (N, D) class embeddings, sliding window) -> ([H, W] segment map,
-# one name per segment index). Instance and panoptic segmentation plug in here (their names then e.g. "person #2"); the page offers
-# every key.
+# one name per segment index). Instance and panoptic segmentation plug in here (their names then e.g. "person #2");
+# the page offers every key.
 SUBTASKS = {"semantic": semantic_subtask}
 
 
@@ -142,7 +142,7 @@ class SegmentationDemo:
         return names
 
     def read_image(self, path: str | None) -> Image.Image:
-        """The uploaded file as upright RGB; refused when missing, too large (checked before decoding) or unreadable."""
+        """The upload as upright RGB; refused when missing, too large (checked before decoding) or unreadable."""
         if not path:
             raise DemoInputError("No image: upload one, paste one or pick a sample.")
         try:
@@ -283,25 +283,6 @@ def build_interface(demo: SegmentationDemo, samples: list[str] | None = None):
     """The Gradio Blocks page for `demo` (queue it and launch it; see `main`)."""
     import gradio as gr
 
-    def run_segmentation(image_path, labels_text, preset, subtask, sliding_window, progress=gr.Progress()):
-        # every run clears the previous run's outputs and region answer, so that nothing stale stays in the page
-        try:
-            result = demo.segment(image_path, labels_text, preset, subtask, sliding_window, progress=progress)
-        except Exception as error:
-            return None, None, None, None, _error_text(error), None, None, ""
-        state = {"image_path": result.image_path, "class_names": result.class_names}
-        files = str(result.label_file), str(result.json_file)
-        return result.overlay, result.table, *files, result.message, state, None, ""
-
-    def run_region_query(state, event: gr.SelectData):
-        try:
-            state = state or {}
-            x, y = (int(v) for v in event.index)
-            answer = demo.query_point(state.get("image_path"), state.get("class_names"), x, y)
-        except Exception as error:
-            return None, _error_text(error)
-        return answer.image, answer.message
-
     with gr.Blocks(
         title="SAN / PAT open-vocabulary segmentation", analytics_enabled=False,
         delete_cache=(RESULT_LIFETIME_S, RESULT_LIFETIME_S),
@@ -312,48 +293,89 @@ def build_interface(demo: SegmentationDemo, samples: list[str] | None = None):
         )
         with gr.Row():
             with gr.Column():
-                image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="image")
-                if samples:
-                    gr.Examples(examples=[[path] for path in samples], inputs=[image], label="Samples")
-                labels = gr.Textbox(
-                    label="Class names (comma-separated)", placeholder="cat, sofa, floor", elem_id="labels"
-                )
-                preset = gr.Dropdown(
-                    choices=vocabulary_choices(), value=TYPED_NAMES, label="Vocabulary preset", elem_id="preset"
-                )
-                subtask = gr.Radio(choices=list(SUBTASKS), value="semantic", label="Subtask", elem_id="subtask")
-                sliding = gr.Checkbox(
-                    label="Sliding window (for images much larger than the model's training size)", elem_id="sliding"
-                )
-                run = gr.Button("Segment", variant="primary", elem_id="run")
+                inputs = _input_controls(gr, samples)
             with gr.Column():
-                status = gr.Markdown(elem_id="status")
-                overlay = gr.Image(
-                    label="Overlay (click a point of the photo)", type="pil", format="png", interactive=False,
-                    elem_id="overlay",
-                )
-                table = gr.Dataframe(
-                    headers=["colour", "class", "pixel share"], interactive=False, label="Classes", elem_id="legend"
-                )
-                with gr.Row():
-                    label_file = gr.File(label="Label map (PNG)", interactive=False, elem_id="label-file")
-                    json_file = gr.File(label="Summary (JSON)", interactive=False, elem_id="json-file")
-                region_text = gr.Markdown(elem_id="region-answer")
-                region_image = gr.Image(
-                    label="Region at the clicked point", type="pil", format="png", interactive=False,
-                    elem_id="region-image",
-                )
-        state = gr.State()
+                outputs = _output_panels(gr)
+        state = gr.State()  # the image and class names of the last run, for region queries
         # one queue for every event that uses the model: concurrent visitors wait their turn
-        run.click(
-            run_segmentation, [image, labels, preset, subtask, sliding],
-            [overlay, table, label_file, json_file, status, state, region_image, region_text],
+        inputs["run"].click(
+            _segmentation_handler(demo, gr),
+            [inputs[name] for name in ("image", "labels", "preset", "subtask", "sliding")],
+            [*(outputs[name] for name in ("overlay", "table", "label_file", "json_file", "status")), state,
+             outputs["region_image"], outputs["region_text"]],
             concurrency_id="model", concurrency_limit=1,
         )
-        overlay.select(
-            run_region_query, [state], [region_image, region_text], concurrency_id="model", concurrency_limit=1
+        outputs["overlay"].select(
+            _region_handler(demo, gr), [state], [outputs["region_image"], outputs["region_text"]],
+            concurrency_id="model", concurrency_limit=1,
         )
     return page
+
+
+def _input_controls(gr, samples) -> dict:
+    image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="image")
+    if samples:
+        gr.Examples(examples=[[path] for path in samples], inputs=[image], label="Samples")
+    return {
+        "image": image,
+        "labels": gr.Textbox(label="Class names (comma-separated)", placeholder="cat, sofa, floor", elem_id="labels"),
+        "preset": gr.Dropdown(
+            choices=vocabulary_choices(), value=TYPED_NAMES, label="Vocabulary preset", elem_id="preset"
+        ),
+        "subtask": gr.Radio(choices=list(SUBTASKS), value="semantic", label="Subtask", elem_id="subtask"),
+        "sliding": gr.Checkbox(
+            label="Sliding window (for images much larger than the model's training size)", elem_id="sliding"
+        ),
+        "run": gr.Button("Segment", variant="primary", elem_id="run"),
+    }
+
+
+def _output_panels(gr) -> dict:
+    panels = {
+        "status": gr.Markdown(elem_id="status"),
+        "overlay": gr.Image(
+            label="Overlay (click a point of the photo)", type="pil", format="png", interactive=False,
+            elem_id="overlay",
+        ),
+        "table": gr.Dataframe(
+            headers=["colour", "class", "pixel share"], interactive=False, label="Classes", elem_id="legend"
+        ),
+    }
+    with gr.Row():
+        panels["label_file"] = gr.File(label="Label map (PNG)", interactive=False, elem_id="label-file")
+        panels["json_file"] = gr.File(label="Summary (JSON)", interactive=False, elem_id="json-file")
+    panels["region_text"] = gr.Markdown(elem_id="region-answer")
+    panels["region_image"] = gr.Image(
+        label="Region at the clicked point", type="pil", format="png", interactive=False, elem_id="region-image"
+    )
+    return panels
+
+
+def _segmentation_handler(demo: SegmentationDemo, gr):
+    def run_segmentation(image_path, labels_text, preset, subtask, sliding_window, progress=gr.Progress()):
+        # every run clears the previous run's outputs and region answer, so that nothing stale stays in the page
+        try:
+            result = demo.segment(image_path, labels_text, preset, subtask, sliding_window, progress=progress)
+        except Exception as error:
+            return None, None, None, None, _error_text(error), None, None, ""
+        state = {"image_path": result.image_path, "class_names": result.class_names}
+        files = str(result.label_file), str(result.json_file)
+        return result.overlay, result.table, *files, result.message, state, None, ""
+
+    return run_segmentation
+
+
+def _region_handler(demo: SegmentationDemo, gr):
+    def run_region_query(state, event: gr.SelectData):
+        try:
+            state = state or {}
+            x, y = (int(v) for v in event.index)
+            answer = demo.query_point(state.get("image_path"), state.get("class_names"), x, y)
+        except Exception as error:
+            return None, _error_text(error)
+        return answer.image, answer.message
+
+    return run_region_query
 
 
 # -- command line -----------------------------------------------------------------------------------------------------
@@ -372,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     parser.add_argument("--share", action="store_true", help="also publish a temporary public link (off by default)")
     parser.add_argument(
-        "--max-pixels", type=int, default=MAX_IMAGE_PIXELS, help=f"largest image accepted (default: {MAX_IMAGE_PIXELS})"
+        "--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
+        help=f"largest image accepted, in pixels (default: {MAX_IMAGE_PIXELS})",
     )
     parser.add_argument(
         "--samples", type=Path, default=SAMPLES_DIR, help="folder of sample photos offered under the image input"

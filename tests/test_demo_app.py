@@ -1,9 +1,12 @@
 """The demo's behaviour without a browser: inputs and their error messages, segmentation results, the region query,
 the subtask table, the page's layout and the command line (the page in a browser: test_demo_browser.py)."""
 
+import configparser
+import importlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +18,7 @@ from PIL import Image
 
 from modeling_pat import PATProcessor, demo_app
 from modeling_pat.cli import ModelLoadError
+from modeling_pat.demo import main as demo_main
 from modeling_pat.demo_app import SUBTASKS, DemoInputError, SegmentationDemo
 
 from conftest import tiny_model
@@ -124,9 +128,11 @@ def test_subtasks_plug_into_the_table(demo, monkeypatch):
 def test_sliding_window_switch_uses_windows(demo, monkeypatch):
     calls = []
     original = demo_app.segment_batch
-    monkeypatch.setattr(
-        demo_app, "segment_batch", lambda *args, **kwargs: calls.append(kwargs["sliding_window"]) or original(*args, **kwargs)
-    )
+    def recording(*args, **kwargs):
+        calls.append(kwargs["sliding_window"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(demo_app, "segment_batch", recording)
     demo.segment(str(SAMPLE), "cat, sky", "", sliding_window=True)
     demo.segment(str(SAMPLE), "cat, sky", "", sliding_window=False)
     assert calls == [True, False]
@@ -223,3 +229,15 @@ def test_missing_gradio_is_one_clear_line(monkeypatch, capsys):
     )
     assert entry.main(["--model", "random:san-tiny"]) == 2
     assert capsys.readouterr().err == 'pat-demo: error: the demo needs Gradio: pip install "modeling_pat[demo]"\n'
+
+
+def test_install_declares_the_command_and_the_extras():
+    """`pip install .[demo]` gets Gradio, `.[dev]` (what CI installs) also the browser test's driver library."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    scripts = dict(line.split(" = ") for line in setup["options.entry_points"]["console_scripts"].split("\n") if line)
+    module, function = scripts["pat-demo"].split(":")
+    assert getattr(importlib.import_module(module), function) is demo_main
+    extras = {name: value.split() for name, value in setup["options.extras_require"].items()}
+    assert any(r.startswith("gradio") for r in extras["demo"])
+    assert {"gradio", "playwright"} <= {re.split(r"[<>=!~ ]", r)[0] for r in extras["dev"]}

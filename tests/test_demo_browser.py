@@ -115,7 +115,10 @@ def test_demo_in_browser(chromium, demo_url, tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        # as root (CI) Chromium needs --no-sandbox; containers often have a tiny /dev/shm
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
         page.set_default_timeout(60_000)
         page.goto(url)
