@@ -98,9 +98,8 @@ class SegmentationResult:
     table: list[list[str]]  # [colour "#rrggbb", class name, pixel share "12.3%"], largest share first
     label_file: Path
     json_file: Path
-    class_names: list[str]
+    class_names: list[str]  # the vocabulary (what region queries score), not the subtask's segment names
     image_path: str
-    image_width: int
     message: str
 
 
@@ -178,9 +177,9 @@ class SegmentationDemo:
             progress(0.5, "Segmenting the image")
             label_map, segment_names = SUBTASKS[subtask](self, image, class_names, class_embeddings, sliding_window)
         progress(0.9, "Drawing the overlay")
-        return self._result(image, image_path, label_map, segment_names)
+        return self._result(image, image_path, label_map, segment_names, class_names)
 
-    def _result(self, image, image_path, label_map, names) -> SegmentationResult:
+    def _result(self, image, image_path, label_map, names, class_names) -> SegmentationResult:
         remove_old_results(self.output_root, RESULT_LIFETIME_S)
         folder = self.output_root / uuid.uuid4().hex[:16]
         folder.mkdir(parents=True)
@@ -196,8 +195,7 @@ class SegmentationDemo:
         ]
         message = f"Found {len(table)} of {len(names)} classes. Click a point on the photo to see the region there."
         return SegmentationResult(
-            overlay, table, folder / f"{stem}_labels.png", folder / f"{stem}.json", list(names), image_path,
-            image.width, message,
+            overlay, table, folder / f"{stem}_labels.png", folder / f"{stem}.json", class_names, image_path, message
         )
 
     # -- region query ---------------------------------------------------------------------------------------------
