@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,24 @@ def test_subtasks_plug_into_the_table(demo, monkeypatch):
     assert result.class_names == ["cat"]  # region queries still score the vocabulary
     with pytest.raises(DemoInputError, match="Unknown subtask 'panoptic'; available: semantic, halves"):
         demo.segment(str(SAMPLE), "cat", "", subtask="panoptic")
+
+
+def test_concurrent_requests_take_turns_on_the_model(demo, monkeypatch):
+    """Web-server threads share one model: one forward pass at a time, whatever the queue's settings."""
+    running, overlaps = [], []
+
+    def watched(demo, image, class_names, class_embeddings, sliding_window):
+        running.append(1)
+        overlaps.append(len(running))
+        time.sleep(0.2)  # long enough for the other thread to arrive meanwhile
+        running.pop()
+        return np.zeros((image.height, image.width), dtype=np.int64), class_names
+
+    monkeypatch.setitem(SUBTASKS, "watched", watched)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: demo.segment(str(SAMPLE), "cat, sky", "", subtask="watched"), range(3)))
+    assert overlaps == [1, 1, 1]
+    assert len({result.label_file.parent for result in results}) == 3  # each request has its own files
 
 
 def test_sliding_window_switch_uses_windows(demo, monkeypatch):
