@@ -191,7 +191,10 @@ def test_unexpected_errors_are_one_line_without_a_trace(caplog):
 def test_page_offers_the_subtasks_presets_and_samples(demo):
     import gradio as gr
 
-    page = demo_app.build_interface(demo, demo_app.sample_images(REPO_ROOT / "samples"))
+    samples = demo_app.sample_images(SAMPLE.parent)
+    assert [Path(path).name for path in samples] == ["astronaut.png", "chelsea.png", "coffee.png"]
+    assert demo_app.sample_images(SAMPLE.parent / "missing") == []
+    page = demo_app.build_interface(demo, samples)
     components = {getattr(block, "elem_id", None): block for block in page.blocks.values()}
     assert [choice[1] for choice in components["subtask"].choices] == list(SUBTASKS) == ["semantic"]
     assert [choice[1] for choice in components["preset"].choices][0] == demo_app.TYPED_NAMES

@@ -90,6 +90,7 @@ def demo_url(tmp_path, chromium):
     )
     log = tmp_path / "demo.log"
     command = [sys.executable, "-m", "modeling_pat.demo", "--model", "random:san-tiny", "--device", "cpu"]
+    command += ["--samples", str(SAMPLE.parent)]
     with open(log, "w") as output:
         process = subprocess.Popen(
             [*command, "--port", str(port)], cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT
