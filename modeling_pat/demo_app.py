@@ -30,17 +30,19 @@ import numpy as np
 from PIL import Image
 
 from .cli import (
+    DEFAULT_MODEL,
     DTYPES,
     HOW_TO_GET_WEIGHTS,
     ModelLoadError,
+    SegmentOptions,
     UsageError,
     compute_class_embeddings,
     load_model,
     resolve_device,
     segment_batch,
+    segment_batch_results,
     write_outputs,
 )
-from .cli import DEFAULT_MODEL as CLI_DEFAULT_MODEL
 from .configuration_pat import VOCABULARY_FILES, load_vocabulary
 from .image_processing_pat import load_image
 from .processing_pat import validate_class_names
@@ -50,8 +52,6 @@ from .visualization import blend_labels, format_fraction, legend_entries, make_p
 
 logger = logging.getLogger(__name__)
 
-# The official SAN ViT-B/16, by name; until the package resolves that name, the CLI's default is used instead.
-DEFAULT_MODEL = "san-vit-b16"
 MAX_IMAGE_PIXELS = 25_000_000  # a 25-megapixel photo; larger uploads are refused before they are decoded
 RESULT_LIFETIME_S = 3600  # result files (and Gradio's copies of them) are deleted after an hour: a Space runs for days
 TYPED_NAMES = ""  # the preset value meaning "use the class names typed in the text box"
@@ -75,18 +75,41 @@ class DemoInputError(ValueError):
 
 # -- subtasks ---------------------------------------------------------------------------------------------------------
 def semantic_subtask(demo: "SegmentationDemo", image: Image.Image, class_names, class_embeddings, sliding_window):
-    """One class per pixel: ([H, W] int64 map of indices into the returned names, the names)."""
+    """One class per pixel: {"label_map": [H, W] int64 class indices}."""
     [label_map] = segment_batch(
         demo.model, demo.processor, [image], class_embeddings, demo.model.device, demo.model.dtype,
         sliding_window=sliding_window,
     )
-    return label_map, class_names
+    return {"label_map": label_map}
 
 
-# Subtask name -> function(demo, image, class names, (N, D) class embeddings, sliding window) -> ([H, W] segment map,
-# one name per segment index). Instance and panoptic segmentation plug in here (their names then e.g. "person #2");
-# the page offers every key.
-SUBTASKS = {"semantic": semantic_subtask}
+def segments_subtask(name: str):
+    """Instance or panoptic segmentation as `pat-segment --subtask` does it: the class label map plus a segment-id
+    map and its segments (label, score, area, box), outlined in the overlay and listed in the JSON."""
+
+    def run(demo: "SegmentationDemo", image: Image.Image, class_names, class_embeddings, sliding_window):
+        if sliding_window:
+            raise DemoInputError(
+                f"The {name} subtask needs the mask proposals of one pass over the whole image; sliding windows give "
+                "semantic scores only. Turn the sliding window off or choose the semantic subtask."
+            )
+        [result] = segment_batch_results(
+            demo.model, demo.processor, [image], class_embeddings, demo.model.device, demo.model.dtype, class_names,
+            SegmentOptions(subtask=name),
+        )
+        return {**result, "subtask": name}
+
+    return run
+
+
+# Subtask name -> function(demo, image, class names, (N, D) class embeddings, sliding window) -> {"label_map": [H, W]
+# class indices} plus, for subtasks with segments, what `write_outputs(segments=...)` takes ("segment_map",
+# "segments", "subtask"). The page offers every key; a new subtask is one more entry.
+SUBTASKS = {
+    "semantic": semantic_subtask,
+    "instance": segments_subtask("instance"),
+    "panoptic": segments_subtask("panoptic"),
+}
 
 
 # -- the demo's work, without Gradio ----------------------------------------------------------------------------------
@@ -96,9 +119,9 @@ class SegmentationResult:
 
     overlay: Image.Image
     table: list[list[str]]  # [colour "#rrggbb", class name, pixel share "12.3%"], largest share first
-    label_file: Path
+    label_files: list[Path]  # the class label PNG, and the segment-id PNG for subtasks with segments
     json_file: Path
-    class_names: list[str]  # the vocabulary (what region queries score), not the subtask's segment names
+    class_names: list[str]  # the vocabulary (what region queries score)
     image_path: str
     message: str
 
@@ -175,27 +198,36 @@ class SegmentationDemo:
             progress(0.1, f"Computing text embeddings of {len(class_names)} class names")
             class_embeddings = compute_class_embeddings(self.model, self.processor, class_names)
             progress(0.5, "Segmenting the image")
-            label_map, segment_names = SUBTASKS[subtask](self, image, class_names, class_embeddings, sliding_window)
+            result = SUBTASKS[subtask](self, image, class_names, class_embeddings, sliding_window)
         progress(0.9, "Drawing the overlay")
-        return self._result(image, image_path, label_map, segment_names, class_names)
+        return self._result(image, image_path, result, class_names)
 
-    def _result(self, image, image_path, label_map, names, class_names) -> SegmentationResult:
+    def _result(self, image, image_path, result: dict, class_names) -> SegmentationResult:
         remove_old_results(self.output_root, RESULT_LIFETIME_S)
         folder = self.output_root / uuid.uuid4().hex[:16]
         folder.mkdir(parents=True)
         stem = _safe_stem(Path(image_path).stem)
-        palette = make_palette(len(names))
-        write_outputs(image, label_map, Path(Path(image_path).name), stem, names, palette, folder, self.model_id)
+        palette, label_map = make_palette(len(class_names)), result["label_map"]
+        segments = result if "segments" in result else None
+        write_outputs(
+            image, label_map, Path(Path(image_path).name), stem, class_names, palette, folder, self.model_id, segments
+        )
         with Image.open(folder / f"{stem}_overlay.png") as overlay:
             overlay.load()
-        fractions = pixel_fractions(label_map, len(names))
+        fractions = pixel_fractions(label_map, len(class_names))
         table = [
             ["#%02x%02x%02x" % tuple(int(c) for c in palette[index]), name, format_fraction(fraction)]
-            for index, name, fraction in legend_entries(fractions, names)
+            for index, name, fraction in legend_entries(fractions, class_names)
         ]
-        message = f"Found {len(table)} of {len(names)} classes. Click a point on the photo to see the region there."
+        found = f"Found {len(table)} of {len(class_names)} classes"
+        if segments is not None:
+            found += f" in {len(segments['segments'])} {segments['subtask']} segments (listed in the JSON)"
+        label_files = [folder / f"{stem}_labels.png"]
+        if segments is not None:  # the segment-id PNG (16-bit) beside the class label PNG
+            label_files.append(folder / f"{stem}_segments.png")
         return SegmentationResult(
-            overlay, table, folder / f"{stem}_labels.png", folder / f"{stem}.json", class_names, image_path, message
+            overlay, table, label_files, folder / f"{stem}.json", class_names, image_path,
+            f"{found}. Click a point on the photo to see the region there.",
         )
 
     # -- region query ---------------------------------------------------------------------------------------------
@@ -340,7 +372,9 @@ def _output_panels(gr) -> dict:
         ),
     }
     with gr.Row():
-        panels["label_file"] = gr.File(label="Label map (PNG)", interactive=False, elem_id="label-file")
+        panels["label_file"] = gr.File(
+            label="Label map (PNG)", file_count="multiple", interactive=False, elem_id="label-file"
+        )
         panels["json_file"] = gr.File(label="Summary (JSON)", interactive=False, elem_id="json-file")
     panels["region_text"] = gr.Markdown(elem_id="region-answer")
     panels["region_image"] = gr.Image(
@@ -357,8 +391,8 @@ def _segmentation_handler(demo: SegmentationDemo, gr):
         except Exception as error:
             return None, None, None, None, _error_text(error), None, None, ""
         state = {"image_path": result.image_path, "class_names": result.class_names}
-        files = str(result.label_file), str(result.json_file)
-        return result.overlay, result.table, *files, result.message, state, None, ""
+        label_files = [str(path) for path in result.label_files]
+        return result.overlay, result.table, label_files, str(result.json_file), result.message, state, None, ""
 
     return run_segmentation
 
@@ -402,16 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_demo_model(spec: str | None, device, dtype):
-    """`--model` -> (model, processor, name). Without `--model`, the official SAN ViT-B/16 by name, or the command
-    line's default where the package cannot resolve that name."""
-    if spec is not None:
-        return (*load_model(spec, device, dtype), spec)
-    try:
-        return (*load_model(DEFAULT_MODEL, device, dtype), DEFAULT_MODEL)
-    except ModelLoadError:
-        if CLI_DEFAULT_MODEL == DEFAULT_MODEL:
-            raise
-    return (*load_model(None, device, dtype), CLI_DEFAULT_MODEL)
+    """`--model` (default: the official SAN ViT-B/16 by name) -> (model, processor, the name shown in the page)."""
+    spec = spec or DEFAULT_MODEL
+    return (*load_model(spec, device, dtype), spec)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,8 @@ def test_bad_images_are_explained(demo, tmp_path):
 def test_segment_returns_overlay_table_and_files(demo):
     steps = []
     result = demo.segment(str(SAMPLE), "cat, sofa, floor", "", progress=lambda f, text: steps.append(text))
-    label_map = np.asarray(Image.open(result.label_file))
+    [label_file] = result.label_files  # no segment map in a semantic run
+    label_map = np.asarray(Image.open(label_file))
     assert label_map.shape == (300, 451) and label_map.dtype == np.uint8
     summary = json.loads(result.json_file.read_text())
     assert summary["labels"] == ["cat", "sofa", "floor"] and summary["image"] == "chelsea.png"
@@ -102,7 +103,7 @@ def test_old_result_folders_are_removed(demo):
     two_hours_ago = time.time() - 7200
     os.utime(stale, (two_hours_ago, two_hours_ago))
     result = demo.segment(str(SAMPLE), "cat", "")
-    assert not stale.exists() and fresh.exists() and result.label_file.exists()
+    assert not stale.exists() and fresh.exists() and result.label_files[0].exists()
 
 
 def test_progress_is_shown_before_the_text_encoder_runs(demo, monkeypatch):
@@ -113,18 +114,31 @@ def test_progress_is_shown_before_the_text_encoder_runs(demo, monkeypatch):
 
 
 def test_subtasks_plug_into_the_table(demo, monkeypatch):
-    """A new subtask is one entry of SUBTASKS: its segment map and names feed the same overlay, table and files."""
+    """A new subtask is one entry of SUBTASKS: its label map feeds the same overlay, table and files."""
     def halves(demo, image, class_names, class_embeddings, sliding_window):
-        segments = np.zeros((image.height, image.width), dtype=np.int64)
-        segments[:, image.width // 2:] = 1
-        return segments, ["left #1", "right #1"]
+        label_map = np.zeros((image.height, image.width), dtype=np.int64)
+        label_map[:, image.width // 2:] = 1
+        return {"label_map": label_map}
 
     monkeypatch.setitem(SUBTASKS, "halves", halves)
-    result = demo.segment(str(SAMPLE), "cat", "", subtask="halves")
-    assert [row[1] for row in result.table] == ["right #1", "left #1"]  # 226 vs 225 columns
-    assert result.class_names == ["cat"]  # region queries still score the vocabulary
-    with pytest.raises(DemoInputError, match="Unknown subtask 'panoptic'; available: semantic, halves"):
-        demo.segment(str(SAMPLE), "cat", "", subtask="panoptic")
+    result = demo.segment(str(SAMPLE), "cat, sky", "", subtask="halves")
+    assert [row[1:] for row in result.table] == [["sky", "50.1%"], ["cat", "49.9%"]]  # 226 vs 225 columns
+    with pytest.raises(DemoInputError, match="Unknown subtask 'amodal'; available: semantic, instance, panoptic, hal"):
+        demo.segment(str(SAMPLE), "cat", "", subtask="amodal")
+
+
+@pytest.mark.parametrize("subtask", ["instance", "panoptic"])
+def test_segment_subtasks_write_their_segments(demo, subtask):
+    result = demo.segment(str(SAMPLE), "cat, sky, wall", "", subtask=subtask)
+    summary = json.loads(result.json_file.read_text())
+    assert summary["subtask"] == subtask
+    label_file, segment_file = result.label_files
+    assert segment_file.name == "chelsea_segments.png" and summary["segment_map"] == segment_file.name
+    segment_ids = np.unique(np.asarray(Image.open(segment_file)))
+    assert {segment["id"] for segment in summary["segments"]} == set(segment_ids.tolist()) - {0}
+    assert f"in {len(summary['segments'])} {subtask} segments" in result.message
+    with pytest.raises(DemoInputError, match=f"The {subtask} subtask needs the mask proposals"):
+        demo.segment(str(SAMPLE), "cat, sky", "", subtask=subtask, sliding_window=True)
 
 
 def test_concurrent_requests_take_turns_on_the_model(demo, monkeypatch):
@@ -136,13 +150,13 @@ def test_concurrent_requests_take_turns_on_the_model(demo, monkeypatch):
         overlaps.append(len(running))
         time.sleep(0.2)  # long enough for the other thread to arrive meanwhile
         running.pop()
-        return np.zeros((image.height, image.width), dtype=np.int64), class_names
+        return {"label_map": np.zeros((image.height, image.width), dtype=np.int64)}
 
     monkeypatch.setitem(SUBTASKS, "watched", watched)
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda _: demo.segment(str(SAMPLE), "cat, sky", "", subtask="watched"), range(3)))
     assert overlaps == [1, 1, 1]
-    assert len({result.label_file.parent for result in results}) == 3  # each request has its own files
+    assert len({result.json_file.parent for result in results}) == 3  # each request has its own files
 
 
 def test_sliding_window_switch_uses_windows(demo, monkeypatch):
@@ -196,7 +210,8 @@ def test_page_offers_the_subtasks_presets_and_samples(demo):
     assert demo_app.sample_images(SAMPLE.parent / "missing") == []
     page = demo_app.build_interface(demo, samples)
     components = {getattr(block, "elem_id", None): block for block in page.blocks.values()}
-    assert [choice[1] for choice in components["subtask"].choices] == list(SUBTASKS) == ["semantic"]
+    assert [choice[1] for choice in components["subtask"].choices] == list(SUBTASKS)
+    assert list(SUBTASKS) == ["semantic", "instance", "panoptic"]
     assert [choice[1] for choice in components["preset"].choices][0] == demo_app.TYPED_NAMES
     assert isinstance(components["overlay"], gr.Image) and isinstance(components["legend"], gr.Dataframe)
     # every event that runs the model waits in one queue of width one
@@ -204,18 +219,12 @@ def test_page_offers_the_subtasks_presets_and_samples(demo):
     assert len(model_events) == 2 and all(dep.concurrency_limit == 1 for dep in model_events)
 
 
-def test_default_model_falls_back_to_the_command_lines_default(monkeypatch):
+def test_default_model_is_the_official_san_by_name(monkeypatch):
     tried = []
-
-    def load_model(spec, device, dtype):
-        tried.append(spec)
-        raise ModelLoadError(f"no {spec}")
-
-    monkeypatch.setattr(demo_app, "load_model", load_model)
-    monkeypatch.setattr(demo_app, "CLI_DEFAULT_MODEL", "san-vit-b16-hf")
-    with pytest.raises(ModelLoadError, match="no None"):
-        demo_app.load_demo_model(None, "cpu", None)
-    assert tried == ["san-vit-b16", None]
+    monkeypatch.setattr(demo_app, "load_model", lambda spec, device, dtype: tried.append(spec) or ("model", "proc"))
+    assert demo_app.load_demo_model(None, "cpu", None) == ("model", "proc", "san-vit-b16")
+    assert demo_app.load_demo_model("random:san-tiny", "cpu", None)[2] == "random:san-tiny"
+    assert tried == ["san-vit-b16", "random:san-tiny"]
 
 
 def test_command_line_reports_an_unloadable_model(tmp_path):
