@@ -18,7 +18,9 @@ K attention-bias heads (= CLIP heads), D CLIP embedding dim, N classes (+1 = voi
 | `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |
 """
 
+import functools
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +49,21 @@ from .weights_files import bad_weights_error, candidate_weights_files
 
 # Classes per text-tower call in `get_class_embeddings` (x the prompt templates): bounds memory for large vocabularies.
 TEXT_CHUNK_CLASSES = 64
+# Guards the in-memory text-embedding cache of every model in the process: a model shared by a web server's threads
+# must not encode one vocabulary twice or evict one entry twice (KeyError). Module-level rather than per model, so that
+# models stay deep-copyable and picklable. (The disk cache's writers already merge under a file lock.)
+_TEXT_CACHE_LOCK = threading.RLock()
+
+
+def _text_cache_locked(method):
+    """Run `method` holding `_TEXT_CACHE_LOCK`."""
+
+    @functools.wraps(method)
+    def locked(*args, **kwargs):
+        with _TEXT_CACHE_LOCK:
+            return method(*args, **kwargs)
+
+    return locked
 
 
 @dataclass
@@ -506,6 +523,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             for p in self.model.clip_tower.text_parameters()
         )
 
+    @_text_cache_locked
     def get_class_embeddings(
         self, input_ids: torch.Tensor | None = None, class_names: list[str] | None = None, cache_dir=None
     ):
@@ -515,6 +533,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         `cache_dir` (default: `self.text_embedding_cache_dir`) is set: one row per name in a file keyed by the text
         weights (sha256 of every byte), the prompt templates and the cache format, so another process starts without
         running the text tower, and a weight or template change misses. Only names not on disk are encoded.
+        Thread-safe: concurrent callers wait, so a vocabulary asked for by several threads is encoded once.
         """
         if input_ids is None:
             class_names = class_names if class_names is not None else self.default_class_names()

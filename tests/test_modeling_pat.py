@@ -1,5 +1,8 @@
 """PATModel / PATForOpenVocabSegmentation on the tiny config: shapes, loss and gradients, save/load, text cache."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -222,6 +225,22 @@ def test_text_cache_is_reused_and_invalidated_by_weight_edits(model):
         projection.add_(torch.randn(projection.shape, generator=torch.Generator().manual_seed(0)))
     recomputed = model.get_class_embeddings(class_names=["cat", "sky"])
     assert recomputed is not first and not torch.allclose(recomputed, first)
+
+
+def test_text_cache_is_shared_safely_by_threads(model, monkeypatch):
+    """Visitors of a web demo share one model: a vocabulary asked for by several threads at once is encoded once."""
+    encode, calls = model._encode_class_names, []
+
+    def slow_encode(input_ids):  # slow enough that every thread asks before the first one is done
+        calls.append(input_ids.shape)
+        time.sleep(0.2)
+        return encode(input_ids)
+
+    monkeypatch.setattr(model, "_encode_class_names", slow_encode)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: model.get_class_embeddings(class_names=["cat", "sky"]), range(4)))
+    assert len(calls) == 1
+    assert all(result is results[0] for result in results)
 
 
 def test_classification_is_fp32_under_autocast(model, pixel_values):
