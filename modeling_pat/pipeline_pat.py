@@ -18,10 +18,10 @@ and are passed to the model as `class_embeddings`, so the text tower runs once p
 carries its resolved vocabulary, and `_forward` looks the embeddings up for the batch.) A batch whose images have
 different vocabularies runs once over their union; each image's logits are then its own columns plus void.
 
-    import modeling_pat  # registers the model classes and (see `register_pipeline`) this pipeline
+    from modeling_pat import resolve_pretrained  # importing modeling_pat registers this pipeline (`register_pipeline`)
     from transformers import pipeline
 
-    segmenter = pipeline("image-segmentation", model="san-vit-b16-hf")
+    segmenter = pipeline("image-segmentation", model=resolve_pretrained("san-vit-b16"))
     segmenter("samples/coffee.png", candidate_labels=["cup", "saucer", "table"])
     segmenter(["a.png", "b.png"], candidate_labels=[["cat", "sofa"], ["car", "road"]], batch_size=2)
 
