@@ -42,12 +42,13 @@ class PATHypersphereAttention(nn.Module):
         self.use_vmf = use_vmf
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.q_proj(queries), self.k_proj(keys), self.v_proj(keys)
+        # one head axis, (B, K, D) -> (B, 1, K, D): the ONNX exporter translates 4-D attention only
+        q, k, v = self.q_proj(queries)[:, None], self.k_proj(keys)[:, None], self.v_proj(keys)[:, None]
         if not self.use_vmf:
-            return F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(dim)
+            return F.scaled_dot_product_attention(q, k, v)[:, 0]  # default scale 1/sqrt(dim)
         # cosine logits times the vMF concentration; SDPA's `scale` multiplies q k^T, which is exactly kappa here
         out = F.scaled_dot_product_attention(F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, scale=self.kappa)
-        return F.normalize(out, dim=-1)
+        return F.normalize(out[:, 0], dim=-1)
 
     def extra_repr(self) -> str:
         return f"kappa={self.kappa}, use_vmf={self.use_vmf}"

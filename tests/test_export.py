@@ -275,3 +275,21 @@ def test_output_must_be_an_onnx_file_in_an_existing_folder(tmp_path, capsys):
     assert onnx_export.main(["--model", "random:san-tiny", "--output", str(tmp_path / "missing" / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert "must end in .onnx" in err and "does not exist" in err
+
+
+@pytest.mark.slow
+def test_pat_mode_exports_and_matches_pytorch(tmp_path):
+    """Full PAT (pyramid tokenization) exports too; onnxruntime equals PyTorch at two batch sizes and image sizes."""
+    output = tmp_path / "pat.onnx"
+    assert onnx_export.main(["--model", "random:pat-tiny", "--output", str(output), "--dynamic-batch",
+                             "--dynamic-size", "--image-size", "128"]) == 0
+    model, processor = load_model("random:pat-tiny", torch.device("cpu"), torch.float32)
+    assert model.config.use_pyramid_tokenization
+    graph = onnx_export.PATOnnxGraph(model).eval()
+    embeddings = compute_class_embeddings(model, processor, CLASS_NAMES)
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(1, 3, 128, 128), (2, 3, 96, 160)]:
+        pixel_values = torch.randn(*shape, generator=generator)
+        differences = onnx_export.max_differences(output, graph, pixel_values, embeddings)
+        print(f"PAT {shape}: max abs difference {differences}")
+        assert max(differences.values()) <= TOLERANCE
