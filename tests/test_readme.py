@@ -34,7 +34,7 @@ def test_the_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_python_example_runs(index, folders, monkeypatch, capsys):
+def test_python_example_runs(index, folders, monkeypatch, capsys, tmp_path):
     requested = []
 
     def resolve(name, revision=None, token=None):
@@ -42,7 +42,12 @@ def test_python_example_runs(index, folders, monkeypatch, capsys):
         return str(folders["san"])
 
     monkeypatch.setattr(pretrained, "resolve_pretrained", resolve)
-    monkeypatch.chdir(README.parent)  # the examples read samples/ relative to the repository root
+    # the examples read samples/ relative to the repository root and may write folders (save_pretrained): run them in
+    # a temporary folder that sees the repository's samples/, so that nothing is written into the checkout
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "samples").symlink_to(README.parent / "samples", target_is_directory=True)
+    monkeypatch.chdir(workdir)
     code = BLOCKS[index].replace('"pat-checkpoint"', repr(str(folders["pat"])))
     exec(compile(code, f"README.md python example {index + 1}", "exec"), {})
     assert set(requested) <= set(pretrained.OFFICIAL_MODELS)  # only names that exist
