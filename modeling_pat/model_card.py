@@ -122,7 +122,11 @@ from transformers import pipeline
 
 segmenter = pipeline("image-segmentation", model="{{ repo_id }}")
 segments = segmenter("photo.jpg", candidate_labels=["cat", "sofa", "floor", "wall"])
-for segment in segments:  # one entry per class present: label, score and a PIL mask at the image size
+for segment in segments:  # one entry per class present: label and a PIL mask at the image size (score None)
+    print(segment["label"], segment["mask"].size)
+
+# scored segments: one entry per instance ("panoptic": stuff classes merged), best score first
+for segment in segmenter("photo.jpg", candidate_labels=["cat", "sofa"], subtask="instance", threshold=0.5):
     print(segment["label"], round(segment["score"], 3))
 
 segmenter("photo.jpg")  # without candidate_labels: the default vocabulary in config.id2label

@@ -7,10 +7,10 @@ A strict superset of transformers' `ImageSegmentationPipeline` (hf_conventions.m
 * For any other model every call goes to the stock implementation unchanged.
 
 `subtask="instance"` / `"panoptic"` give one entry per segment (see the class docstring); by default (None or
-"semantic") the output is, as the stock `subtask="semantic"` branch: per image a list of `{"score", "label", "mask"}`, one entry per
-class present in the label map, `mask` a PIL mode "L" image (0 / 255) at the original image size. `score` is a
-float (the stock semantic branch gives None): the mean, over the class's pixels, of the class's share of the
-per-pixel semantic scores, i.e. how clearly the winning class won there (1.0 = no other class had any score).
+"semantic") the output is exactly the stock `subtask="semantic"` branch's: per image a list of
+`{"score", "label", "mask"}`, one entry per class present in the label map, `score` None (a label map has no
+per-class confidence), `mask` a PIL mode "L" image (0 / 255) at the original image size. So the semantic path asks
+post-processing for the label map only, never for the (C, H, W) scores, which keeps its CPU class pruning.
 
 Text embeddings come from `model.get_class_embeddings`, whose cache is keyed by vocabulary and text-weight version,
 and are passed to the model as `class_embeddings`, so the text tower runs once per vocabulary, not once per image.
@@ -166,8 +166,8 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
     the shipped vocabularies mark as stuff (`stuff_class_names`, e.g. "sky", "grass") into one segment per class.
     Images in a batch (`batch_size > 1`) may have different sizes; each still gets masks at its original size, and
     sizes too different to pad together (`padding_groups`: one very wide image among small ones) run as separate
-    forward passes. Each entry's `score` is a float (see the module docstring). An empty list of images gives an
-    empty list.
+    forward passes. Semantic entries have `score` None, as in the stock pipeline; instance and panoptic
+    entries have the segment's score. An empty list of images gives an empty list.
     """
 
     # -- model dispatch --------------------------------------------------------------------------------------------
@@ -280,18 +280,18 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         if not sliding_window and (window_stride is not None or window_size is not None):
             raise ValueError("`window_stride` and `window_size` only apply with `sliding_window=True`.")
         class_embeddings, label_columns = self.batch_class_embeddings(_leaves(vocabulary))
-        if sliding_window:  # per image, its own vocabulary's rows; scores at the original size
-            scores = []
+        if sliding_window:  # per image, its own vocabulary's rows; label maps at the original size
+            label_maps = []
             for b, (height, width) in enumerate(model_inputs["image_sizes"].tolist()):
                 rows = label_columns[b, :-1].to(class_embeddings.device)
                 pixel_values = model_inputs["pixel_values"][b, :, :height, :width]
-                scores.append(
-                    sliding_window_scores(
-                        self.model, pixel_values, class_embeddings[rows], window_size, window_stride,
-                        output_size=_per_image_sizes(target_size)[b],
-                    )
+                scores = sliding_window_scores(
+                    self.model, pixel_values, class_embeddings[rows], window_size, window_stride,
+                    output_size=_per_image_sizes(target_size)[b],
                 )
-            return {"segmentation_scores": scores, "target_size": target_size, "vocabulary": vocabulary}
+                # The averaged (C, H, W) scores only decide the label map: only the map leaves the device.
+                label_maps.append(scores.argmax(dim=0))
+            return {"segmentation": label_maps, "target_size": target_size, "vocabulary": vocabulary}
         groups = padding_groups(model_inputs["image_sizes"].tolist(), self.image_processor.size_divisibility)
         if len(groups) == 1:
             outputs = self.model(**model_inputs, class_embeddings=class_embeddings)
@@ -339,9 +339,8 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
                 "'semantic' (the default), 'instance' or 'panoptic'."
             )
         vocabulary = _leaves(model_outputs["vocabulary"])[0]
-        if "segmentation_scores" in model_outputs:  # sliding window
-            scores = model_outputs["segmentation_scores"][0]  # (C, H, W): a list entry, or un-batched (1, C, H, W)
-            return semantic_annotation(scores.argmax(dim=0), scores, vocabulary.names)
+        if "segmentation" in model_outputs:  # sliding window: (H, W), a list entry or un-batched (1, H, W)
+            return semantic_annotation(model_outputs["segmentation"][0], vocabulary.names)
         columns = model_outputs["label_columns"][0]  # (U+1,) bool: this image's classes + void within the union
         outputs = {
             "class_queries_logits": model_outputs["class_queries_logits"][:, :, columns],
@@ -349,10 +348,10 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
             "image_sizes": model_outputs["image_sizes"],
             "padded_sizes": model_outputs["padded_sizes"],
         }
-        result = self.image_processor.post_process_semantic_segmentation(
-            outputs, target_sizes=model_outputs["target_size"], return_segmentation_scores=True
+        segmentation = self.image_processor.post_process_semantic_segmentation(
+            outputs, target_sizes=model_outputs["target_size"]
         )[0]
-        return semantic_annotation(result["segmentation"], result["segmentation_scores"], vocabulary.names)
+        return semantic_annotation(segmentation, vocabulary.names)
 
     def segment_annotation(self, model_outputs, subtask: str, **thresholds) -> list[dict]:
         """One image's outputs -> one {"score", "label", "mask"} per instance or panoptic segment, best first.
@@ -360,9 +359,9 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         The processor's `post_process_instance_segmentation` / `post_process_panoptic_segmentation` with the
         pipeline's thresholds; for panoptic, candidate labels that every shipped vocabulary naming them marks as
         "stuff" (`stuff_class_names`) are fused into one segment per class."""
-        if "segmentation_scores" in model_outputs:
+        if "segmentation" in model_outputs:
             raise ValueError(f"subtask={subtask!r} needs the mask proposals; sliding-window inference gives "
-                             "semantic scores only (use subtask='semantic' or no sliding_window).")
+                             "the semantic label map only (use subtask='semantic' or no sliding_window).")
         vocabulary = _leaves(model_outputs["vocabulary"])[0]
         columns = model_outputs["label_columns"][0]  # (U+1,) bool: this image's classes + void within the union
         outputs = {
@@ -447,21 +446,14 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
 
-def semantic_annotation(segmentation: torch.Tensor, scores: torch.Tensor, names) -> list[dict]:
-    """(H, W) label map and (C, H, W) semantic scores -> one {"score", "label", "mask"} per present class.
-
-    score: the mean over the class's pixels of max_c(scores) / sum_c(scores), the winning class's share there.
-    """
-    flat = segmentation.flatten()
-    share = (scores.max(dim=0).values / scores.sum(dim=0).clamp_min(1e-12)).flatten()
-    counts = torch.bincount(flat, minlength=len(names))
-    share_sums = torch.bincount(flat, weights=share.double(), minlength=len(names))
-    segmentation = segmentation.numpy()
+def semantic_annotation(segmentation: torch.Tensor, names) -> list[dict]:
+    """(H, W) label map -> one {"score", "label", "mask"} per present class, in class order, `score` None: the
+    stock pipeline's semantic entries, so code written for it (e.g. `entry["score"] is None`) runs unchanged."""
+    segmentation = segmentation.cpu().numpy()
     annotation = []
     for label in np.unique(segmentation):
         mask = Image.fromarray(((segmentation == label) * 255).astype(np.uint8), mode="L")
-        score = float(share_sums[label] / counts[label])
-        annotation.append({"score": score, "label": names[label], "mask": mask})
+        annotation.append({"score": None, "label": names[label], "mask": mask})
     return annotation
 
 

@@ -58,7 +58,7 @@ def assert_valid_annotation(annotation, image_path: Path, allowed_labels):
     assert set(labels) <= set(allowed_labels)
     covered = np.zeros(size[::-1], dtype=bool)
     for entry in annotation:
-        assert isinstance(entry["score"], float) and 0.0 < entry["score"] <= 1.0 + 1e-6
+        assert entry.keys() == {"score", "label", "mask"} and entry["score"] is None  # the stock semantic entry
         mask = entry["mask"]
         assert mask.mode == "L" and mask.size == size
         pixels = np.asarray(mask)
@@ -101,7 +101,6 @@ def test_candidate_labels_as_list_and_as_comma_string(segmenter):
     as_string = segmenter(str(image), candidate_labels=" cat, sofa ,blanket,")
     assert_valid_annotation(as_list, image, ["cat", "sofa", "blanket"])
     assert masks_equal(as_list, as_string)
-    assert [e["score"] for e in as_list] == [e["score"] for e in as_string]
 
 
 def test_without_labels_uses_id2label(segmenter):
@@ -138,7 +137,58 @@ def test_batch_of_mixed_vocabularies_equals_one_call_per_vocabulary(segmenter):
     for annotation, names in zip(batched, labels):
         alone = segmenter(image, candidate_labels=names)
         assert masks_equal(annotation, alone)
-        assert np.allclose([e["score"] for e in annotation], [e["score"] for e in alone], atol=1e-5)
+
+
+def test_semantic_entries_are_the_stock_ones_from_the_label_map_alone(segmenter, monkeypatch):
+    """Semantic entries carry `score` None, as the stock pipeline's do, so post-processing is asked for the label
+    map only: never the (C, H, W) scores, which would also turn off its CPU class pruning."""
+    requests = []
+    post_process = segmenter.image_processor.post_process_semantic_segmentation
+
+    def recording(outputs, *args, **kwargs):
+        requests.append(kwargs.get("return_segmentation_scores", args[1] if len(args) > 1 else False))
+        return post_process(outputs, *args, **kwargs)
+
+    monkeypatch.setattr(segmenter.image_processor, "post_process_semantic_segmentation", recording)
+    names = ["cat", "sofa", "blanket"]
+    images = [str(fixture_image(CAT)), str(fixture_image(STREET))]
+    for annotation, image in zip(segmenter(images, candidate_labels=names, batch_size=2), images):
+        assert_valid_annotation(annotation, Path(image), names)
+    assert requests == [False, False]
+    # The entries are exactly the processor's label map, one per class present, in class order (as stock).
+    inputs = segmenter.image_processor(images=[Image.open(images[0])], return_tensors="pt")
+    with torch.no_grad():
+        outputs = segmenter.model(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                                  class_embeddings=segmenter.model.get_class_embeddings(class_names=names))
+    label_map = post_process(outputs, target_sizes=inputs["original_sizes"].tolist())[0].numpy()
+    annotation = segmenter(images[0], candidate_labels=names)
+    assert [e["label"] for e in annotation] == [names[i] for i in np.unique(label_map)]
+    for entry in annotation:
+        assert np.array_equal(np.asarray(entry["mask"]) == 255, label_map == names.index(entry["label"]))
+
+
+def test_sliding_window_hands_postprocess_the_label_map_only(segmenter, monkeypatch):
+    """With sliding windows the averaged (C, H, W) scores decide the label map inside `_forward`; only the (H, W)
+    map travels through un-batching to `postprocess`."""
+    seen = []
+    postprocess = segmenter.postprocess
+
+    def recording(model_outputs, **kwargs):
+        seen.append({k: v for k, v in model_outputs.items() if k not in ("target_size", "vocabulary")})
+        return postprocess(model_outputs, **kwargs)
+
+    monkeypatch.setattr(segmenter, "postprocess", recording)
+    for batch_size in (1, 2):
+        seen.clear()
+        images = [str(fixture_image(CAT))] * batch_size
+        for annotation in segmenter(images, candidate_labels=["cat", "sofa"], sliding_window=True,
+                                    batch_size=batch_size):
+            assert_valid_annotation(annotation, CAT, ["cat", "sofa"])
+        assert len(seen) == batch_size
+        for fields in seen:
+            assert list(fields) == ["segmentation"]
+            (label_map,) = fields["segmentation"]  # one image: a list entry, or un-batched (1, H, W)
+            assert tuple(label_map.shape[-2:]) == (300, 451) and label_map.numel() == 300 * 451
 
 
 def test_prompt_templates_change_the_embeddings(segmenter):
@@ -321,7 +371,6 @@ def test_very_wide_image_gets_its_own_forward_pass_with_per_image_results(segmen
     assert len(shapes) == 4
     for grouped, single in zip(batched, singles, strict=True):
         assert masks_equal(grouped, single)
-        assert [e["score"] for e in grouped] == pytest.approx([e["score"] for e in single], abs=1e-5)
 
 
 def test_images_are_preprocessed_on_the_models_device(pat_folder, monkeypatch):
