@@ -44,8 +44,20 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from modeling_pat_cli import (  # the console script's front: it parses the arguments before this module loads
+    DEFAULT_MODEL,
+    DTYPE_NAMES,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    EXIT_UNREADABLE,
+    EXIT_USAGE,
+    SUBTASKS,
+    segment_main,
+)
+
 from .atomic_files import atomic_open
-from .configuration_pat import VOCABULARY_FILES, PATConfig, load_vocabulary, stuff_class_names
+from .configuration_pat import PATConfig, load_vocabulary, stuff_class_names
 from .image_processing_pat import load_image, padding_groups
 from .modeling_pat import PATForOpenVocabSegmentation
 from .pretrained import (
@@ -62,13 +74,9 @@ from .sliding_window import sliding_window_segmentation
 from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map, save_png, save_segment_map
 
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_MODEL, EXIT_UNREADABLE = 0, 1, 2, 3, 4
-
-DEFAULT_MODEL = "san-vit-b16"  # the official SAN ViT-B/16, fetched and converted once (modeling_pat.pretrained)
 RANDOM_PREFIX = "random:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SUBTASKS = ("semantic", "instance", "panoptic")
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 POSTPROCESS_BUDGET = 2**28  # floats the full-resolution post-processing may hold per image (1 GiB in float32)
 # Marks a file as a pat-segment result (PNG text-chunk key and JSON key), its value the kind of result: only such a
 # file may be overwritten by a later run, and only by a result of the same kind.
@@ -95,80 +103,7 @@ class ModelLoadError(Exception):
         self.complete = complete
 
 
-# -- arguments --------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pat-segment",
-        description="Segment images into the classes you name (SAN / PAT open-vocabulary segmentation).",
-        epilog="Existing files are never overwritten unless they are earlier pat-segment results of the same kind and "
-        "not inputs of this run; an image whose result names are taken gets the next free stem (<stem>-2, ...), "
-        "reported at the end. Earlier results in an input folder or glob are not segmented again. "
-        "Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 model not loadable, "
-        "4 some images unreadable or their results not written.",
-    )
-    parser.add_argument(
-        "inputs", nargs="+", help="image files, folders (their images, not recursive) or glob patterns (** recurses)"
-    )
-    vocabulary = parser.add_mutually_exclusive_group(required=True)
-    vocabulary.add_argument(
-        "--labels", action="append", metavar="NAMES", help="class names, comma-separated; may be repeated"
-    )
-    vocabulary.add_argument("--vocabulary", choices=sorted(VOCABULARY_FILES), help="a benchmark's class names")
-    parser.add_argument(
-        "--model",
-        default=None,
-        help=f"official model name ({', '.join(OFFICIAL_MODELS)}; fetched and converted once), official .pth "
-        f"file, save_pretrained folder, Hub id (owner/name) or random:<preset> (e.g. random:san-tiny); "
-        f"default: {DEFAULT_MODEL}",
-    )
-    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of --model (default: main)")
-    parser.add_argument(
-        "--list-cache", action="store_true", help="list the converted official models in the local cache and exit"
-    )
-    parser.add_argument("--clear-cache", action="store_true", help="remove the converted official models and exit")
-    parser.add_argument("--output-dir", default="outputs", type=Path, help="where results go (default: outputs/)")
-    parser.add_argument("--batch-size", default=4, type=_positive_int, help="images per forward pass (default: 4)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="default: float32")
-    parser.add_argument(
-        "--sliding-window",
-        action="store_true",
-        help="sliding-window inference: overlapping windows of the model's training size, scores averaged "
-        "(for images much larger than that size)",
-    )
-    parser.add_argument(
-        "--window-stride", type=_positive_int, default=None, metavar="PIXELS",
-        help="with --sliding-window: pixels between windows (default: two thirds of the window)",
-    )
-    parser.add_argument(
-        "--subtask", default="semantic", choices=SUBTASKS,
-        help="semantic (default): a class per pixel; instance / panoptic: also individual segments with scores "
-        "(<stem>_segments.png, segments in the JSON; panoptic merges stuff classes such as sky into one segment)",
-    )
-    parser.add_argument(
-        "--threshold", type=float, default=0.5,
-        help="with --subtask instance / panoptic: the least segment score (instance) or class probability "
-        "(panoptic) a segment needs (default: 0.5)",
-    )
-    parser.add_argument(
-        "--mask-threshold", type=float, default=0.5, help="mask probability that makes a pixel part of a segment"
-    )
-    parser.add_argument(
-        "--overlap-mask-area-threshold", type=float, default=0.8,
-        help="a segment is dropped unless more than this share of its mask is left once better segments took "
-        "their pixels (default: 0.8)",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-image messages")
-    return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
+# -- arguments (parsed by modeling_pat_cli before torch is imported; checked here) ------------------------------------
 def parse_labels(values: list[str]) -> list[str]:
     """Repeated, comma-separated `--labels` values -> class names; empty or duplicate names are usage errors."""
     names = [name.strip() for value in values for name in value.split(",")]
@@ -669,18 +604,13 @@ def _report(num_done: int, failures: list, output_dir: Path, quiet: bool) -> int
     return EXIT_UNREADABLE
 
 
-def cache_command(argv: list[str] | None) -> int | None:
-    """`--list-cache` / `--clear-cache`: answered before the main parser, which requires inputs and labels."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--list-cache", action="store_true")
-    parser.add_argument("--clear-cache", action="store_true")
-    known, _ = parser.parse_known_args(argv)
-    if known.clear_cache:
+def cache_command(request: str) -> int:
+    """`--clear-cache` ("clear") / `--list-cache` ("list"): answered before the main parser, which requires inputs
+    and labels."""
+    if request == "clear":
         count = clear_cache()
         print(f"pat-segment: removed {count} converted model(s) from {converted_cache_dir()}")
         return EXIT_OK
-    if not known.list_cache:
-        return None
     entries = list_cache()
     print(f"converted models in {converted_cache_dir()}: {len(entries)}")
     for entry in entries:
@@ -691,14 +621,12 @@ def cache_command(argv: list[str] | None) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point (`pat-segment`); returns the exit code."""
-    if (code := cache_command(argv)) is not None:
-        return code
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
-        return int(exit_request.code or 0)
+    """`pat-segment` in-process (the console script calls `modeling_pat_cli.segment_main`); returns the exit code."""
+    return segment_main(argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Parsed `pat-segment` arguments -> the whole job, errors reported as one message; returns the exit code."""
     try:
         return run(args)
     except UsageError as error:

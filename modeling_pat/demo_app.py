@@ -29,6 +29,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from modeling_pat_cli import (  # the console script's front: it parses the arguments before this module loads
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_USAGE,
+    MAX_IMAGE_PIXELS,
+    build_demo_parser,
+    demo_main,
+)
+
 from .cli import (
     DEFAULT_MODEL,
     DTYPES,
@@ -52,7 +61,6 @@ from .visualization import blend_labels, format_fraction, legend_entries, make_p
 
 logger = logging.getLogger(__name__)
 
-MAX_IMAGE_PIXELS = 25_000_000  # a 25-megapixel photo; larger uploads are refused before they are decoded
 RESULT_LIFETIME_S = 3600  # result files (and Gradio's copies of them) are deleted after an hour: a Space runs for days
 TYPED_NAMES = ""  # the preset value meaning "use the class names typed in the text box"
 VOCABULARY_TITLES = {
@@ -63,8 +71,6 @@ VOCABULARY_TITLES = {
     "pc459": "Pascal Context-459",
     "voc20": "Pascal VOC-20",
 }
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"  # the repository's sample photos, in a clone
-EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3
 
 Progress = Callable[[float, str], None]
 
@@ -410,29 +416,8 @@ def _region_handler(demo: SegmentationDemo, gr):
     return run_region_query
 
 
-# -- command line -----------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pat-demo", description="A web page to try SAN / PAT open-vocabulary segmentation (Gradio)."
-    )
-    parser.add_argument(
-        "--model", default=None,
-        help=f"model name, save_pretrained folder, Hub id (owner/name) or random:<preset> (e.g. random:san-tiny, "
-        f"offline); default: {DEFAULT_MODEL}",
-    )
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="default: float32")
-    parser.add_argument("--port", type=int, default=7860, help="default: 7860")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
-    parser.add_argument("--share", action="store_true", help="also publish a temporary public link (off by default)")
-    parser.add_argument(
-        "--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
-        help=f"largest image accepted, in pixels (default: {MAX_IMAGE_PIXELS})",
-    )
-    parser.add_argument(
-        "--samples", type=Path, default=SAMPLES_DIR, help="folder of sample photos offered under the image input"
-    )
-    return parser
+# -- command line (arguments parsed by modeling_pat_cli before torch is imported) ----------------------------------
+build_parser = build_demo_parser  # the `pat-demo` arguments (Hugging Face Spaces' app.py parses with it too)
 
 
 def load_demo_model(spec: str | None, device, dtype):
@@ -442,8 +427,13 @@ def load_demo_model(spec: str | None, device, dtype):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`pat-demo`: load the model once, then serve the page until interrupted; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """`pat-demo` in-process (the console script calls `modeling_pat_cli.demo_main`); returns the exit code."""
+    return demo_main(argv)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Parsed `pat-demo` arguments: load the model once, then serve the page until interrupted; returns the exit
+    code."""
     try:
         device, dtype = resolve_device(args.device), DTYPES[args.dtype]
         model, processor, model_id = load_demo_model(args.model, device, dtype)
@@ -469,6 +459,7 @@ __all__ = [
     "SUBTASKS",
     "build_interface",
     "build_parser",
+    "run_demo",
     "load_demo_model",
     "main",
 ]

@@ -255,9 +255,9 @@ def test_space_app_serves_every_address_with_its_settings():
 def test_missing_gradio_is_one_clear_line(monkeypatch, capsys):
     from modeling_pat import demo as entry
 
-    real_find_spec = entry.importlib.util.find_spec
+    real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        entry.importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real_find_spec(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real_find_spec(name, *a)
     )
     assert entry.main(["--model", "random:san-tiny"]) == 2
     assert capsys.readouterr().err == 'pat-demo: error: the demo needs Gradio: pip install "modeling_pat[demo]"\n'
