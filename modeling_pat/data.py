@@ -938,7 +938,8 @@ class SegmentationEvalDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image, label, stem = self.split.load(index)
-        inputs = self.processor(images=image, do_pad=False, return_tensors="pt")
+        # `load` gives [H, W, 3] arrays: said explicitly, so that a 3- or 4-pixel-high image is no ambiguous shape.
+        inputs = self.processor(images=image, do_pad=False, input_data_format="channels_last", return_tensors="pt")
         return {
             "pixel_values": inputs["pixel_values"][0],
             "image_sizes": inputs["image_sizes"][0],

@@ -45,12 +45,7 @@ def test_a_very_wide_image_does_not_pad_the_others_and_results_equal_per_image(t
     assert [tuple(p.shape) for p in batch["pixel_values"]] == [(2, 3, 64, 64), (1, 3, 64, 480)]
     trainer = _trainer(tmp_path)
     _, areas, sizes = trainer.prediction_step(trainer.model, batch, prediction_loss_only=False)
-    one_by_one = [trainer.prediction_step(trainer.model, collator([e]), prediction_loss_only=False)[1] for e in examples]
+    one_by_one = [trainer.prediction_step(trainer.model, collator([e]), False)[1] for e in examples]
     assert torch.equal(areas, torch.cat(one_by_one))  # (3, 4, C) areas, in batch order
     assert sizes.tolist() == [[67, 69], [67, 485], [67, 69]]
 
-
-def test_similar_sizes_stay_one_padded_batch():
-    batch = SegmentationCollator()([_example(0, 64, 64), _example(1, 64, 96)])
-    assert "padding_groups" not in batch and tuple(batch["pixel_values"].shape) == (2, 3, 64, 96)
-    assert tuple(batch["semantic_labels"].shape) == (2, 67, 101)
