@@ -4,10 +4,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import evaluate
+import numpy as np
 import torch
 from transformers import TrainingArguments
 
-from modeling_pat.data import SegmentationCollator
+from modeling_pat import PATForOpenVocabSegmentation, PATImageProcessor
+from modeling_pat.data import SegmentationCollator, SegmentationEvalDataset
 from modeling_pat.evaluation import PATSegmentationTrainer, _EvalTask, class_embeddings_for
 
 from conftest import tiny_model
@@ -28,9 +30,9 @@ def _example(index: int, height: int, width: int) -> dict:
     }
 
 
-def _trainer(tmp_path) -> PATSegmentationTrainer:
+def _trainer(tmp_path, **arguments) -> PATSegmentationTrainer:
     model = tiny_model()
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **arguments)
     trainer = PATSegmentationTrainer(model=model, args=args, metric=evaluate.load(str(METRIC_DIR)))
     split = SimpleNamespace(num_labels=len(CLASS_NAMES), ignore_index=255)
     trainer._task = _EvalTask(SimpleNamespace(split=split), class_embeddings_for(model, CLASS_NAMES), "eval")
@@ -49,3 +51,41 @@ def test_a_very_wide_image_does_not_pad_the_others_and_results_equal_per_image(t
     assert torch.equal(areas, torch.cat(one_by_one))  # (3, 4, C) areas, in batch order
     assert sizes.tolist() == [[67, 69], [67, 485], [67, 69]]
 
+
+
+class _Split:
+    """A stand-in `SegmentationSplit`: three RGB photos, one of them a very wide strip, with random class labels."""
+
+    name, display_name, dataset_type, split = "toy", "Toy", "toy", "validation"
+    class_names, num_labels, ignore_index = CLASS_NAMES, len(CLASS_NAMES), 255
+    shapes = ((64, 64), (64, 480), (60, 50))
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def load(self, index: int):
+        rng = np.random.default_rng(index)
+        height, width = self.shapes[index]
+        image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        return image, rng.integers(0, self.num_labels, size=(height, width)), f"image{index}"
+
+
+def test_trainer_evaluate_with_grouped_batches_equals_one_image_per_batch(tmp_path, monkeypatch):
+    """The whole Trainer loop (device placement, counting, gathering) over a batch split into padding groups."""
+    dataset = SegmentationEvalDataset(_Split(), PATImageProcessor(do_resize=False))
+    forward, seen = PATForOpenVocabSegmentation.forward, []
+
+    def recording_forward(self, pixel_values=None, **kwargs):
+        seen.append(tuple(pixel_values.shape))
+        return forward(self, pixel_values=pixel_values, **kwargs)
+
+    monkeypatch.setattr(PATForOpenVocabSegmentation, "forward", recording_forward)
+    results = {}
+    for batch_size in (3, 1):
+        trainer = _trainer(tmp_path, per_device_eval_batch_size=batch_size, remove_unused_columns=False)
+        trainer.data_collator = SegmentationCollator()
+        metrics = trainer.evaluate(dataset)
+        results[batch_size] = trainer.segmentation_results["eval"]
+        assert metrics["eval_num_images"] == 3
+    assert seen[:2] == [(2, 3, 64, 64), (1, 3, 64, 480)]  # the batch of 3: the strip padded no other image
+    assert results[3] == results[1]
