@@ -46,7 +46,13 @@ from PIL import Image
 from transformers import TrainerCallback
 
 from .configuration_pat import load_vocabulary
-from .image_processing_pat import PATImageProcessor, _pad_bottom_right, get_padded_size, get_resize_output_size
+from .image_processing_pat import (
+    PATImageProcessor,
+    _pad_bottom_right,
+    get_padded_size,
+    get_resize_output_size,
+    padding_groups,
+)
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -932,7 +938,8 @@ class SegmentationEvalDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image, label, stem = self.split.load(index)
-        inputs = self.processor(images=image, do_pad=False, return_tensors="pt")
+        # `load` gives [H, W, 3] arrays: said explicitly, so that a 3- or 4-pixel-high image is no ambiguous shape.
+        inputs = self.processor(images=image, do_pad=False, input_data_format="channels_last", return_tensors="pt")
         return {
             "pixel_values": inputs["pixel_values"][0],
             "image_sizes": inputs["image_sizes"][0],
@@ -947,16 +954,25 @@ class SegmentationCollator:
     """Pads mixed sizes into one batch: images at the bottom / right with 0 (after normalisation, as detectron2's
     `ImageList.from_tensors`) to a multiple of `size_divisibility`, `labels` (model resolution) and
     `semantic_labels` (original resolution, evaluation) with `ignore_index`. The model builds the per-class binary
-    masks from `labels` itself, so none are built here."""
+    masks from `labels` itself, so none are built here.
+
+    Evaluation batches (examples with `semantic_labels`) whose sizes are too different to pad together
+    (`padding_groups`: one very wide image among small ones) are split: `pixel_values` is then a list with one
+    padded tensor per group, `padding_groups` the images' batch indices per group, and `semantic_labels` a list of
+    unpadded maps; the other keys stay in batch order. Training batches are always one padded tensor."""
 
     ignore_index: int = 255
     size_divisibility: int = 32
 
     def __call__(self, examples: list[dict]) -> dict:
-        batch = {}
         sizes = [tuple(e["pixel_values"].shape[-2:]) for e in examples]
+        if "semantic_labels" in examples[0]:
+            groups = padding_groups(sizes, self.size_divisibility)
+            if len(groups) > 1:
+                return self._grouped_eval_batch(examples, groups)
+        batch = {}
         padded = get_padded_size(sizes, self.size_divisibility)
-        batch["pixel_values"] = torch.stack([_pad_bottom_right(e["pixel_values"], padded, 0.0) for e in examples])
+        batch["pixel_values"] = self._padded_pixels(examples)
         if "labels" in examples[0]:
             batch["labels"] = torch.stack([_pad_bottom_right(e["labels"], padded, self.ignore_index) for e in examples])
         for key in ("image_sizes", "original_sizes"):
@@ -969,6 +985,22 @@ class SegmentationCollator:
             batch["semantic_labels"] = torch.stack(
                 [_pad_bottom_right(e["semantic_labels"], label_size, self.ignore_index) for e in examples]
             )
+        if "file_name" in examples[0]:
+            batch["file_name"] = [e["file_name"] for e in examples]
+        return batch
+
+    def _padded_pixels(self, examples: list[dict]) -> torch.Tensor:
+        """(B, 3, Hp, Wp): the examples' images padded with 0 to their largest size, a multiple of the divisibility."""
+        padded = get_padded_size([e["pixel_values"].shape[-2:] for e in examples], self.size_divisibility)
+        return torch.stack([_pad_bottom_right(e["pixel_values"], padded, 0.0) for e in examples])
+
+    def _grouped_eval_batch(self, examples: list[dict], groups: list[list[int]]) -> dict:
+        # `image_sizes` first: Trainer counts a batch's examples by the first tensor it finds in it.
+        batch = {key: torch.stack([torch.as_tensor(e[key], dtype=torch.int64) for e in examples])
+                 for key in ("image_sizes", "original_sizes")}
+        batch["padding_groups"] = groups
+        batch["pixel_values"] = [self._padded_pixels([examples[i] for i in group]) for group in groups]
+        batch["semantic_labels"] = [e["semantic_labels"] for e in examples]
         if "file_name" in examples[0]:
             batch["file_name"] = [e["file_name"] for e in examples]
         return batch

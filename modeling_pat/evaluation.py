@@ -123,22 +123,16 @@ class PATSegmentationTrainer(PATTrainer):
             # --bf16 / --fp16, and SAN evaluates in fp32 (a model cast by --bf16_full_eval keeps its dtype).
             module = self.accelerator.unwrap_model(model)
             forward, dtype = functools.partial(type(module).forward, module), next(module.parameters()).dtype
-        with torch.no_grad(), torch.autocast(device_type=inputs["pixel_values"].device.type, enabled=False):
-            outputs = forward(
-                pixel_values=inputs["pixel_values"].to(dtype),
-                image_sizes=inputs["image_sizes"],
-                class_embeddings=task.class_embeddings.to(inputs["pixel_values"].device),  # classified in fp32
-                return_dict=True,
-            )
         original_sizes = inputs["original_sizes"].tolist()
-        padded_size = tuple(inputs["pixel_values"].shape[-2:])
-        maps = [  # the processor's post-processing: band by band, never the full [classes, H, W] scores
-            semantic_map(class_logits, mask_logits, padded_size=padded_size, image_size=image_size,
-                         output_size=output_size)["segmentation"]
-            for class_logits, mask_logits, image_size, output_size in zip(
-                outputs.class_queries_logits, outputs.masks_queries_logits, inputs["image_sizes"].tolist(),
-                original_sizes)
-        ]
+        # A batch of very different sizes comes as groups, each padded to its own size (`SegmentationCollator`).
+        groups = inputs.get("padding_groups") or [list(range(len(original_sizes)))]
+        pixel_groups = inputs["pixel_values"] if "padding_groups" in inputs else [inputs["pixel_values"]]
+        maps = [None] * len(original_sizes)
+        for group, pixel_values in zip(groups, pixel_groups, strict=True):
+            group_maps = self._segment(forward, dtype, pixel_values, inputs["image_sizes"][group],
+                                       [original_sizes[i] for i in group], task.class_embeddings)
+            for index, label_map in zip(group, group_maps, strict=True):
+                maps[index] = label_map
         intersect_and_union = self.metric_fns["intersect_and_union"]
         areas = []
         for label_map, reference, (height, width) in zip(maps, inputs["semantic_labels"], original_sizes):
@@ -151,8 +145,26 @@ class PATSegmentationTrainer(PATTrainer):
                 path = task.predictions_dir / f"{name}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_label_map(prediction, split.num_labels, path)
-        areas = torch.from_numpy(np.stack(areas).round().astype(np.int64)).to(inputs["pixel_values"].device)
+        areas = torch.from_numpy(np.stack(areas).round().astype(np.int64)).to(inputs["original_sizes"].device)
         return None, areas, inputs["original_sizes"]
+
+    @staticmethod
+    def _segment(forward, dtype, pixel_values, image_sizes, original_sizes, class_embeddings) -> list[torch.Tensor]:
+        """One padded batch -> its label maps at the original sizes, in fp32 as SAN evaluates."""
+        with torch.no_grad(), torch.autocast(device_type=pixel_values.device.type, enabled=False):
+            outputs = forward(
+                pixel_values=pixel_values.to(dtype),
+                image_sizes=image_sizes,
+                class_embeddings=class_embeddings.to(pixel_values.device),  # classified in fp32
+                return_dict=True,
+            )
+        padded_size = tuple(pixel_values.shape[-2:])
+        return [  # the processor's post-processing: band by band, never the full [classes, H, W] scores
+            semantic_map(class_logits, mask_logits, padded_size=padded_size, image_size=image_size,
+                         output_size=output_size)["segmentation"]
+            for class_logits, mask_logits, image_size, output_size in zip(
+                outputs.class_queries_logits, outputs.masks_queries_logits, image_sizes.tolist(), original_sizes)
+        ]
 
     def _compute_segmentation_metrics(self, eval_prediction) -> dict:
         """Summed per-image areas (N, 4, C) of all processes -> scalars for Trainer; per-class arrays kept aside."""

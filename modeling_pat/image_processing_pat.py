@@ -604,15 +604,52 @@ def _check_image_array(image, index: int, do_rescale: bool = True):
     return image
 
 
-def _prepare_image(image, index: int, do_convert_rgb: bool, do_rescale: bool):
+def _prepare_image(image, index: int, do_convert_rgb: bool, do_rescale: bool, input_data_format=None):
     """One flattened input -> what the torchvision backend takes: files loaded (`load_image`), PIL images upright
-    (EXIF) and RGB, array / tensor values checked (`_check_image_array`)."""
+    (EXIF) and RGB, array / tensor values checked (`_check_image_array`) and laid out channels first
+    (`_channels_first`)."""
     if isinstance(image, str | os.PathLike):
         return load_image(image)
     if PIL is not None and isinstance(image, PIL.Image.Image):
         image = upright(image)
         return convert_image_to_rgb(image) if do_convert_rgb else image
-    return _check_image_array(image, index, do_rescale)
+    return _channels_first(_check_image_array(image, index, do_rescale), index, input_data_format)
+
+
+def _channels_first(image, index: int, input_data_format=None):
+    """A [H, W], [C, H, W] or [H, W, C] array / tensor -> [C, H, W] (a view where possible).
+
+    `input_data_format` decides when given. Otherwise the channel axis is the last one when it holds 3 or 4 values
+    (numpy's and PIL's layout: a (1, 65535, 3) array is a 1x65535 RGB strip, not a 65535x3 grey image, which is how
+    transformers' own inference reads it), else the first one when it holds 1, 3 or 4, else a last axis of 1. A
+    shape that both readings fit gets a warning saying which one was used and how to choose the other.
+    """
+    if image.ndim == 2:  # grayscale [H, W]: a channel axis of one, which RGB conversion expands
+        return image[None]
+    if input_data_format is not None:
+        layout = ChannelDimension(input_data_format)
+    else:
+        layout = infer_channel_layout(tuple(image.shape))
+        if image.shape[0] in (1, 3, 4) and image.shape[-1] in (1, 3, 4):
+            warnings.warn(
+                f"`images[{index}]` has shape {tuple(image.shape)}, which reads as channels first or last; read as "
+                f"{layout.value}. Pass input_data_format='channels_first' or 'channels_last' to choose.",
+                UserWarning,
+                stacklevel=4,
+            )
+    if layout == ChannelDimension.FIRST:
+        return image
+    return image.permute(2, 0, 1) if isinstance(image, torch.Tensor) else image.transpose(2, 0, 1)
+
+
+def infer_channel_layout(shape: tuple[int, ...]) -> ChannelDimension:
+    """Where the channels of a 3-D image of this shape are: last when that axis holds 3 or 4 (RGB / RGBA as numpy
+    and PIL store them), else first when it holds 1, 3 or 4, else last when it holds 1."""
+    if shape[-1] in (3, 4) or (shape[-1] == 1 and shape[0] not in (1, 3, 4)):
+        return ChannelDimension.LAST
+    if shape[0] in (1, 3, 4):
+        return ChannelDimension.FIRST
+    raise ValueError(f"An image of shape {shape} has no channel axis of 1, 3 or 4 values at either end.")
 
 
 def _flatten_images(images) -> list:
@@ -635,9 +672,8 @@ def _flatten_images(images) -> list:
                 f"`images[{index}]` must be a PIL image, numpy array, torch tensor or path/URL, "
                 f"got {type(image).__name__}."
             )
-        if image.ndim == 2:  # grayscale [H, W]: give it a channel axis so RGB conversion can expand it
-            flat[index] = image[None]
-        elif image.ndim != 3 or not (image.shape[0] in (1, 3, 4) or image.shape[-1] in (1, 3, 4)):
+        has_channel_axis = image.ndim == 3 and (image.shape[0] in (1, 3, 4) or image.shape[-1] in (1, 3, 4))
+        if image.ndim != 2 and not has_channel_axis:
             raise ValueError(
                 f"`images[{index}]` has shape {tuple(image.shape)}; expected [H, W], [C, H, W] or [H, W, C] with C in "
                 "(1, 3, 4), or a 4-D batch of those."
@@ -736,17 +772,22 @@ class PATImageProcessor(TorchvisionBackend):
             One image or a list (PIL, file path / URL, numpy HWC/CHW, torch CHW; uint8 0..255, uint16 0..65535 or
             float on the 0..255 scale); sizes may differ. Files and PIL images are made upright (EXIF orientation) and
             RGB (`load_image` / `convert_image_to_rgb`: 16-bit scaled, transparency over white). NaN / inf values,
-            integers outside 0..255 and channel counts other than 1, 3 or 4 are errors.
+            integers outside 0..255 and channel counts other than 1, 3 or 4 are errors. Without `input_data_format`,
+            a last axis of 3 or 4 is the channel axis (numpy's HWC: (1, 65535, 3) is a one-pixel-high RGB strip),
+            else a first axis of 1, 3 or 4 (`infer_channel_layout`); shapes both readings fit give a warning.
         segmentation_maps (`ImageInput`, *optional*):
             One label map per image (PIL, numpy or torch [H, W]), same size as its image.
         """
         do_convert_rgb = kwargs.get("do_convert_rgb")
         do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
         do_rescale = self.do_rescale if kwargs.get("do_rescale") is None else kwargs["do_rescale"]
+        input_data_format = kwargs.get("input_data_format")
         images = [
-            _prepare_image(image, index, do_convert_rgb, do_rescale)
+            _prepare_image(image, index, do_convert_rgb, do_rescale, input_data_format)
             for index, image in enumerate(_flatten_images(images))
         ]
+        # Arrays and tensors are channels first now (`_channels_first`); PIL images are read channels last anyway.
+        kwargs["input_data_format"] = ChannelDimension.FIRST
         kwargs.setdefault("return_tensors", "pt")
         return super().preprocess(images, segmentation_maps, **kwargs)
 

@@ -25,6 +25,7 @@ LEGEND_TEXT = (20, 20, 20)
 LEGEND_BORDER = (60, 60, 60)
 MAX_LEGEND_ROWS = 24
 MAX_NAME_CHARS = 40
+MAX_LEGEND_ASPECT = 4  # images up to 4:1 keep text sized by their longer side
 
 
 def save_label_map(label_map: np.ndarray, num_classes: int, path: Path, text: dict[str, str] | None = None) -> None:
@@ -119,8 +120,14 @@ def _line_width(height: int, width: int) -> int:
 
 
 def legend_font_size(height: int, width: int) -> int:
-    """Text size in pixels for an image of this size: about 1/30 of its longer side, between 14 and 96."""
-    return int(min(96, max(14, round(max(height, width) / 30))))
+    """Text size in pixels for an image of this size: about 1/30 of its longer side, between 14 and 96.
+
+    The longer side counts for at most `MAX_LEGEND_ASPECT` times the shorter one: the legend's rows run along both
+    sides of the canvas, so text sized by the length of a strip (65535x1) would make a canvas hundreds of times the
+    image's area, mostly blank, that takes seconds to fill and encode.
+    """
+    longer, shorter = max(height, width), min(height, width)
+    return int(min(96, max(14, round(min(longer, MAX_LEGEND_ASPECT * shorter) / 30))))
 
 
 def load_font(size: int) -> ImageFont.ImageFont:
@@ -153,15 +160,15 @@ def legend_rows(entries, palette: np.ndarray, max_rows: int = MAX_LEGEND_ROWS) -
     return rows
 
 
-def draw_legend(rows, font_size: int, min_height: int = 0) -> Image.Image:
-    """Legend panel: a swatch, the class name and its share of pixels per row, on white; at least `min_height` tall."""
+def draw_legend(rows, font_size: int) -> Image.Image:
+    """Legend panel: a swatch, the class name and its share of pixels per row, on white, just tall enough for them."""
     font = load_font(font_size)
     margin, gap = round(0.8 * font_size), round(0.5 * font_size)
     swatch, row_height = round(1.1 * font_size), round(1.6 * font_size)
     name_width = max((_text_width(font, name) for _, name, _ in rows), default=0)
     share_width = max((_text_width(font, share) for _, _, share in rows), default=0)
     width = 2 * margin + swatch + gap + name_width + 2 * gap + share_width
-    height = max(min_height, 2 * margin + row_height * len(rows))
+    height = 2 * margin + row_height * len(rows)
     panel = Image.new("RGB", (width, height), LEGEND_BACKGROUND)
     draw = ImageDraw.Draw(panel)
     for row, (colour, name, share) in enumerate(rows):
@@ -192,13 +199,17 @@ def render_overlay(
     `outline_map` ([H, W] segment ids) every segment is outlined too.
 
     The result is RGB, `image.width + legend width` wide and at least `image.height` tall (taller only when the
-    legend needs more room than a small image offers); the image sits at the top left.
+    legend needs more room than a small image offers); the image sits at the top left. The legend's size does not
+    grow with an extreme side (`legend_font_size`, `MAX_LEGEND_ROWS`, `MAX_NAME_CHARS` bound it), so a 65535x1
+    strip gets a canvas a few hundred times its area at most, not one as tall or wide as the strip on both axes.
+    Placing the legend below instead would not make such canvases smaller (it trades legend width for height).
     """
     palette = make_palette(len(class_names)) if palette is None else palette
     overlay = blend_labels(image, label_map, palette, alpha, outline_map)
     entries = legend_entries(pixel_fractions(label_map, len(class_names)), class_names)
-    legend = draw_legend(legend_rows(entries, palette), legend_font_size(image.height, image.width), image.height)
-    canvas = Image.new("RGB", (overlay.width + legend.width, legend.height), LEGEND_BACKGROUND)
+    legend = draw_legend(legend_rows(entries, palette), legend_font_size(image.height, image.width))
+    # The canvas is background already: the legend panel is pasted at its own height, never stretched to the image's.
+    canvas = Image.new("RGB", (overlay.width + legend.width, max(overlay.height, legend.height)), LEGEND_BACKGROUND)
     canvas.paste(overlay, (0, 0))
     canvas.paste(legend, (overlay.width, 0))
     return canvas

@@ -515,6 +515,7 @@ CASES = [
     P("EXIF-rotated photo", process_pil, exif_file, Ok(original_size(64, 40))),
     P("EXIF-rotated photo", segment, exif_file, Ok(masks_of_size(64, 40))),
     P("EXIF-rotated photo", cli, exif_file, Ok(cli_label_map_of_size(64, 40))),
+    P("one-pixel-high RGB array", process, value(RGB8[:1]), Ok(same_pixels_as(lambda: Image.fromarray(RGB8[:1])))),
     # bad pixel values / shapes
     P("NaN in image", process, value(np.full((40, 56, 3), np.nan, np.float32)),
       Raises(ValueError, r"`images\[0\]` contains NaN")),

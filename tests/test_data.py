@@ -363,6 +363,34 @@ def test_eval_dataset_uses_san_test_resize_and_keeps_ground_truth(ade_split):
     assert abs(max(height, width) / 640 - max(original) / min(original)) < 0.01
 
 
+def test_eval_dataset_reads_a_three_pixel_high_image_channels_last(recwarn):
+    image = np.random.default_rng(0).integers(0, 256, size=(3, 40, 3), dtype=np.uint8)  # (3, 40, 3): both layouts fit
+    split = SimpleNamespace(load=lambda index: (image, np.zeros((3, 40), np.int64), "strip"))
+    example = SegmentationEvalDataset(split, PATImageProcessor(do_resize=False))[0]
+    assert example["original_sizes"].tolist() == [3, 40]
+    assert not [w for w in recwarn if "channels first or last" in str(w.message)]  # the layout is said, not guessed
+
+
+def _eval_example(height: int, width: int) -> dict:
+    return {"pixel_values": torch.ones(3, height, width), "image_sizes": torch.tensor([height, width]),
+            "original_sizes": torch.tensor([height, width]), "semantic_labels": torch.zeros(height, width).long(),
+            "file_name": f"{height}x{width}"}
+
+
+def test_collator_groups_an_eval_batch_that_one_wide_image_would_pad():
+    examples = [_eval_example(64, 64), _eval_example(64, 480), _eval_example(60, 50)]
+    batch = SegmentationCollator()(examples)
+    assert next(iter(batch)) == "image_sizes"  # Trainer counts examples by the first tensor
+    assert batch["padding_groups"] == [[0, 2], [1]]
+    assert [tuple(p.shape) for p in batch["pixel_values"]] == [(2, 3, 64, 64), (1, 3, 64, 480)]
+    assert [tuple(label.shape) for label in batch["semantic_labels"]] == [(64, 64), (64, 480), (60, 50)]
+    assert batch["file_name"] == ["64x64", "64x480", "60x50"] and batch["image_sizes"][1].tolist() == [64, 480]
+    similar = SegmentationCollator()([_eval_example(64, 64), _eval_example(64, 96)])
+    assert "padding_groups" not in similar and tuple(similar["pixel_values"].shape) == (2, 3, 64, 96)
+    train = SegmentationCollator()([{"pixel_values": torch.zeros(3, 64, width)} for width in (64, 480)])
+    assert tuple(train["pixel_values"].shape) == (2, 3, 64, 480)  # training batches stay one tensor
+
+
 def test_collator_pads_mixed_sizes():
     examples = [
         {"pixel_values": torch.ones(3, 40, 70), "image_sizes": torch.tensor([40, 70]),

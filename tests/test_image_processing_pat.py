@@ -19,6 +19,7 @@ from modeling_pat.image_processing_pat import (
     convert_segmentation_map_to_binary_masks,
     get_padded_size,
     get_resize_output_size,
+    infer_channel_layout,
     load_image,
     mask_resize_rows,
     padding_groups,
@@ -230,6 +231,46 @@ def test_input_formats_agree(processor):
     rgba = processor(photo.convert("RGBA"), do_resize=False)["pixel_values"]
     assert gray.shape == rgba.shape == (1, 3, 64, 96)
     assert torch.equal(rgba, as_pil)
+
+
+@pytest.mark.parametrize(
+    "shape, layout",
+    [
+        ((1, 65535, 3), "channels_last"),  # a one-pixel-high RGB strip, not a 65535x3 grey image
+        ((4, 7, 4), "channels_last"),
+        ((480, 640, 3), "channels_last"),
+        ((480, 640, 1), "channels_last"),
+        ((3, 480, 640), "channels_first"),
+        ((1, 480, 640), "channels_first"),
+        ((3, 480, 1), "channels_first"),
+    ],
+)
+def test_channel_layout_rule(shape, layout):
+    assert infer_channel_layout(shape).value == layout
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_one_pixel_high_rgb_strip_is_read_channels_last_with_a_warning(processor, as_tensor):
+    strip = np.random.default_rng(0).integers(0, 256, size=(1, 40, 3), dtype=np.uint8)
+    with pytest.warns(UserWarning, match=r"shape \(1, 40, 3\).*read as channels_last.*input_data_format"):
+        result = processor(torch.from_numpy(strip) if as_tensor else strip, do_resize=False)
+    expected = processor(Image.fromarray(strip), do_resize=False)  # PIL: 40 wide, 1 high, RGB
+    assert result["original_sizes"].tolist() == [[1, 40]]
+    assert torch.equal(result["pixel_values"], expected["pixel_values"])
+
+
+def test_input_data_format_decides_when_given(processor, recwarn):
+    strip = np.random.default_rng(0).integers(0, 256, size=(1, 40, 3), dtype=np.uint8)
+    grey = processor(strip, do_resize=False, input_data_format="channels_first")
+    assert grey["original_sizes"].tolist() == [[40, 3]]  # one channel, 40 high, 3 wide, as asked
+    expected = processor(Image.fromarray(strip[0], mode="L"), do_resize=False)
+    assert torch.equal(grey["pixel_values"], expected["pixel_values"])
+    rgb = processor(strip, do_resize=False, input_data_format="channels_last")
+    assert rgb["original_sizes"].tolist() == [[1, 40]]
+    photo = np.random.default_rng(1).integers(0, 256, size=(40, 56, 3), dtype=np.uint8)
+    chw = processor(photo.transpose(2, 0, 1), do_resize=False, input_data_format="channels_first")
+    assert torch.equal(chw["pixel_values"], processor(photo, do_resize=False)["pixel_values"])
+    assert not [w for w in recwarn if "channels first or last" in str(w.message)]  # unambiguous or chosen: silent
 
 
 def test_padding_options():

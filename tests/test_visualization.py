@@ -102,6 +102,28 @@ def test_legend_text_scales_with_the_image():
     assert (large.width - 1600) > 3 * (small.width - 160)  # the legend panel grows with the text
 
 
+def test_legend_text_of_an_elongated_image_follows_its_shorter_side():
+    assert legend_font_size(480, 640) == legend_font_size(640, 480) == 21  # up to 4:1 the longer side sets the size
+    assert legend_font_size(200, 800) == 27
+    assert legend_font_size(200, 4000) == 27  # past 4:1 the longer side counts as 4x the shorter one
+    assert legend_font_size(1, 65535) == legend_font_size(65535, 1) == 14
+
+
+@pytest.mark.parametrize("height, width", [(1, 65535), (65535, 1)])
+def test_overlay_of_an_extreme_strip_stays_small(height, width):
+    """The legend's extent does not grow with the strip's length: the canvas is the strip plus a small panel."""
+    image = Image.new("RGB", (width, height), (90, 90, 90))
+    label_map = (np.arange(height * width).reshape(height, width) * 3 // (height * width)).astype(np.int64)
+    palette = make_palette(len(NAMES))
+    overlay = render_overlay(image, label_map, NAMES, palette)
+    assert overlay.width >= width + 1 and overlay.height >= height
+    assert overlay.width * overlay.height < 200 * max(height, width)  # was ~900 x 66500 px (text sized by 65535)
+    pixels = np.asarray(overlay)
+    assert (pixels[:height, :width] == np.asarray(blend_labels(image, label_map, palette))).all()
+    legend = {tuple(colour) for colour in np.unique(pixels[:, width:].reshape(-1, 3), axis=0)}
+    assert all(tuple(palette[index]) in legend for index in (0, 1, 2))  # every class present has its swatch
+
+
 def test_tiny_image_gets_a_legible_legend():
     overlay = render_overlay(_image(20, 30), _label_map(20, 30), NAMES)
     assert overlay.height > 20  # the canvas grows so that the rows fit at the minimum text size
