@@ -1,0 +1,139 @@
+"""The batched criterion (one host copy per level, batch-wide indexing, one matcher draw per batch) against a plain
+per-image reference of SAN's criterion: the same losses and gradients, and the same random stream on the CPU."""
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from modeling_pat.losses import (
+    PATSegmentationLoss,
+    _PointSource,
+    dice_loss,
+    labels_to_targets,
+    pairwise_dice,
+    pairwise_sigmoid_ce,
+    point_sample,
+    sample_uncertain_points,
+    sigmoid_ce_loss,
+)
+
+from conftest import tiny_config
+
+
+NUM_CLASSES, QUERIES, POINTS = 5, 12, 64
+
+
+def reference_targets(labels, ignore_index=255):
+    """One image at a time, as Mask2Former builds them: torch.unique per label map."""
+    targets = []
+    for label_map in labels:
+        ids = torch.unique(label_map)
+        ids = ids[ids != ignore_index]
+        targets.append((ids, (label_map[None] == ids[:, None, None]).float()))
+    return targets
+
+
+def reference_level(class_logits, mask_logits, targets, recorded, num_masks, config):
+    """SAN's criterion for one level, image by image: matcher, CE, point-sampled BCE + Dice."""
+    matches = []
+    with torch.no_grad():
+        probs = class_logits.softmax(-1)
+        for b, (ids, masks) in enumerate(targets):
+            coords = recorded["matcher_points"][b][0]
+            pred = point_sample(mask_logits[b], coords.expand(QUERIES, -1, -1))
+            tgt = point_sample(masks, coords.expand(len(ids), -1, -1))
+            cost = 5.0 * pairwise_sigmoid_ce(pred, tgt) - 2.0 * probs[b][:, ids] + 5.0 * pairwise_dice(pred, tgt)
+            matches.append([torch.as_tensor(x) for x in linear_sum_assignment(cost.numpy())])
+    target_classes = torch.full(class_logits.shape[:2], NUM_CLASSES, dtype=torch.long)
+    for b, (rows, cols) in enumerate(matches):
+        target_classes[b, rows] = targets[b][0][cols]
+    weight = torch.ones(NUM_CLASSES + 1)
+    weight[-1] = config.no_object_weight
+    loss_ce = F.cross_entropy(class_logits.transpose(1, 2), target_classes, weight)
+    pred = torch.cat([mask_logits[b, rows] for b, (rows, _) in enumerate(matches)])
+    gt = torch.cat([targets[b][1][cols] for b, (_, cols) in enumerate(matches)])
+    source = _PointSource({"final": recorded}, None)
+    with torch.no_grad():
+        coords = sample_uncertain_points(pred.detach(), POINTS, 3.0, 0.75, source, "final")
+        gt_points = point_sample(gt, coords)
+    pred_points = point_sample(pred, coords)
+    loss_mask = sigmoid_ce_loss(pred_points, gt_points, num_masks)
+    loss_dice = dice_loss(pred_points, gt_points, num_masks)
+    return 2.0 * loss_ce + 5.0 * loss_mask + 5.0 * loss_dice, matches
+
+
+def batch_with_points(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, NUM_CLASSES, (3, 4, 4), generator=generator).repeat_interleave(8, 1)
+    labels = labels.repeat_interleave(8, 2)
+    labels[0, :, :10] = 255
+    labels[2] = 255  # an image without targets
+    labels[2, :8, :8] = 4
+    class_logits = torch.randn(3, QUERIES, NUM_CLASSES + 1, generator=generator, requires_grad=True)
+    mask_logits = torch.randn(3, QUERIES, 8, 8, generator=generator, requires_grad=True)
+    num_masks = sum(len(ids) for ids, _ in reference_targets(labels))
+    recorded = {
+        "matcher_points": [torch.rand(1, POINTS, 2, generator=generator) for _ in range(3)],
+        "oversampled_points": torch.rand(num_masks, 3 * POINTS, 2, generator=generator),
+        "random_points": torch.rand(num_masks, POINTS // 4, 2, generator=generator),
+    }
+    return labels, class_logits, mask_logits, recorded, num_masks
+
+
+def test_targets_equal_per_image_unique():
+    labels = batch_with_points()[0]
+    for target, (ids, masks) in zip(labels_to_targets(labels, NUM_CLASSES, 255), reference_targets(labels)):
+        assert target.class_ids.dtype == torch.long
+        assert torch.equal(target.class_ids, ids)
+        assert torch.equal(target.masks, masks)
+
+
+def test_batched_criterion_equals_the_per_image_reference_in_loss_and_gradients():
+    config = tiny_config(train_num_points=POINTS, num_queries=QUERIES)
+    labels, class_logits, mask_logits, recorded, num_masks = batch_with_points()
+    expected, expected_matches = reference_level(
+        class_logits, mask_logits, reference_targets(labels), recorded, float(num_masks), config
+    )
+    expected_grads = torch.autograd.grad(expected, (class_logits, mask_logits))
+    criterion = PATSegmentationLoss(config)
+    total, _, _, records = criterion(
+        [(class_logits, mask_logits)], labels_to_targets(labels, NUM_CLASSES, 255), {"final": recorded}
+    )
+    grads = torch.autograd.grad(total, (class_logits, mask_logits))
+    torch.testing.assert_close(total, expected, atol=1e-6, rtol=0)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=0)
+    for match, (rows, cols) in zip(records["final"].matches, expected_matches):
+        assert torch.equal(match.query_ids, rows) and torch.equal(match.target_ids, cols)
+
+
+def test_one_matcher_draw_per_batch_is_the_per_image_stream_on_the_cpu():
+    # a seeded CPU run draws the numbers it drew when the matcher drew one point set per image
+    config = tiny_config(train_num_points=POINTS, num_queries=QUERIES)
+    labels, class_logits, mask_logits, _, num_masks = batch_with_points(1)
+    replay = torch.Generator().manual_seed(7)
+    recorded = {
+        "matcher_points": [torch.rand(1, POINTS, 2, generator=replay) for _ in range(3)],
+        "oversampled_points": torch.rand(num_masks, 3 * POINTS, 2, generator=replay),
+        "random_points": torch.rand(num_masks, POINTS // 4, 2, generator=replay),
+    }
+    criterion = PATSegmentationLoss(config)
+    targets = labels_to_targets(labels, NUM_CLASSES, 255)
+    drawn, _, _, records = criterion([(class_logits, mask_logits)], targets, generator=torch.Generator().manual_seed(7))
+    replayed, _, _, replay_records = criterion([(class_logits, mask_logits)], targets, {"final": recorded})
+    assert torch.equal(drawn, replayed)
+    assert torch.equal(records["final"].mask_points, replay_records["final"].mask_points)
+
+
+def test_points_without_a_generator_are_drawn_on_the_device_they_are_used_on(monkeypatch):
+    devices = []
+    real_rand = torch.rand
+
+    def recording_rand(*shape, generator=None, device=None):
+        devices.append(torch.device(device))
+        return real_rand(*shape, generator=generator, device="cpu")
+
+    monkeypatch.setattr(torch, "rand", recording_rand)
+    _PointSource(None, None).draw("final", "random_points", (2, 3, 2), torch.device("meta"))
+    _PointSource(None, torch.Generator()).draw("final", "random_points", (2, 3, 2), torch.device("meta"))
+    assert devices == [torch.device("meta"), torch.device("cpu")]  # a generator keeps its own device
