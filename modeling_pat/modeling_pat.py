@@ -453,12 +453,14 @@ def _is_host_tensor(tensor: torch.Tensor) -> bool:
 
 def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> torch.Tensor:
     """(B, 1, H, W) float mask of the real (unpadded) pixels of each image; all ones without `image_sizes`."""
-    mask = pixel_values.new_ones(pixel_values.shape[0], 1, *pixel_values.shape[-2:])
-    if image_sizes is not None:
-        mask.zero_()
-        for b, (height, width) in enumerate(image_sizes.tolist()):
-            mask[b, :, :height, :width] = 1.0
-    return mask
+    batch, _, height, width = pixel_values.shape
+    if image_sizes is None:
+        return pixel_values.new_ones(batch, 1, height, width)
+    # compared on the device: reading the sizes back would make every training step wait for it
+    sizes = image_sizes.to(pixel_values.device)
+    rows = torch.arange(height, device=pixel_values.device)[None, :, None] < sizes[:, 0, None, None]
+    cols = torch.arange(width, device=pixel_values.device)[None, None, :] < sizes[:, 1, None, None]
+    return (rows & cols)[:, None].to(pixel_values.dtype)
 
 
 def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:

@@ -58,8 +58,9 @@ def pairwise_squared_distances(points: torch.Tensor) -> torch.Tensor:
 
 
 def sample_pixel_indices(num_pixels: int, num_samples: int, generator=None, device=None) -> torch.Tensor:
-    """(n,) flat pixel indices drawn uniformly with replacement (on the generator's device, then moved)."""
-    generator_device = generator.device if generator is not None else "cpu"
+    """(n,) flat pixel indices drawn uniformly with replacement (on the generator's device, then moved; without a
+    generator on `device`, so that a GPU step neither draws on the host nor copies the indices up)."""
+    generator_device = generator.device if generator is not None else (device or "cpu")
     indices = torch.randint(0, num_pixels, (num_samples,), generator=generator, device=generator_device)
     return indices.to(device)
 

@@ -137,3 +137,36 @@ def test_points_without_a_generator_are_drawn_on_the_device_they_are_used_on(mon
     _PointSource(None, None).draw("final", "random_points", (2, 3, 2), torch.device("meta"))
     _PointSource(None, torch.Generator()).draw("final", "random_points", (2, 3, 2), torch.device("meta"))
     assert devices == [torch.device("meta"), torch.device("cpu")]  # a generator keeps its own device
+
+
+def test_pat_pixel_draws_without_a_generator_happen_on_the_features_device(monkeypatch):
+    from modeling_pat.pat_losses import sample_pixel_indices
+
+    devices = []
+    real_randint = torch.randint
+
+    def recording_randint(low, high, size, generator=None, device=None):
+        devices.append(torch.device(device))
+        return real_randint(low, high, size, generator=generator, device="cpu")
+
+    monkeypatch.setattr(torch, "randint", recording_randint)
+    sample_pixel_indices(64, 10, None, torch.device("meta"))
+    sample_pixel_indices(64, 10, torch.Generator(), torch.device("meta"))
+    assert devices == [torch.device("meta"), torch.device("cpu")]
+
+
+def test_valid_pixel_mask_is_built_without_reading_the_sizes_back(monkeypatch):
+    from modeling_pat.modeling_pat import _valid_pixel_mask
+
+    pixel_values = torch.zeros(3, 3, 8, 12)
+    sizes = torch.tensor([[8, 12], [5, 7], [1, 12]])
+    expected = torch.zeros(3, 1, 8, 12)
+    for b, (height, width) in enumerate(sizes.tolist()):
+        expected[b, :, :height, :width] = 1.0
+
+    def no_host_read(self):
+        raise AssertionError("image sizes read back to the host")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", no_host_read)
+    assert torch.equal(_valid_pixel_mask(pixel_values, sizes), expected)
+    assert torch.equal(_valid_pixel_mask(pixel_values, None), torch.ones(3, 1, 8, 12))
