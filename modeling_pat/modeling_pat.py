@@ -446,6 +446,25 @@ def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: i
             )
 
 
+def _input_ids_key(input_ids: torch.Tensor) -> tuple:
+    """Text-cache key of a vocabulary given as ids: on the host their shape and a hash of their bytes; on an
+    accelerator the shape and device only, the ids being compared on the device on a hit (`_same_input_ids`): hashing
+    them would copy the whole (N, T, L) array to the host at every training step."""
+    if _ids_on_host(input_ids):
+        return ("ids", tuple(input_ids.shape), hash(input_ids.detach().numpy().tobytes()))
+    return ("device ids", tuple(input_ids.shape), str(input_ids.device), input_ids.dtype)
+
+
+def _ids_on_host(input_ids: torch.Tensor) -> bool:
+    return input_ids.device.type == "cpu"
+
+
+def _same_input_ids(kept: torch.Tensor | None, input_ids: torch.Tensor | None) -> bool:
+    """Whether a cache entry holds these ids: always for host keys (their hash is in the key), else compared on the
+    device (one boolean read back instead of the ids)."""
+    return kept is None or torch.equal(kept, input_ids)
+
+
 def _is_host_tensor(tensor: torch.Tensor) -> bool:
     """Whether a value check is free of device synchronisation (and of graph breaks while torch.compile traces)."""
     return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -548,10 +567,10 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         else:
             tower = self.model.clip_tower
             _check_input_ids(input_ids, tower.text_tower.token_embedding.num_embeddings, tower.context_length)
-            key = ("ids", tuple(input_ids.shape), hash(input_ids.detach().cpu().numpy().tobytes()))
+            key = _input_ids_key(input_ids)
         version = self._text_weights_version()
         cached = self._text_cache.get(key)
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == version and _same_input_ids(cached[2], input_ids):
             return cached[1]
         cache_dir = self.text_embedding_cache_dir if cache_dir is None else cache_dir
         if input_ids is None and cache_dir is not None:
@@ -560,7 +579,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             embeddings = self._encode_class_names(self.prompt_input_ids(class_names) if input_ids is None else input_ids)
         if len(self._text_cache) >= 8:  # small LRU-ish bound: drop the oldest vocabulary
             self._text_cache.pop(next(iter(self._text_cache)))
-        self._text_cache[key] = (version, embeddings)
+        # ids on an accelerator are kept to be compared on the device at the next lookup (their key has no content)
+        kept_ids = None if input_ids is None or _ids_on_host(input_ids) else input_ids.detach().clone()
+        self._text_cache[key] = (version, embeddings, kept_ids)
         return embeddings
 
     def _encode_class_names(self, input_ids: torch.Tensor) -> torch.Tensor:

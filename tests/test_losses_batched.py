@@ -170,3 +170,27 @@ def test_valid_pixel_mask_is_built_without_reading_the_sizes_back(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "tolist", no_host_read)
     assert torch.equal(_valid_pixel_mask(pixel_values, sizes), expected)
     assert torch.equal(_valid_pixel_mask(pixel_values, None), torch.ones(3, 1, 8, 12))
+
+
+def test_device_input_ids_hit_the_text_cache_without_a_host_copy(monkeypatch):
+    # ids on an accelerator (simulated: the host check says no) are compared on the device, never copied to the host
+    import modeling_pat.modeling_pat as modeling
+    from conftest import tiny_model
+
+    model = tiny_model()
+    ids = model.prompt_input_ids(["cat", "dog"])
+    monkeypatch.setattr(modeling, "_ids_on_host", lambda input_ids: False)
+    encoded = []
+    real_encode = model._encode_class_names
+    monkeypatch.setattr(model, "_encode_class_names", lambda input_ids: encoded.append(1) or real_encode(input_ids))
+
+    def no_host_copy(self, *args, **kwargs):
+        raise AssertionError("input_ids copied to the host")
+
+    first = model.get_class_embeddings(input_ids=ids)
+    monkeypatch.setattr(torch.Tensor, "numpy", no_host_copy)
+    monkeypatch.setattr(torch.Tensor, "cpu", no_host_copy)
+    assert model.get_class_embeddings(input_ids=ids.clone()) is first  # same content, new tensor: a cache hit
+    other = model.get_class_embeddings(input_ids=ids.flip(0))  # same shape, other vocabulary: encoded again
+    assert len(encoded) == 2
+    torch.testing.assert_close(other, first.flip(0))
