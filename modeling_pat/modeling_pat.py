@@ -717,7 +717,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
                 loss = loss + tokenization_total
                 loss_dict.update({k: loss_details.pop(k) for k in PATTokenizationLoss.GROUP_KEYS if k in loss_details})
         batch, _, height, width = pixel_values.shape
-        padded = torch.tensor([[height, width]], device=pixel_values.device).expand(batch, 2)
+        # filled on the device: torch.tensor(host values, device=...) copies and waits for the device every forward
+        padded = torch.full((batch, 2), height, dtype=torch.long, device=pixel_values.device)
+        padded[:, 1] = width
         return PATForOpenVocabSegmentationOutput(
             loss=loss,
             class_queries_logits=class_logits,

@@ -194,3 +194,22 @@ def test_device_input_ids_hit_the_text_cache_without_a_host_copy(monkeypatch):
     other = model.get_class_embeddings(input_ids=ids.flip(0))  # same shape, other vocabulary: encoded again
     assert len(encoded) == 2
     torch.testing.assert_close(other, first.flip(0))
+
+
+def test_training_forward_builds_no_tensor_from_host_values(monkeypatch):
+    # on an accelerator, torch.tensor(values, device=...) is a copy that waits for the device: none in a SAN step
+    from conftest import tiny_model
+
+    model = tiny_model().train()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 3, (2, 64, 64))
+    model(pixel_values=pixel_values, labels=labels)  # the vocabulary's text embeddings are cached from here on
+    made = []
+    real_tensor, real_new_tensor = torch.tensor, torch.Tensor.new_tensor
+    monkeypatch.setattr(torch, "tensor", lambda *args, **kwargs: made.append(args) or real_tensor(*args, **kwargs))
+    monkeypatch.setattr(
+        torch.Tensor, "new_tensor", lambda self, *args, **kwargs: made.append(args) or real_new_tensor(self, *args, **kwargs)
+    )
+    outputs = model(pixel_values=pixel_values, labels=labels, loss_generator=torch.Generator().manual_seed(0))
+    assert made == []
+    assert outputs.padded_sizes.tolist() == [[64, 64], [64, 64]] and outputs.image_sizes.tolist() == [[64, 64]] * 2
