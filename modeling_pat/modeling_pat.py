@@ -625,8 +625,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         The images enter in CLIP's dtype (a bf16 model gets fp32 images from the loss) and the maps leave in fp32.
         """
         tower = self.model.clip_tower
-        mean = images.new_tensor(OPENAI_CLIP_MEAN)[:, None, None]
-        std = images.new_tensor(OPENAI_CLIP_STD)[:, None, None]
+        # copied without waiting for the device (new_tensor's copy would, at every training step)
+        mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
+        std = torch.tensor(OPENAI_CLIP_STD, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
         pixel_values = self.model.clip_input((images - mean) / std).to(next(tower.visual.parameters()).dtype)
         return [fmap.float() for fmap in tower.extract_features(pixel_values).maps[1:]]
 

@@ -1,6 +1,7 @@
 """The batched criterion (one host copy per level, batch-wide indexing, one matcher draw per batch) against a plain
 per-image reference of SAN's criterion: the same losses and gradients, and the same random stream on the CPU."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -196,20 +197,30 @@ def test_device_input_ids_hit_the_text_cache_without_a_host_copy(monkeypatch):
     torch.testing.assert_close(other, first.flip(0))
 
 
-def test_training_forward_builds_no_tensor_from_host_values(monkeypatch):
-    # on an accelerator, torch.tensor(values, device=...) is a copy that waits for the device: none in a SAN step
+@pytest.mark.parametrize("preset", ["san-tiny", "pat-tiny"])
+def test_training_forward_makes_no_blocking_copy_of_host_values(monkeypatch, preset):
+    # on an accelerator, torch.tensor(values, device=...) / new_tensor is a copy that waits for the device: none in a
+    # training step (copies of host values go with non_blocking=True, fills happen on the device)
     from conftest import tiny_model
 
-    model = tiny_model().train()
+    model = tiny_model(preset=preset).train()
     pixel_values = torch.randn(2, 3, 64, 64)
     labels = torch.randint(0, 3, (2, 64, 64))
     model(pixel_values=pixel_values, labels=labels)  # the vocabulary's text embeddings are cached from here on
-    made = []
-    real_tensor, real_new_tensor = torch.tensor, torch.Tensor.new_tensor
-    monkeypatch.setattr(torch, "tensor", lambda *args, **kwargs: made.append(args) or real_tensor(*args, **kwargs))
-    monkeypatch.setattr(
-        torch.Tensor, "new_tensor", lambda self, *args, **kwargs: made.append(args) or real_new_tensor(self, *args, **kwargs)
-    )
-    outputs = model(pixel_values=pixel_values, labels=labels, loss_generator=torch.Generator().manual_seed(0))
-    assert made == []
-    assert outputs.padded_sizes.tolist() == [[64, 64], [64, 64]] and outputs.image_sizes.tolist() == [[64, 64]] * 2
+    blocking = []
+
+    def recording(make):
+        def wrapped(*args, **kwargs):
+            if kwargs.get("device") is not None:
+                blocking.append(args)
+            return make(*args, **kwargs)
+
+        return wrapped
+
+    real_new_tensor = torch.Tensor.new_tensor
+    for name in ("tensor", "as_tensor"):
+        monkeypatch.setattr(torch, name, recording(getattr(torch, name)))
+    monkeypatch.setattr(torch.Tensor, "new_tensor", lambda self, *a, **k: blocking.append(a) or real_new_tensor(self, *a, **k))
+    outputs = model(pixel_values=pixel_values, labels=labels, image_sizes=torch.tensor([[64, 64], [48, 60]]))
+    assert blocking == []
+    assert outputs.padded_sizes.tolist() == [[64, 64], [64, 64]]
