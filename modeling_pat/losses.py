@@ -3,9 +3,14 @@
 Shapes: B batch, Q queries, N classes (+1 = void last), M matched masks, T targets of one image, P points,
 h x w mask-logit grid, H x W label grid. Points are (x, y) in [0, 1) and sampled with grid_sample(2p - 1).
 
-Randomness: the matcher draws one (1, P, 2) point set per image; the mask loss draws (M, 3P, 2) candidates and
-(M, P - 0.75P, 2) extra points, in that order, final level first, then the auxiliary levels. Every draw goes through
-`_draw`, which uses the given generator, or takes recorded points from `sampling_points` (used by the parity tests).
+Randomness: the matcher draws one (P, 2) point set per image, all images in one (B, P, 2) draw; the mask loss draws
+(M, 3P, 2) candidates and (M, P - 0.75P, 2) extra points, in that order, final level first, then the auxiliary levels.
+Every draw goes through `_PointSource`, which uses the given generator (on its device), else the default generator of
+the logits' device, or takes recorded points from `sampling_points` (used by the parity tests).
+
+Host-device synchronisation (one per batch, not per image): `labels_to_targets` reads the classes present in all
+images with one host copy, and each level's matcher copies all images' cost matrices to the host at once for scipy's
+`linear_sum_assignment`; the matched indices go back in one copy, and the losses index the whole batch with them.
 """
 
 from dataclasses import dataclass, field
@@ -44,19 +49,36 @@ class PATLossLevel:
 
 
 def labels_to_targets(labels: torch.Tensor, num_classes: int, ignore_index: int) -> list[PATTarget]:
-    """(B, H, W) semantic label maps -> one `PATTarget` per image (sorted class ids present, one binary mask each)."""
+    """(B, H, W) semantic label maps -> one `PATTarget` per image (sorted class ids present, one binary mask each).
+
+    The classes present in every image are found on the labels' device and read back in one host copy (a
+    `torch.unique` per image would wait for the device once per image); the ids go back to it in one copy.
+    """
+    presence = _class_presence(labels, num_classes, ignore_index).cpu()  # (B, N + 2)
+    if presence[:, num_classes + 1].any():  # a label outside the vocabulary (rare: the message may be slow)
+        bad = labels[presence[:, num_classes + 1].nonzero()[0, 0]]
+        class_ids = torch.unique(bad[bad != ignore_index])
+        raise ValueError(
+            f"`labels` holds class ids {class_ids.tolist()} but the vocabulary has {num_classes} classes "
+            f"(valid ids 0..{num_classes - 1}, ignore_index={ignore_index})."
+        )
+    per_image = [row[:num_classes].nonzero()[:, 0] for row in presence]  # sorted, as torch.unique gives them
+    all_ids = torch.cat(per_image).to(labels.device, non_blocking=True)
     targets = []
-    for label_map in labels:
-        class_ids = torch.unique(label_map)
-        class_ids = class_ids[class_ids != ignore_index]
-        if (class_ids < 0).any() or (class_ids >= num_classes).any():
-            raise ValueError(
-                f"`labels` holds class ids {class_ids.tolist()} but the vocabulary has {num_classes} classes "
-                f"(valid ids 0..{num_classes - 1}, ignore_index={ignore_index})."
-            )
+    for label_map, class_ids in zip(labels, all_ids.split([len(ids) for ids in per_image])):
         masks = (label_map[None] == class_ids[:, None, None]).float()
-        targets.append(PATTarget(class_ids=class_ids.long(), masks=masks))
+        targets.append(PATTarget(class_ids=class_ids, masks=masks))
     return targets
+
+
+def _class_presence(labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """(B, H, W) labels -> (B, N + 2) bool: class n occurs in image b; column N: ignored pixels, N + 1: ids outside
+    0..N-1 (an error). A scatter on the labels' device, without waiting for it."""
+    in_vocabulary = (labels >= 0) & (labels < num_classes)
+    outside = torch.where(labels == ignore_index, num_classes, num_classes + 1)
+    columns = torch.where(in_vocabulary & (labels != ignore_index), labels, outside).flatten(1).long()
+    presence = torch.zeros(labels.shape[0], num_classes + 2, dtype=torch.bool, device=labels.device)
+    return presence.scatter_(1, columns, True)
 
 
 def point_sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -95,7 +117,11 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
 
 
 class _PointSource:
-    """Hands out the random points of one loss pass: fresh draws from `generator`, or recorded ones."""
+    """Hands out the random points of one loss pass: fresh draws from `generator`, or recorded ones.
+
+    Without a generator the points are drawn by the default generator of the device they are used on: drawn on the
+    host, the millions of points of a batch (M x 3P x 2 per level) cost more than the rest of a GPU training step.
+    """
 
     def __init__(self, recorded: dict | None, generator: torch.Generator | None):
         self.recorded = recorded
@@ -103,16 +129,26 @@ class _PointSource:
 
     def draw(self, level: str, key: str, shape, device, index: int | None = None) -> torch.Tensor:
         if self.recorded is not None:
-            try:
-                points = self.recorded[level][key]
-            except KeyError as error:
-                raise KeyError(f"`loss_sampling_points` has no entry [{level!r}][{key!r}].") from error
-            points = points[index] if index is not None else points
-            if tuple(points.shape) != tuple(shape):
-                raise ValueError(f"Recorded points [{level!r}][{key!r}] have shape {tuple(points.shape)}, need {shape}.")
-            return points.to(device)
-        generator_device = self.generator.device if self.generator is not None else "cpu"
+            return self.recorded_points(level, key, shape, index).to(device)
+        generator_device = self.generator.device if self.generator is not None else device
         return torch.rand(*shape, generator=self.generator, device=generator_device).to(device)
+
+    def draw_per_image(self, level: str, key: str, batch: int, shape, device) -> torch.Tensor:
+        """(batch, *shape) points, one set per image: one draw (the same numbers as one draw per image, in image
+        order), or the recorded per-image sets stacked."""
+        if self.recorded is None:
+            return self.draw(level, key, (batch, *shape), device)
+        return torch.stack([self.recorded_points(level, key, (1, *shape), b)[0] for b in range(batch)]).to(device)
+
+    def recorded_points(self, level: str, key: str, shape, index: int | None = None) -> torch.Tensor:
+        try:
+            points = self.recorded[level][key]
+        except KeyError as error:
+            raise KeyError(f"`loss_sampling_points` has no entry [{level!r}][{key!r}].") from error
+        points = points[index] if index is not None else points
+        if tuple(points.shape) != tuple(shape):
+            raise ValueError(f"Recorded points [{level!r}][{key!r}] have shape {tuple(points.shape)}, need {shape}.")
+        return points
 
 
 class PATHungarianMatcher(nn.Module):
@@ -127,21 +163,33 @@ class PATHungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, class_logits, mask_logits, targets: list[PATTarget], points: _PointSource, level: str):
+        costs = self.costs(class_logits, mask_logits, targets, points, level)
+        # one host copy for the whole batch: scipy needs the costs on the host, and a copy per image would wait for
+        # the device once per image
+        host_costs = torch.cat([cost.flatten() for cost in costs]).cpu().split([cost.numel() for cost in costs])
         matches = []
-        for b, target in enumerate(targets):
-            probs = class_logits[b].float().softmax(-1)
-            # all queries and targets of an image share one point set
-            coords = points.draw(level, "matcher_points", (1, self.num_points, 2), mask_logits.device, index=b)[0]
-            pred = point_sample(mask_logits[b], coords.expand(mask_logits.shape[1], -1, -1)).float()
-            tgt = point_sample(target.masks.to(mask_logits), coords.expand(len(target.class_ids), -1, -1)).float()
-            cost = (
-                self.cost_mask * pairwise_sigmoid_ce(pred, tgt)
-                - self.cost_class * probs[:, target.class_ids]
-                + self.cost_dice * pairwise_dice(pred, tgt)
-            )
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        for cost, host_cost in zip(costs, host_costs):
+            rows, cols = linear_sum_assignment(host_cost.view(cost.shape).numpy())
             matches.append(PATMatch(torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long), cost))
         return matches
+
+    def costs(self, class_logits, mask_logits, targets: list[PATTarget], points: _PointSource, level: str):
+        """-> per image the (Q, T) matching cost, on the logits' device."""
+        batch, num_queries = mask_logits.shape[:2]
+        probs = class_logits.float().softmax(-1)  # (B, Q, N+1)
+        # all queries and targets of an image share one point set
+        coords = points.draw_per_image(level, "matcher_points", batch, (self.num_points, 2), mask_logits.device)
+        grid = 2.0 * coords[:, :, None, :] - 1.0  # (B, P, 1, 2): the queries are the channels of one sample per image
+        pred = F.grid_sample(mask_logits, grid.to(mask_logits.dtype), align_corners=False)[..., 0].float()  # (B, Q, P)
+        costs = []
+        for b, target in enumerate(targets):
+            tgt = point_sample(target.masks.to(mask_logits), coords[b].expand(len(target.class_ids), -1, -1)).float()
+            costs.append(
+                self.cost_mask * pairwise_sigmoid_ce(pred[b], tgt)
+                - self.cost_class * probs[b][:, target.class_ids]
+                + self.cost_dice * pairwise_dice(pred[b], tgt)
+            )
+        return costs
 
 
 def sample_uncertain_points(
@@ -162,6 +210,38 @@ def sample_uncertain_points(
     return torch.cat([chosen, extra], dim=1)
 
 
+@dataclass
+class _MatchedPairs:
+    """The matched (query, target) pairs of a whole batch, M of them in image order, as (M,) index tensors on the
+    device: `image_ids`, `query_ids`, `target_ids` (into the batch's concatenated targets) and `local_target_ids`
+    (into the image's targets); `counts`: pairs per image, on the host."""
+
+    image_ids: torch.Tensor
+    query_ids: torch.Tensor
+    target_ids: torch.Tensor
+    local_target_ids: torch.Tensor
+    counts: list[int]
+
+    @classmethod
+    def from_matches(cls, matches: list[PATMatch], targets: list[PATTarget], device) -> "_MatchedPairs":
+        """Built on the host and copied to `device` at once (indexing a device tensor with host indices would copy,
+        and wait, once per image and use)."""
+        offsets = [0]
+        for target in targets[:-1]:
+            offsets.append(offsets[-1] + len(target.class_ids))
+        rows = [
+            torch.stack([torch.full_like(m.query_ids, b), m.query_ids, m.target_ids + offset, m.target_ids])
+            for b, (m, offset) in enumerate(zip(matches, offsets))
+        ]
+        image_ids, query_ids, target_ids, local_ids = torch.cat(rows, dim=1).to(device, non_blocking=True)
+        return cls(image_ids, query_ids, target_ids, local_ids, [len(m.query_ids) for m in matches])
+
+    def gather_masks(self, targets: list[PATTarget]) -> torch.Tensor:
+        """(M, H, W) target mask of every pair, image by image (no copy of the batch's unmatched masks)."""
+        per_image = self.local_target_ids.split(self.counts)
+        return torch.cat([t.masks[ids.to(t.masks.device)] for t, ids in zip(targets, per_image)])
+
+
 class PATSegmentationLoss(nn.Module):
     """SAN's weighted loss over the final and auxiliary levels -> (total, {"loss_ce": ..., "loss_ce_0": ...})."""
 
@@ -177,28 +257,32 @@ class PATSegmentationLoss(nn.Module):
         self.importance_ratio = config.importance_sample_ratio
 
     @staticmethod
-    def count_masks(targets: list[PATTarget], device) -> float:
-        """Total number of target masks, averaged over processes when distributed, at least 1."""
-        num_masks = torch.tensor([float(sum(len(t.class_ids) for t in targets))], device=device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(num_masks)
-            num_masks = num_masks / torch.distributed.get_world_size()
-        return max(num_masks.item(), 1.0)
+    def count_masks(targets: list[PATTarget], device) -> float | torch.Tensor:
+        """Total number of target masks, averaged over processes when distributed, at least 1.
 
-    def classification_loss(self, class_logits: torch.Tensor, targets, matches) -> torch.Tensor:
+        Counted on the host (the targets' lengths are known there); only the distributed average is a tensor (on
+        `device`), so that no step waits for the device to read it back."""
+        num_masks = float(sum(len(t.class_ids) for t in targets))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            total = torch.tensor([num_masks], device=device)
+            torch.distributed.all_reduce(total)
+            return (total[0] / torch.distributed.get_world_size()).clamp_min(1.0)
+        return max(num_masks, 1.0)
+
+    def classification_loss(self, class_logits: torch.Tensor, targets, matched) -> torch.Tensor:
         """(B, Q, N+1) logits -> CE where matched queries target their class and the rest the void class."""
         num_classes = class_logits.shape[-1] - 1
         target_classes = torch.full(class_logits.shape[:2], num_classes, dtype=torch.long, device=class_logits.device)
-        for b, (target, match) in enumerate(zip(targets, matches)):
-            target_classes[b, match.query_ids] = target.class_ids[match.target_ids].to(class_logits.device)
+        class_ids = torch.cat([t.class_ids for t in targets]).to(class_logits.device)
+        target_classes[matched.image_ids, matched.query_ids] = class_ids[matched.target_ids]
         weight = torch.ones(num_classes + 1, device=class_logits.device)
         weight[-1] = self.no_object_weight
         return F.cross_entropy(class_logits.float().transpose(1, 2), target_classes, weight)
 
-    def mask_losses(self, mask_logits, targets, matches, num_masks, points, level):
+    def mask_losses(self, mask_logits, targets, matched, num_masks, points, level):
         """(B, Q, h, w) logits -> (BCE, Dice, points) on importance-sampled points of the matched pairs."""
-        pred = torch.cat([mask_logits[b, m.query_ids] for b, m in enumerate(matches)])  # (M, h, w)
-        gt = torch.cat([t.masks[m.target_ids] for t, m in zip(targets, matches)]).to(pred)  # (M, H, W)
+        pred = mask_logits[matched.image_ids, matched.query_ids]  # (M, h, w)
+        gt = matched.gather_masks(targets).to(pred)  # (M, H, W)
         with torch.no_grad():
             coords = sample_uncertain_points(
                 pred.detach(), self.num_points, self.oversample_ratio, self.importance_ratio, points, level
@@ -210,8 +294,9 @@ class PATSegmentationLoss(nn.Module):
     def level_losses(self, class_logits, mask_logits, targets, num_masks, points, level: str):
         """Unweighted losses of one level, plus its `PATLossLevel` record."""
         matches = self.matcher(class_logits, mask_logits, targets, points, level)
-        loss_ce = self.classification_loss(class_logits, targets, matches)
-        loss_mask, loss_dice, coords = self.mask_losses(mask_logits, targets, matches, num_masks, points, level)
+        matched = _MatchedPairs.from_matches(matches, targets, mask_logits.device)
+        loss_ce = self.classification_loss(class_logits, targets, matched)
+        loss_mask, loss_dice, coords = self.mask_losses(mask_logits, targets, matched, num_masks, points, level)
         return {"loss_ce": loss_ce, "loss_mask": loss_mask, "loss_dice": loss_dice}, PATLossLevel(matches, coords)
 
     def forward(self, levels, targets: list[PATTarget], sampling_points: dict | None = None, generator=None):

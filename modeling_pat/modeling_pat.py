@@ -446,6 +446,25 @@ def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: i
             )
 
 
+def _input_ids_key(input_ids: torch.Tensor) -> tuple:
+    """Text-cache key of a vocabulary given as ids: on the host their shape and a hash of their bytes; on an
+    accelerator the shape and device only, the ids being compared on the device on a hit (`_same_input_ids`): hashing
+    them would copy the whole (N, T, L) array to the host at every training step."""
+    if _ids_on_host(input_ids):
+        return ("ids", tuple(input_ids.shape), hash(input_ids.detach().numpy().tobytes()))
+    return ("device ids", tuple(input_ids.shape), str(input_ids.device), input_ids.dtype)
+
+
+def _ids_on_host(input_ids: torch.Tensor) -> bool:
+    return input_ids.device.type == "cpu"
+
+
+def _same_input_ids(kept: torch.Tensor | None, input_ids: torch.Tensor | None) -> bool:
+    """Whether a cache entry holds these ids: always for host keys (their hash is in the key), else compared on the
+    device (one boolean read back instead of the ids)."""
+    return kept is None or torch.equal(kept, input_ids)
+
+
 def _is_host_tensor(tensor: torch.Tensor) -> bool:
     """Whether a value check is free of device synchronisation (and of graph breaks while torch.compile traces)."""
     return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -453,12 +472,14 @@ def _is_host_tensor(tensor: torch.Tensor) -> bool:
 
 def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> torch.Tensor:
     """(B, 1, H, W) float mask of the real (unpadded) pixels of each image; all ones without `image_sizes`."""
-    mask = pixel_values.new_ones(pixel_values.shape[0], 1, *pixel_values.shape[-2:])
-    if image_sizes is not None:
-        mask.zero_()
-        for b, (height, width) in enumerate(image_sizes.tolist()):
-            mask[b, :, :height, :width] = 1.0
-    return mask
+    batch, _, height, width = pixel_values.shape
+    if image_sizes is None:
+        return pixel_values.new_ones(batch, 1, height, width)
+    # compared on the device: reading the sizes back would make every training step wait for it
+    sizes = image_sizes.to(pixel_values.device)
+    rows = torch.arange(height, device=pixel_values.device)[None, :, None] < sizes[:, 0, None, None]
+    cols = torch.arange(width, device=pixel_values.device)[None, None, :] < sizes[:, 1, None, None]
+    return (rows & cols)[:, None].to(pixel_values.dtype)
 
 
 def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
@@ -546,10 +567,10 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         else:
             tower = self.model.clip_tower
             _check_input_ids(input_ids, tower.text_tower.token_embedding.num_embeddings, tower.context_length)
-            key = ("ids", tuple(input_ids.shape), hash(input_ids.detach().cpu().numpy().tobytes()))
+            key = _input_ids_key(input_ids)
         version = self._text_weights_version()
         cached = self._text_cache.get(key)
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == version and _same_input_ids(cached[2], input_ids):
             return cached[1]
         cache_dir = self.text_embedding_cache_dir if cache_dir is None else cache_dir
         if input_ids is None and cache_dir is not None:
@@ -558,7 +579,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             embeddings = self._encode_class_names(self.prompt_input_ids(class_names) if input_ids is None else input_ids)
         if len(self._text_cache) >= 8:  # small LRU-ish bound: drop the oldest vocabulary
             self._text_cache.pop(next(iter(self._text_cache)))
-        self._text_cache[key] = (version, embeddings)
+        # ids on an accelerator are kept to be compared on the device at the next lookup (their key has no content)
+        kept_ids = None if input_ids is None or _ids_on_host(input_ids) else input_ids.detach().clone()
+        self._text_cache[key] = (version, embeddings, kept_ids)
         return embeddings
 
     def _encode_class_names(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -602,8 +625,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         The images enter in CLIP's dtype (a bf16 model gets fp32 images from the loss) and the maps leave in fp32.
         """
         tower = self.model.clip_tower
-        mean = images.new_tensor(OPENAI_CLIP_MEAN)[:, None, None]
-        std = images.new_tensor(OPENAI_CLIP_STD)[:, None, None]
+        # copied without waiting for the device (new_tensor's copy would, at every training step)
+        mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
+        std = torch.tensor(OPENAI_CLIP_STD, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
         pixel_values = self.model.clip_input((images - mean) / std).to(next(tower.visual.parameters()).dtype)
         return [fmap.float() for fmap in tower.extract_features(pixel_values).maps[1:]]
 
@@ -694,7 +718,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
                 loss = loss + tokenization_total
                 loss_dict.update({k: loss_details.pop(k) for k in PATTokenizationLoss.GROUP_KEYS if k in loss_details})
         batch, _, height, width = pixel_values.shape
-        padded = torch.tensor([[height, width]], device=pixel_values.device).expand(batch, 2)
+        # filled on the device: torch.tensor(host values, device=...) copies and waits for the device every forward
+        padded = torch.full((batch, 2), height, dtype=torch.long, device=pixel_values.device)
+        padded[:, 1] = width
         return PATForOpenVocabSegmentationOutput(
             loss=loss,
             class_queries_logits=class_logits,

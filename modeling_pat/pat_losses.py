@@ -58,8 +58,9 @@ def pairwise_squared_distances(points: torch.Tensor) -> torch.Tensor:
 
 
 def sample_pixel_indices(num_pixels: int, num_samples: int, generator=None, device=None) -> torch.Tensor:
-    """(n,) flat pixel indices drawn uniformly with replacement (on the generator's device, then moved)."""
-    generator_device = generator.device if generator is not None else "cpu"
+    """(n,) flat pixel indices drawn uniformly with replacement (on the generator's device, then moved; without a
+    generator on `device`, so that a GPU step neither draws on the host nor copies the indices up)."""
+    generator_device = generator.device if generator is not None else (device or "cpu")
     indices = torch.randint(0, num_pixels, (num_samples,), generator=generator, device=generator_device)
     return indices.to(device)
 
@@ -215,8 +216,9 @@ class PATVGG16Features:
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         self.features.to(images.device)  # a no-op once it is there
-        mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        # copied without waiting for the device (new_tensor's copy would)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype).to(images.device, non_blocking=True).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=images.dtype).to(images.device, non_blocking=True).view(1, 3, 1, 1)
         # LPIPS maps [-1, 1] inputs to ImageNet statistics with its ScalingLayer; from [0, 1] that is this
         hidden = (images - mean) / std
         outputs, start = [], 0
@@ -289,8 +291,9 @@ def build_perceptual_loss(kind: str, clip_feature_fn: Callable | None = None) ->
 
 def denormalize(images: torch.Tensor, image_mean, image_std) -> torch.Tensor:
     """(B, 3, H, W) model-normalised -> (B, 3, H, W) in [0, 1] space (not clamped: clamping would stop gradients)."""
-    mean = torch.as_tensor(image_mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(image_std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    # copied without waiting (a blocking host-to-device copy would wait for the device at every step)
+    mean = torch.as_tensor(image_mean, dtype=torch.float32).to(images.device, non_blocking=True).view(1, -1, 1, 1)
+    std = torch.as_tensor(image_std, dtype=torch.float32).to(images.device, non_blocking=True).view(1, -1, 1, 1)
     return _fp32(images) * std + mean
 
 

@@ -114,7 +114,8 @@ class PATVectorQuantizer(nn.Module):
             logits = 2 * logits - codebook.pow(2).sum(-1) - flat.pow(2).sum(-1, keepdim=True)  # -||h - e||^2
         mean_assignment = (logits.float() / self.diversity_temperature).softmax(-1).mean(0)  # (K,)
         entropy = -torch.xlogy(mean_assignment, mean_assignment).sum()
-        return torch.log(torch.tensor(float(self.codebook_size), device=entropy.device)) - entropy
+        # log K filled on the device: a tensor made from host data would be a copy that waits for the device
+        return entropy.new_full((), float(self.codebook_size)).log() - entropy
 
     def _quantize(self, encoded: torch.Tensor) -> PATQuantizerOutput:
         """(..., D) channels-last encoded vectors -> output fields in the same layout."""
