@@ -33,8 +33,6 @@ replaced when rerun; `--output` for another file).
 import argparse
 import dataclasses
 import json
-import math
-import os
 import resource
 import shutil
 import sys

@@ -52,7 +52,6 @@ from modeling_pat_cli import (  # the console script's front: it parses the argu
     EXIT_RUNTIME,
     EXIT_UNREADABLE,
     EXIT_USAGE,
-    SUBTASKS,
     segment_main,
 )
 

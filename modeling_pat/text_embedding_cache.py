@@ -13,7 +13,6 @@ asked for. The cache is an optimisation only, so it must never make an inference
 
 import hashlib
 import json
-import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
