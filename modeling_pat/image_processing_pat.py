@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import functools
 import io
 import math
 import os
@@ -162,8 +163,13 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
 
 # `semantic_map` prunes classes by tile bounds from this many classes on (below it the dense product is cheaper).
 PRUNE_MIN_CLASSES = 32
-# Off the CPU, `semantic_map`'s bands hold at most this many elements per block (64 MB of fp32; see `_band_plan`).
-DEVICE_BAND_ELEMENTS = 1 << 24
+# Off the CPU pruning reads the candidate count back to the host (one synchronisation per band), so it is on by default
+# only from this many classes on, where the [C, Q] x [Q, pixels] product dominates (ADE-847, Pascal Context 459);
+# fewer classes keep a synchronisation-free path that CUDA graphs can capture.
+DEVICE_PRUNE_MIN_CLASSES = 256
+# Off the CPU, `semantic_map`'s bands hold at most this many elements per block (256 MB of fp32; see `_band_plan`):
+# a 640 x 640 image at 150 classes is one band.
+DEVICE_BAND_ELEMENTS = 1 << 26
 
 
 # On the CPU, `semantic_map`'s bands hold at least this many output pixels: a thin image (65535 x 1) in bands of
@@ -286,14 +292,14 @@ def semantic_map(
       `F.interpolate` calls), its height part (`mask_resize_rows`, a few low-resolution rows per output row, never
       a dense [H, h] matrix) per band of output rows (`_band_plan`), so no [Q, H, W] tensor is ever allocated
       (fresh GB-sized buffers cost about as much in page faults as the arithmetic);
-    * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache (on a GPU: a few
-      large bands; the band's row ranges come from the host copy of the resize rows, no sync);
-    * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile`
-      tile the mask probabilities' per-query max and min (bounded by the low-resolution rows the band
-      interpolates: bilinear weights are >= 0 and sum to 1) give each class an upper bound U_c = P_c . max and a
-      lower bound L_c = P_c . min of its score on the whole tile (probabilities are >= 0); a class whose U_c is
-      below the best L_c, by more than a margin covering float rounding, loses on every pixel of the tile, so only
-      the band's other classes are scored.
+    * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache (on a GPU: whole
+      images or a few large bands, each a handful of large kernels; the band's row ranges come from the host copy
+      of the resize rows and the device copy is cached per size, so nothing waits for the device);
+    * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, elsewhere from `DEVICE_PRUNE_MIN_CLASSES`;
+      label map only): on each `tile` x `tile` tile the band's mask probabilities' per-query max and min give each
+      class an upper bound U_c = P_c . max and a lower bound L_c = P_c . min of its score on the whole tile
+      (probabilities are >= 0); a class whose U_c is below the best L_c, by more than a margin covering float
+      rounding, loses on every pixel of the tile, so only the band's other classes are scored.
     Results equal the plain path's up to float rounding (label maps: except exact ties within rounding).
     """
     probs = _flush_subnormal(class_logits.float().softmax(dim=-1)[..., :-1].T.contiguous())  # (C, Q)
@@ -303,8 +309,9 @@ def semantic_map(
     pad = (None, None) if padded_size is None else padded_size
     img = (None, None) if image_size is None else image_size
     out = (None, None) if output_size is None else output_size
-    row_map = mask_resize_rows(in_height, pad[0], img[0], out[0])  # (H, h) as a few rows each, on the host
-    device_rows = row_map.to(logits)
+    row_map, device_rows, identity_rows = _height_rows(
+        in_height, *(None if size is None else int(size) for size in (pad[0], img[0], out[0])), logits.device
+    )
     logits = _resize_columns(logits, pad[1], img[1], out[1])  # (Q, h, W): the width chain, at low resolution
     height, width = row_map.out_size, logits.shape[-1]
     logits = logits.transpose(0, 1).contiguous()  # (h, Q, W): a band of rows is then one small GEMM
@@ -317,8 +324,8 @@ def semantic_map(
         result["best_scores"] = logits.new_empty(height, width)
         result["score_sums"] = logits.new_empty(height, width)
         total_probs = probs.sum(dim=0, keepdim=True)  # (1, Q)
-    eps = torch.finfo(torch.float32).eps
-    identity_rows = row_map.is_identity()  # host copies: no device sync per band
+    # 4x the rounding of a length-Q sum of products, relative to the tile's largest score (see `_candidate_classes`)
+    margin = 4 * torch.finfo(torch.float32).eps * (num_queries + 1)
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         if identity_rows:
@@ -332,11 +339,8 @@ def semantic_map(
             mask_probs.sigmoid_()
         classes, weights = None, probs
         if prune:
-            # every band row is a convex combination of low-res rows first..last-1 (bilinear weights >= 0, sum 1)
-            low, high = torch.aminmax(logits[first:last], dim=0)  # (Q, W) bounds of the band's logits
-            # relative margin: 4x the rounding of a length-Q sum of products plus that of sigmoid(x) for x this large
-            margin = 4 * eps * (num_queries + float(torch.maximum(high.abs(), low.abs()).max()))
-            classes = _candidate_classes(probs, low.sigmoid(), high.sigmoid(), tile, margin)
+            low, high = _row_tile_bounds(mask_probs, tile)  # (tile rows, Q, W): the band's own probabilities
+            classes = _candidate_classes(probs, low, high, tile, margin)
             if len(classes) < num_classes:
                 weights = probs[classes]
             else:
@@ -352,6 +356,33 @@ def semantic_map(
             result["best_scores"][top:bottom] = best
             result["score_sums"][top:bottom] = torch.matmul(total_probs, mask_probs)[:, 0]
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _height_rows(in_size: int, padded: int | None, image: int | None, output: int | None, device: torch.device):
+    """`mask_resize_rows` of the height chain: (on the host, for the band ranges; on `device` in float32, for the
+    band blocks; whether it is the identity). Cached per sizes and device: at a repeated size nothing is copied to
+    the device (a blocking host-to-device copy waits for the device and cannot be captured in a CUDA graph)."""
+    with torch.inference_mode(False), torch.no_grad():  # cached tensors must serve later calls in any grad mode
+        rows = mask_resize_rows(in_size, padded, image, output)
+        return rows, rows.to(torch.empty(0, device=device)), rows.is_identity()
+
+
+def _row_tile_bounds(mask_probs: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, Q, W) band mask probabilities -> per-query (min, max) over each group of `tile` rows (the last group may
+    be shorter), both (ceil(r / tile), Q, W)."""
+    rows = mask_probs.shape[0]
+    full = rows - rows % tile
+    lows, highs = [], []
+    if full:
+        low, high = torch.aminmax(mask_probs[:full].unflatten(0, (-1, tile)), dim=1)
+        lows.append(low)
+        highs.append(high)
+    if full < rows:
+        low, high = torch.aminmax(mask_probs[full:], dim=0, keepdim=True)
+        lows.append(low)
+        highs.append(high)
+    return torch.cat(lows), torch.cat(highs)
 
 
 def _flush_subnormal(probs: torch.Tensor) -> torch.Tensor:
@@ -383,35 +414,41 @@ def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int,
     CPU: bands of `tile` rows (the pruning tiles), whose blocks stay in cache, or more rows for images narrower than
     CPU_BAND_PIXELS / tile (at least that many pixels per band); with all the scores, few enough rows for an 8 MB
     score block. Pruning is on by default from PRUNE_MIN_CLASSES classes (label map only).
-    Other devices: pruning decides per band on the host (a sync each), and every band costs a dozen kernel launches,
-    so by default there is no pruning and the bands are as large as a block of DEVICE_BAND_ELEMENTS allows (the
-    larger of the band's [Q, rows, W] mask probabilities and [rows, C, W] scores: a few bands per image).
+    Other devices: every band costs about ten kernel launches, so the bands are as large as a block of
+    DEVICE_BAND_ELEMENTS allows (the larger of the band's [Q, rows, W] mask probabilities and [rows, C, W] scores:
+    one band for a 640 x 640 image at 150 classes), a multiple of `tile` rows when pruning. Pruning reads each
+    band's candidate count back to the host, so it is on by default only from DEVICE_PRUNE_MIN_CLASSES classes.
     """
     on_host = device_type == "cpu"
     if prune is None or return_scores:  # every class is scored when the scores are returned
-        prune = on_host and num_classes >= PRUNE_MIN_CLASSES and not return_scores
+        least = PRUNE_MIN_CLASSES if on_host else DEVICE_PRUNE_MIN_CLASSES
+        prune = num_classes >= least and not return_scores
     if on_host:
         rows = max(tile, CPU_BAND_PIXELS // max(1, width))
         if return_scores:  # all the scores: few enough rows for an 8 MB score block
             rows = min(rows, (1 << 21) // max(1, num_classes * width))
         return max(1, rows), prune
-    if prune:
-        return tile, True
     row_elements = max(num_queries, num_classes) * width  # per band row: mask probabilities or scores, the larger
-    return max(1, DEVICE_BAND_ELEMENTS // max(1, row_elements)), False
+    rows = max(1, DEVICE_BAND_ELEMENTS // max(1, row_elements))
+    if prune:  # whole pruning tiles per band
+        rows = max(tile, rows - rows % tile)
+    return rows, prune
 
 
 def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tile: int, margin: float):
-    """(C, Q) class probabilities, (Q, W) lower / upper bounds of a band's mask probabilities -> sorted ids of the
-    classes that can win on some `tile`-wide tile of the band (see `semantic_map`)."""
+    """(C, Q) class probabilities, ([G,] Q, W) lower / upper bounds of a band's mask probabilities (G groups of
+    rows) -> sorted ids of the classes that can win on some `tile`-wide tile of the band (see `semantic_map`).
+
+    `margin` is relative to the tile's largest upper bound: the score products and the bound products are sums of
+    Q non-negative terms in float32, each within about Q * eps of its exact value."""
     if low.shape[-1] > tile:  # the bounds over `tile` columns (the last tile may be narrower)
-        high = F.max_pool1d(high[None], tile, ceil_mode=True)[0]
-        low = -F.max_pool1d(-low[None], tile, ceil_mode=True)[0]
-    upper = probs @ high  # (C, tiles): no pixel of the tile scores higher
-    lower = probs @ low  # (C, tiles): no pixel of the tile scores lower
-    best_lower = lower.amax(dim=0)
-    threshold = best_lower - margin * upper.amax(dim=0)
-    return (upper >= threshold).any(dim=1).nonzero().squeeze(1)
+        high = F.max_pool1d(high, tile, ceil_mode=True)
+        low = -F.max_pool1d(-low, tile, ceil_mode=True)
+    upper = probs @ high  # ([G,] C, tiles): no pixel of the tile scores higher
+    lower = probs @ low  # ([G,] C, tiles): no pixel of the tile scores lower
+    threshold = lower.amax(dim=-2, keepdim=True) - margin * upper.amax(dim=-2, keepdim=True)
+    wins_somewhere = (upper >= threshold).movedim(-2, 0).flatten(1).any(dim=1)  # (C,)
+    return wins_somewhere.nonzero().squeeze(1)
 
 
 def _field(outputs, name: str):
@@ -419,6 +456,16 @@ def _field(outputs, name: str):
     if isinstance(outputs, Mapping):
         return outputs.get(name)
     return getattr(outputs, name, None)
+
+
+def _size_rows(sizes, batch_size: int) -> list[tuple[int, int] | None]:
+    """Every row of a size table (see `_size_at`) as host ints, read at once: a table on an accelerator costs one
+    transfer (one wait for the device), not one per number; None gives None per image."""
+    if sizes is None:
+        return [None] * batch_size
+    if isinstance(sizes, torch.Tensor):
+        sizes = sizes.tolist()
+    return [_size_at(sizes, i) for i in range(batch_size)]
 
 
 def _size_at(sizes, index: int) -> tuple[int, int] | None:
@@ -967,19 +1014,8 @@ class PATImageProcessor(TorchvisionBackend):
         if target_sizes is not None and len(target_sizes) != batch_size:
             raise ValueError(f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}.")
 
-        image_sizes = _field(outputs, "image_sizes")
-        padded_sizes = _field(outputs, "padded_sizes")
-        if padded_sizes is None and image_sizes is not None:
-            all_sizes = [_size_at(image_sizes, i) for i in range(batch_size)]
-            padded_sizes = get_padded_size(all_sizes, self.size_divisibility)
-
         results = []
-        for i in range(batch_size):
-            sizes = {
-                "padded_size": _size_at(padded_sizes, i),
-                "image_size": _size_at(image_sizes, i),
-                "output_size": _size_at(target_sizes, i),
-            }
+        for i, sizes in enumerate(self._post_processing_sizes(outputs, target_sizes, batch_size)):
             if fast:  # the resize happens inside, band by band
                 computed = semantic_map(class_logits[i], mask_logits[i], **sizes,
                                         return_scores=return_segmentation_scores)
@@ -1066,6 +1102,20 @@ class PATImageProcessor(TorchvisionBackend):
             for class_logits, masks_at, size in self._mask_proposals(outputs, target_sizes)
         ]
 
+    def _post_processing_sizes(self, outputs, target_sizes, batch_size: int) -> list[dict]:
+        """Per image: the `padded_size`, `image_size` and `output_size` of `resize_mask_logits`, as host ints. Each
+        size table is read once; tables on the host (the processor's, the model's `padded_sizes`) cost no wait for
+        the device."""
+        given_image_sizes = _field(outputs, "image_sizes")
+        image_sizes = _size_rows(given_image_sizes, batch_size)
+        padded_sizes = _field(outputs, "padded_sizes")
+        if padded_sizes is None and given_image_sizes is not None:
+            padded_sizes = get_padded_size(image_sizes, self.size_divisibility)
+        padded_sizes = _size_rows(padded_sizes, batch_size)
+        output_sizes = _size_rows(target_sizes, batch_size)
+        return [{"padded_size": padded, "image_size": image, "output_size": output}
+                for padded, image, output in zip(padded_sizes, image_sizes, output_sizes)]
+
     def _mask_proposals(self, outputs, target_sizes):
         """Per image: (class_logits (Q, C+1), a function of query ids -> their (K, H, W) mask probabilities at the
         output size, padding cropped as in semantic post-processing, and that output size (H, W))."""
@@ -1083,17 +1133,7 @@ class PATImageProcessor(TorchvisionBackend):
         batch_size = class_logits.shape[0]
         if target_sizes is not None and len(target_sizes) != batch_size:
             raise ValueError(f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}.")
-        image_sizes, padded_sizes = _field(outputs, "image_sizes"), _field(outputs, "padded_sizes")
-        if padded_sizes is None and image_sizes is not None:
-            padded_sizes = get_padded_size(
-                [_size_at(image_sizes, i) for i in range(batch_size)], self.size_divisibility
-            )
-        for i in range(batch_size):
-            sizes = {
-                "padded_size": _size_at(padded_sizes, i),
-                "image_size": _size_at(image_sizes, i),
-                "output_size": _size_at(target_sizes, i),
-            }
+        for i, sizes in enumerate(self._post_processing_sizes(outputs, target_sizes, batch_size)):
             output_size = sizes["output_size"] or sizes["image_size"] or sizes["padded_size"]
             output_size = output_size or tuple(mask_logits.shape[-2:])
 

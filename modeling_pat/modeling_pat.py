@@ -18,6 +18,7 @@ K attention-bias heads (= CLIP heads), D CLIP embedding dim, N classes (+1 = voi
 | `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |
 """
 
+import contextlib
 import functools
 import os
 import threading
@@ -142,8 +143,10 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
     mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
         Unit CLIP embedding of each proposal.
     image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`):
-        Unpadded (height, width) of each image inside `pixel_values`, used by post-processing to crop the padding.
-    padded_sizes (`torch.LongTensor` of shape `(batch_size, 2)`):
+        Unpadded (height, width) of each image inside `pixel_values`, used by post-processing to crop the padding:
+        the tensor given to `forward` (keep the processor's CPU tensor for post-processing that never waits for the
+        device), or the padded size on the CPU.
+    padded_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, on the CPU):
         (height, width) of `pixel_values`, the size the mask logits are upsampled to before cropping.
     """
 
@@ -446,6 +449,14 @@ def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: i
             )
 
 
+def _autocast_off(device_type: str):
+    """Autocast switched off on `device_type`; nothing to switch where it has no autocast (the meta device, on which
+    the tests trace a forward for host-device synchronisations)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
 def _is_host_tensor(tensor: torch.Tensor) -> bool:
     """Whether a value check is free of device synchronisation (and of graph breaks while torch.compile traces)."""
     return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -617,7 +628,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         In fp32 whatever the model's dtype or autocast (cheap: Q x N): logits near 100 x cosine rounded to bf16 would
         move in steps of 0.125-0.25, several percent in the softmax's probability ratios.
         """
-        with torch.autocast(device_type=mask_embeddings.device.type, enabled=False):
+        with _autocast_off(mask_embeddings.device.type):
             scale = self.model.clip_tower.logit_scale.float().exp()
             return torch.einsum("bqd,nd->bqn", mask_embeddings.float(), scale * text_embeddings.float())
 
@@ -694,7 +705,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
                 loss = loss + tokenization_total
                 loss_dict.update({k: loss_details.pop(k) for k in PATTokenizationLoss.GROUP_KEYS if k in loss_details})
         batch, _, height, width = pixel_values.shape
-        padded = torch.tensor([[height, width]], device=pixel_values.device).expand(batch, 2)
+        # sizes are shapes, known on the host: kept there, post-processing reads them without waiting for the device
+        padded = torch.tensor([[height, width]]).expand(batch, 2)
         return PATForOpenVocabSegmentationOutput(
             loss=loss,
             class_queries_logits=class_logits,

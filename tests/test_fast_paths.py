@@ -207,13 +207,16 @@ def test_banded_pruned_label_map_equals_plain(num_classes):
 @pytest.mark.parametrize("num_classes", [6, 300])
 @pytest.mark.parametrize("band_elements", [1 << 24, 12 * 136 * 8])  # one band; bands of 8 or fewer rows
 def test_gpu_band_plan_gives_the_same_maps(num_classes, band_elements, monkeypatch):
-    """The plan `semantic_map` uses off the CPU (no pruning, few large bands), run here on CPU tensors."""
+    """The plan `semantic_map` uses off the CPU (few large bands, pruning from DEVICE_PRUNE_MIN_CLASSES classes:
+    at 300 classes here, over several tile rows per band), run here on CPU tensors."""
     from modeling_pat import image_processing_pat
 
     plan = image_processing_pat._band_plan
-    assert plan("cuda", 100, 20, 640, 16, None, False) == (262, False)  # 16M-element blocks: 3 bands at 640 px
-    assert plan("cuda", 100, 847, 640, 16, None, False) == (30, False)  # the [rows, C, W] scores set the size
-    assert plan("cuda", 100, 847, 640, 16, True, False) == (16, True)  # pruning asked for: bands are its tiles
+    assert plan("cuda", 100, 20, 640, 16, None, False) == (1048, False)  # 64M-element blocks: one band at 640 px
+    assert plan("cuda", 100, 150, 640, 16, None, False) == (699, False)  # ADE-150: one band, no pruning (no sync)
+    assert plan("cuda", 100, 847, 640, 16, None, False) == (112, True)  # whole pruning tiles, [rows, C, W] bound
+    assert plan("cuda", 100, 847, 640, 16, False, False) == (123, False)  # the [rows, C, W] scores set the size
+    assert plan("cuda", 100, 847, 640, 16, None, True) == (123, False)  # all the scores: no pruning
     assert plan("cpu", 100, 847, 640, 16, None, False) == (16, True)
     monkeypatch.setattr(image_processing_pat, "_band_plan", lambda device, *args: plan("cuda", *args))
     monkeypatch.setattr(image_processing_pat, "DEVICE_BAND_ELEMENTS", band_elements)
