@@ -198,10 +198,6 @@ class ResizeRows:
         return (self.out_size == self.in_size and bool((self.first == rows).all())
                 and bool((self.weights[:, 0] == 1).all()) and bool((self.weights[:, 1:] == 0).all()))
 
-    def to(self, like: torch.Tensor) -> "ResizeRows":
-        """The weights in `like`'s dtype, everything on its device (once per image: no copy per band)."""
-        return ResizeRows(self.first.to(like.device), self.last.to(like.device), self.weights.to(like), self.in_size)
-
     def block(self, top: int, bottom: int, first: int, last: int) -> torch.Tensor:
         """The dense (bottom - top, last - first) block of output rows top..bottom-1 over source rows first..last-1
         (which must cover their non-zero weights), in the weights' dtype and device."""
@@ -309,9 +305,8 @@ def semantic_map(
     pad = (None, None) if padded_size is None else padded_size
     img = (None, None) if image_size is None else image_size
     out = (None, None) if output_size is None else output_size
-    row_map, device_rows, identity_rows = _height_rows(
-        in_height, *(None if size is None else int(size) for size in (pad[0], img[0], out[0])), logits.device
-    )
+    height_chain = (in_height, *(None if size is None else int(size) for size in (pad[0], img[0], out[0])))
+    row_map, identity_rows = _height_rows(*height_chain)
     logits = _resize_columns(logits, pad[1], img[1], out[1])  # (Q, h, W): the width chain, at low resolution
     height, width = row_map.out_size, logits.shape[-1]
     logits = logits.transpose(0, 1).contiguous()  # (h, Q, W): a band of rows is then one small GEMM
@@ -332,9 +327,8 @@ def semantic_map(
             first, last = top, bottom
             mask_probs = logits[top:bottom].sigmoid()  # (r, Q, W)
         else:  # the band's rows of the resize read only a few low-resolution rows
-            first, last = int(row_map.first[top:bottom].min()), int(row_map.last[top:bottom].max())
+            first, last, block = _band_block(height_chain, top, bottom, logits.device)
             source = logits[first:last]
-            block = device_rows.block(top, bottom, first, last)
             mask_probs = (block @ source.view(last - first, -1)).view(-1, *source.shape[1:])
             mask_probs.sigmoid_()
         classes, weights = None, probs
@@ -359,13 +353,22 @@ def semantic_map(
 
 
 @functools.lru_cache(maxsize=64)
-def _height_rows(in_size: int, padded: int | None, image: int | None, output: int | None, device: torch.device):
-    """`mask_resize_rows` of the height chain: (on the host, for the band ranges; on `device` in float32, for the
-    band blocks; whether it is the identity). Cached per sizes and device: at a repeated size nothing is copied to
-    the device (a blocking host-to-device copy waits for the device and cannot be captured in a CUDA graph)."""
-    with torch.inference_mode(False), torch.no_grad():  # cached tensors must serve later calls in any grad mode
+def _height_rows(in_size: int, padded: int | None, image: int | None, output: int | None):
+    """(`mask_resize_rows` of the height chain, whether it is the identity), on the host, cached per sizes."""
+    with torch.inference_mode(False):  # cached tensors must serve later calls in any grad mode
         rows = mask_resize_rows(in_size, padded, image, output)
-        return rows, rows.to(torch.empty(0, device=device)), rows.is_identity()
+        return rows, rows.is_identity()
+
+
+@functools.lru_cache(maxsize=256)
+def _band_block(height_chain: tuple, top: int, bottom: int, device: torch.device):
+    """(first, last, the float32 (bottom - top, last - first) block on `device`) of output rows top..bottom-1 of the
+    height chain, which read source rows first..last-1. Cached per band and device: at a repeated size nothing is
+    built or copied (a blocking host-to-device copy waits for the device and cannot be captured in a CUDA graph)."""
+    rows, _ = _height_rows(*height_chain)
+    first, last = int(rows.first[top:bottom].min()), int(rows.last[top:bottom].max())
+    with torch.inference_mode(False):
+        return first, last, rows.block(top, bottom, first, last).to(device, torch.float32)
 
 
 def _row_tile_bounds(mask_probs: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
