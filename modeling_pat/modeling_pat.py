@@ -18,7 +18,6 @@ K attention-bias heads (= CLIP heads), D CLIP embedding dim, N classes (+1 = voi
 | `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |
 """
 
-import contextlib
 import functools
 import os
 import threading
@@ -41,7 +40,7 @@ from .losses import PATSegmentationLoss, labels_to_targets
 from .pat_losses import PATTokenizationLoss
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
-from .quantizer import PATQuantizerOutput, PATVectorQuantizer
+from .quantizer import PATQuantizerOutput, PATVectorQuantizer, autocast_off
 from .samplers import PATOffsetConv2d
 from .side_adapter import PATChannelLayerNorm, PATFusionProjection, PATSideAdapter
 from .text_embedding_cache import fingerprint_text_weights, read_text_cache, text_cache_path, update_text_cache
@@ -449,14 +448,6 @@ def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: i
             )
 
 
-def _autocast_off(device_type: str):
-    """Autocast switched off on `device_type`; nothing to switch where it has no autocast (the meta device, on which
-    the tests trace a forward for host-device synchronisations)."""
-    if not torch.amp.is_autocast_available(device_type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, enabled=False)
-
-
 def _is_host_tensor(tensor: torch.Tensor) -> bool:
     """Whether a value check is free of device synchronisation (and of graph breaks while torch.compile traces)."""
     return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -628,7 +619,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         In fp32 whatever the model's dtype or autocast (cheap: Q x N): logits near 100 x cosine rounded to bf16 would
         move in steps of 0.125-0.25, several percent in the softmax's probability ratios.
         """
-        with _autocast_off(mask_embeddings.device.type):
+        with autocast_off(mask_embeddings.device.type):
             scale = self.model.clip_tower.logit_scale.float().exp()
             return torch.einsum("bqd,nd->bqn", mask_embeddings.float(), scale * text_embeddings.float())
 

@@ -72,10 +72,10 @@ def test_counter_sees_every_kind_of_sync():
     assert count_syncs(lambda: x * torch.tensor(2.0) + torch.arange(4, device="meta")) == []  # 0-d host scalar
 
 
-@pytest.fixture(scope="module")
-def meta_run():
-    """A tiny SAN on the meta device, its class embeddings there, a batch of two 128 x 160 images."""
-    model = tiny_model()
+@pytest.fixture(scope="module", params=["san-tiny", "pat-tiny"])
+def meta_run(request):
+    """A tiny SAN (or PAT) on the meta device, its class embeddings there, a batch of two 128 x 160 images."""
+    model = tiny_model(preset=request.param)
     with torch.inference_mode():
         embeddings = model.get_class_embeddings(class_names=["sky", "tree", "road", "person", "car"])
     return model.to("meta"), embeddings.clone().to("meta"), torch.empty(2, 3, 128, 160, device="meta")
