@@ -360,7 +360,7 @@ def _height_rows(in_size: int, padded: int | None, image: int | None, output: in
         return rows, rows.is_identity()
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=128)  # a GPU image is a few bands of at most (rows x source rows) floats each
 def _band_block(height_chain: tuple, top: int, bottom: int, device: torch.device):
     """(first, last, the float32 (bottom - top, last - first) block on `device`) of output rows top..bottom-1 of the
     height chain, which read source rows first..last-1. Cached per band and device: at a repeated size nothing is

@@ -6,6 +6,7 @@ all elements times D, which equals the mean over positions of the squared L2 nor
 """
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -124,7 +125,7 @@ class PATVectorQuantizer(nn.Module):
             logits = 2 * logits - codebook.pow(2).sum(-1) - flat.pow(2).sum(-1, keepdim=True)  # -||h - e||^2
         mean_assignment = (logits.float() / self.diversity_temperature).softmax(-1).mean(0)  # (K,)
         entropy = -torch.xlogy(mean_assignment, mean_assignment).sum()
-        return torch.log(torch.tensor(float(self.codebook_size), device=entropy.device)) - entropy
+        return math.log(self.codebook_size) - entropy  # a host number: no copy to the device
 
     def _quantize(self, encoded: torch.Tensor) -> PATQuantizerOutput:
         """(..., D) channels-last encoded vectors -> output fields in the same layout."""

@@ -55,8 +55,22 @@ class HostDeviceSyncCounter(TorchDispatchMode):
 
 
 def count_syncs(call) -> list[str]:
-    with torch.no_grad(), HostDeviceSyncCounter() as counter:  # (inference_mode would hide item() from the mode)
-        call()
+    """The syncs of `call()`. `torch.tensor(data, device=...)` / `torch.as_tensor` copy host data to the device below
+    the dispatcher, so they are counted by wrapping them."""
+    counter = HostDeviceSyncCounter()
+
+    def from_host(make):
+        def wrapped(data, *args, **kwargs):
+            if str(kwargs.get("device", "")).startswith("meta") and not isinstance(data, torch.Tensor):
+                counter.syncs.append(f"torch.{make.__name__}(host data, device=...)")
+            return make(data, *args, **kwargs)
+        return wrapped
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "tensor", from_host(torch.tensor))
+        patch.setattr(torch, "as_tensor", from_host(torch.as_tensor))
+        with torch.no_grad(), counter:  # (inference_mode would hide item() from the mode)
+            call()
     return counter.syncs
 
 
@@ -67,6 +81,7 @@ def test_counter_sees_every_kind_of_sync():
         lambda: x.sum().item(), lambda: bool(x.any()), lambda: int(x[0, 0]), lambda: x.tolist(),
         lambda: x.nonzero(), lambda: x.cpu(), lambda: torch.ones(3).to("meta"),
         lambda: x.new_zeros(3).copy_(torch.ones(3)), lambda: x[torch.tensor([0, 2])],
+        lambda: torch.tensor([[128, 160]], device="meta"),
     ]
     assert [len(count_syncs(call)) for call in calls] == [1] * len(calls)
     assert count_syncs(lambda: x * torch.tensor(2.0) + torch.arange(4, device="meta")) == []  # 0-d host scalar
