@@ -167,9 +167,10 @@ PRUNE_MIN_CLASSES = 32
 # only from this many classes on, where the [C, Q] x [Q, pixels] product dominates (ADE-847, Pascal Context 459);
 # fewer classes keep a synchronisation-free path that CUDA graphs can capture.
 DEVICE_PRUNE_MIN_CLASSES = 256
-# Off the CPU, `semantic_map`'s bands hold at most this many elements per block (256 MB of fp32; see `_band_plan`):
-# a 640 x 640 image at 150 classes is one band.
-DEVICE_BAND_ELEMENTS = 1 << 26
+# Off the CPU, `semantic_map`'s bands hold at most this many elements per block (64 MB of fp32; see `_band_plan`):
+# a 640 x 640 image at 150 classes is four bands. Larger bands cost more than they save: the height resize of a band
+# is a dense (rows x source rows) GEMM, whose zeros grow with the band.
+DEVICE_BAND_ELEMENTS = 1 << 24
 
 
 # On the CPU, `semantic_map`'s bands hold at least this many output pixels: a thin image (65535 x 1) in bands of
@@ -288,9 +289,9 @@ def semantic_map(
       `F.interpolate` calls), its height part (`mask_resize_rows`, a few low-resolution rows per output row, never
       a dense [H, h] matrix) per band of output rows (`_band_plan`), so no [Q, H, W] tensor is ever allocated
       (fresh GB-sized buffers cost about as much in page faults as the arithmetic);
-    * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache (on a GPU: whole
-      images or a few large bands, each a handful of large kernels; the band's row ranges come from the host copy
-      of the resize rows and the device copy is cached per size, so nothing waits for the device);
+    * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache (on a GPU: a few
+      large bands, each a handful of large kernels; the band's row range and resize block are cached per size and
+      device, so nothing waits for the device);
     * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, elsewhere from `DEVICE_PRUNE_MIN_CLASSES`;
       label map only): on each `tile` x `tile` tile the band's mask probabilities' per-query max and min give each
       class an upper bound U_c = P_c . max and a lower bound L_c = P_c . min of its score on the whole tile
@@ -417,10 +418,13 @@ def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int,
     CPU: bands of `tile` rows (the pruning tiles), whose blocks stay in cache, or more rows for images narrower than
     CPU_BAND_PIXELS / tile (at least that many pixels per band); with all the scores, few enough rows for an 8 MB
     score block. Pruning is on by default from PRUNE_MIN_CLASSES classes (label map only).
-    Other devices: every band costs about ten kernel launches, so the bands are as large as a block of
-    DEVICE_BAND_ELEMENTS allows (the larger of the band's [Q, rows, W] mask probabilities and [rows, C, W] scores:
-    one band for a 640 x 640 image at 150 classes), a multiple of `tile` rows when pruning. Pruning reads each
-    band's candidate count back to the host, so it is on by default only from DEVICE_PRUNE_MIN_CLASSES classes.
+    Other devices: every band costs about five kernel launches (its resize block is cached), so the bands are as
+    large as a block of DEVICE_BAND_ELEMENTS allows (the larger of the band's [Q, rows, W] mask probabilities and
+    [rows, C, W] scores: four bands for a 640 x 640 image at 150 classes). Pruning reads each band's candidate
+    count back to the host, so it is on by default only from DEVICE_PRUNE_MIN_CLASSES classes, and its bands are
+    sized by the mask probabilities alone (whole tiles), since only the candidates are scored: three bands at
+    640 x 640 (without structure in the masks, all C classes survive and a band's scores take up to C / Q times
+    the block).
     """
     on_host = device_type == "cpu"
     if prune is None or return_scores:  # every class is scored when the scores are returned
@@ -431,11 +435,11 @@ def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int,
         if return_scores:  # all the scores: few enough rows for an 8 MB score block
             rows = min(rows, (1 << 21) // max(1, num_classes * width))
         return max(1, rows), prune
+    if prune:  # the band's mask probabilities set the size, in whole pruning tiles
+        rows = DEVICE_BAND_ELEMENTS // max(1, num_queries * width)
+        return max(tile, rows - rows % tile), True
     row_elements = max(num_queries, num_classes) * width  # per band row: mask probabilities or scores, the larger
-    rows = max(1, DEVICE_BAND_ELEMENTS // max(1, row_elements))
-    if prune:  # whole pruning tiles per band
-        rows = max(tile, rows - rows % tile)
-    return rows, prune
+    return max(1, DEVICE_BAND_ELEMENTS // max(1, row_elements)), False
 
 
 def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tile: int, margin: float):

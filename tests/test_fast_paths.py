@@ -212,11 +212,11 @@ def test_gpu_band_plan_gives_the_same_maps(num_classes, band_elements, monkeypat
     from modeling_pat import image_processing_pat
 
     plan = image_processing_pat._band_plan
-    assert plan("cuda", 100, 20, 640, 16, None, False) == (1048, False)  # 64M-element blocks: one band at 640 px
-    assert plan("cuda", 100, 150, 640, 16, None, False) == (699, False)  # ADE-150: one band, no pruning (no sync)
-    assert plan("cuda", 100, 847, 640, 16, None, False) == (112, True)  # whole pruning tiles, [rows, C, W] bound
-    assert plan("cuda", 100, 847, 640, 16, False, False) == (123, False)  # the [rows, C, W] scores set the size
-    assert plan("cuda", 100, 847, 640, 16, None, True) == (123, False)  # all the scores: no pruning
+    assert plan("cuda", 100, 20, 640, 16, None, False) == (262, False)  # 16M-element blocks: 3 bands at 640 px
+    assert plan("cuda", 100, 150, 640, 16, None, False) == (174, False)  # ADE-150: 4 bands, no pruning (no sync)
+    assert plan("cuda", 100, 847, 640, 16, None, False) == (256, True)  # whole pruning tiles of [Q, rows, W]
+    assert plan("cuda", 100, 847, 640, 16, False, False) == (30, False)  # the [rows, C, W] scores set the size
+    assert plan("cuda", 100, 847, 640, 16, None, True) == (30, False)  # all the scores: no pruning
     assert plan("cpu", 100, 847, 640, 16, None, False) == (16, True)
     monkeypatch.setattr(image_processing_pat, "_band_plan", lambda device, *args: plan("cuda", *args))
     monkeypatch.setattr(image_processing_pat, "DEVICE_BAND_ELEMENTS", band_elements)
