@@ -249,6 +249,28 @@ def test_pruning_actually_prunes_on_peaked_class_probabilities():
     assert torch.equal(semantic_map(class_logits, low, output_size=(64, 64))["segmentation"], labels)
 
 
+def test_pruning_bounds_per_tile_row_group():
+    """A band of several tile rows (the device plan's) is bounded per group of `tile` rows: its candidates are the
+    union of each group's, and a group's bounds are tighter than one bound over the whole band."""
+    from modeling_pat.image_processing_pat import _candidate_classes, _row_tile_bounds
+
+    generator = torch.Generator().manual_seed(0)
+    queries, num_classes, tile = 12, 200, 16
+    low = F.avg_pool2d(torch.randn(1, queries, 10, 10, generator=generator) * 12, 3, stride=1)[0]
+    class_logits = torch.full((queries, num_classes + 1), -10.0)
+    class_logits[torch.arange(queries), torch.randint(0, num_classes, (queries,), generator=generator)] = 10.0
+    probs = class_logits.softmax(-1)[:, :-1].T.contiguous()
+    band = torch.sigmoid(resize_mask_logits(low, output_size=(88, 64))).transpose(0, 1)  # (88 rows, Q, W)
+    lows, highs = _row_tile_bounds(band, tile)
+    assert lows.shape == highs.shape == (6, queries, 64)  # 5 x 16 + 8 rows
+    assert torch.equal(highs[5], band[80:].amax(dim=0)) and torch.equal(lows[0], band[:16].amin(dim=0))
+    grouped = _candidate_classes(probs, lows, highs, tile, 1e-4)
+    each = [_candidate_classes(probs, lows[g], highs[g], tile, 1e-4) for g in range(6)]
+    assert torch.equal(grouped, torch.cat(each).unique())
+    whole = _candidate_classes(probs, band.amin(dim=0), band.amax(dim=0), tile, 1e-4)
+    assert min(len(ids) for ids in each) < len(whole)  # a group's own bounds leave fewer classes than the band's
+
+
 def test_subnormal_class_probabilities_are_flushed_and_maps_unchanged(monkeypatch):
     """A sharp softmax over many classes gives subnormal probabilities (slow on CPUs); `semantic_map` scores with
     them flushed to 0 and still gives the plain path's maps and scores."""
