@@ -293,9 +293,10 @@ def semantic_map(
       large bands, each a handful of large kernels; the band's row range and resize block are cached per size and
       device, so nothing waits for the device);
     * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, elsewhere from `DEVICE_PRUNE_MIN_CLASSES`;
-      label map only): on each `tile` x `tile` tile the band's mask probabilities' per-query max and min give each
-      class an upper bound U_c = P_c . max and a lower bound L_c = P_c . min of its score on the whole tile
-      (probabilities are >= 0); a class whose U_c is below the best L_c, by more than a margin covering float
+      label map only): on each `tile` x `tile` tile the mask probabilities' per-query max and min (bounded by the
+      low-resolution rows each group of `tile` output rows interpolates: bilinear weights are >= 0 and sum to 1)
+      give each class an upper bound U_c = P_c . max and a lower bound L_c = P_c . min of its score on the whole
+      tile (probabilities are >= 0); a class whose U_c is below the best L_c, by more than a margin covering float
       rounding, loses on every pixel of the tile, so only the band's other classes are scored.
     Results equal the plain path's up to float rounding (label maps: except exact ties within rounding).
     """
@@ -320,8 +321,7 @@ def semantic_map(
         result["best_scores"] = logits.new_empty(height, width)
         result["score_sums"] = logits.new_empty(height, width)
         total_probs = probs.sum(dim=0, keepdim=True)  # (1, Q)
-    # 4x the rounding of a length-Q sum of products, relative to the tile's largest score (see `_candidate_classes`)
-    margin = 4 * torch.finfo(torch.float32).eps * (num_queries + 1)
+    eps = torch.finfo(torch.float32).eps
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         if identity_rows:
@@ -334,8 +334,14 @@ def semantic_map(
             mask_probs.sigmoid_()
         classes, weights = None, probs
         if prune:
-            low, high = _row_tile_bounds(mask_probs, tile)  # (tile rows, Q, W): the band's own probabilities
-            classes = _candidate_classes(probs, low, high, tile, margin)
+            # every row of a group of `tile` output rows is a convex combination of its low-res source rows
+            # (bilinear weights >= 0, sum 1): their min / max bound its logits
+            sources = _tile_row_sources(height_chain, top, bottom, tile, logits.device)  # (groups, S)
+            low, high = torch.aminmax(logits[sources], dim=1)  # (groups, Q, W)
+            # relative margin: 4x the rounding of a length-Q sum of products plus that of sigmoid(x) for x this
+            # large (a device number: nothing waits for it)
+            margin = 4 * eps * (num_queries + torch.maximum(high.abs(), low.abs()).amax())
+            classes = _candidate_classes(probs, low.sigmoid(), high.sigmoid(), tile, margin)
             if len(classes) < num_classes:
                 weights = probs[classes]
             else:
@@ -372,21 +378,16 @@ def _band_block(height_chain: tuple, top: int, bottom: int, device: torch.device
         return first, last, rows.block(top, bottom, first, last).to(device, torch.float32)
 
 
-def _row_tile_bounds(mask_probs: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r, Q, W) band mask probabilities -> per-query (min, max) over each group of `tile` rows (the last group may
-    be shorter), both (ceil(r / tile), Q, W)."""
-    rows = mask_probs.shape[0]
-    full = rows - rows % tile
-    lows, highs = [], []
-    if full:
-        low, high = torch.aminmax(mask_probs[:full].unflatten(0, (-1, tile)), dim=1)
-        lows.append(low)
-        highs.append(high)
-    if full < rows:
-        low, high = torch.aminmax(mask_probs[full:], dim=0, keepdim=True)
-        lows.append(low)
-        highs.append(high)
-    return torch.cat(lows), torch.cat(highs)
+@functools.lru_cache(maxsize=128)
+def _tile_row_sources(height_chain: tuple, top: int, bottom: int, tile: int, device: torch.device) -> torch.Tensor:
+    """(groups, S) int64 on `device`: for each group of `tile` output rows top..bottom-1 of the height chain (the
+    last group may be shorter), the low-resolution rows its resize reads (the last one repeated to fill S)."""
+    rows, _ = _height_rows(*height_chain)
+    groups = [slice(start, min(start + tile, bottom)) for start in range(top, bottom, tile)]
+    ranges = [(int(rows.first[group].min()), int(rows.last[group].max())) for group in groups]
+    span = max(last - first for first, last in ranges)
+    with torch.inference_mode(False):
+        return torch.tensor([[min(first + k, last - 1) for k in range(span)] for first, last in ranges]).to(device)
 
 
 def _flush_subnormal(probs: torch.Tensor) -> torch.Tensor:
@@ -446,8 +447,7 @@ def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tenso
     """(C, Q) class probabilities, ([G,] Q, W) lower / upper bounds of a band's mask probabilities (G groups of
     rows) -> sorted ids of the classes that can win on some `tile`-wide tile of the band (see `semantic_map`).
 
-    `margin` is relative to the tile's largest upper bound: the score products and the bound products are sums of
-    Q non-negative terms in float32, each within about Q * eps of its exact value."""
+    `margin` (a number or a 0-d tensor) is relative to the tile's largest upper bound."""
     if low.shape[-1] > tile:  # the bounds over `tile` columns (the last tile may be narrower)
         high = F.max_pool1d(high, tile, ceil_mode=True)
         low = -F.max_pool1d(-low, tile, ceil_mode=True)

@@ -250,25 +250,29 @@ def test_pruning_actually_prunes_on_peaked_class_probabilities():
 
 
 def test_pruning_bounds_per_tile_row_group():
-    """A band of several tile rows (the device plan's) is bounded per group of `tile` rows: its candidates are the
-    union of each group's, and a group's bounds are tighter than one bound over the whole band."""
-    from modeling_pat.image_processing_pat import _candidate_classes, _row_tile_bounds
+    """A band of several tile rows (the device plan's) is bounded per group of `tile` rows, by the low-resolution
+    rows each group reads: its candidates are the union of the groups', and a group's are fewer than the band's."""
+    from modeling_pat.image_processing_pat import _candidate_classes, _tile_row_sources
 
     generator = torch.Generator().manual_seed(0)
     queries, num_classes, tile = 12, 200, 16
-    low = F.avg_pool2d(torch.randn(1, queries, 10, 10, generator=generator) * 12, 3, stride=1)[0]
+    low = F.avg_pool2d(torch.randn(1, queries, 10, 10, generator=generator) * 12, 3, stride=1)[0]  # (Q, 8, 8)
     class_logits = torch.full((queries, num_classes + 1), -10.0)
     class_logits[torch.arange(queries), torch.randint(0, num_classes, (queries,), generator=generator)] = 10.0
     probs = class_logits.softmax(-1)[:, :-1].T.contiguous()
-    band = torch.sigmoid(resize_mask_logits(low, output_size=(88, 64))).transpose(0, 1)  # (88 rows, Q, W)
-    lows, highs = _row_tile_bounds(band, tile)
-    assert lows.shape == highs.shape == (6, queries, 64)  # 5 x 16 + 8 rows
-    assert torch.equal(highs[5], band[80:].amax(dim=0)) and torch.equal(lows[0], band[:16].amin(dim=0))
-    grouped = _candidate_classes(probs, lows, highs, tile, 1e-4)
-    each = [_candidate_classes(probs, lows[g], highs[g], tile, 1e-4) for g in range(6)]
+    sources = _tile_row_sources((8, None, None, 88), 0, 88, tile, torch.device("cpu"))
+    dense = mask_resize_matrix(8, None, None, 88)
+    assert sources.shape[0] == 6  # 5 x 16 + 8 rows
+    for group, rows in enumerate(sources):  # every source row a group's output rows read is among its rows
+        assert set(dense[group * tile:(group + 1) * tile].nonzero()[:, 1].tolist()) <= set(rows.tolist())
+    logits = low.transpose(0, 1)  # (h, Q, w)
+    lows, highs = torch.aminmax(logits[sources], dim=1)
+    grouped = _candidate_classes(probs, lows.sigmoid(), highs.sigmoid(), tile, 1e-4)
+    each = [_candidate_classes(probs, lows[g].sigmoid(), highs[g].sigmoid(), tile, 1e-4) for g in range(6)]
     assert torch.equal(grouped, torch.cat(each).unique())
-    whole = _candidate_classes(probs, band.amin(dim=0), band.amax(dim=0), tile, 1e-4)
-    assert min(len(ids) for ids in each) < len(whole)  # a group's own bounds leave fewer classes than the band's
+    band_low, band_high = torch.aminmax(logits, dim=0)
+    whole = _candidate_classes(probs, band_low.sigmoid(), band_high.sigmoid(), tile, 1e-4)
+    assert min(len(ids) for ids in each) < len(whole)
 
 
 def test_subnormal_class_probabilities_are_flushed_and_maps_unchanged(monkeypatch):
