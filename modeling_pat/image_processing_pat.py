@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import functools
 import io
 import math
 import os
@@ -162,7 +163,13 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
 
 # `semantic_map` prunes classes by tile bounds from this many classes on (below it the dense product is cheaper).
 PRUNE_MIN_CLASSES = 32
-# Off the CPU, `semantic_map`'s bands hold at most this many elements per block (64 MB of fp32; see `_band_plan`).
+# Off the CPU pruning reads the candidate count back to the host (one synchronisation per band), so it is on by default
+# only from this many classes on, where the [C, Q] x [Q, pixels] product dominates (ADE-847, Pascal Context 459);
+# fewer classes keep a synchronisation-free path that CUDA graphs can capture.
+DEVICE_PRUNE_MIN_CLASSES = 256
+# Off the CPU, `semantic_map`'s bands hold at most this many elements per block (64 MB of fp32; see `_band_plan`):
+# a 640 x 640 image at 150 classes is four bands. Larger bands cost more than they save: the height resize of a band
+# is a dense (rows x source rows) GEMM, whose zeros grow with the band.
 DEVICE_BAND_ELEMENTS = 1 << 24
 
 
@@ -191,10 +198,6 @@ class ResizeRows:
         rows = torch.arange(self.out_size)
         return (self.out_size == self.in_size and bool((self.first == rows).all())
                 and bool((self.weights[:, 0] == 1).all()) and bool((self.weights[:, 1:] == 0).all()))
-
-    def to(self, like: torch.Tensor) -> "ResizeRows":
-        """The weights in `like`'s dtype, everything on its device (once per image: no copy per band)."""
-        return ResizeRows(self.first.to(like.device), self.last.to(like.device), self.weights.to(like), self.in_size)
 
     def block(self, top: int, bottom: int, first: int, last: int) -> torch.Tensor:
         """The dense (bottom - top, last - first) block of output rows top..bottom-1 over source rows first..last-1
@@ -287,13 +290,14 @@ def semantic_map(
       a dense [H, h] matrix) per band of output rows (`_band_plan`), so no [Q, H, W] tensor is ever allocated
       (fresh GB-sized buffers cost about as much in page faults as the arithmetic);
     * per band: sigmoid, [C, Q] @ [Q, band pixels] and its argmax while the band is in cache (on a GPU: a few
-      large bands; the band's row ranges come from the host copy of the resize rows, no sync);
-    * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, label map only): on each `tile` x `tile`
-      tile the mask probabilities' per-query max and min (bounded by the low-resolution rows the band
-      interpolates: bilinear weights are >= 0 and sum to 1) give each class an upper bound U_c = P_c . max and a
-      lower bound L_c = P_c . min of its score on the whole tile (probabilities are >= 0); a class whose U_c is
-      below the best L_c, by more than a margin covering float rounding, loses on every pixel of the tile, so only
-      the band's other classes are scored.
+      large bands, each a handful of large kernels; the band's row range and resize block are cached per size and
+      device, so nothing waits for the device);
+    * pruning (default on the CPU from `PRUNE_MIN_CLASSES` classes on, elsewhere from `DEVICE_PRUNE_MIN_CLASSES`;
+      label map only): on each `tile` x `tile` tile the mask probabilities' per-query max and min (bounded by the
+      low-resolution rows each group of `tile` output rows interpolates: bilinear weights are >= 0 and sum to 1)
+      give each class an upper bound U_c = P_c . max and a lower bound L_c = P_c . min of its score on the whole
+      tile (probabilities are >= 0); a class whose U_c is below the best L_c, by more than a margin covering float
+      rounding, loses on every pixel of the tile, so only the band's other classes are scored.
     Results equal the plain path's up to float rounding (label maps: except exact ties within rounding).
     """
     probs = _flush_subnormal(class_logits.float().softmax(dim=-1)[..., :-1].T.contiguous())  # (C, Q)
@@ -303,8 +307,8 @@ def semantic_map(
     pad = (None, None) if padded_size is None else padded_size
     img = (None, None) if image_size is None else image_size
     out = (None, None) if output_size is None else output_size
-    row_map = mask_resize_rows(in_height, pad[0], img[0], out[0])  # (H, h) as a few rows each, on the host
-    device_rows = row_map.to(logits)
+    height_chain = (in_height, *(None if size is None else int(size) for size in (pad[0], img[0], out[0])))
+    row_map, identity_rows = _height_rows(*height_chain)
     logits = _resize_columns(logits, pad[1], img[1], out[1])  # (Q, h, W): the width chain, at low resolution
     height, width = row_map.out_size, logits.shape[-1]
     logits = logits.transpose(0, 1).contiguous()  # (h, Q, W): a band of rows is then one small GEMM
@@ -318,24 +322,25 @@ def semantic_map(
         result["score_sums"] = logits.new_empty(height, width)
         total_probs = probs.sum(dim=0, keepdim=True)  # (1, Q)
     eps = torch.finfo(torch.float32).eps
-    identity_rows = row_map.is_identity()  # host copies: no device sync per band
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         if identity_rows:
             first, last = top, bottom
             mask_probs = logits[top:bottom].sigmoid()  # (r, Q, W)
         else:  # the band's rows of the resize read only a few low-resolution rows
-            first, last = int(row_map.first[top:bottom].min()), int(row_map.last[top:bottom].max())
+            first, last, block = _band_block(height_chain, top, bottom, logits.device)
             source = logits[first:last]
-            block = device_rows.block(top, bottom, first, last)
             mask_probs = (block @ source.view(last - first, -1)).view(-1, *source.shape[1:])
             mask_probs.sigmoid_()
         classes, weights = None, probs
         if prune:
-            # every band row is a convex combination of low-res rows first..last-1 (bilinear weights >= 0, sum 1)
-            low, high = torch.aminmax(logits[first:last], dim=0)  # (Q, W) bounds of the band's logits
-            # relative margin: 4x the rounding of a length-Q sum of products plus that of sigmoid(x) for x this large
-            margin = 4 * eps * (num_queries + float(torch.maximum(high.abs(), low.abs()).max()))
+            # every row of a group of `tile` output rows is a convex combination of its low-res source rows
+            # (bilinear weights >= 0, sum 1): their min / max bound its logits
+            sources = _tile_row_sources(height_chain, top, bottom, tile, logits.device)  # (groups, S)
+            low, high = torch.aminmax(logits[sources], dim=1)  # (groups, Q, W)
+            # relative margin: 4x the rounding of a length-Q sum of products plus that of sigmoid(x) for x this
+            # large (a device number: nothing waits for it)
+            margin = 4 * eps * (num_queries + torch.maximum(high.abs(), low.abs()).amax())
             classes = _candidate_classes(probs, low.sigmoid(), high.sigmoid(), tile, margin)
             if len(classes) < num_classes:
                 weights = probs[classes]
@@ -352,6 +357,37 @@ def semantic_map(
             result["best_scores"][top:bottom] = best
             result["score_sums"][top:bottom] = torch.matmul(total_probs, mask_probs)[:, 0]
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _height_rows(in_size: int, padded: int | None, image: int | None, output: int | None):
+    """(`mask_resize_rows` of the height chain, whether it is the identity), on the host, cached per sizes."""
+    with torch.inference_mode(False):  # cached tensors must serve later calls in any grad mode
+        rows = mask_resize_rows(in_size, padded, image, output)
+        return rows, rows.is_identity()
+
+
+@functools.lru_cache(maxsize=128)  # a GPU image is a few bands of at most (rows x source rows) floats each
+def _band_block(height_chain: tuple, top: int, bottom: int, device: torch.device):
+    """(first, last, the float32 (bottom - top, last - first) block on `device`) of output rows top..bottom-1 of the
+    height chain, which read source rows first..last-1. Cached per band and device: at a repeated size nothing is
+    built or copied (a blocking host-to-device copy waits for the device and cannot be captured in a CUDA graph)."""
+    rows, _ = _height_rows(*height_chain)
+    first, last = int(rows.first[top:bottom].min()), int(rows.last[top:bottom].max())
+    with torch.inference_mode(False):
+        return first, last, rows.block(top, bottom, first, last).to(device, torch.float32)
+
+
+@functools.lru_cache(maxsize=128)
+def _tile_row_sources(height_chain: tuple, top: int, bottom: int, tile: int, device: torch.device) -> torch.Tensor:
+    """(groups, S) int64 on `device`: for each group of `tile` output rows top..bottom-1 of the height chain (the
+    last group may be shorter), the low-resolution rows its resize reads (the last one repeated to fill S)."""
+    rows, _ = _height_rows(*height_chain)
+    groups = [slice(start, min(start + tile, bottom)) for start in range(top, bottom, tile)]
+    ranges = [(int(rows.first[group].min()), int(rows.last[group].max())) for group in groups]
+    span = max(last - first for first, last in ranges)
+    with torch.inference_mode(False):
+        return torch.tensor([[min(first + k, last - 1) for k in range(span)] for first, last in ranges]).to(device)
 
 
 def _flush_subnormal(probs: torch.Tensor) -> torch.Tensor:
@@ -383,35 +419,43 @@ def _band_plan(device_type: str, num_queries: int, num_classes: int, width: int,
     CPU: bands of `tile` rows (the pruning tiles), whose blocks stay in cache, or more rows for images narrower than
     CPU_BAND_PIXELS / tile (at least that many pixels per band); with all the scores, few enough rows for an 8 MB
     score block. Pruning is on by default from PRUNE_MIN_CLASSES classes (label map only).
-    Other devices: pruning decides per band on the host (a sync each), and every band costs a dozen kernel launches,
-    so by default there is no pruning and the bands are as large as a block of DEVICE_BAND_ELEMENTS allows (the
-    larger of the band's [Q, rows, W] mask probabilities and [rows, C, W] scores: a few bands per image).
+    Other devices: every band costs about five kernel launches (its resize block is cached), so the bands are as
+    large as a block of DEVICE_BAND_ELEMENTS allows (the larger of the band's [Q, rows, W] mask probabilities and
+    [rows, C, W] scores: four bands for a 640 x 640 image at 150 classes). Pruning reads each band's candidate
+    count back to the host, so it is on by default only from DEVICE_PRUNE_MIN_CLASSES classes, and its bands are
+    sized by the mask probabilities alone (whole tiles), since only the candidates are scored: three bands at
+    640 x 640 (without structure in the masks, all C classes survive and a band's scores take up to C / Q times
+    the block).
     """
     on_host = device_type == "cpu"
     if prune is None or return_scores:  # every class is scored when the scores are returned
-        prune = on_host and num_classes >= PRUNE_MIN_CLASSES and not return_scores
+        least = PRUNE_MIN_CLASSES if on_host else DEVICE_PRUNE_MIN_CLASSES
+        prune = num_classes >= least and not return_scores
     if on_host:
         rows = max(tile, CPU_BAND_PIXELS // max(1, width))
         if return_scores:  # all the scores: few enough rows for an 8 MB score block
             rows = min(rows, (1 << 21) // max(1, num_classes * width))
         return max(1, rows), prune
-    if prune:
-        return tile, True
+    if prune:  # the band's mask probabilities set the size, in whole pruning tiles
+        rows = DEVICE_BAND_ELEMENTS // max(1, num_queries * width)
+        return max(tile, rows - rows % tile), True
     row_elements = max(num_queries, num_classes) * width  # per band row: mask probabilities or scores, the larger
     return max(1, DEVICE_BAND_ELEMENTS // max(1, row_elements)), False
 
 
 def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tile: int, margin: float):
-    """(C, Q) class probabilities, (Q, W) lower / upper bounds of a band's mask probabilities -> sorted ids of the
-    classes that can win on some `tile`-wide tile of the band (see `semantic_map`)."""
+    """(C, Q) class probabilities, ([G,] Q, W) lower / upper bounds of a band's mask probabilities (G groups of
+    rows) -> sorted ids of the classes that can win on some `tile`-wide tile of the band (see `semantic_map`).
+
+    `margin` (a number or a 0-d tensor) is relative to the tile's largest upper bound."""
     if low.shape[-1] > tile:  # the bounds over `tile` columns (the last tile may be narrower)
-        high = F.max_pool1d(high[None], tile, ceil_mode=True)[0]
-        low = -F.max_pool1d(-low[None], tile, ceil_mode=True)[0]
-    upper = probs @ high  # (C, tiles): no pixel of the tile scores higher
-    lower = probs @ low  # (C, tiles): no pixel of the tile scores lower
-    best_lower = lower.amax(dim=0)
-    threshold = best_lower - margin * upper.amax(dim=0)
-    return (upper >= threshold).any(dim=1).nonzero().squeeze(1)
+        high = F.max_pool1d(high, tile, ceil_mode=True)
+        low = -F.max_pool1d(-low, tile, ceil_mode=True)
+    upper = probs @ high  # ([G,] C, tiles): no pixel of the tile scores higher
+    lower = probs @ low  # ([G,] C, tiles): no pixel of the tile scores lower
+    threshold = lower.amax(dim=-2, keepdim=True) - margin * upper.amax(dim=-2, keepdim=True)
+    wins_somewhere = (upper >= threshold).movedim(-2, 0).flatten(1).any(dim=1)  # (C,)
+    return wins_somewhere.nonzero().squeeze(1)
 
 
 def _field(outputs, name: str):
@@ -419,6 +463,16 @@ def _field(outputs, name: str):
     if isinstance(outputs, Mapping):
         return outputs.get(name)
     return getattr(outputs, name, None)
+
+
+def _size_rows(sizes, batch_size: int) -> list[tuple[int, int] | None]:
+    """Every row of a size table (see `_size_at`) as host ints, read at once: a table on an accelerator costs one
+    transfer (one wait for the device), not one per number; None gives None per image."""
+    if sizes is None:
+        return [None] * batch_size
+    if isinstance(sizes, torch.Tensor):
+        sizes = sizes.tolist()
+    return [_size_at(sizes, i) for i in range(batch_size)]
 
 
 def _size_at(sizes, index: int) -> tuple[int, int] | None:
@@ -1008,19 +1062,8 @@ class PATImageProcessor(TorchvisionBackend):
         if target_sizes is not None and len(target_sizes) != batch_size:
             raise ValueError(f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}.")
 
-        image_sizes = _field(outputs, "image_sizes")
-        padded_sizes = _field(outputs, "padded_sizes")
-        if padded_sizes is None and image_sizes is not None:
-            all_sizes = [_size_at(image_sizes, i) for i in range(batch_size)]
-            padded_sizes = get_padded_size(all_sizes, self.size_divisibility)
-
         results = []
-        for i in range(batch_size):
-            sizes = {
-                "padded_size": _size_at(padded_sizes, i),
-                "image_size": _size_at(image_sizes, i),
-                "output_size": _size_at(target_sizes, i),
-            }
+        for i, sizes in enumerate(self._post_processing_sizes(outputs, target_sizes, batch_size)):
             if fast:  # the resize happens inside, band by band
                 computed = semantic_map(class_logits[i], mask_logits[i], **sizes,
                                         return_scores=return_segmentation_scores)
@@ -1107,6 +1150,20 @@ class PATImageProcessor(TorchvisionBackend):
             for class_logits, masks_at, size in self._mask_proposals(outputs, target_sizes)
         ]
 
+    def _post_processing_sizes(self, outputs, target_sizes, batch_size: int) -> list[dict]:
+        """Per image: the `padded_size`, `image_size` and `output_size` of `resize_mask_logits`, as host ints. Each
+        size table is read once; tables on the host (the processor's, the model's `padded_sizes`) cost no wait for
+        the device."""
+        given_image_sizes = _field(outputs, "image_sizes")
+        image_sizes = _size_rows(given_image_sizes, batch_size)
+        padded_sizes = _field(outputs, "padded_sizes")
+        if padded_sizes is None and given_image_sizes is not None:
+            padded_sizes = get_padded_size(image_sizes, self.size_divisibility)
+        padded_sizes = _size_rows(padded_sizes, batch_size)
+        output_sizes = _size_rows(target_sizes, batch_size)
+        return [{"padded_size": padded, "image_size": image, "output_size": output}
+                for padded, image, output in zip(padded_sizes, image_sizes, output_sizes)]
+
     def _mask_proposals(self, outputs, target_sizes):
         """Per image: (class_logits (Q, C+1), a function of query ids -> their (K, H, W) mask probabilities at the
         output size, padding cropped as in semantic post-processing, and that output size (H, W))."""
@@ -1124,17 +1181,7 @@ class PATImageProcessor(TorchvisionBackend):
         batch_size = class_logits.shape[0]
         if target_sizes is not None and len(target_sizes) != batch_size:
             raise ValueError(f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}.")
-        image_sizes, padded_sizes = _field(outputs, "image_sizes"), _field(outputs, "padded_sizes")
-        if padded_sizes is None and image_sizes is not None:
-            padded_sizes = get_padded_size(
-                [_size_at(image_sizes, i) for i in range(batch_size)], self.size_divisibility
-            )
-        for i in range(batch_size):
-            sizes = {
-                "padded_size": _size_at(padded_sizes, i),
-                "image_size": _size_at(image_sizes, i),
-                "output_size": _size_at(target_sizes, i),
-            }
+        for i, sizes in enumerate(self._post_processing_sizes(outputs, target_sizes, batch_size)):
             output_size = sizes["output_size"] or sizes["image_size"] or sizes["padded_size"]
             output_size = output_size or tuple(mask_logits.shape[-2:])
 

@@ -40,7 +40,7 @@ from .losses import PATSegmentationLoss, labels_to_targets
 from .pat_losses import PATTokenizationLoss
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
-from .quantizer import PATQuantizerOutput, PATVectorQuantizer
+from .quantizer import PATQuantizerOutput, PATVectorQuantizer, autocast_off
 from .samplers import PATOffsetConv2d
 from .side_adapter import PATChannelLayerNorm, PATFusionProjection, PATSideAdapter
 from .text_embedding_cache import fingerprint_text_weights, read_text_cache, text_cache_path, update_text_cache
@@ -142,8 +142,10 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
     mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
         Unit CLIP embedding of each proposal.
     image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`):
-        Unpadded (height, width) of each image inside `pixel_values`, used by post-processing to crop the padding.
-    padded_sizes (`torch.LongTensor` of shape `(batch_size, 2)`):
+        Unpadded (height, width) of each image inside `pixel_values`, used by post-processing to crop the padding:
+        the tensor given to `forward` (keep the processor's CPU tensor for post-processing that never waits for the
+        device), or the padded size on the CPU.
+    padded_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, on the CPU):
         (height, width) of `pixel_values`, the size the mask logits are upsampled to before cropping.
     """
 
@@ -641,7 +643,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         In fp32 whatever the model's dtype or autocast (cheap: Q x N): logits near 100 x cosine rounded to bf16 would
         move in steps of 0.125-0.25, several percent in the softmax's probability ratios.
         """
-        with torch.autocast(device_type=mask_embeddings.device.type, enabled=False):
+        with autocast_off(mask_embeddings.device.type):
             scale = self.model.clip_tower.logit_scale.float().exp()
             return torch.einsum("bqd,nd->bqn", mask_embeddings.float(), scale * text_embeddings.float())
 
@@ -718,9 +720,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
                 loss = loss + tokenization_total
                 loss_dict.update({k: loss_details.pop(k) for k in PATTokenizationLoss.GROUP_KEYS if k in loss_details})
         batch, _, height, width = pixel_values.shape
-        # filled on the device: torch.tensor(host values, device=...) copies and waits for the device every forward
-        padded = torch.full((batch, 2), height, dtype=torch.long, device=pixel_values.device)
-        padded[:, 1] = width
+        # sizes are shapes, known on the host: kept there, post-processing reads them without waiting for the device
+        padded = torch.tensor([[height, width]]).expand(batch, 2)
         return PATForOpenVocabSegmentationOutput(
             loss=loss,
             class_queries_logits=class_logits,

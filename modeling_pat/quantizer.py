@@ -5,6 +5,8 @@ One code path serves both layouts: the core works on channels-last (..., D) tens
 all elements times D, which equals the mean over positions of the squared L2 norm whatever the layout.
 """
 
+import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,15 @@ class PATQuantizerOutput:
     perplexity: torch.Tensor  # exp(entropy of the batch's code histogram), in [1, K]
     usage: torch.Tensor  # fraction of the K codes used in the batch, in [1/K, 1]
     diversity: torch.Tensor | None = None  # log K - entropy of the batch's mean soft assignment, in [0, log K]
+
+
+def autocast_off(device_type: str):
+    """Autocast switched off on `device_type`; nothing to switch where it has no autocast (the meta device, on which
+    the tests trace inference for host-device synchronisations). The fp32 islands of the model (code assignment,
+    classification) use it."""
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
 
 
 def code_statistics(indices: torch.Tensor, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +102,7 @@ class PATVectorQuantizer(nn.Module):
     def assign(self, encoded: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (...) int64: nearest code (cosine argmax for vMF, squared-distance argmin otherwise)."""
         # fp32 and autocast off (no-ops in fp32): in bf16 about 1% of the argmaxes flip between near-equal codes
-        with torch.autocast(device_type=encoded.device.type, enabled=False):
+        with autocast_off(encoded.device.type):
             flat = encoded.reshape(-1, self.code_dim).float()  # (M, D)
             codebook = self.normalized_codebook().float()  # (K, D)
             similarity = flat @ codebook.T  # (M, K)
@@ -114,8 +125,7 @@ class PATVectorQuantizer(nn.Module):
             logits = 2 * logits - codebook.pow(2).sum(-1) - flat.pow(2).sum(-1, keepdim=True)  # -||h - e||^2
         mean_assignment = (logits.float() / self.diversity_temperature).softmax(-1).mean(0)  # (K,)
         entropy = -torch.xlogy(mean_assignment, mean_assignment).sum()
-        # log K filled on the device: a tensor made from host data would be a copy that waits for the device
-        return entropy.new_full((), float(self.codebook_size)).log() - entropy
+        return math.log(self.codebook_size) - entropy  # a host number: no copy to the device
 
     def _quantize(self, encoded: torch.Tensor) -> PATQuantizerOutput:
         """(..., D) channels-last encoded vectors -> output fields in the same layout."""

@@ -63,8 +63,8 @@ class PATDySample(nn.Module):
         # fp32 coordinates: in bf16 a position near 160 px rounds to the nearest whole pixel
         offset = 0.25 * self.offset(x).float()  # (B, 2*G*s*s, H, W)
         offset = offset.view(b, 2, g * s * s, h, w) + subpixel_offsets(s, g, x.device)
-        # copied without waiting: torch.tensor(..., device=x.device) would wait for the device at every call
-        size = torch.tensor([w, h], dtype=torch.float32).to(x.device, non_blocking=True).view(1, 2, 1, 1, 1)
+        # (w, h) made on the device: a tensor of host values would be a blocking host-to-device copy per forward
+        size = torch.where(torch.arange(2, device=x.device) == 0, float(w), float(h)).view(1, 2, 1, 1, 1)
         coords = 2 * (pixel_centres(h, w, x.device) + offset) / size - 1  # align_corners=False normalisation
         # (B, 2*G*s*s, H, W) -> (B, 2*G, sH, sW): output pixel (s*y + i, s*x + j) takes sub-channel (i, j)
         coords = F.pixel_shuffle(coords.reshape(b, -1, h, w), s)

@@ -207,13 +207,16 @@ def test_banded_pruned_label_map_equals_plain(num_classes):
 @pytest.mark.parametrize("num_classes", [6, 300])
 @pytest.mark.parametrize("band_elements", [1 << 24, 12 * 136 * 8])  # one band; bands of 8 or fewer rows
 def test_gpu_band_plan_gives_the_same_maps(num_classes, band_elements, monkeypatch):
-    """The plan `semantic_map` uses off the CPU (no pruning, few large bands), run here on CPU tensors."""
+    """The plan `semantic_map` uses off the CPU (few large bands, pruning from DEVICE_PRUNE_MIN_CLASSES classes:
+    at 300 classes here, over several tile rows per band), run here on CPU tensors."""
     from modeling_pat import image_processing_pat
 
     plan = image_processing_pat._band_plan
     assert plan("cuda", 100, 20, 640, 16, None, False) == (262, False)  # 16M-element blocks: 3 bands at 640 px
-    assert plan("cuda", 100, 847, 640, 16, None, False) == (30, False)  # the [rows, C, W] scores set the size
-    assert plan("cuda", 100, 847, 640, 16, True, False) == (16, True)  # pruning asked for: bands are its tiles
+    assert plan("cuda", 100, 150, 640, 16, None, False) == (174, False)  # ADE-150: 4 bands, no pruning (no sync)
+    assert plan("cuda", 100, 847, 640, 16, None, False) == (256, True)  # whole pruning tiles of [Q, rows, W]
+    assert plan("cuda", 100, 847, 640, 16, False, False) == (30, False)  # the [rows, C, W] scores set the size
+    assert plan("cuda", 100, 847, 640, 16, None, True) == (30, False)  # all the scores: no pruning
     assert plan("cpu", 100, 847, 640, 16, None, False) == (16, True)
     monkeypatch.setattr(image_processing_pat, "_band_plan", lambda device, *args: plan("cuda", *args))
     monkeypatch.setattr(image_processing_pat, "DEVICE_BAND_ELEMENTS", band_elements)
@@ -244,6 +247,32 @@ def test_pruning_actually_prunes_on_peaked_class_probabilities():
     assert len(_candidate_classes(probs, low_bound, high_bound, 16, 1e-4)) <= queries
     labels = semantic_inference(class_logits, resize_mask_logits(low, output_size=(64, 64))).argmax(0)
     assert torch.equal(semantic_map(class_logits, low, output_size=(64, 64))["segmentation"], labels)
+
+
+def test_pruning_bounds_per_tile_row_group():
+    """A band of several tile rows (the device plan's) is bounded per group of `tile` rows, by the low-resolution
+    rows each group reads: its candidates are the union of the groups', and a group's are fewer than the band's."""
+    from modeling_pat.image_processing_pat import _candidate_classes, _tile_row_sources
+
+    generator = torch.Generator().manual_seed(0)
+    queries, num_classes, tile = 12, 200, 16
+    low = F.avg_pool2d(torch.randn(1, queries, 10, 10, generator=generator) * 12, 3, stride=1)[0]  # (Q, 8, 8)
+    class_logits = torch.full((queries, num_classes + 1), -10.0)
+    class_logits[torch.arange(queries), torch.randint(0, num_classes, (queries,), generator=generator)] = 10.0
+    probs = class_logits.softmax(-1)[:, :-1].T.contiguous()
+    sources = _tile_row_sources((8, None, None, 88), 0, 88, tile, torch.device("cpu"))
+    dense = mask_resize_matrix(8, None, None, 88)
+    assert sources.shape[0] == 6  # 5 x 16 + 8 rows
+    for group, rows in enumerate(sources):  # every source row a group's output rows read is among its rows
+        assert set(dense[group * tile:(group + 1) * tile].nonzero()[:, 1].tolist()) <= set(rows.tolist())
+    logits = low.transpose(0, 1)  # (h, Q, w)
+    lows, highs = torch.aminmax(logits[sources], dim=1)
+    grouped = _candidate_classes(probs, lows.sigmoid(), highs.sigmoid(), tile, 1e-4)
+    each = [_candidate_classes(probs, lows[g].sigmoid(), highs[g].sigmoid(), tile, 1e-4) for g in range(6)]
+    assert torch.equal(grouped, torch.cat(each).unique())
+    band_low, band_high = torch.aminmax(logits, dim=0)
+    whole = _candidate_classes(probs, band_low.sigmoid(), band_high.sigmoid(), tile, 1e-4)
+    assert min(len(ids) for ids in each) < len(whole)
 
 
 def test_subnormal_class_probabilities_are_flushed_and_maps_unchanged(monkeypatch):

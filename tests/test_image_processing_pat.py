@@ -16,6 +16,7 @@ from modeling_pat.image_processing_pat import (
     CPU_BAND_PIXELS,
     PATImageProcessor,
     ResizeRows,
+    _band_block,
     convert_segmentation_map_to_binary_masks,
     get_padded_size,
     get_resize_output_size,
@@ -517,6 +518,7 @@ def test_thin_image_post_processing_is_banded_and_equals_plain(monkeypatch, num_
     assert rows.out_size == 65535 and rows.weights.shape[1] <= 4
     bands = []
     block = ResizeRows.block
+    _band_block.cache_clear()  # blocks are cached per size: count this call's bands
     monkeypatch.setattr(ResizeRows, "block", lambda self, *a: bands.append(a) or block(self, *a))
     processor = PATImageProcessor()
     outputs = {"class_queries_logits": class_logits[None], "masks_queries_logits": mask_logits[None],
