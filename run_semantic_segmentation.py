@@ -348,7 +348,7 @@ def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
     if source and source.endswith((".pth", ".pt", ".pkl")) and model_args.config_name:
         try:  # an explicit config: no cache, no detection
             return convert(source, resolve_config(model_args.config_name))
-        except OSError as error:  # missing, truncated or corrupt: the message names the file
+        except (OSError, ValueError) as error:  # missing, truncated, corrupt or not SAN's: the message names the file
             raise SetupError(str(error)) from error
     if source:
         try:  # a short name (san-vit-b16) or a checkpoint file: fetched and converted once into the cache
@@ -504,7 +504,7 @@ def main(argv=None) -> int:
     processor = build_image_processor(model_args, data_args, model.config)
     metric = evaluate.load(data_args.metric_path)
     use_lora = apply_finetuning_options(model, model_args)
-    if use_lora and training_args.resume_from_checkpoint is not None:
+    if use_lora and checkpoint is not None:  # a fresh start (`last` with no complete checkpoint) is fine
         raise SetupError("--resume_from_checkpoint is not available with --lora_rank: LoRA checkpoints hold the "
                          "adapter only, not the side network trained beside it.")
 

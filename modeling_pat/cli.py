@@ -178,6 +178,8 @@ def load_model(spec: str | None, device: torch.device, dtype: torch.dtype, revis
         raise ModelLoadError(str(error), complete=spec in OFFICIAL_MODELS) from error
     except ValueError as error:  # a local file that is not an official SAN checkpoint
         raise ModelLoadError(f"--model {spec!r} could not be converted: {_first_line(error)}") from error
+    except OSError as error:  # a truncated or corrupt checkpoint, or a damaged cached one: the message names the file
+        raise ModelLoadError(f"--model {spec!r}: {_first_line(error)}", complete=True) from error
     failure = f"could not load {spec!r}" + ("" if Path(source).is_dir() else " from the Hugging Face Hub")
     model, processor = _pretrained_model(source, dtype, failure, revision)
     return model.to(device=device, dtype=dtype).eval(), processor

@@ -174,6 +174,8 @@ def _check_side_adapter(config) -> None:
     if isinstance(clip_layers, int) and not config.clip_feature_layers < clip_layers:
         _fail("clip_feature_layers", f"below the CLIP depth ({clip_layers} blocks; the rest recognise the masks)",
               config.clip_feature_layers)
+    if isinstance(clip_layers, int) and config.clip_trainable_layers > clip_layers:
+        _fail("clip_trainable_layers", f"at most the CLIP depth ({clip_layers} visual blocks)", config.clip_trainable_layers)
     if len(config.fusion_clip_layers) != len(config.fusion_side_layers):
         raise ValueError(
             f"PATConfig.fusion_clip_layers ({len(config.fusion_clip_layers)} entries) and fusion_side_layers "

@@ -720,8 +720,12 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
                 loss = loss + tokenization_total
                 loss_dict.update({k: loss_details.pop(k) for k in PATTokenizationLoss.GROUP_KEYS if k in loss_details})
         batch, _, height, width = pixel_values.shape
-        # sizes are shapes, known on the host: kept there, post-processing reads them without waiting for the device
-        padded = torch.tensor([[height, width]]).expand(batch, 2)
+        # sizes are shapes, known on the host. At inference they stay there, so post-processing reads them without
+        # waiting for the device; in training and evaluation (labels) they go with the other outputs, which Trainer
+        # gathers across devices (filled there, not copied: no wait either)
+        on_device = self.training or labels is not None
+        padded = torch.full((batch, 2), height, dtype=torch.long, device=pixel_values.device if on_device else "cpu")
+        padded[:, 1] = width
         return PATForOpenVocabSegmentationOutput(
             loss=loss,
             class_queries_logits=class_logits,

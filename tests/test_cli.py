@@ -342,3 +342,15 @@ def test_images_are_preprocessed_on_the_models_device(tmp_path, monkeypatch):
     argv = [str(inputs[0]), "--labels", "cat, sofa", "--device", "cpu", "--output-dir", str(tmp_path / "out")]
     assert main(argv + RANDOM) == EXIT_OK
     assert devices and set(devices) == {torch.device("cpu")}
+
+
+def test_a_truncated_official_checkpoint_file_exits_3_naming_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PAT_CONVERTED_CACHE", str(tmp_path / "converted"))
+    bad = tmp_path / "san_vit_b_16.pth"
+    bad.write_bytes(b"PK\x03\x04" + b"\0" * 64)  # the start of a zip archive, cut off
+    inputs = _copy_samples(tmp_path / "in", ["chelsea"])
+    argv = [str(inputs[0]), "--labels", "cat,sofa", "--model", str(bad), "--output-dir", str(tmp_path / "out")]
+    assert main(argv) == EXIT_MODEL
+    err = capsys.readouterr().err
+    assert "san_vit_b_16.pth" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -245,3 +245,11 @@ def test_preset_files_are_plain_json_configs():
     for name in PRESETS:
         data = json.loads((PRESETS_DIR / f"{name}.json").read_text())
         assert data["model_type"] == "pat"
+
+
+def test_clip_trainable_layers_above_the_clip_depth_is_refused_naming_the_field():
+    config = PATConfig.from_preset("san-tiny").to_dict()
+    depth = config["clip_config"]["vision_cfg"]["layers"]
+    config["clip_trainable_layers"] = depth + 1
+    with pytest.raises(ValueError, match=r"clip_trainable_layers must be at most the CLIP depth"):
+        PATConfig.from_dict(config)

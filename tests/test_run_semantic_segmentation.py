@@ -509,6 +509,13 @@ def test_a_truncated_weights_file_is_a_setup_error_naming_it(tmp_path, which):
     assert str(weights) in str(caught.value)
 
 
+def test_a_checkpoint_that_is_not_sans_is_a_setup_error(tmp_path):
+    weights = tmp_path / "other.pth"
+    torch.save({"model": {"backbone.stem.weight": torch.zeros(3)}}, weights)  # whole, but not SAN's layout
+    with pytest.raises(runner.SetupError, match="no mapping"):
+        runner.build_model(runner.ModelArguments(model_name_or_path=str(weights), config_name="san-tiny"))
+
+
 def test_bad_label_error_from_a_dataloader_worker_is_one_line():
     """A DataLoader worker re-raises the error with its traceback in the message; the line printed is the cause."""
     from torch._utils import ExceptionWrapper
