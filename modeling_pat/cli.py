@@ -445,6 +445,8 @@ def write_outputs(
         save_segment_map(segment_map, output_dir / segment_file, text={RESULT_MARKER: "segments"})
         summary.update(subtask=segments["subtask"], segment_map=segment_file, segment_map_dtype="uint16",
                        segments=segments["segments"])
+    elif result_kind(output_dir / files["segments"]) == "segments":
+        (output_dir / files["segments"]).unlink()  # an earlier instance / panoptic run's: it would no longer match
     with atomic_open(output_dir / json_file) as handle:
         json.dump(summary, handle, indent=2, ensure_ascii=False)
         handle.write("\n")

@@ -68,3 +68,14 @@ def test_segment_options_usage_errors(model_folder, tmp_path, capsys):
     assert run(model_folder, tmp_path, "--subtask", "panoptic", "--threshold", "1.5") == EXIT_USAGE
     assert "--threshold must lie in [0, 1]" in capsys.readouterr().err
     assert run(model_folder, tmp_path, "--subtask", "depth") == EXIT_USAGE
+
+
+def test_a_semantic_rerun_removes_an_earlier_runs_segment_map_but_no_foreign_file(model_folder, tmp_path):
+    assert run(model_folder, tmp_path / "out", "--subtask", "instance", *LENIENT) == EXIT_OK
+    assert (tmp_path / "out" / "chelsea_segments.png").is_file()
+    assert run(model_folder, tmp_path / "out") == EXIT_OK  # semantic: the old segments no longer match its files
+    assert not (tmp_path / "out" / "chelsea_segments.png").exists()
+    (tmp_path / "mine").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "mine" / "chelsea_segments.png")
+    assert run(model_folder, tmp_path / "mine") == EXIT_OK  # a user's own file of that name is kept
+    assert (tmp_path / "mine" / "chelsea_segments.png").is_file()
