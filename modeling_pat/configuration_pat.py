@@ -227,6 +227,16 @@ def _check_pyramid(config) -> None:
         _fail("perceptual_network", f"one of {list(PERCEPTUAL_NETWORKS)}", config.perceptual_network)
 
 
+def _check_text_weights_fingerprint(value) -> None:
+    """None, or "<dtype>:<64 hex digits>" as `save_pretrained` writes it (a hand-edited value would key the wrong
+    cache file, so it is refused rather than trusted)."""
+    if value is None:
+        return
+    dtype, _, digest = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not (dtype and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        _fail("text_weights_fingerprint", 'None or "<dtype>:<sha256 hex>" (written by save_pretrained)', value)
+
+
 def validate_config(config) -> None:
     """Every PATConfig rule, with a ValueError naming the field and its allowed range or values.
 
@@ -237,6 +247,7 @@ def validate_config(config) -> None:
     _check_ranges(config)
     _check_side_adapter(config)
     validate_prompt_templates(config.prompt_templates, "PATConfig.prompt_templates")
+    _check_text_weights_fingerprint(config.text_weights_fingerprint)
     if config.use_pyramid_tokenization:
         _check_pyramid(config)
 
@@ -303,6 +314,10 @@ class PATConfig(PreTrainedConfig):
         prompt_templates (`list[str]`): templates ensembled per class name, each with exactly one `{}` (replaced by
             the name; `validate_prompt_templates`).
 
+    text_weights_fingerprint (`str`, *optional*): "<dtype>:<sha256>" of the text tower's weights as saved, written by
+        `save_pretrained` and trusted by `from_pretrained` for the weights it loads (in that dtype), so the on-disk
+        text-embedding cache finds its file without hashing the tower in every new process. None: hash when needed.
+
     Input:
         size_divisibility (`int`): the padded input size is a multiple of this.
 
@@ -347,6 +362,7 @@ class PATConfig(PreTrainedConfig):
     rec_downsample_method: str = "max"
 
     prompt_templates: list[str] | tuple[str, ...] = VILD_TEMPLATES
+    text_weights_fingerprint: str | None = None
 
     size_divisibility: int = 32
 

@@ -598,13 +598,65 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             return torch.cat([self.model.clip_tower.encode_class_names(chunk) for chunk in chunks])
 
     def text_weights_fingerprint(self) -> str:
-        """sha256 of the text tower's weights (`fingerprint_text_weights`), computed once per weight version."""
+        """sha256 of the text tower's weights (`fingerprint_text_weights`), computed once per weight version.
+
+        A model from `from_pretrained` starts with the fingerprint its config carries (`save_pretrained` stores it),
+        so a new process does not hash the tower; any change of the weights' version (load_state_dict, an in-place
+        edit, a dtype or device move) makes it hash again."""
         version = self._text_weights_version()
         memo = self.__dict__.get("_text_fingerprint")
         if memo is None or memo[0] != version:
             memo = (version, fingerprint_text_weights(self.model.clip_tower.text_parameters()))
             self.__dict__["_text_fingerprint"] = memo
         return memo[1]
+
+    def _text_parameter_names(self) -> list[str]:
+        """State-dict names of `text_parameters()`, in that order (the order the fingerprint hashes them in)."""
+        names = {id(param): name for name, param in self.named_parameters(remove_duplicate=False)}
+        return [names[id(param)] for param in self.model.clip_tower.text_parameters()]
+
+    def _saved_text_fingerprint(self, state_dict: dict | None) -> str | None:
+        """`config.text_weights_fingerprint` ("<dtype>:<sha256>") of the text weights about to be saved: the
+        memoised fingerprint of the model's own weights, or a hash of `state_dict`'s when one is passed. None when
+        those weights are missing or not of one dtype (nothing is then stored and a loader hashes as before)."""
+        if state_dict is None:
+            tensors = self.model.clip_tower.text_parameters()
+        else:
+            tensors = [state_dict.get(name) for name in self._text_parameter_names()]
+            if any(not isinstance(t, torch.Tensor) for t in tensors):
+                return None
+        dtypes = {t.dtype for t in tensors}
+        if len(dtypes) != 1 or any(t.device.type == "meta" for t in tensors):
+            return None
+        digest = self.text_weights_fingerprint() if state_dict is None else fingerprint_text_weights(tensors)
+        return f"{str(dtypes.pop()).removeprefix('torch.')}:{digest}"
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with the text weights' fingerprint in the saved config
+        (`config.text_weights_fingerprint`), so a process that loads the model reads it instead of hashing."""
+        self.config.text_weights_fingerprint = self._saved_text_fingerprint(state_dict)
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, output_loading_info=False, **kwargs):
+        """`PATPreTrainedModel.from_pretrained`; the config's text-weights fingerprint becomes the model's for the
+        weights just loaded, unless a text weight was missing from the files or loaded in another dtype."""
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model._adopt_saved_text_fingerprint(info)
+        return (model, info) if output_loading_info else model
+
+    def _adopt_saved_text_fingerprint(self, loading_info: dict) -> None:
+        saved = self.config.text_weights_fingerprint
+        if saved is None:
+            return
+        dtype, _, digest = saved.partition(":")
+        names = set(self._text_parameter_names())
+        mismatched = {key for key, *_ in loading_info.get("mismatched_keys", ())}
+        not_loaded = set(loading_info.get("missing_keys", ())) | mismatched
+        params = self.model.clip_tower.text_parameters()
+        if names & not_loaded or any(str(p.dtype).removeprefix("torch.") != dtype for p in params):
+            return
+        self.__dict__["_text_fingerprint"] = (self._text_weights_version(), digest)
 
     def _disk_cached_class_embeddings(self, class_names: list[str], cache_dir) -> torch.Tensor:
         """(N, D) embeddings of `class_names` from the on-disk cache; names not there are encoded and added."""

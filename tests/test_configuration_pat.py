@@ -73,6 +73,9 @@ def test_defaults_are_san_vit_b16():
         ({"rec_mask_value": 0.0}, "rec_mask_value must be a finite negative number"),
         ({"rec_mask_value": -math.inf}, "rec_mask_value must be a finite negative number"),
         ({"decoder_attn_window": 1}, r"decoder_attn_window must be None \(global attention\) or a window side >= 2"),
+        ({"text_weights_fingerprint": "abc"}, "text_weights_fingerprint must be None or"),
+        ({"text_weights_fingerprint": "float32:" + "G" * 64}, "text_weights_fingerprint must be None or"),
+        ({"text_weights_fingerprint": ":" + "a" * 64}, "text_weights_fingerprint must be None or"),
     ],
 )
 def test_invalid_settings_fail_at_construction(overrides, message):

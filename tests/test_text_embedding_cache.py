@@ -126,3 +126,56 @@ def test_two_processes_filling_one_cache_keep_every_row(tmp_path):
     expected = {f"{tag} thing {k}" for tag in ("first", "second") for k in range(rounds)}
     assert set(_stored_names(_cache_file(cache))) == expected
     assert not list(cache.glob("*.tmp"))
+
+
+def _count_hashes(monkeypatch) -> list:
+    """Records every hash of the text tower (`fingerprint_text_weights`) the model makes from now on."""
+    import modeling_pat.modeling_pat as modeling
+
+    calls = []
+    real = modeling.fingerprint_text_weights
+    monkeypatch.setattr(modeling, "fingerprint_text_weights", lambda params: calls.append(1) or real(params))
+    return calls
+
+
+def test_a_loaded_model_keys_the_disk_cache_by_its_saved_fingerprint_without_hashing(model, tmp_path, monkeypatch):
+    from modeling_pat import PATForOpenVocabSegmentation
+
+    model.save_pretrained(tmp_path / "saved")
+    hashed = model.text_weights_fingerprint()
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["text_weights_fingerprint"] == (
+        f"float32:{hashed}"
+    )
+    loaded = PATForOpenVocabSegmentation.from_pretrained(tmp_path / "saved")
+    calls = _count_hashes(monkeypatch)
+    _fresh(loaded, tmp_path / "cache")
+    assert calls == []  # the first disk lookup read the key from the config
+    assert loaded.text_weights_fingerprint() == hashed  # the key hashing would give
+    assert _cache_file(tmp_path / "cache").exists()
+
+    with torch.no_grad():  # a text weight changed after loading: the saved key no longer holds
+        loaded.model.clip_tower.text_tower.text_projection.add_(1.0)
+    changed = loaded.text_weights_fingerprint()
+    assert calls == [1] and changed != hashed
+
+
+def test_a_saved_fingerprint_is_not_trusted_for_weights_loaded_in_another_dtype(model, tmp_path, monkeypatch):
+    from modeling_pat import PATForOpenVocabSegmentation
+
+    model.save_pretrained(tmp_path / "saved")
+    loaded = PATForOpenVocabSegmentation.from_pretrained(tmp_path / "saved", dtype=torch.bfloat16)
+    calls = _count_hashes(monkeypatch)
+    assert loaded.text_weights_fingerprint() != model.text_weights_fingerprint()
+    assert calls == [1]
+
+
+def test_save_pretrained_fingerprints_the_state_dict_it_is_given(model, tmp_path):
+    from modeling_pat import PATForOpenVocabSegmentation
+
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    state["model.clip_tower.clip.text_projection"] = state["model.clip_tower.clip.text_projection"] + 1
+    model.save_pretrained(tmp_path / "saved", state_dict=state)
+    loaded = PATForOpenVocabSegmentation.from_pretrained(tmp_path / "saved")
+    saved_key = loaded.text_weights_fingerprint()
+    loaded.__dict__.pop("_text_fingerprint")  # hash the loaded weights for real
+    assert loaded.text_weights_fingerprint() == saved_key != model.text_weights_fingerprint()
