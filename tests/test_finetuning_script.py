@@ -47,9 +47,13 @@ def test_lora_run_lowers_the_loss_and_saves_merged_model_and_adapter(workspace, 
     assert torch.equal(merged.state_dict()[key], start.state_dict()[key])
 
 
-def test_lora_flags_are_checked(workspace, tmp_path):  # noqa: F811
+def test_lora_flags_are_checked(workspace, tmp_path, monkeypatch):  # noqa: F811
+    # a resume that would really happen is refused (LoRA checkpoints hold the adapter only); `last` with no complete
+    # checkpoint is a fresh start, so it is not
+    monkeypatch.setattr(runner, "resume_point", lambda args: str(tmp_path / "x" / "checkpoint-1"))
     with pytest.raises(runner.SetupError, match="resume_from_checkpoint"):
         runner.main(run_args(workspace, tmp_path / "x", "--do_train", "--max_steps", "1", "--lora_rank", "2",
                              "--resume_from_checkpoint", "last"))
+    monkeypatch.undo()
     with pytest.raises(SystemExit):
         runner.main(run_args(workspace, tmp_path / "y", "--do_train", "--lora_rank", "2", "--lora_target", "text"))
