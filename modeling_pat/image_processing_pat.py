@@ -458,6 +458,26 @@ def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tenso
     return wins_somewhere.nonzero().squeeze(1)
 
 
+def _mask_outputs(outputs, target_sizes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model outputs' (B, Q, C+1) class logits and (B, Q, h, w) mask logits, checked against each other and
+    against `target_sizes` (one entry per image) before any post-processing reads them."""
+    class_logits = _field(outputs, "class_queries_logits")
+    mask_logits = _field(outputs, "masks_queries_logits")
+    if not isinstance(class_logits, torch.Tensor) or class_logits.ndim != 3:
+        raise ValueError("`outputs.class_queries_logits` must be a [batch, queries, classes + 1] tensor.")
+    if not isinstance(mask_logits, torch.Tensor) or mask_logits.ndim != 4:
+        raise ValueError("`outputs.masks_queries_logits` must be a [batch, queries, height, width] tensor.")
+    if mask_logits.shape[:2] != class_logits.shape[:2]:
+        raise ValueError(
+            f"`outputs.class_queries_logits` {tuple(class_logits.shape)} and `outputs.masks_queries_logits` "
+            f"{tuple(mask_logits.shape)} disagree on batch size or number of queries."
+        )
+    batch_size = class_logits.shape[0]
+    if target_sizes is not None and len(target_sizes) != batch_size:
+        raise ValueError(f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}.")
+    return class_logits, mask_logits
+
+
 def _field(outputs, name: str):
     """outputs.name for ModelOutputs / namespaces, outputs[name] for plain dicts; None when absent."""
     if isinstance(outputs, Mapping):
@@ -1047,20 +1067,8 @@ class PATImageProcessor(TorchvisionBackend):
             A list of LongTensor [H, W] class maps, or with `return_segmentation_scores=True` a list of
             `SemanticSegmentationPostProcessorOutput` with `segmentation` and float32 [C, H, W] `segmentation_scores`.
         """
-        class_logits = _field(outputs, "class_queries_logits")
-        mask_logits = _field(outputs, "masks_queries_logits")
-        if not isinstance(class_logits, torch.Tensor) or class_logits.ndim != 3:
-            raise ValueError("`outputs.class_queries_logits` must be a [batch, queries, classes + 1] tensor.")
-        if not isinstance(mask_logits, torch.Tensor) or mask_logits.ndim != 4:
-            raise ValueError("`outputs.masks_queries_logits` must be a [batch, queries, height, width] tensor.")
-        if mask_logits.shape[:2] != class_logits.shape[:2]:
-            raise ValueError(
-                f"`outputs.class_queries_logits` {tuple(class_logits.shape)} and `outputs.masks_queries_logits` "
-                f"{tuple(mask_logits.shape)} disagree on batch size or number of queries."
-            )
+        class_logits, mask_logits = _mask_outputs(outputs, target_sizes)
         batch_size = class_logits.shape[0]
-        if target_sizes is not None and len(target_sizes) != batch_size:
-            raise ValueError(f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}.")
 
         results = []
         for i, sizes in enumerate(self._post_processing_sizes(outputs, target_sizes, batch_size)):
@@ -1167,20 +1175,8 @@ class PATImageProcessor(TorchvisionBackend):
     def _mask_proposals(self, outputs, target_sizes):
         """Per image: (class_logits (Q, C+1), a function of query ids -> their (K, H, W) mask probabilities at the
         output size, padding cropped as in semantic post-processing, and that output size (H, W))."""
-        class_logits = _field(outputs, "class_queries_logits")
-        mask_logits = _field(outputs, "masks_queries_logits")
-        if not isinstance(class_logits, torch.Tensor) or class_logits.ndim != 3:
-            raise ValueError("`outputs.class_queries_logits` must be a [batch, queries, classes + 1] tensor.")
-        if not isinstance(mask_logits, torch.Tensor) or mask_logits.ndim != 4:
-            raise ValueError("`outputs.masks_queries_logits` must be a [batch, queries, height, width] tensor.")
-        if mask_logits.shape[:2] != class_logits.shape[:2]:
-            raise ValueError(
-                f"`outputs.class_queries_logits` {tuple(class_logits.shape)} and `outputs.masks_queries_logits` "
-                f"{tuple(mask_logits.shape)} disagree on batch size or number of queries."
-            )
+        class_logits, mask_logits = _mask_outputs(outputs, target_sizes)
         batch_size = class_logits.shape[0]
-        if target_sizes is not None and len(target_sizes) != batch_size:
-            raise ValueError(f"`target_sizes` has {len(target_sizes)} entries for a batch of {batch_size}.")
         for i, sizes in enumerate(self._post_processing_sizes(outputs, target_sizes, batch_size)):
             output_size = sizes["output_size"] or sizes["image_size"] or sizes["padded_size"]
             output_size = output_size or tuple(mask_logits.shape[-2:])
