@@ -57,6 +57,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
 from .configuration_pat import PATConfig, validate_prompt_templates
+from .inference_cache import PATInferenceCache
 from .losses import PATSegmentationLoss, labels_to_targets
 from .pat_losses import PATTokenizationLoss
 from .pixel_branch import PATPixelBranchOutput
@@ -223,6 +224,39 @@ class PATPreTrainedModel(PreTrainedModel):
             if isinstance(module, PATClipTower):
                 module.freeze(model.config.clip_trainable_positional_embedding, model.config.clip_trainable_layers)
         return loaded
+
+    def post_init(self):
+        super().post_init()
+        self.attach_inference_cache(PATInferenceCache())
+
+    def attach_inference_cache(self, cache: PATInferenceCache) -> None:
+        """Give `cache` to this model and every sub-module that declares an `inference_cache` attribute (an outer
+        model's call replaces an inner model's cache, so one object serves the whole model)."""
+        for module in self.modules():
+            if module is self or hasattr(module, "inference_cache"):
+                module.inference_cache = cache
+
+    def clear_inference_caches(self) -> None:
+        """Drop every value derived from the weights (see `inference_cache.py`). Called on loading weights, on a
+        move or dtype change and on a train/eval switch; call it after editing weights in place."""
+        cache = getattr(self, "inference_cache", None)
+        if cache is not None:
+            cache.clear()
+
+    def train(self, mode: bool = True):
+        if mode != self.training:
+            self.clear_inference_caches()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):
+        result = super()._apply(fn, recurse)
+        self.clear_inference_caches()  # `.to`, `.cuda`, `.half`, ...: cached tensors would be on the old device/dtype
+        return result
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.clear_inference_caches()
+        return result
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -1,0 +1,60 @@
+"""Inference caches: values derived from the weights that cost too much to recompute on every call, in one object.
+
+One rule for every entry: a cached value is valid while the weights, their dtype and device, and the mode stay as they
+were when it was computed. `PATPreTrainedModel` therefore clears its cache when
+- weights are loaded (`load_state_dict`, which `from_pretrained` also goes through),
+- the model moves or changes dtype (`.to`, `.cuda`, `.half`, ...: all go through `nn.Module._apply`),
+- it switches between training and evaluation mode (`train` / `eval`),
+and the cache is never read while training (gradients must flow through the weights, not around them). Code that
+edits weights in place without any of these (`param.data.copy_`, an optimiser step outside `Trainer`, merging
+adapters) calls `model.clear_inference_caches()`.
+
+The model owns one `PATInferenceCache`; `PATPreTrainedModel.post_init` hands the same object to every sub-module
+that declares an `inference_cache` attribute, so a sub-module reads it as `self.inference_cache`.
+"""
+
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any
+
+
+# One process-wide lock rather than one per cache: a lock cannot be deep-copied or pickled, and models must stay both.
+_LOCK = threading.RLock()
+
+
+class PATInferenceCache:
+    """A keyed store of inference-only values, grouped by owner (e.g. "decoder.position_term")."""
+
+    def __init__(self, max_entries_per_owner: int = 8):
+        self.max_entries_per_owner = max_entries_per_owner
+        self._entries: dict[str, dict[Hashable, Any]] = {}
+
+    def get(self, owner: str, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The value of `owner`'s `key`, computed with `compute()` on a miss (and the owner's oldest entry dropped
+        beyond `max_entries_per_owner`)."""
+        with _LOCK:
+            entries = self._entries.setdefault(owner, {})
+            if key in entries:
+                return entries[key]
+            value = compute()
+            if len(entries) >= self.max_entries_per_owner:
+                entries.pop(next(iter(entries)))
+            entries[key] = value
+            return value
+
+    def clear(self) -> None:
+        with _LOCK:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self._entries.values())
+
+    def __repr__(self) -> str:
+        owners = ", ".join(f"{owner}: {len(entries)}" for owner, entries in self._entries.items())
+        return f"PATInferenceCache({owners})"
+
+    def __deepcopy__(self, memo):
+        return PATInferenceCache(self.max_entries_per_owner)  # a copy starts empty: its weights may be changed next
+
+    def __getstate__(self):
+        return {"max_entries_per_owner": self.max_entries_per_owner, "_entries": {}}
