@@ -10,6 +10,8 @@ from pathlib import Path
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .constants import PYRAMID_STAGES
+
 
 # The 14 "vild" prompt templates SAN ensembles for every class name.
 VILD_TEMPLATES = (
@@ -68,7 +70,6 @@ def load_vocabulary(name: str) -> dict:
 
 
 # PAT's pyramid has exactly these stages, early (finest) to late; `pyramid_*` and `codebook_sizes` list one per stage.
-PYRAMID_STAGES = ("early", "mid", "late")
 
 # The allowed range of every numeric PATConfig field, checked when a config is built or loaded (`validate_config`).
 # Counts and sizes: whole numbers >= 1 (a zero query, head, layer or codebook count builds an empty module that fails,
