@@ -42,7 +42,8 @@ class PATClipFeatures:
 
 
 def pool_attention_bias(attn_bias: torch.Tensor, grid, method: str) -> torch.Tensor:
-    """(B, A_clip, Q, H, W) -> (B, A_clip, Q, h, w): bring the side-grid bias to the CLIP grid (SAN: adaptive max-pool)."""
+    """(B, A_clip, Q, H, W) -> (B, A_clip, Q, h, w): bring the side-grid bias to the CLIP grid (SAN: adaptive
+    max-pool)."""
     b, k, q, _, _ = attn_bias.shape
     x = attn_bias.flatten(1, 2)
     if method == "max":
@@ -246,8 +247,8 @@ class PATClipTower(nn.Module):
         return tokenize(texts, self.context_length)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(prompts, context length) token ids -> (prompts, D) unit text embeddings: causal text transformer, end-of-text token (the
-        argmax id), projection.
+        """(prompts, context length) token ids -> (prompts, D) unit text embeddings: causal text transformer,
+        end-of-text token (the argmax id), projection.
 
         Each prompt runs on its first `argmax + 1` tokens only (exact: the tower is causal, so the end-of-text output
         depends on no later token, and every op but attention acts per token). Prompts are sorted by that length and

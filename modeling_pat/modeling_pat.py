@@ -481,8 +481,8 @@ def _check_class_embeddings(class_embeddings: torch.Tensor, embed_dim: int) -> N
 
 
 def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: int) -> None:
-    """(N, T, L) integer token ids, L at most CLIP's context; ids within the vocabulary when on the CPU (an id
-    outside it is an IndexError deep in the embedding on the CPU, a device-side assert on a GPU)."""
+    """(N, T, context length) integer token ids, at most CLIP's context long; ids within the vocabulary when on the
+    CPU (an id outside it is an IndexError deep in the embedding on the CPU, a device-side assert on a GPU)."""
     if (
         not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 3 or 0 in input_ids.shape
         or input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool
@@ -507,7 +507,7 @@ def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: i
 def _input_ids_key(input_ids: torch.Tensor) -> tuple:
     """Text-cache key of a vocabulary given as ids: on the host their shape and a hash of their bytes; on an
     accelerator the shape and device only, the ids being compared on the device on a hit (`_same_input_ids`): hashing
-    them would copy the whole (N, T, L) array to the host at every training step."""
+    them would copy the whole (N, T, context length) array to the host at every training step."""
     if _ids_on_host(input_ids):
         return ("ids", tuple(input_ids.shape), hash(input_ids.detach().numpy().tobytes()))
     return ("device ids", tuple(input_ids.shape), str(input_ids.device), input_ids.dtype)
@@ -599,7 +599,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
     def get_class_embeddings(
         self, input_ids: torch.Tensor | None = None, class_names: list[str] | None = None, cache_dir=None
     ):
-        """(N, T, L) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings, cached.
+        """(N, T, context length) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings,
+        cached.
 
         Cached in memory per vocabulary in the model's inference cache (`inference_cache.py`: dropped when weights
         are loaded, the model moves or switches mode, or `clear_inference_caches()` is called after an in-place edit;
@@ -636,7 +637,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         if input_ids is None and cache_dir is not None:
             embeddings = self._disk_cached_class_embeddings(list(class_names), cache_dir)
         else:
-            embeddings = self._encode_class_names(self.prompt_input_ids(class_names) if input_ids is None else input_ids)
+            ids = self.prompt_input_ids(class_names) if input_ids is None else input_ids
+            embeddings = self._encode_class_names(ids)
         kept_ids = None if input_ids is None or _ids_on_host(input_ids) else input_ids.detach().clone()
         return kept_ids, embeddings
 
@@ -644,7 +646,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         return any(param.requires_grad for param in self.model.clip_tower.text_parameters())
 
     def _encode_class_names(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(N, T, L) ids -> (N, D) through the text tower, in chunks of classes.
+        """(N, T, context length) ids -> (N, D) through the text tower, in chunks of classes.
 
         Always in the weights' dtype, autocast off: the result is cached per vocabulary (and on disk), so embeddings
         made under a training step's autocast must not be what a later full-precision evaluation gets.

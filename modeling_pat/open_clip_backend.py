@@ -175,7 +175,8 @@ class OpenAIVisionTower:
         return self.visual.positional_embedding
 
     def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, 3, H_img, W_img) -> (B, 1 + L_clip, C_clip) tokens [cls; patches] + resized positions (before `ln_pre`), (h, w)."""
+        """(B, 3, H_img, W_img) -> (B, 1 + L_clip, C_clip) tokens [cls; patches] + resized positions (before
+        `ln_pre`), and (h, w)."""
         visual = self.visual
         x = visual.conv1(pixel_values)  # (B, C_clip, h, w); the stride-p conv drops a last partial patch
         grid = tuple(x.shape[-2:])
@@ -250,7 +251,9 @@ class EvaVisionTower:
         if trunk.patch_drop is not None:
             problems.append("no patch dropout")
         if problems:
-            raise NotImplementedError(f"This timm Eva tower is not supported; the CLIP tower needs {', '.join(problems)}.")
+            raise NotImplementedError(
+                f"This timm Eva tower is not supported; the CLIP tower needs {', '.join(problems)}."
+            )
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -273,7 +276,8 @@ class EvaVisionTower:
         return self.trunk.pos_embed
 
     def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, 3, H_img, W_img) -> (B, 1 + L_clip, C_clip) tokens [cls; patches] + resized positions (before `norm_pre`), (h, w)."""
+        """(B, 3, H_img, W_img) -> (B, 1 + L_clip, C_clip) tokens [cls; patches] + resized positions (before
+        `norm_pre`), and (h, w)."""
         trunk = self.trunk
         x = trunk.patch_embed.proj(pixel_values)  # (B, C_clip, h, w); bypasses PatchEmbed's fixed 224 px check
         grid = tuple(x.shape[-2:])
@@ -288,10 +292,10 @@ class EvaVisionTower:
         return self.trunk.norm_pre(x)
 
     def rotary_embedding(self, grid, num_prefix_tokens: int, device) -> torch.Tensor | None:
-        """RoPE table ((num_prefix_tokens - trunk prefix) + L_clip, 2 C_clip / A_clip) as [sin | cos], for the tokens after the
-        trunk's own prefix. Prefix tokens are not rotated: the extra ones (SAN's SOS copies of cls) get the identity
-        rotation (sin 0, cos 1), which is exact. Built from the rope's settings, not its buffers: non-persistent
-        buffers are not restored when transformers loads a checkpoint onto a meta-built model."""
+        """RoPE table ((num_prefix_tokens - trunk prefix) + L_clip, 2 C_clip / A_clip) as [sin | cos], for the tokens
+        after the trunk's own prefix. Prefix tokens are not rotated: the extra ones (SAN's SOS copies of cls) get the
+        identity rotation (sin 0, cos 1), which is exact. Built from the rope's settings, not its buffers:
+        non-persistent buffers are not restored when transformers loads a checkpoint onto a meta-built model."""
         from timm.layers import build_rotary_pos_embed
 
         rope = self.trunk.rope

@@ -125,7 +125,8 @@ def test_lora_on_clip_changes_features_and_recognition():
     with torch.no_grad():
         adapted = tower.extract_features(x)
         biases = [torch.randn(1, tower.num_heads, 4, 8, 10, generator=torch.Generator().manual_seed(2))]
-        recognised = {True: tower.recognize(adapted, biases, 4), False: clip_oracles.recognize(tower, adapted, biases, 4)}
+        recognised = {True: tower.recognize(adapted, biases, 4),
+                      False: clip_oracles.recognize(tower, adapted, biases, 4)}
         model.disable_adapters()
         plain = tower.extract_features(x)
         plain_recognised = tower.recognize(adapted, biases, 4)

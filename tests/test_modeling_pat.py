@@ -423,3 +423,13 @@ def test_output_attentions_and_unknown_keywords_are_refused(model, pixel_values)
         model(pixel_values, class_names=["cat"])  # not a forward argument: get_class_embeddings takes names
     with torch.no_grad():
         assert isinstance(model(pixel_values, output_attentions=False, return_dict=False), tuple)
+
+
+def test_class_names_hit_the_text_cache_when_ids_live_on_an_accelerator(monkeypatch):
+    # names are keyed by their text, whatever device their ids are tokenised onto (simulated: the host check says no)
+    import modeling_pat.modeling_pat as modeling
+
+    model = tiny_model()
+    monkeypatch.setattr(modeling, "_ids_on_host", lambda input_ids: False)
+    first = model.get_class_embeddings(class_names=["cat", "dog"])
+    assert model.get_class_embeddings(class_names=["cat", "dog"]) is first
