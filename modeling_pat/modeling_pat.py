@@ -540,6 +540,15 @@ def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | No
     return (rows & cols)[:, None].to(pixel_values.dtype)
 
 
+def _refuse_attention_weights(output_attentions: bool | None, config: PATConfig) -> None:
+    """A ValueError for `output_attentions=True` (or the config's): SDPA, the only attention, returns no weights."""
+    if output_attentions or (output_attentions is None and getattr(config, "output_attentions", False)):
+        raise ValueError(
+            "output_attentions=True is not supported: the model's attention runs torch's "
+            "scaled_dot_product_attention (attn_implementation='sdpa'), which does not return attention weights."
+        )
+
+
 def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
     """Label maps must be (B, H, W) integer maps at the padded input size (the image processor pads them)."""
     expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
@@ -810,11 +819,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
 
         Other keyword arguments are a TypeError (`return_dict` is taken by `can_return_tuple`). With neither `input_ids` nor `class_embeddings`, the vocabulary is `config.id2label`.
         """
-        if output_attentions or (output_attentions is None and getattr(self.config, "output_attentions", False)):
-            raise ValueError(
-                "output_attentions=True is not supported: the model's attention runs torch's "
-                "scaled_dot_product_attention (attn_implementation='sdpa'), which does not return attention weights."
-            )
+        _refuse_attention_weights(output_attentions, self.config)
         if sum(x is not None for x in (input_ids, class_embeddings)) > 1:
             raise ValueError("Pass at most one of `input_ids` and `class_embeddings`.")
         if class_embeddings is not None:

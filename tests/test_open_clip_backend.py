@@ -32,9 +32,9 @@ def _imports_open_clip(path: Path) -> bool:
     return False
 
 
-def test_only_the_backend_imports_open_clip_among_the_model_modules():
+def test_only_the_backend_imports_open_clip_in_the_package():
     package = Path(modeling_pat.__file__).parent
-    importing = {path.name for path in package.glob("*.py") if _imports_open_clip(path)}
+    importing = {path.name for path in package.rglob("*.py") if _imports_open_clip(path)}
     assert importing == {"open_clip_backend.py"}
 
 
