@@ -196,7 +196,12 @@ def test_text_cache_key_follows_the_text_tower():
     perturb_lora(model, seed=3)
     # (its LoRA weights train: the key is hashed at every call and the in-memory cache is bypassed)
     assert model.text_weights_fingerprint() != fingerprint
-    assert not torch.allclose(model.get_class_embeddings(class_names=names), first, atol=1e-4)
+    adapted = model.get_class_embeddings(class_names=names)
+    assert not torch.allclose(adapted, first, atol=1e-4)
+    # merged into the text weights in place (frozen again): hashed anew, and the embeddings stay the adapted ones
+    merge_lora(model)
+    assert model.text_weights_fingerprint() != fingerprint
+    torch.testing.assert_close(model.get_class_embeddings(class_names=names), adapted, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("layers", [0, 2])
