@@ -1,4 +1,5 @@
-"""The `pat-segment` command (`modeling_pat/cli.py`), run in-process with the tiny random model (`random:san-tiny`)."""
+"""The `pat-segment` command (`modeling_pat/apps/cli.py`), run in-process with the tiny random model
+(`random:san-tiny`)."""
 
 import json
 import shutil
@@ -9,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor, cli
-from modeling_pat.cli import (
+from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor
+from modeling_pat.apps import cli
+from modeling_pat.apps.cli import (
     EXIT_MODEL,
     EXIT_OK,
     EXIT_UNREADABLE,
@@ -126,7 +128,7 @@ def test_exif_orientation_is_honoured(tmp_path):
 
 
 def test_huge_outputs_are_post_processed_at_a_reduced_size_then_upsampled(tmp_path, monkeypatch):
-    monkeypatch.setattr("modeling_pat.cli.POSTPROCESS_BUDGET", 2_000)  # as if the image were enormous
+    monkeypatch.setattr("modeling_pat.apps.cli.POSTPROCESS_BUDGET", 2_000)  # as if the image were enormous
     image = tmp_path / "wide.png"
     Image.new("RGB", (90, 30), (120, 120, 40)).save(image)
     code = main([str(image), "--labels", "sand,sky", "--output-dir", str(tmp_path / "out")] + RANDOM)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from modeling_pat import PATImageProcessor
 from modeling_pat.image_processing_pat import _resize_label
-from modeling_pat.data import (
+from modeling_pat.apps.data import (
     DatasetSpec,
     EpochCallback,
     LabelFileError,
@@ -252,7 +252,7 @@ def test_photometric_distortion_and_hsv():
 
 
 # The 8-bit HSV formulas (OpenCV's) evaluated elementwise in float32: the reference the table-driven conversions
-# of modeling_pat.data must reproduce bit for bit.
+# of modeling_pat.apps.data must reproduce bit for bit.
 def formula_rgb_to_hsv(image):
     rgb = image.astype(np.float32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]

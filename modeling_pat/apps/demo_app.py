@@ -52,9 +52,9 @@ from .cli import (
     segment_batch_results,
     write_outputs,
 )
-from .configuration_pat import VOCABULARY_FILES, load_vocabulary
-from .image_processing_pat import load_image
-from .processing_pat import validate_class_names
+from ..configuration_pat import VOCABULARY_FILES, load_vocabulary
+from ..image_processing_pat import load_image
+from ..processing_pat import validate_class_names
 from .region_query import query_region
 from .visualization import blend_labels, format_fraction, legend_entries, make_palette, pixel_fractions
 

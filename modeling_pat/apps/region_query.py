@@ -15,7 +15,7 @@ segmentation merges them into one label per pixel; a region query instead return
 Coordinates are pixels of the image at `target_size` (normally the original image): x to the right, y down, a point
 inside the image when 0 <= x < width and 0 <= y < height, a box covering the pixels x0 <= x < x1, y0 <= y < y1.
 
-    from modeling_pat.region_query import query_region
+    from modeling_pat import query_region
 
     matches = query_region(model, processor, image, ["cat", "sofa", "floor"], points=[(120, 80)])
     best = matches[0][0]  # best proposal at the first point: best.label, best.score, best.mask (bool H x W)
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .image_processing_pat import _field, _size_at, get_padded_size, resize_mask_logits
+from ..image_processing_pat import _field, _size_at, get_padded_size, resize_mask_logits
 
 
 @dataclass(eq=False)

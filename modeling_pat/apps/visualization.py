@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from .atomic_files import atomic_path
+from ..atomic_files import atomic_path
 
 
 # Golden-ratio hue steps put consecutive class indices far apart on the colour wheel; the (saturation, value)

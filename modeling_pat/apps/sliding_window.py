@@ -10,7 +10,7 @@ An axis no longer than the window gets one window, padded at the bottom / right 
 `size_divisibility` as the normal path pads, so an image that fits in one window gives exactly the normal path's
 scores.
 
-    from modeling_pat.sliding_window import sliding_window_segmentation
+    from modeling_pat import sliding_window_segmentation
 
     label_maps = sliding_window_segmentation(model, processor.image_processor, [image], class_names=["sky", "road"])
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
-from .image_processing_pat import semantic_map
+from ..image_processing_pat import semantic_map
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:

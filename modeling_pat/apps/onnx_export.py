@@ -53,7 +53,7 @@ from .cli import (
     parse_labels,
     vocabulary_class_names,
 )
-from .configuration_pat import VOCABULARY_FILES
+from ..configuration_pat import VOCABULARY_FILES
 from .pretrained import OFFICIAL_MODELS
 
 

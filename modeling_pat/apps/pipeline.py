@@ -43,9 +43,9 @@ from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging as hf_logging
 
-from .configuration_pat import PATConfig, stuff_class_names, validate_prompt_templates
-from .image_processing_pat import get_padded_size, load_image, padding_groups
-from .processing_pat import validate_class_names
+from ..configuration_pat import PATConfig, stuff_class_names, validate_prompt_templates
+from ..image_processing_pat import get_padded_size, load_image, padding_groups
+from ..processing_pat import validate_class_names
 from .sliding_window import sliding_window_scores
 
 
@@ -152,7 +152,7 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
             Templates with one `{}`; each name's text embedding is the mean over them. Default:
             `model.config.prompt_templates`.
         sliding_window (`bool`, *optional*, defaults to `False`):
-            Sliding-window inference (`modeling_pat.sliding_window`): the resized image is covered by overlapping
+            Sliding-window inference (`modeling_pat.apps.sliding_window`): the resized image is covered by overlapping
             windows of the training size (`config.side_image_size`) and the per-class scores are averaged; for
             images much larger than that size (e.g. with a processor `size` above the training resolution).
         window_stride (`int`, *optional*): pixels between windows; default two thirds of the window.
