@@ -14,8 +14,8 @@
     python run_semantic_segmentation.py --model_name_or_path san-vit-b16 --train_dataset folder=/data/mine \
         --eval_datasets folder=/data/mine --do_train --do_eval --max_steps 2000 --output_dir san-mine
 
-Datasets are given as `KIND[=PATH][:SPLIT]` (see `modeling_pat/apps/data.py` for every layout): `coco171`, `ade150`,
-`ade847`, `pc59`, `pc459`, `voc20` (folder under `--data_root`, or `=PATH`), `folder=PATH`, `hub=ID_OR_PATH`
+Datasets are given as `KIND[=PATH][:SPLIT]` (see `modeling_pat/apps/data/__init__.py` for every layout): `coco171`,
+`ade150`, `ade847`, `pc59`, `pc459`, `voc20` (folder under `--data_root`, or `=PATH`), `folder=PATH`, `hub=ID_OR_PATH`
 (parquet / imagefolder repositories). A single `.json` / `.yaml` file with all arguments is also accepted.
 Defaults follow SAN's recipe (AdamW 1e-4, weight decay 1e-4 with SAN's exceptions, poly 0.9 schedule, no warm-up,
 full-model gradient clipping 0.01, 640 crops from short edges 320..960, SSD colour jitter, flip; test short edge 640).

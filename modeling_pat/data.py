@@ -1,4 +1,4 @@
-"""`modeling_pat.data`: the segmentation data names users' scripts import (the code is in `apps/data.py`).
+"""`modeling_pat.data`: the segmentation data names users' scripts import (the code is in `apps/data/`).
 
 Kept so that `from modeling_pat.data import load_split, SegmentationCollator, ...` works as before the package split.
 """

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from modeling_pat import PATImageProcessor
-from modeling_pat.image_processing_pat import _resize_label
 from modeling_pat.apps.data import (
     DatasetSpec,
     EpochCallback,
@@ -21,7 +20,6 @@ from modeling_pat.apps.data import (
     SegmentationCollator,
     SegmentationEvalDataset,
     SegmentationTrainDataset,
-    _convert,
     hsv_uint8_to_rgb,
     load_split,
     load_vocabulary,
@@ -30,6 +28,8 @@ from modeling_pat.apps.data import (
     resize_label_nearest,
     rgb_to_hsv_uint8,
 )
+from modeling_pat.apps.data.augmentation import _convert
+from modeling_pat.image_processing_pat import _resize_label
 
 import segmentation_layouts as layouts
 from segmentation_layouts import ADE_STEMS, COCO_STEMS, MANIFEST, VOC21, VOC_STEMS

@@ -61,6 +61,7 @@ def test_the_import_parser_sees_every_form(tmp_path):
 
 def test_the_applications_live_under_apps():
     apps = {path.stem for path in (PACKAGE / "apps").glob("*.py")}
+    apps |= {path.parent.name for path in (PACKAGE / "apps").glob("*/__init__.py")}  # subpackages such as data/
     assert {"cli", "data", "pipeline", "sliding_window", "region_query", "training", "evaluation"} <= apps
     flat = {path.stem for path in PACKAGE.glob("*.py")}
     assert not (flat - ENTRY_MODULES) & apps, "an application module is also flat"
