@@ -19,9 +19,9 @@ from modeling_pat.apps.cli import (
     EXIT_USAGE,
     vocabulary_class_names,
     main,
-    output_stems,
     segment_batch,
 )
+from modeling_pat.apps.result_files import output_stems
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -23,7 +23,8 @@ Nothing the run did not create is overwritten. Each result file is marked as a p
 a JSON key); an existing file is replaced only when it is a previous result of the same kind and not an input of
 this run. Otherwise the image's results get the next free stem (`<stem>-2`, `<stem>-3`, ...), reported at the end.
 Previous results found in an input folder or glob are not segmented again (name such a file itself to segment it).
-Every file is written under a temporary name and renamed when complete, so none is ever half-written.
+Every file is written under a temporary name and renamed when complete, so none is ever half-written. The result files,
+their names and that rule are in `result_files`; this module checks the arguments, loads the model and runs it.
 
 Exit codes: 0 success; 1 unexpected runtime error (e.g. out of memory); 2 usage error (bad arguments, an input that
 matches no image, no or duplicate labels, unavailable device); 3 the model could not be loaded; 4 some images could
@@ -31,9 +32,7 @@ not be read or their results not written (the others were still processed; the f
 """
 
 import argparse
-import errno
 import glob
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -55,10 +54,10 @@ from modeling_pat_cli import (  # the console script's front: it parses the argu
     segment_main,
 )
 
-from ..atomic_files import atomic_open
 from ..configuration_pat import PATConfig, load_vocabulary, stuff_class_names
 from ..image_processing_pat import load_image, padding_groups
 from ..modeling_pat import PATForOpenVocabSegmentation
+from ..processing_pat import PATProcessor, validate_class_names
 from .pretrained import (
     OFFICIAL_MODELS,
     WeightsUnavailableError,
@@ -68,18 +67,15 @@ from .pretrained import (
     list_cache,
     resolve_pretrained,
 )
-from ..processing_pat import PATProcessor, validate_class_names
+from .result_files import output_stems, result_files, result_kind, result_name_taken, write_outputs
 from .sliding_window import sliding_window_segmentation
-from .visualization import make_palette, pixel_fractions, render_overlay, save_label_map, save_png, save_segment_map
+from .visualization import make_palette
 
 
 RANDOM_PREFIX = "random:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 POSTPROCESS_BUDGET = 2**28  # floats the full-resolution post-processing may hold per image (1 GiB in float32)
-# Marks a file as a pat-segment result (PNG text-chunk key and JSON key), its value the kind of result: only such a
-# file may be overwritten by a later run, and only by a result of the same kind.
-RESULT_MARKER = "pat-segment"
 
 HOW_TO_GET_WEIGHTS = """\
 To get a model: --model takes a name ({names}: the official SAN checkpoints, fetched from the Hugging Face Hub
@@ -229,70 +225,6 @@ def read_image(path: Path) -> Image.Image:
     return load_image(path)
 
 
-def result_files(stem: str) -> dict[str, str]:
-    """{kind: file name} of the results of one image (`segments` is written by instance / panoptic runs only, but its
-    name is kept free in every run, so that a later --subtask run of the same images finds it so)."""
-    return {"labels": f"{stem}_labels.png", "overlay": f"{stem}_overlay.png", "summary": f"{stem}.json",
-            "segments": f"{stem}_segments.png"}
-
-
-def result_kind(path: Path) -> str | None:
-    """The kind of pat-segment result `path` is ("labels", "overlay", "summary", "segments"), or None for any other
-    file."""
-    try:
-        if path.suffix.lower() == ".png":
-            with Image.open(path) as png:  # text chunks come before the pixel data: only the header is read
-                kind = png.info.get(RESULT_MARKER)
-        elif path.suffix.lower() == ".json" and path.stat().st_size < 2**20:
-            kind = json.loads(path.read_text(encoding="utf-8")).get(RESULT_MARKER)
-        else:
-            return None
-    except Exception:  # unreadable, not an image, a decompression bomb, not a JSON object: not one of ours
-        return None
-    return kind if kind in result_files("") else None
-
-
-def output_stems(paths: list[Path], output_dir: Path | None = None) -> list[str]:
-    """One output name per input: its file stem, with -2, -3, ... added when two inputs share a stem or (given
-    `output_dir`) when one of the stem's result files there may not be overwritten (`result_name_taken`)."""
-    inputs = {os.path.realpath(path) for path in paths}
-    stems, used = [], set()
-    for path in paths:
-        stem, number = path.stem, 1
-        while stem.casefold() in used or (
-            output_dir is not None and result_name_taken(output_dir, stem, inputs) is not None
-        ):
-            number += 1
-            stem = f"{path.stem}-{number}"
-        used.add(stem.casefold())
-        stems.append(stem)
-    return stems
-
-
-def result_name_taken(output_dir: Path, stem: str, inputs: set[str]) -> str | None:
-    """Why the results of `stem` may not be written to `output_dir` (a file there is an input of this run, or exists
-    and is not an earlier result of the same kind), or None when they may. A folder in the way is not a file: its
-    write fails and is reported with the other failures."""
-    for kind, name in result_files(stem).items():
-        target = output_dir / name
-        if os.path.realpath(target) in inputs:
-            return f"{target} is an input of this run"
-        if _is_foreign_file(target, kind):
-            return f"{target} exists and is not an earlier pat-segment {kind} file"
-    return None
-
-
-def _is_foreign_file(target: Path, kind: str) -> bool:
-    """`target` is a file (or link) that is not an earlier result of this kind: it must not be replaced."""
-    return os.path.lexists(target) and not target.is_dir() and (target.is_symlink() or result_kind(target) != kind)
-
-
-def _refuse_foreign_file(target: Path, kind: str) -> None:
-    if _is_foreign_file(target, kind):
-        reason = "exists and is not an earlier pat-segment result, so it is kept"
-        raise FileExistsError(errno.EEXIST, reason, str(target))
-
-
 @dataclass
 class SegmentOptions:
     """`--subtask` and its thresholds; "semantic" needs none of them."""
@@ -406,50 +338,6 @@ def _to_size(label_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         label_map = torch.nn.functional.interpolate(label_map[None, None].float(), size=size, mode="nearest-exact")
         label_map = label_map[0, 0].long()
     return label_map.numpy()
-
-
-# -- outputs ----------------------------------------------------------------------------------------------------------
-def write_outputs(
-    image, label_map, path: Path, stem: str, class_names, palette, output_dir: Path, model_id: str, segments=None
-):
-    """The result files of one image: label PNG, overlay PNG, JSON summary, and with `segments` (a
-    `segment_batch_results` entry of an instance / panoptic run) the segment-id PNG, whose segments the JSON lists;
-    each marked as a result of its kind and written atomically (raises OSError when a write fails)."""
-    files = result_files(stem)
-    for kind, name in files.items():  # a file that appeared since the names were chosen is kept too
-        _refuse_foreign_file(output_dir / name, kind)
-    label_file, overlay_file, json_file = files["labels"], files["overlay"], files["summary"]
-    save_label_map(label_map, len(class_names), output_dir / label_file, text={RESULT_MARKER: "labels"})
-    segment_map = None if segments is None else segments["segment_map"]
-    overlay = render_overlay(image, label_map, class_names, palette, outline_map=segment_map)
-    save_png(overlay, output_dir / overlay_file, text={RESULT_MARKER: "overlay"})
-    fractions = pixel_fractions(label_map, len(class_names))
-    present = [
-        {"index": int(i), "label": class_names[i], "pixel_fraction": float(fractions[i])}
-        for i in sorted(np.flatnonzero(fractions), key=lambda i: (-fractions[i], i))
-    ]
-    summary = {
-        RESULT_MARKER: "summary",
-        "image": str(path),
-        "image_size": {"height": image.height, "width": image.width},
-        "model": model_id,
-        "labels": list(class_names),
-        "pixel_fractions": [float(f) for f in fractions],
-        "classes_present": present,
-        "label_map": label_file,
-        "label_map_dtype": "uint8" if len(class_names) <= 256 else "uint16",
-        "overlay": overlay_file,
-    }
-    if segments is not None:
-        segment_file = files["segments"]
-        save_segment_map(segment_map, output_dir / segment_file, text={RESULT_MARKER: "segments"})
-        summary.update(subtask=segments["subtask"], segment_map=segment_file, segment_map_dtype="uint16",
-                       segments=segments["segments"])
-    elif result_kind(output_dir / files["segments"]) == "segments":
-        (output_dir / files["segments"]).unlink()  # an earlier instance / panoptic run's: it would no longer match
-    with atomic_open(output_dir / json_file) as handle:
-        json.dump(summary, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
 
 
 # -- main -------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ from modeling_pat_cli import (  # the console script's front: it parses the argu
     demo_main,
 )
 
+from ..configuration_pat import VOCABULARY_FILES, load_vocabulary
+from ..image_processing_pat import load_image
+from ..processing_pat import validate_class_names
 from .cli import (
     DEFAULT_MODEL,
     DTYPES,
@@ -50,12 +53,9 @@ from .cli import (
     resolve_device,
     segment_batch,
     segment_batch_results,
-    write_outputs,
 )
-from ..configuration_pat import VOCABULARY_FILES, load_vocabulary
-from ..image_processing_pat import load_image
-from ..processing_pat import validate_class_names
 from .region_query import query_region
+from .result_files import write_outputs
 from .visualization import blend_labels, format_fraction, legend_entries, make_palette, pixel_fractions
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..configuration_pat import VOCABULARY_FILES
 from .cli import (
     DEFAULT_MODEL,
     EXIT_MODEL,
@@ -53,7 +54,6 @@ from .cli import (
     parse_labels,
     vocabulary_class_names,
 )
-from ..configuration_pat import VOCABULARY_FILES
 from .pretrained import OFFICIAL_MODELS
 
 
