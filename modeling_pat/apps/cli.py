@@ -243,10 +243,10 @@ class SegmentOptions:
 def segment_batch_results(
     model, processor, images, class_embeddings, device, dtype, class_names, options: SegmentOptions
 ) -> list[dict]:
-    """PIL images -> per image {"label_map": [H, W] int64} and, for instance / panoptic, "segment_map" ([H, W]
-    int64 segment ids, 0 = none) and "segments" (the processor's segments_info plus "label" and "box"), from one
-    forward pass for the whole batch, or one per `padding_groups` group: sizes too different to pad together (one
-    very wide image among small ones) run as separate passes."""
+    """PIL images -> per image {"label_map": [H_out, W_out] int64} and, for instance / panoptic,
+    "segment_map" ([H_out, W_out] int64 segment ids, 0 = none) and "segments" (the processor's segments_info plus
+    "label" and "box"), from one forward pass for the whole batch, or one per `padding_groups` group: sizes too
+    different to pad together (one very wide image among small ones) run as separate passes."""
     image_processor = processor.image_processor
     resized = [image_processor.resized_size(image.height, image.width) for image in images]
     results = [None] * len(images)
@@ -312,8 +312,8 @@ def describe_segments(segment_map: np.ndarray, segments_info: list[dict], class_
 def segment_batch(
     model, processor, images, class_embeddings, device, dtype, sliding_window=False, window_stride=None
 ) -> list[np.ndarray]:
-    """PIL images -> [H, W] int64 label maps at each image's own size (one forward pass for the whole batch, or for
-    each of its `padding_groups`; with `sliding_window` batches of windows per image)."""
+    """PIL images -> [H_out, W_out] int64 label maps at each image's own size (one forward pass for the whole batch,
+    or for each of its `padding_groups`; with `sliding_window` batches of windows per image)."""
     sizes = [(image.height, image.width) for image in images]
     targets = [_postprocess_size(size, model.config.num_queries, class_embeddings.shape[0]) for size in sizes]
     if sliding_window:

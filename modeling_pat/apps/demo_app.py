@@ -81,7 +81,7 @@ class DemoInputError(ValueError):
 
 # -- subtasks ---------------------------------------------------------------------------------------------------------
 def semantic_subtask(demo: "SegmentationDemo", image: Image.Image, class_names, class_embeddings, sliding_window):
-    """One class per pixel: {"label_map": [H, W] int64 class indices}."""
+    """One class per pixel: {"label_map": [H_out, W_out] int64 class indices}."""
     [label_map] = segment_batch(
         demo.model, demo.processor, [image], class_embeddings, demo.model.device, demo.model.dtype,
         sliding_window=sliding_window,
@@ -108,9 +108,9 @@ def segments_subtask(name: str):
     return run
 
 
-# Subtask name -> function(demo, image, class names, (N, D) class embeddings, sliding window) -> {"label_map": [H, W]
-# class indices} plus, for subtasks with segments, what `write_outputs(segments=...)` takes ("segment_map",
-# "segments", "subtask"). The page offers every key; a new subtask is one more entry.
+# Subtask name -> function(demo, image, class names, (N, D) class embeddings, sliding window) -> {"label_map":
+# [H_out, W_out] class indices} plus, for subtasks with segments, what `write_outputs(segments=...)` takes
+# ("segment_map", "segments", "subtask"). The page offers every key; a new subtask is one more entry.
 SUBTASKS = {
     "semantic": semantic_subtask,
     "instance": segments_subtask("instance"),

@@ -1,6 +1,6 @@
 """The files `pat-segment` (and the demo's download) write per image, and the rule that keeps others' files safe.
 
-Per image stem: `<stem>_labels.png` (class index per pixel, [H_img, W_img] at the image's size: 8-bit, or 16-bit
+Per image stem: `<stem>_labels.png` (class index per pixel, [H_out, W_out], the image's size: 8-bit, or 16-bit
 beyond 256 classes), `<stem>_overlay.png` (the image blended with class colours, plus a legend), `<stem>.json` (labels,
 per-class pixel fractions, image size, model) and, for instance / panoptic runs, `<stem>_segments.png` (16-bit segment
 id per pixel). Each is marked as a pat-segment result of its kind (a PNG text chunk, a JSON key); an existing file is

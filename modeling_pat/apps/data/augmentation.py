@@ -8,7 +8,6 @@ from PIL import Image
 from ...image_processing_pat import get_resize_output_size
 
 
-# -- augmentation -----------------------------------------------------------------------------------------------------
 SAN_TRAIN_SHORT_EDGES = tuple(int(x * 0.1 * 640) for x in range(5, 16))  # 320, 384, ..., 960
 
 
@@ -40,7 +39,8 @@ class SANTrainAugmentation:
     ignore_index: int = 255
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
-        """uint8 [H, W, 3], int64 [H, W] -> (uint8 [c, c, 3], int64 [c, c], (h, w) of the content before padding)."""
+        """uint8 [H_out, W_out, 3], int64 [H_out, W_out] (the photo's own size) -> (uint8 [H_img, W_img, 3], int64
+        [H_img, W_img] (the square crop, model input), (height, width) of the content before padding)."""
         height, width = label.shape
         short = int(self.short_edges[rng.integers(len(self.short_edges))])
         new_height, new_width = get_resize_output_size(height, width, short, self.max_long_edge)
@@ -65,14 +65,16 @@ class SANTrainAugmentation:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] -> [h, w, 3] with PIL bilinear (what detectron2's ResizeTransform does for uint8 images)."""
+    """uint8 [H_out, W_out, 3] -> [H_img, W_img, 3] with PIL bilinear (what detectron2's ResizeTransform does for uint8
+    images)."""
     if image.shape[:2] == tuple(size):
         return image
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
 def resize_label_nearest(label: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int] | None = None):
-    """[H, W] -> [h, w] nearest neighbour at pixel centres (source index floor((i + 0.5) * H / h)), any dtype.
+    """[H_out, W_out] -> [H_img, W_img] nearest neighbour at pixel centres (source row floor((i + 0.5) * H_out /
+    H_img)), any dtype.
 
     `window` = (top, left, height, width): only that crop of the resized map (the same pixels as cropping it)."""
     height, width = label.shape

@@ -12,9 +12,9 @@ from .augmentation import SANTrainAugmentation
 from .splits import SegmentationSplit
 
 
-# -- torch datasets -----------------------------------------------------------------------------------------------------
 def _normalize(image: np.ndarray, processor: PATImageProcessor) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [3, H, W] normalised exactly as the image processor does (no resize, no pad)."""
+    """uint8 [H_img, W_img, 3] -> float32 [3, H_img, W_img] normalised exactly as the image processor does (no resize,
+    no pad)."""
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
     normalised = processor.rescale_and_normalize(
         tensor, processor.do_rescale, processor.rescale_factor, processor.do_normalize,
@@ -77,7 +77,8 @@ class SegmentationEvalDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image, label, stem = self.split.load(index)
-        # `load` gives [H, W, 3] arrays: said explicitly, so that a 3- or 4-pixel-high image is no ambiguous shape.
+        # `load` gives [H_out, W_out, 3] arrays: said explicitly, so that a 3- or 4-pixel-high image is no ambiguous
+        # shape.
         inputs = self.processor(images=image, do_pad=False, input_data_format="channels_last", return_tensors="pt")
         return {
             "pixel_values": inputs["pixel_values"][0],

@@ -89,7 +89,7 @@ class LabelFileError(ValueError):
 
 
 def single_channel_label(label: np.ndarray, where: str) -> np.ndarray:
-    """[H, W] class indices from a stored label; a label saved as RGB / LA with equal channels is accepted, a
+    """[H_out, W_out] class indices from a stored label; a label saved as RGB / LA with equal channels is accepted, a
     colour-coded one (channels that differ) is refused, since reading its red channel as class ids is garbage."""
     label = np.asarray(label)
     if label.ndim == 2:
@@ -110,8 +110,8 @@ def single_channel_label(label: np.ndarray, where: str) -> np.ndarray:
 
 
 def palette_to_class_indices(rgb: np.ndarray, palette, ignore_index: int = 255) -> np.ndarray:
-    """A colour-coded label map [H, W, 3] -> class indices [H, W]: pixel colour `palette[i]` -> i, any colour not in
-    the palette -> `ignore_index`."""
+    """A colour-coded label map [H_out, W_out, 3] -> class indices [H_out, W_out]: pixel colour `palette[i]` -> i, any
+    colour not in the palette -> `ignore_index`."""
     colours = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
     codes = _colour_codes(colours)
     if len(np.unique(codes)) != len(codes):

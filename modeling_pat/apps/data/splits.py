@@ -22,7 +22,6 @@ SPLIT_ALIASES = {
 }
 
 
-# -- splits -----------------------------------------------------------------------------------------------------------
 @dataclass
 class SegmentationSplit:
     """One split of one dataset, ready for `SegmentationTrainDataset` / `SegmentationEvalDataset`.
@@ -52,7 +51,7 @@ class SegmentationSplit:
         return _replace(self, dataset=self.dataset.select(list(indices)))
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """(RGB uint8 [H, W, 3], class-index label int64 [H, W], stem) of example `index`.
+        """(RGB uint8 [H_out, W_out, 3], class-index label int64 [H_out, W_out], stem) of example `index`.
 
         The label is checked on every read (one vectorised pass, small next to decoding the image): a colour-coded
         map or a value that is neither a class nor the ignore value raises `LabelFileError` naming the file."""
