@@ -54,7 +54,7 @@ def normalize_rgb(image: "PIL.Image.Image", to_rgb: bool = True) -> "PIL.Image.I
 
 def first_frame(image: "PIL.Image.Image") -> "PIL.Image.Image":
     """Frame 0 of a multi-frame image (GIF, TIFF, APNG), as files are opened; the caller's image keeps its frame."""
-    position = image.tell() if getattr(image, "n_frames", 1) > 1 else 0
+    position = image.tell()  # 0 for single-frame images (counting frames would read through an animation)
     if position == 0:
         return image
     try:

@@ -50,6 +50,7 @@ from .post_processing import (  # noqa: F401 (re-exported: importable from here 
     PRUNE_MIN_CLASSES,
     ResizeRows,
     mask_outputs,
+    mask_proposals,
     mask_resize_matrix,
     mask_resize_rows,
     output_field,
@@ -530,18 +531,10 @@ class PATImageProcessor(TorchvisionBackend):
                 for padded, image, output in zip(padded_sizes, image_sizes, output_sizes)]
 
     def _mask_proposals(self, outputs, target_sizes):
-        """Per image: (class_logits (Q, N + 1), a function of query ids -> their (Q_k, H_out, W_out) mask
-        probabilities at the output size, padding cropped as in semantic post-processing, and (H_out, W_out))."""
+        """`mask_proposals` of the outputs, with the sizes semantic post-processing uses."""
         class_logits, mask_logits = mask_outputs(outputs, target_sizes)
-        batch_size = class_logits.shape[0]
-        for i, sizes in enumerate(self._post_processing_sizes(outputs, target_sizes, batch_size)):
-            output_size = sizes["output_size"] or sizes["image_size"] or sizes["padded_size"]
-            output_size = output_size or tuple(mask_logits.shape[-2:])
-
-            def masks_at(queries, logits=mask_logits[i], sizes=sizes):
-                return resize_mask_logits(logits[queries.to(logits.device)], **sizes).sigmoid()
-
-            yield class_logits[i], masks_at, tuple(output_size)
+        sizes = self._post_processing_sizes(outputs, target_sizes, class_logits.shape[0])
+        return mask_proposals(class_logits, mask_logits, sizes)
 
 
 

@@ -12,6 +12,7 @@ B in front.
   low-resolution logits: scores[n] = sum_q softmax(class)[q, n] * sigmoid(resized mask)[q], the void column
   dropped after the softmax and the rest not renormalised (SAN / Mask2Former). It is the package's only semantic
   inference; tests keep the dense formula as its oracle.
+* `mask_proposals`: per image, the mask probabilities of chosen queries at the output size (instance / panoptic).
 * `mask_outputs`, `output_field`, `size_rows`, `size_at`: read and check a model output's logits and size tables.
 """
 
@@ -349,6 +350,21 @@ def _candidate_classes(probs: torch.Tensor, low: torch.Tensor, high: torch.Tenso
     threshold = lower.amax(dim=-2, keepdim=True) - margin * upper.amax(dim=-2, keepdim=True)
     wins_somewhere = (upper >= threshold).movedim(-2, 0).flatten(1).any(dim=1)  # (N,)
     return wins_somewhere.nonzero().squeeze(1)
+
+
+def mask_proposals(class_logits: torch.Tensor, mask_logits: torch.Tensor, sizes: list[dict]):
+    """Per image: (its class logits (Q, N + 1), a function of query ids -> their (Q_k, H_out, W_out) mask
+    probabilities at the output size, and (H_out, W_out)), what `mask_segments` works on. `sizes` holds per image the
+    `padded_size`, `image_size` and `output_size` of `resize_mask_logits` (padding cropped as in semantic
+    post-processing); without an output size the masks stay at the cropped (or padded, or their own) size."""
+    for i, size in enumerate(sizes):
+        output_size = size["output_size"] or size["image_size"] or size["padded_size"]
+        output_size = output_size or tuple(mask_logits.shape[-2:])
+
+        def masks_at(queries, logits=mask_logits[i], size=size):
+            return resize_mask_logits(logits[queries.to(logits.device)], **size).sigmoid()
+
+        yield class_logits[i], masks_at, tuple(output_size)
 
 
 def mask_outputs(outputs, target_sizes) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from modeling_pat.post_processing import (
     _candidate_classes,
     _tile_row_sources,
     mask_outputs,
+    mask_proposals,
     mask_resize_matrix,
     mask_resize_rows,
     output_field,
@@ -269,3 +270,15 @@ def test_mask_outputs_checks_the_logits_against_each_other_and_the_target_sizes(
         mask_outputs({**outputs, "masks_queries_logits": torch.zeros(2, 4, 4, 4)}, None)
     with pytest.raises(ValueError, match="class_queries_logits"):
         mask_outputs({"masks_queries_logits": torch.zeros(2, 3, 4, 4)}, None)
+
+
+def test_mask_proposals_resize_only_the_queries_asked_for():
+    generator = torch.Generator().manual_seed(0)
+    class_logits, mask_logits = torch.randn(2, 5, 4, generator=generator), torch.randn(2, 5, 8, 8, generator=generator)
+    sizes = [{"padded_size": (32, 32), "image_size": (32, 24), "output_size": (15, 11)},
+             {"padded_size": (32, 32), "image_size": (20, 32), "output_size": None}]
+    (logits_0, masks_at_0, size_0), (_, masks_at_1, size_1) = mask_proposals(class_logits, mask_logits, sizes)
+    assert torch.equal(logits_0, class_logits[0]) and size_0 == (15, 11) and size_1 == (20, 32)  # else the crop
+    queries = torch.tensor([3, 1])
+    close(masks_at_0(queries), resize_mask_logits(mask_logits[0, queries], **sizes[0]).sigmoid())
+    assert masks_at_1(queries).shape == (2, 20, 32)
