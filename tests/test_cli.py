@@ -21,7 +21,6 @@ from modeling_pat.apps.cli import (
     main,
     segment_batch,
 )
-from modeling_pat.apps.result_files import output_stems
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -114,7 +113,6 @@ def test_globs_files_and_folders_are_deduplicated_and_same_stems_kept_apart(tmp_
     _check_outputs(tmp_path / "out", "coffee", (600, 400), ["cup", "table"])
     _check_outputs(tmp_path / "out", "coffee-2", (48, 32), ["cup", "table"])
     assert len(list((tmp_path / "out").iterdir())) == 6
-    assert output_stems([Path("x/a.png"), Path("y/A.jpg"), Path("a-2.png")]) == ["a", "A-2", "a-2-2"]
 
 
 def test_exif_orientation_is_honoured(tmp_path):
