@@ -127,7 +127,8 @@ def test_files_a_push_to_hub_would_upload(tmp_path):
                 "README.md"}
     assert expected <= set(files), files
     assert {"configuration_pat.py", "modeling_pat.py", "processing_pat.py"} <= set(files), files
-    assert not {"model_card.py", "pipeline_pat.py"} & set(files)  # neither is model code
+    # no application code (apps/, entry modules) travels with the model
+    assert not {"model_card.py", "pipeline.py", "sliding_window.py", "cli.py", "data.py"} & set(files), files
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.pipeline_tag == "image-segmentation" and card.data.library_name == "transformers"
     assert "| Parameters | " in card.text
