@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_pat.configuration_pat import PATConfig
+from modeling_pat.constants import PYRAMID_STAGES
 from modeling_pat.semantic_branch import (
     PATGlobalTokenAttention,
     PATHypersphereAttention,
@@ -122,8 +123,8 @@ def stage_inputs(branch: PATSemanticBranch, seed: int = 0):
 def run_stages(branch: PATSemanticBranch, codebooks, side, global_tokens):
     """All three stages in order, as the side ViT calls them; returns the local tokens and final global tokens."""
     locals_, previous = [], None
-    for stage in range(3):
-        previous, global_tokens = branch.forward_stage(stage, codebooks[stage], previous, side[stage], global_tokens)
+    for stage, name in enumerate(PYRAMID_STAGES):
+        previous, global_tokens = branch.forward_stage(name, codebooks[stage], previous, side[stage], global_tokens)
         locals_.append(previous)
     return locals_, global_tokens
 
@@ -149,10 +150,10 @@ def test_without_token_mixer_global_tokens_change_only_through_attention():
     branch = PATSemanticBranch(PATConfig(use_token_mixer=False)).eval()
     codebooks, side, global_tokens = stage_inputs(branch)
     with torch.no_grad():
-        local, out = branch.forward_stage(1, codebooks[1], torch.randn(1, 128, D), side[1], global_tokens)
+        local, out = branch.forward_stage("mid", codebooks[1], torch.randn(1, 128, D), side[1], global_tokens)
         torch.testing.assert_close(out, branch.global_attn["mid"](global_tokens, side[1]), rtol=0, atol=0)
         # no flow between stages either: the previous local tokens are ignored
-        torch.testing.assert_close(local, branch.forward_stage(1, codebooks[1], None, side[1], global_tokens)[0])
+        torch.testing.assert_close(local, branch.forward_stage("mid", codebooks[1], None, side[1], global_tokens)[0])
 
 
 def test_token_mixer_feeds_local_tokens_into_global_tokens_and_next_stage():
@@ -160,14 +161,14 @@ def test_token_mixer_feeds_local_tokens_into_global_tokens_and_next_stage():
     branch = PATSemanticBranch(PATConfig()).eval()
     codebooks, side, global_tokens = stage_inputs(branch)
     with torch.no_grad():
-        local, out = branch.forward_stage(0, codebooks[0], None, side[0], global_tokens)
+        local, out = branch.forward_stage("early", codebooks[0], None, side[0], global_tokens)
         mixed = global_tokens + branch.global_mixers["early"](local)
         torch.testing.assert_close(out, branch.global_attn["early"](mixed, side[0]))
-        mid_a = branch.forward_stage(1, codebooks[1], local, side[1], global_tokens)[0]
-        mid_b = branch.forward_stage(1, codebooks[1], torch.randn_like(local), side[1], global_tokens)[0]
+        mid_a = branch.forward_stage("mid", codebooks[1], local, side[1], global_tokens)[0]
+        mid_b = branch.forward_stage("mid", codebooks[1], torch.randn_like(local), side[1], global_tokens)[0]
     assert not torch.allclose(mid_a, mid_b)
     with pytest.raises(ValueError, match="previous stage"):
-        branch.forward_stage(1, codebooks[1], None, side[1], global_tokens)
+        branch.forward_stage("mid", codebooks[1], None, side[1], global_tokens)
 
 
 @pytest.mark.parametrize("use_token_mixer", [True, False])

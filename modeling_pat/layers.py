@@ -1,0 +1,83 @@
+"""Generic layers shared by SAN's and PAT's units: one implementation of each (shape symbols: see `modeling_pat.py`).
+
+- `PATChannelLayerNorm`: LayerNorm over the channels of a (B, C, H, W) map (fusion layers, reconstruction head);
+- `PATMLP`: a stack of Linear (or 1x1 conv) layers with ReLU between them (mask heads of SAN and PAT);
+- `PATSelfAttention`: multi-head self-attention with a fused q/k/v projection and an optional additive bias
+  (side ViT; the PAT decoder's global and window attention builds on it).
+Cross-attention of the global tokens uses `torch.nn.MultiheadAttention` (`semantic_branch.PATGlobalTokenAttention`);
+the hypersphere attention of the semantic branch is a different operation (cosine logits, one head, unit outputs).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PATChannelLayerNorm(nn.Module):
+    """(B, C, H, W) -> (B, C, H, W): LayerNorm over the channel dim, written out as SAN does (same rounding)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # statistics in fp32 (a no-op for fp32 inputs): in fp16 the squares of CLIP's outlier channels overflow,
+        # in bf16 the variance loses most of its digits
+        dtype, x = x.dtype, x.float()
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return (self.weight[:, None, None].float() * x + self.bias[:, None, None].float()).to(dtype)
+
+
+class PATMLP(nn.Module):
+    """`num_layers` affine layers (Linear on (..., C_in), or 1x1 conv on (B, C_in, H, W) with `conv=True`) with ReLU
+    between them -> (..., C_out) / (B, C_out, H, W)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, conv: bool = False):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        make = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if conv else nn.Linear
+        self.layers = nn.ModuleList(make(i, o) for i, o in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[-1](self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's input: all layers but the last, each followed by ReLU."""
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return x
+
+
+class PATSelfAttention(nn.Module):
+    """(B, L, C) -> (B, L, C) multi-head self-attention, fused q/k/v projection in timm's layout (q, k, v rows),
+    scaled dot-product attention with an optional additive bias, output projection.
+
+    Subclasses change what the projections see (the PAT decoder adds positions and cuts windows) but attend with
+    `attend`, the one attention of the side ViT and the decoder.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be a multiple of num_heads ({num_heads}).")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.attend(self.qkv(x), bias))
+
+    def attend(self, qkv: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, 3C) fused q/k/v, optional additive bias broadcastable to (B, A, L, L) -> (B, L, C)."""
+        b, length, c3 = qkv.shape
+        # (B, L, 3C) -> (B, L, 3, A, C/A) -> three (B, A, L, C/A)
+        q, k, v = qkv.view(b, length, 3, self.num_heads, -1).transpose(1, 3).unbind(2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return out.transpose(1, 2).reshape(b, length, c3 // 3)  # (B, A, L, C/A) -> (B, L, C)
+
+
+__all__ = ["PATChannelLayerNorm", "PATMLP", "PATSelfAttention"]
