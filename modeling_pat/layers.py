@@ -4,8 +4,9 @@
 - `PATMLP`: a stack of Linear (or 1x1 conv) layers with ReLU between them (mask heads of SAN and PAT);
 - `PATSelfAttention`: multi-head self-attention with a fused q/k/v projection and an optional additive bias
   (side ViT; the PAT decoder's global and window attention builds on it).
-Cross-attention of the global tokens uses `torch.nn.MultiheadAttention` (`semantic_branch.PATGlobalTokenAttention`);
-the hypersphere attention of the semantic branch is a different operation (cosine logits, one head, unit outputs).
+- `PATGlobalTokenAttention`: pre-norm residual cross-attention of the global tokens to a memory of tokens (semantic
+  branch, shared decoder), on `torch.nn.MultiheadAttention` (its parameter names are those of saved checkpoints).
+The hypersphere attention of the semantic branch is a different operation (cosine logits, one head, unit outputs).
 """
 
 import torch
@@ -80,4 +81,26 @@ class PATSelfAttention(nn.Module):
         return out.transpose(1, 2).reshape(b, length, c3 // 3)  # (B, A, L, C/A) -> (B, L, C)
 
 
-__all__ = ["PATChannelLayerNorm", "PATMLP", "PATSelfAttention"]
+class PATGlobalTokenAttention(nn.Module):
+    """Pre-norm residual cross-attention without FFN (choice G1): tokens + MHA(LN(tokens), LN(memory), LN(memory)).
+
+    The residual keeps the query content across stages; the side ViT's own blocks provide the FFNs. Used by the
+    semantic branch (global tokens read the side tokens) and the shared decoder (they read the decoded map).
+
+    Shape:
+        tokens: (B, Q, dim); memory: (B, L, kv_dim) -> (B, Q, dim)  (dim = C_side; kv_dim = C_side or C_dec)
+    """
+
+    def __init__(self, dim: int, kv_dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim, eps=eps)
+        self.norm_kv = nn.LayerNorm(kv_dim, eps=eps)
+        self.attn = nn.MultiheadAttention(dim, num_heads, kdim=kv_dim, vdim=kv_dim, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        memory = self.norm_kv(memory)
+        update, _ = self.attn(self.norm_q(tokens), memory, memory, need_weights=False)
+        return tokens + update
+
+
+__all__ = ["PATChannelLayerNorm", "PATGlobalTokenAttention", "PATMLP", "PATSelfAttention"]

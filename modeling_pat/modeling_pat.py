@@ -441,7 +441,7 @@ class PATModel(PATPreTrainedModel):
 
 
 def _clip_hidden_states(clip_features: PATClipFeatures) -> tuple[torch.Tensor, ...]:
-    """CLIP trunk outputs as (B, 1 + h*w, C) sequences [cls; patches]."""
+    """CLIP trunk outputs as (B, 1 + L_clip, C_clip) sequences [class token; CLIP tokens]."""
     return tuple(
         torch.cat([cls[:, None], fmap.flatten(2).transpose(1, 2)], dim=1)
         for fmap, cls in zip(clip_features.maps, clip_features.cls_tokens)

@@ -18,6 +18,7 @@ from torch import nn
 
 from .configuration_pat import PATConfig
 from .constants import PYRAMID_STAGES
+from .layers import PATGlobalTokenAttention
 
 
 class PATHypersphereAttention(nn.Module):
@@ -74,28 +75,6 @@ class PATTokenMixer(nn.Module):
         x = tokens.transpose(1, 2)  # (B, tokens_in, C_in) -> (B, C_in, tokens_in)
         x = self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))  # (B, C_in, tokens_out)
         return self.channel_proj(x.transpose(1, 2))  # (B, tokens_out, C_in) -> (B, tokens_out, C_out)
-
-
-class PATGlobalTokenAttention(nn.Module):
-    """Pre-norm residual cross-attention without FFN (choice G1): tokens + MHA(LN(tokens), LN(memory), LN(memory)).
-
-    The residual keeps the query content across stages; the side ViT's own blocks provide the FFNs.
-    Also used by the shared decoder (kv_dim = decoder width).
-
-    Shape:
-        tokens: (B, Q, dim); memory: (B, L, kv_dim) -> (B, Q, dim)  (dim = C_side; kv_dim = C_side or C_dec)
-    """
-
-    def __init__(self, dim: int, kv_dim: int, num_heads: int, eps: float = 1e-6):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim, eps=eps)
-        self.norm_kv = nn.LayerNorm(kv_dim, eps=eps)
-        self.attn = nn.MultiheadAttention(dim, num_heads, kdim=kv_dim, vdim=kv_dim, batch_first=True)
-
-    def forward(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        memory = self.norm_kv(memory)
-        update, _ = self.attn(self.norm_q(tokens), memory, memory, need_weights=False)
-        return tokens + update
 
 
 class PATSemanticBranch(nn.Module):
@@ -175,4 +154,4 @@ class PATSemanticBranch(nn.Module):
         return local_tokens, global_tokens
 
 
-__all__ = ["PATGlobalTokenAttention", "PATHypersphereAttention", "PATSemanticBranch", "PATTokenMixer"]
+__all__ = ["PATHypersphereAttention", "PATSemanticBranch", "PATTokenMixer"]

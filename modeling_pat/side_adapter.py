@@ -7,7 +7,7 @@ semantic branch rewrites the query tokens after each pyramid block (`PATModel.ru
 `forward`, which runs every block at once.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +40,10 @@ class PATSideAdapterOutput:
     local_tokens: PAT only: the semantic branch's local tokens e_s (B, K_s, C_code) by pyramid stage name.
     """
 
-    levels: list[PATSideLevel] = field(default_factory=list)
-    hidden_states: list[torch.Tensor] = field(default_factory=list)
-    fusion_terms: dict[int, torch.Tensor] = field(default_factory=dict)
-    local_tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    levels: list[PATSideLevel]
+    hidden_states: list[torch.Tensor]
+    fusion_terms: dict[int, torch.Tensor]
+    local_tokens: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -56,8 +56,8 @@ class PATSideState:
     positions: torch.Tensor
     clip_maps: list[torch.Tensor]
     output_layers: tuple[int, ...]
+    output: PATSideAdapterOutput
     position: int = 0
-    output: PATSideAdapterOutput = field(default_factory=PATSideAdapterOutput)
 
 
 class PATFusionProjection(nn.Conv2d):
@@ -69,7 +69,8 @@ class PATFusionProjection(nn.Conv2d):
 
 
 class PATFusionLayer(nn.Module):
-    """clip_map (B, C_clip, h, w) -> fusion term f (B, C, H, W) = resize(conv1x1(LN(clip_map))), added to side tokens."""
+    """clip_map (B, C_clip, h, w) -> fusion term f (B, C_side, H, W) = resize(conv1x1(LN(clip_map))), added to the side
+    tokens."""
 
     def __init__(self, clip_channels: int, side_channels: int, eps: float = 1e-6):
         super().__init__()
@@ -179,7 +180,9 @@ class PATSideAdapter(nn.Module):
         queries = self.query_embed[0] if query_embed is None else query_embed  # (Q, C): see `positional_embedding`
         x = torch.cat([queries.expand(b, -1, -1), side_tokens.flatten(2).transpose(1, 2)], dim=1) + positions
         output_layers = self.output_layers if output_layers is None else tuple(output_layers)
-        state = PATSideState(x, (h, w), positions, list(clip_maps), output_layers)
+        # built field by field: torch.compile does not trace dataclass default factories
+        output = PATSideAdapterOutput(levels=[], hidden_states=[], fusion_terms={}, local_tokens={})
+        state = PATSideState(x, (h, w), positions, list(clip_maps), output_layers, output)
         state.x = self.fuse(0, x, state.clip_maps, (h, w), state.output.fusion_terms)
         return state
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_pat.layers import PATChannelLayerNorm, PATMLP, PATSelfAttention
+from modeling_pat.layers import PATChannelLayerNorm, PATGlobalTokenAttention, PATMLP, PATSelfAttention
 
 
 def test_channel_layer_norm_matches_layer_norm_over_channels():
@@ -61,3 +61,16 @@ def test_self_attention_equals_the_written_out_oracle_with_and_without_bias():
 def test_self_attention_refuses_a_width_not_divisible_by_the_heads():
     with pytest.raises(ValueError, match="multiple of num_heads"):
         PATSelfAttention(10, 3)
+
+
+@pytest.mark.parametrize("kv_dim", [240, 256])
+def test_global_attention_keeps_shape_and_is_residual(kv_dim):
+    torch.manual_seed(0)
+    layer = PATGlobalTokenAttention(240, kv_dim, num_heads=6)
+    tokens, memory = torch.randn(2, 100, 240), torch.randn(2, 40, kv_dim)
+    out = layer(tokens, memory)
+    assert out.shape == tokens.shape and not torch.allclose(out, tokens)
+    with torch.no_grad():
+        layer.attn.out_proj.weight.zero_()
+        layer.attn.out_proj.bias.zero_()
+    assert torch.equal(layer(tokens, memory), tokens)

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from modeling_pat.configuration_pat import PATConfig
 from modeling_pat.constants import PYRAMID_STAGES
 from modeling_pat.semantic_branch import (
-    PATGlobalTokenAttention,
     PATHypersphereAttention,
     PATSemanticBranch,
     PATTokenMixer,
@@ -97,19 +96,6 @@ def test_token_mixer_mixes_along_tokens_not_channels():
     perturbed[:, :, 2] += 1.0  # one channel of every token
     diff = (mixer(perturbed) - mixer(tokens)).abs().amax(dim=(0, 1))
     assert diff[2] > 0 and torch.all(diff[[0, 1, 3, 4]] == 0)
-
-
-@pytest.mark.parametrize("kv_dim", [C, 256])
-def test_global_attention_keeps_shape_and_is_residual(kv_dim):
-    torch.manual_seed(0)
-    layer = PATGlobalTokenAttention(C, kv_dim, num_heads=6)
-    tokens, memory = torch.randn(2, Q, C), torch.randn(2, 40, kv_dim)
-    out = layer(tokens, memory)
-    assert out.shape == tokens.shape and not torch.allclose(out, tokens)
-    with torch.no_grad():
-        layer.attn.out_proj.weight.zero_()
-        layer.attn.out_proj.bias.zero_()
-    assert torch.equal(layer(tokens, memory), tokens)
 
 
 def stage_inputs(branch: PATSemanticBranch, seed: int = 0):

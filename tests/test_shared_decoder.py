@@ -224,24 +224,6 @@ def test_decoder_layer_keeps_shape_and_has_gradients():
     assert all(p.grad is not None and p.grad.isfinite().all() for p in layer.parameters())  # padded map: no NaN
 
 
-def test_decoder_layer_blocked_mlp_equals_the_plain_mlp_in_values_and_gradients(monkeypatch):
-    """The blocked MLP residual (the package's only path) against the plain one, x + MLP(LN x) over all tokens."""
-    torch.manual_seed(0)
-    layer = PATDecoderLayer(DIM, HEADS, 2.0, window=4, shift=True)
-    monkeypatch.setattr("modeling_pat.shared_decoder.MLP_BLOCK_TOKENS", 10)  # 234 tokens -> 24 blocks, last partial
-    x = torch.randn(2, 9, 13, DIM, requires_grad=True)
-    plain = x + layer.mlp(layer.norm2(x))
-    blocked = layer.mlp_residual(x)
-    torch.testing.assert_close(blocked, plain, rtol=1e-5, atol=1e-5)
-    weights = torch.randn_like(plain)
-    inputs = [x, *layer.mlp.parameters(), *layer.norm2.parameters()]
-    expected = torch.autograd.grad((weights * plain).sum(), inputs)
-    for got, want in zip(torch.autograd.grad((weights * blocked).sum(), inputs), expected):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    with torch.inference_mode():
-        torch.testing.assert_close(layer.mlp_residual(x.detach()), plain.detach(), rtol=1e-5, atol=1e-5)
-
-
 def test_spade_with_zero_modulation_is_the_affine_free_norm():
     spade = PATSpade(DIM, CODE, 16)
     for conv in (spade.gamma, spade.beta):
