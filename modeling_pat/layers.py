@@ -1,6 +1,7 @@
 """Generic layers shared by SAN's and PAT's units: one implementation of each (shape symbols: see `modeling_pat.py`).
 
-- `PATChannelLayerNorm`: LayerNorm over the channels of a (B, C, H, W) map (fusion layers, reconstruction head);
+- `channel_layer_norm` / `PATChannelLayerNorm`: LayerNorm over the channels of a (B, C, H, W) map (fusion layers,
+  reconstruction head; affine-free in the decoder's SPADE);
 - `PATMLP`: a stack of Linear (or 1x1 conv) layers with ReLU between them (mask heads of SAN and PAT);
 - `PATSelfAttention`: multi-head self-attention with a fused q/k/v projection and an optional additive bias
   (side ViT; the PAT decoder's global and window attention builds on it).
@@ -14,8 +15,28 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def channel_layer_norm(
+    x: torch.Tensor, eps: float, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): LayerNorm over the channel dim, written out as SAN does (same rounding), with
+    the affine `weight` * x + `bias` (C,) when given, in x's dtype.
+
+    The statistics run in fp32 (a no-op for fp32 inputs): in fp16 the squares of CLIP's outlier channels overflow,
+    in bf16 the variance loses most of its digits. Written over dim 1 rather than as a permuted `F.layer_norm`, so
+    the output keeps the input's NCHW memory layout.
+    """
+    dtype, x = x.dtype, x.float()
+    mean = x.mean(1, keepdim=True)
+    var = (x - mean).pow(2).mean(1, keepdim=True)
+    x = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        x = weight[:, None, None].float() * x + bias[:, None, None].float()
+    return x.to(dtype)
+
+
 class PATChannelLayerNorm(nn.Module):
-    """(B, C, H, W) -> (B, C, H, W): LayerNorm over the channel dim, written out as SAN does (same rounding)."""
+    """(B, C, H, W) -> (B, C, H, W): `channel_layer_norm` with a learned affine (SAN's fusion layers, PAT's
+    reconstruction head)."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
         super().__init__()
@@ -24,13 +45,7 @@ class PATChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # statistics in fp32 (a no-op for fp32 inputs): in fp16 the squares of CLIP's outlier channels overflow,
-        # in bf16 the variance loses most of its digits
-        dtype, x = x.dtype, x.float()
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return (self.weight[:, None, None].float() * x + self.bias[:, None, None].float()).to(dtype)
+        return channel_layer_norm(x, self.eps, self.weight, self.bias)
 
 
 class PATMLP(nn.Module):
@@ -103,4 +118,4 @@ class PATGlobalTokenAttention(nn.Module):
         return tokens + update
 
 
-__all__ = ["PATChannelLayerNorm", "PATGlobalTokenAttention", "PATMLP", "PATSelfAttention"]
+__all__ = ["PATChannelLayerNorm", "PATGlobalTokenAttention", "PATMLP", "PATSelfAttention", "channel_layer_norm"]

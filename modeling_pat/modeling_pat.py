@@ -200,6 +200,8 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
         device), or the padded size on the CPU.
     padded_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, on the CPU):
         (height, width) of `pixel_values`, the size the mask logits are upsampled to before cropping.
+    clip_hidden_states / side_hidden_states / decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_hidden_states=True`: those of `PATModelOutput` (decoder ones in PAT mode only).
     """
 
     loss: torch.FloatTensor | None = None
@@ -214,6 +216,9 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
     mask_embeddings: torch.FloatTensor | None = None
     image_sizes: torch.LongTensor | None = None
     padded_sizes: torch.LongTensor | None = None
+    clip_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    side_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class PATPreTrainedModel(PreTrainedModel):
@@ -885,6 +890,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             mask_embeddings=outputs.mask_embeddings,
             image_sizes=image_sizes if image_sizes is not None else padded.clone(),
             padded_sizes=padded.clone(),
+            clip_hidden_states=outputs.clip_hidden_states,
+            side_hidden_states=outputs.side_hidden_states,
+            decoder_hidden_states=outputs.decoder_hidden_states,
         )
 
     def compute_tokenization_loss(self, pixel_values, outputs: PATModelOutput, image_sizes=None, generator=None):

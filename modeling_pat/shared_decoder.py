@@ -40,7 +40,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_pat import PATConfig
 from .constants import DECODING_ORDER, PYRAMID_STAGES
-from .layers import PATChannelLayerNorm, PATGlobalTokenAttention, PATMLP, PATSelfAttention
+from .layers import PATChannelLayerNorm, PATGlobalTokenAttention, PATMLP, PATSelfAttention, channel_layer_norm
 from .samplers import build_upsampler
 
 
@@ -259,7 +259,7 @@ class PATSpade(nn.Module):
     tokens. The condition is nearest-resized to y's grid when it differs (codes are discrete: no blending).
 
     Shape:
-        y: (B, C_dec, H_s, W_s), condition: (B, C_code, H', W') -> (B, C_dec, H_s, W_s)
+        y: (B, C_dec, H_s, W_s), condition: (B, C_code) on any stage grid -> (B, C_dec, H_s, W_s)
     """
 
     def __init__(self, channels: int, code_dim: int, hidden_dim: int, eps: float = 1e-6):
@@ -272,10 +272,7 @@ class PATSpade(nn.Module):
     def forward(self, y: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         if condition.shape[-2:] != y.shape[-2:]:
             condition = F.interpolate(condition, size=y.shape[-2:], mode="nearest")
-        # written over dim 1 rather than as a permuted F.layer_norm, so the output keeps y's NCHW memory layout;
-        # statistics in fp32 as nn.LayerNorm's under autocast (a no-op for fp32 maps)
-        var, mean = torch.var_mean(y.float(), dim=1, unbiased=False, keepdim=True)
-        normalized = ((y - mean) * torch.rsqrt(var + self.eps)).to(y.dtype)
+        normalized = channel_layer_norm(y, self.eps)
         hidden = self.shared(condition.to(y.dtype))
         return torch.addcmul(normalized + self.beta(hidden), normalized, self.gamma(hidden))  # norm * (1 + g) + b
 

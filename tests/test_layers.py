@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_pat.layers import PATChannelLayerNorm, PATGlobalTokenAttention, PATMLP, PATSelfAttention
+from modeling_pat.layers import PATChannelLayerNorm, PATGlobalTokenAttention, PATMLP, PATSelfAttention, channel_layer_norm
 
 
 def test_channel_layer_norm_matches_layer_norm_over_channels():
@@ -74,3 +74,11 @@ def test_global_attention_keeps_shape_and_is_residual(kv_dim):
         layer.attn.out_proj.weight.zero_()
         layer.attn.out_proj.bias.zero_()
     assert torch.equal(layer(tokens, memory), tokens)
+
+
+def test_channel_layer_norm_without_affine_is_the_plain_normalisation():
+    x = torch.randn(2, 6, 3, 4) * 5 + 2
+    expected = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (6,), eps=1e-6).permute(0, 3, 1, 2)
+    out = channel_layer_norm(x, 1e-6)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert out.is_contiguous()  # NCHW kept

@@ -66,6 +66,16 @@ def test_pat_hidden_states_cover_the_side_vit_and_the_decoder(pixel_values):
     assert len(out.decoder_hidden_states) == len(stages) + config.decoder_num_extra_layers
     assert out.decoder_hidden_states[-1].shape == (2, config.decoder_hidden_size, 32, 40)
 
+    # the segmentation model hands them on
+    full = tiny_model(preset="pat-tiny")
+    with torch.no_grad():
+        top = full(pixel_values, output_hidden_states=True)
+        inner = full.model(pixel_values, output_hidden_states=True)
+    for name in ("clip_hidden_states", "side_hidden_states", "decoder_hidden_states"):
+        assert len(getattr(top, name)) == len(getattr(inner, name))
+        torch.testing.assert_close(getattr(top, name)[-1], getattr(inner, name)[-1], rtol=0, atol=0)
+    assert full(pixel_values).side_hidden_states is None
+
 
 def test_the_semantic_branch_runs_between_the_side_blocks_of_the_pyramid_stages(pixel_values, monkeypatch):
     """`run_side_adapter` stops the side ViT after each pyramid block, hands the semantic branch the block's side
