@@ -1,4 +1,5 @@
-"""Generic layers shared by SAN's and PAT's units: one implementation of each (shape symbols: see `modeling_pat.py`).
+"""Generic layers shared by SAN's and PAT's units: one implementation of each (shape symbols: see `modeling_pat.py`;
+C is the width of whichever unit uses the layer: C_clip, C_side or C_dec).
 
 - `channel_layer_norm` / `PATChannelLayerNorm`: LayerNorm over the channels of a (B, C, H, W) map (fusion layers,
   reconstruction head; affine-free in the decoder's SPADE);

@@ -1,7 +1,7 @@
 """SAN's mask decoder (`MLPMaskDecoder`): side-ViT query tokens and side tokens -> mask logits and attention biases.
 
 Shapes (symbols of `modeling_pat.py`): queries (B, Q, C_side), side tokens (B, C_side, H, W), mask logits
-(B, Q, H, W), attention biases (B, A_clip, Q, H, W), one per recognition layer; E = `mask_embed_dim`.
+(B, Q, H, W), attention biases (B, A_clip, Q, H, W), one per recognition layer; C_hidden = `mask_mlp_dim`, the MLPs' hidden width.
 """
 
 import torch
@@ -31,19 +31,19 @@ class PATMaskDecoder(nn.Module):
         self.bias_scaling = nn.Linear(1, 1) if config.rescale_attn_bias else nn.Identity()
 
     def attention_bias(self, query_embeddings: torch.Tensor, side_tokens: torch.Tensor) -> list[torch.Tensor]:
-        """(B, Q, E) query embeddings, (B, C_side, H, W) side tokens -> one (B, A_clip, Q, H, W) bias per
+        """(B, Q, C_mask) query embeddings, (B, C_side, H, W) side tokens -> one (B, A_clip, Q, H, W) bias per
         recognition layer.
 
         SAN takes the dot product of each query embedding with attn_mlp's per-(layer, head) pixel embeddings,
-        e . (W h + c) with h the last layer's input. Re-associated as (e W) . h + e . c, the (B, layers*A*E, H, W)
+        e . (W h + c) with h the last layer's input. Re-associated as (e W) . h + e . c, the (B, layers*A*C_mask, H, W)
         pixel embeddings (3,072 channels for ViT-B/16) are never built; equal up to float rounding. (Measured on 2
         CPU threads at 640x640: 27 -> 11 ms for one image, 61 -> 20 ms for two: the big tensor made batches slow.)
         """
         hidden = self.attn_mlp.features(side_tokens)  # (B, C_hidden, H, W)
-        last = self.attn_mlp.layers[-1]  # 1x1 conv C_hidden -> layers * A * E
+        last = self.attn_mlp.layers[-1]  # 1x1 conv C_hidden -> layers * A * C_mask
         b, d, h, w = hidden.shape
         groups = self.num_layers * self.num_heads
-        weight = last.weight.view(groups, -1, d)  # (layers*A, E, C_hidden)
+        weight = last.weight.view(groups, -1, d)  # (layers*A, C_mask, C_hidden)
         query_weight = torch.einsum("bqe,ned->bnqd", query_embeddings, weight).reshape(b, -1, d)  # (B, n*Q, C_hidden)
         if last.bias is None:
             bias = torch.bmm(query_weight, hidden.flatten(2))

@@ -16,7 +16,7 @@ one thing everywhere; channel counts are always subscripted):
 | T | prompt templates per class name |
 | A | attention heads (A_clip = CLIP heads = attention-bias heads, A_side, A_dec) |
 | D | CLIP's joint image-text embedding size (512 for ViT-B/16) |
-| C_clip, C_side, C_dec, C_code | widths: CLIP visual (768), side ViT (240), PAT decoder (256), code vectors (32) |
+| C_clip, C_side, C_dec, C_code, C_mask | widths: CLIP visual (768), side ViT (240), PAT decoder (256), code vectors (32), mask embeddings (256) |
 | K | codebook size (K_s for codebook s) |
 | h x w | CLIP token grid (CLIP input size / CLIP patch size) |
 | H x W | side grid (input size / side patch size, 40 x 40 at 640 x 640) |
@@ -33,7 +33,7 @@ one thing everywhere; channel counts are always subscripted):
 |---|---|
 | side adapter network | `PATSideAdapter` (`side_adapter.py`) |
 | fusion layer (`AddFusion`) | `PATFusionLayer` |
-| `MLPMaskDecoder` | `PATMaskDecoder` |
+| `MLPMaskDecoder` | `PATMaskDecoder` (`mask_decoder.py`) |
 | `FeatureExtractor` / `RecWithAttnbiasHead` | `PATClipTower.extract_features` / `.recognize` (`clip_tower.py`) |
 | `LearnableBgOvClassifier` | `PATClipTower.encode_class_names` + `PATOpenVocabClassifier` |
 | `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |

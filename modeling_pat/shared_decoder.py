@@ -241,7 +241,7 @@ class PATDecoderLayer(GradientCheckpointingLayer):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        x = y.permute(0, 2, 3, 1).contiguous()  # (B, C, H, W) -> (B, H, W, C): the layer acts on tokens
+        x = y.permute(0, 2, 3, 1).contiguous()  # (B, C_dec, H_s, W_s) -> (B, H_s, W_s, C_dec): tokens
         x = x + self.attn(self.norm1(x))
         # all tokens at once, in inference and training alike. A blocked MLP (blocks of 4,096 tokens) measured on 1
         # CPU thread at 640 x 640 (pat-clip-vit-b16): forward time within the noise, peak 160 MB lower (1,020 -> 855
