@@ -540,7 +540,7 @@ def text_cache_child(setup: Setup, folder: str) -> dict:
 # -- profiles ---------------------------------------------------------------------------------------------------------
 STAGES = ("get_class_embeddings", "extract_features", "side_adapter", "mask_decoder", "tokenization", "recognize",
           "classify", "post_process_semantic_segmentation")  # tokenization: PAT's pixel branch, decoder and heads
-MODULE_STAGES = ("side_adapter", "mask_decoder", "tokenization")  # labelled through their forward
+MODULE_STAGES = ("mask_decoder", "tokenization")  # labelled through their forward
 
 
 @contextlib.contextmanager
@@ -550,14 +550,14 @@ def stage_labels(model, processor):
 
     inner = model.model
     owners = {"get_class_embeddings": model, "classify": model, "extract_features": inner.clip_tower,
-              "recognize": inner.clip_tower, "side_adapter": inner.side_adapter,
+              "recognize": inner.clip_tower, "side_adapter": inner,
               "mask_decoder": inner.side_adapter.mask_decoder, "tokenization": getattr(inner, "tokenization", None),
               "post_process_semantic_segmentation": processor}
     patched = []
     for name, owner in owners.items():
         if owner is None:  # SAN mode: no tokenization
             continue
-        attr = "forward" if name in MODULE_STAGES else name
+        attr = "forward" if name in MODULE_STAGES else "run_side_adapter" if name == "side_adapter" else name
         method = getattr(owner, attr)
 
         def wrapped(*a, _method=method, _name=name, **k):

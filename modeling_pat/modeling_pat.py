@@ -16,7 +16,7 @@ one thing everywhere; channel counts are always subscripted):
 | T | prompt templates per class name |
 | A | attention heads (A_clip = CLIP heads = attention-bias heads, A_side, A_dec) |
 | D | CLIP's joint image-text embedding size (512 for ViT-B/16) |
-| C_clip, C_side, C_dec, C_code | widths: CLIP visual (768), side ViT (240), PAT decoder (256), code vectors (32) |
+| C_clip, C_side, C_dec, C_code, C_mask | widths: CLIP visual (768), side ViT (240), PAT decoder (256), code vectors (32), mask embeddings (256) |
 | K | codebook size (K_s for codebook s) |
 | h x w | CLIP token grid (CLIP input size / CLIP patch size) |
 | H x W | side grid (input size / side patch size, 40 x 40 at 640 x 640) |
@@ -33,7 +33,7 @@ one thing everywhere; channel counts are always subscripted):
 |---|---|
 | side adapter network | `PATSideAdapter` (`side_adapter.py`) |
 | fusion layer (`AddFusion`) | `PATFusionLayer` |
-| `MLPMaskDecoder` | `PATMaskDecoder` |
+| `MLPMaskDecoder` | `PATMaskDecoder` (`mask_decoder.py`) |
 | `FeatureExtractor` / `RecWithAttnbiasHead` | `PATClipTower.extract_features` / `.recognize` (`clip_tower.py`) |
 | `LearnableBgOvClassifier` | `PATClipTower.encode_class_names` + `PATOpenVocabClassifier` |
 | `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |
@@ -59,11 +59,12 @@ from .configuration_pat import PATConfig, validate_prompt_templates
 from .inference_cache import PATInferenceCache
 from .losses import PATSegmentationLoss, labels_to_targets
 from .pat_losses import PATTokenizationLoss
+from .layers import PATChannelLayerNorm
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
 from .quantizer import PATQuantizerOutput, PATVectorQuantizer, autocast_off
 from .samplers import PATOffsetConv2d
-from .side_adapter import PATChannelLayerNorm, PATFusionProjection, PATSideAdapter
+from .side_adapter import PATFusionProjection, PATSideAdapter, PATSideAdapterOutput, PATSideLevel
 from .text_embedding_cache import fingerprint_text_weights, read_text_cache, text_cache_path, update_text_cache
 from .weights_files import bad_weights_error, candidate_weights_files
 
@@ -83,15 +84,21 @@ class PATModelOutput(ModelOutput):
         Attention bias of the final level (the first one when `attn_bias_num_layers > 1`).
     query_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, side_hidden_size)`):
         Query tokens of the final side level.
-    pixel_embeddings (`torch.FloatTensor` of shape `(batch_size, side_hidden_size, height, width)`):
-        Patch tokens of the final side level.
-    auxiliary_outputs (`list[dict]`):
+    side_tokens (`torch.FloatTensor` of shape `(batch_size, side_hidden_size, height, width)`):
+        Side tokens (the side ViT's patch tokens) of the final side level, as a map. (`pixel_embeddings` is a
+        read-only alias kept for scripts written against earlier versions.)
+    auxiliary_outputs (`list[PATDecodedLevel]`):
         Deep-supervision levels before the final one (training, or `output_auxiliary_logits=True`), each with
-        `masks_queries_logits`, `mask_embeddings` and `attention_bias`.
+        `masks_queries_logits`, `mask_embeddings` and `attention_bias` (a `ModelOutput`, so also a dict).
     clip_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
         CLIP trunk outputs 0..`clip_feature_layers`, each `(batch_size, 1 + clip_tokens, clip_width)`.
     side_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-        Side ViT sequences after fusion, each `(batch_size, num_queries + side_tokens, side_hidden_size)`.
+        Side ViT sequences [queries; side tokens] after the embedding and after each block (after fusion and, in PAT
+        mode, the semantic branch's query update), each `(batch_size, num_queries + height * width,
+        side_hidden_size)`.
+    decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, PAT mode, returned with `output_hidden_states=True`):
+        The shared decoder's map after each kept stage (late, mid, early) and each extra layer, each
+        `(batch_size, decoder_hidden_size, h_s, w_s)`.
     reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*, PAT mode):
         The image rebuilt from the tokens, in the normalised input space (training, or `output_reconstruction`).
     quantized_features / codebook_indices (`dict[str, torch.Tensor]`, *optional*, PAT mode):
@@ -108,10 +115,11 @@ class PATModelOutput(ModelOutput):
     mask_embeddings: torch.FloatTensor | None = None
     attention_bias: torch.FloatTensor | None = None
     query_embeddings: torch.FloatTensor | None = None
-    pixel_embeddings: torch.FloatTensor | None = None
+    side_tokens: torch.FloatTensor | None = None
     auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
     clip_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     side_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     reconstruction: torch.FloatTensor | None = None
     quantized_features: dict[str, torch.Tensor] | None = None
     codebook_indices: dict[str, torch.Tensor] | None = None
@@ -119,6 +127,29 @@ class PATModelOutput(ModelOutput):
     codebook_perplexity: dict[str, torch.Tensor] | None = None
     codebook_usage: dict[str, torch.Tensor] | None = None
     local_tokens: dict[str, torch.Tensor] | None = None
+
+    @property
+    def pixel_embeddings(self) -> torch.FloatTensor | None:
+        """The earlier name of `side_tokens`."""
+        return self.side_tokens
+
+
+@dataclass
+class PATDecodedLevel(ModelOutput):
+    r"""
+    One decoded level: SAN's mask decoder (or PAT's final masks) and CLIP's recognition under the attention bias.
+
+    masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, height, width)`):
+        Mask-proposal logits (B, Q, H, W) on the side grid (SAN) or (B, Q, H_early, W_early) (PAT's final level).
+    mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
+        Unit CLIP embedding (B, Q, D) of each proposal.
+    attention_bias (`torch.FloatTensor` of shape `(batch_size, num_heads, num_queries, height, width)`):
+        The first recognition layer's attention bias (B, A_clip, Q, H, W).
+    """
+
+    masks_queries_logits: torch.FloatTensor | None = None
+    mask_embeddings: torch.FloatTensor | None = None
+    attention_bias: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -153,6 +184,8 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
         device), or the padded size on the CPU.
     padded_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, on the CPU):
         (height, width) of `pixel_values`, the size the mask logits are upsampled to before cropping.
+    clip_hidden_states / side_hidden_states / decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_hidden_states=True`: those of `PATModelOutput` (decoder ones in PAT mode only).
     """
 
     loss: torch.FloatTensor | None = None
@@ -167,6 +200,9 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
     mask_embeddings: torch.FloatTensor | None = None
     image_sizes: torch.LongTensor | None = None
     padded_sizes: torch.LongTensor | None = None
+    clip_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    side_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class PATPreTrainedModel(PreTrainedModel):
@@ -179,6 +215,9 @@ class PATPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     # blocks kept whole by `device_map` sharding and wrapped as units by FSDP (open_clip's CLIP block, timm's EVA block)
     _no_split_modules = ["PATSideLayer", "PATDecoderLayer", "ResidualAttentionBlock", "EvaBlock"]
+    # side ViT and PAT decoder layers are `GradientCheckpointingLayer`s, and the CLIP tower checkpoints the blocks it
+    # runs with gradients: `gradient_checkpointing_enable()` recomputes them in the backward pass
+    supports_gradient_checkpointing = True
     # CLIP's temperature stays fp32 when loaded in bf16 / fp16: ln 100 in bf16 is 4.59375, a 1% hotter softmax
     _keep_in_fp32_modules_strict = ["logit_scale"]
     # The loss is normalised by the number of target masks, not by tokens: Trainer must not rescale it.
@@ -186,7 +225,6 @@ class PATPreTrainedModel(PreTrainedModel):
     # Every attention runs `F.scaled_dot_product_attention`: "sdpa" is the one implementation (the default), and
     # `get_correct_attn_implementation` refuses any other rather than pretend to switch.
     _supports_sdpa = True
-    supports_gradient_checkpointing = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -309,31 +347,37 @@ class PATModel(PATPreTrainedModel):
             return pixel_values
         return F.interpolate(pixel_values, scale_factor=scale, mode="bilinear", align_corners=False)
 
-    def decode_level(self, side_output, clip_features: PATClipFeatures) -> dict[str, Any]:
+    def decode_level(self, level: PATSideLevel, clip_features: PATClipFeatures) -> PATDecodedLevel:
         """One side level -> mask logits (B, Q, H, W), attention biases and unit mask embeddings (B, Q, D)."""
-        mask_logits, attn_biases = self.side_adapter.mask_decoder(side_output.queries, side_output.patches)
+        mask_logits, attn_biases = self.side_adapter.mask_decoder(level.queries, level.side_tokens)
         mask_embeddings = self.clip_tower.recognize(clip_features, attn_biases, self.config.num_queries)
-        return {"masks_queries_logits": mask_logits, "mask_embeddings": mask_embeddings, "attention_bias": attn_biases[0]}
+        return PATDecodedLevel(mask_logits, mask_embeddings, attn_biases[0])
 
-    def decode_pat(self, tokens: PATTokenizationOutput, side_output, clip_features: PATClipFeatures) -> dict[str, Any]:
+    def decode_pat(
+        self, tokens: PATTokenizationOutput, level: PATSideLevel, clip_features: PATClipFeatures
+    ) -> PATDecodedLevel:
         """PAT's final level (choice M2): decoder masks, recognised under SAN's bias built from the final tokens."""
-        decoder = self.side_adapter.mask_decoder
-        attn_biases = decoder.attention_bias(decoder.query_mlp(tokens.global_tokens), side_output.patches)
+        attn_biases = self.side_adapter.mask_decoder.query_attention_bias(tokens.global_tokens, level.side_tokens)
         mask_embeddings = self.clip_tower.recognize(clip_features, attn_biases, self.config.num_queries)
-        return {
-            "masks_queries_logits": tokens.masks_queries_logits,
-            "mask_embeddings": mask_embeddings,
-            "attention_bias": attn_biases[0],
-        }
+        return PATDecodedLevel(tokens.masks_queries_logits, mask_embeddings, attn_biases[0])
 
-    def run_side_adapter(self, pixel_values: torch.Tensor, clip_features: PATClipFeatures, levels, local_tokens):
-        """The side ViT; in PAT mode with the semantic branch hooked in after the pyramid blocks."""
-        hook, queries = None, None
-        if self.tokenization is not None:
-            hook, queries = self.tokenization.semantic_hook(local_tokens), self.tokenization.query_embed()
-        return self.side_adapter(
-            pixel_values, clip_features.maps, output_layers=levels, stage_hook=hook, query_embed=queries
-        )
+    def run_side_adapter(
+        self, pixel_values: torch.Tensor, clip_features: PATClipFeatures, levels
+    ) -> PATSideAdapterOutput:
+        """The side ViT; in PAT mode, the semantic branch updates its query tokens after each pyramid block.
+
+        The side ViT runs in steps up to each pyramid block (`PATSideAdapter.run`); the semantic branch then reads
+        that block's side tokens before fusion and its query tokens, and its global tokens replace the queries.
+        """
+        side, tokenization = self.side_adapter, self.tokenization
+        if tokenization is None:
+            return side(pixel_values, clip_features.maps, output_layers=levels)
+        state = side.start(pixel_values, clip_features.maps, levels, query_embed=tokenization.query_embed())
+        local_tokens = state.output.local_tokens
+        for stage, position in tokenization.stage_positions.items():
+            side_tokens = side.run(state, position)  # (B, L, C_side), before fusion
+            side.set_queries(state, tokenization.semantic_stage(stage, side_tokens, side.queries(state), local_tokens))
+        return side.finish(state)
 
     def encode_tokens(self, pixel_values: torch.Tensor) -> tuple[PATPixelBranchOutput, PATQuantizerOutput]:
         """PAT only: the image's codes without the decoder or heads -> (pyramid quantizer outputs, latent ones)."""
@@ -341,10 +385,8 @@ class PATModel(PATPreTrainedModel):
             raise ValueError("Tokens exist only in PAT mode (config.use_pyramid_tokenization=True).")
         pixel_values = prepare_pixel_values(pixel_values, self.config.size_divisibility, self.input_dtype)
         clip_features = self.clip_tower.extract_features(self.clip_input(pixel_values))
-        local_tokens = {}
-        last = self.side_adapter.output_layers[-1:]
-        side_outputs, _, fusion_terms = self.run_side_adapter(pixel_values, clip_features, last, local_tokens)
-        return self.tokenization.encode(pixel_values, fusion_terms, side_outputs[-1].patches)
+        side = self.run_side_adapter(pixel_values, clip_features, self.side_adapter.output_layers[-1:])
+        return self.tokenization.encode(pixel_values, side.fusion_terms, side.levels[-1].side_tokens)
 
     @can_return_tuple
     def forward(
@@ -376,35 +418,35 @@ class PATModel(PATPreTrainedModel):
         # 2. side adapter on the full-resolution image, fusing CLIP features (+ PAT's semantic branch)
         all_levels = self.side_adapter.output_layers
         levels = all_levels[-1:] if pat or not output_auxiliary_logits else all_levels  # PAT: block 8 only (M3)
-        local_tokens = {}
-        side_outputs, side_hidden, fusion_terms = self.run_side_adapter(pixel_values, clip_features, levels, local_tokens)
+        side = self.run_side_adapter(pixel_values, clip_features, levels)
+        last = side.levels[-1]
         # 3. masks + attention bias per level, and CLIP recognition of each mask under that bias
         tokens = None
         if pat:  # pixel branch, latent VQ, shared decoder; SAN's own head on block 8 is the auxiliary level
             tokens = self.tokenization(
-                pixel_values, fusion_terms, side_outputs[-1].queries, side_outputs[-1].patches, local_tokens,
-                reconstruct=output_reconstruction,
+                pixel_values, side.fusion_terms, last.queries, last.side_tokens, side.local_tokens,
+                reconstruct=output_reconstruction, output_hidden_states=output_hidden_states,
             )
-            auxiliary = [self.decode_level(side_outputs[-1], clip_features)] if output_auxiliary_logits else []
-            final = self.decode_pat(tokens, side_outputs[-1], clip_features)
+            auxiliary = [self.decode_level(last, clip_features)] if output_auxiliary_logits else []
+            final = self.decode_pat(tokens, last, clip_features)
         else:
-            decoded = [self.decode_level(side_output, clip_features) for side_output in side_outputs]
+            decoded = [self.decode_level(level, clip_features) for level in side.levels]
             final, auxiliary = decoded[-1], decoded[:-1]
         return PATModelOutput(
-            masks_queries_logits=final["masks_queries_logits"],
-            mask_embeddings=final["mask_embeddings"],
-            attention_bias=final["attention_bias"],
-            query_embeddings=side_outputs[-1].queries,
-            pixel_embeddings=side_outputs[-1].patches,
+            masks_queries_logits=final.masks_queries_logits,
+            mask_embeddings=final.mask_embeddings,
+            attention_bias=final.attention_bias,
+            query_embeddings=last.queries,
+            side_tokens=last.side_tokens,
             auxiliary_outputs=auxiliary if output_auxiliary_logits else None,
             clip_hidden_states=_clip_hidden_states(clip_features) if output_hidden_states else None,
-            side_hidden_states=tuple(side_hidden) if output_hidden_states else None,
+            side_hidden_states=tuple(side.hidden_states) if output_hidden_states else None,
             **(_tokenization_fields(tokens) if pat else {}),
         )
 
 
 def _clip_hidden_states(clip_features: PATClipFeatures) -> tuple[torch.Tensor, ...]:
-    """CLIP trunk outputs as (B, 1 + h*w, C) sequences [cls; patches]."""
+    """CLIP trunk outputs as (B, 1 + L_clip, C_clip) sequences [class token; CLIP tokens]."""
     return tuple(
         torch.cat([cls[:, None], fmap.flatten(2).transpose(1, 2)], dim=1)
         for fmap, cls in zip(clip_features.maps, clip_features.cls_tokens)
@@ -422,6 +464,7 @@ def _tokenization_fields(tokens: PATTokenizationOutput) -> dict[str, Any]:
         "codebook_perplexity": {name: out.perplexity for name, out in quantizers.items()},
         "codebook_usage": {name: out.usage for name, out in quantizers.items()},
         "local_tokens": tokens.local_tokens,
+        "decoder_hidden_states": tokens.decoder_hidden_states,
     }
 
 
@@ -872,6 +915,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             mask_embeddings=outputs.mask_embeddings,
             image_sizes=image_sizes if image_sizes is not None else padded.clone(),
             padded_sizes=padded.clone(),
+            clip_hidden_states=outputs.clip_hidden_states,
+            side_hidden_states=outputs.side_hidden_states,
+            decoder_hidden_states=outputs.decoder_hidden_states,
         )
 
     def compute_tokenization_loss(self, pixel_values, outputs: PATModelOutput, image_sizes=None, generator=None):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATModel
+from modeling_pat.modeling_pat import PATDecodedLevel
 
 from conftest import tiny_config, tiny_model
 
@@ -41,11 +42,67 @@ def test_image_side_model_outputs(pixel_values):
         out = model(pixel_values, output_auxiliary_logits=True, output_hidden_states=True)
     assert out.attention_bias.shape == (2, config.attn_bias_num_heads, config.num_queries, 8, 10)
     assert out.query_embeddings.shape == (2, config.num_queries, config.side_hidden_size)
-    assert out.pixel_embeddings.shape == (2, config.side_hidden_size, 8, 10)
+    assert out.side_tokens.shape == (2, config.side_hidden_size, 8, 10)
+    assert out.pixel_embeddings is out.side_tokens  # the earlier name still reads
     assert len(out.auxiliary_outputs) == len(config.deep_supervision_layers) - 1
+    assert all(isinstance(level, PATDecodedLevel) for level in out.auxiliary_outputs)
+    assert out.auxiliary_outputs[0]["masks_queries_logits"].shape == (2, config.num_queries, 8, 10)  # still a dict
     assert len(out.clip_hidden_states) == config.clip_feature_layers + 1
     assert out.clip_hidden_states[0].shape == (2, 1 + 4 * 5, 64)
     assert len(out.side_hidden_states) == config.side_num_hidden_layers + 1
+    assert out.decoder_hidden_states is None  # SAN mode has no PAT decoder
+
+
+def test_pat_hidden_states_cover_the_side_vit_and_the_decoder(pixel_values):
+    torch.manual_seed(0)
+    config = tiny_config("pat-tiny")
+    model = PATModel(config).eval()
+    with torch.no_grad():
+        out = model(pixel_values, output_hidden_states=True)
+        plain = model(pixel_values)
+    assert plain.side_hidden_states is None and plain.decoder_hidden_states is None
+    assert len(out.side_hidden_states) == config.side_num_hidden_layers + 1
+    stages = [s for s in ("late", "mid", "early") if s in config.decoder_stages]
+    assert len(out.decoder_hidden_states) == len(stages) + config.decoder_num_extra_layers
+    assert out.decoder_hidden_states[-1].shape == (2, config.decoder_hidden_size, 32, 40)
+
+    # the segmentation model hands them on
+    full = tiny_model(preset="pat-tiny")
+    with torch.no_grad():
+        top = full(pixel_values, output_hidden_states=True)
+        inner = full.model(pixel_values, output_hidden_states=True)
+    for name in ("clip_hidden_states", "side_hidden_states", "decoder_hidden_states"):
+        assert len(getattr(top, name)) == len(getattr(inner, name))
+        torch.testing.assert_close(getattr(top, name)[-1], getattr(inner, name)[-1], rtol=0, atol=0)
+    assert full(pixel_values).side_hidden_states is None
+
+
+def test_the_semantic_branch_runs_between_the_side_blocks_of_the_pyramid_stages(pixel_values, monkeypatch):
+    """`run_side_adapter` stops the side ViT after each pyramid block, hands the semantic branch the block's side
+    tokens before fusion and its queries, and continues with the global tokens it returns."""
+    torch.manual_seed(0)
+    config = tiny_config("pat-tiny")
+    model = PATModel(config).eval()
+    calls = []
+
+    def recorder(stage, side_tokens, global_tokens, local_tokens):
+        calls.append((stage, tuple(side_tokens.shape), tuple(global_tokens.shape), sorted(local_tokens)))
+        local_tokens[stage] = torch.zeros(1)
+        return torch.full_like(global_tokens, float(len(calls)))
+
+    monkeypatch.setattr(model.tokenization, "semantic_stage", recorder)
+    with torch.no_grad():
+        features = model.clip_tower.extract_features(model.clip_input(pixel_values))
+        side = model.run_side_adapter(pixel_values, features, model.side_adapter.output_layers[-1:])
+    q, tokens = config.num_queries, (2, 8 * 10, config.side_hidden_size)
+    assert calls == [
+        ("early", tokens, (2, q, config.side_hidden_size), []),
+        ("mid", tokens, (2, q, config.side_hidden_size), ["early"]),
+        ("late", tokens, (2, q, config.side_hidden_size), ["early", "mid"]),
+    ]
+    assert sorted(side.local_tokens) == ["early", "late", "mid"]
+    for i, position in enumerate(config.pyramid_side_layers, start=1):
+        assert torch.all(side.hidden_states[position][:, :q] == i)  # the returned global tokens went on
 
 
 def test_return_dict_false_gives_the_same_values_as_a_tuple(model, pixel_values):
@@ -167,7 +224,7 @@ def test_value_checks_read_only_host_tensors():
     """Finiteness is checked on CPU tensors only: on an accelerator, reading the values would make every forward wait
     for the device. A meta tensor (no values at all) stands in for a device tensor: shape and dtype are still checked,
     values are never read; on the CPU the same tensors are refused."""
-    from modeling_pat.modeling_pat import _check_class_embeddings, prepare_pixel_values
+    from modeling_pat.modeling_pat import PATDecodedLevel, _check_class_embeddings, prepare_pixel_values
 
     nan_images = torch.full((1, 3, 64, 64), float("nan"))
     nan_embeddings = torch.full((2, 8), float("nan"))
