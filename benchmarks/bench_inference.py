@@ -209,6 +209,16 @@ def seed_baseline_text_cache(baseline, fast, names: list[str]) -> None:
     baseline._text_cache[key] = (baseline._text_weights_version(), embeddings.clone())
 
 
+def forget_text_embeddings(model, fingerprint: bool) -> None:
+    """Empty the model's in-memory text embeddings (and, as a new process would start, its fingerprint memo too)."""
+    if not hasattr(model, "inference_cache"):  # the pinned baseline's own cache
+        model._text_cache.clear()
+    elif fingerprint:
+        model.clear_inference_caches()
+    else:
+        model.inference_cache.clear()
+
+
 # -- the timed calls --------------------------------------------------------------------------------------------------
 def synchronize(device: str) -> None:
     """Wait for queued GPU work, so that a timed call ends when its results exist (no-op on the CPU)."""
@@ -231,9 +241,7 @@ def make_call(models: Models, variant: str):
 
     if setup.vocab == "cold":
         def call():
-            model._text_cache.clear()
-            if variant.endswith("disk"):  # a new process: no fingerprint memo either, only the files on disk
-                model.__dict__.pop("_text_fingerprint", None)
+            forget_text_embeddings(model, fingerprint=variant.endswith("disk"))
             with context():
                 if cache_dir is not None:
                     embeddings = model.get_class_embeddings(class_names=names, cache_dir=cache_dir)
@@ -518,7 +526,7 @@ def text_cache_child(setup: Setup, folder: str) -> dict:
     start = time.perf_counter()
     fingerprint = model.text_weights_fingerprint()
     fingerprint_s = time.perf_counter() - start
-    model.__dict__.pop("_text_fingerprint", None)
+    model.clear_inference_caches()  # forget the fingerprint: the first lookup hashes again, as a new process would
     start = time.perf_counter()
     model.get_class_embeddings(class_names=names, cache_dir=folder)
     synchronize(setup.device)

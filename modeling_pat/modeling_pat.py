@@ -41,7 +41,6 @@ one thing everywhere; channel counts are always subscripted):
 
 import functools
 import os
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -71,21 +70,6 @@ from .weights_files import bad_weights_error, candidate_weights_files
 
 # Classes per text-tower call in `get_class_embeddings` (x the prompt templates): bounds memory for large vocabularies.
 TEXT_CHUNK_CLASSES = 64
-# Guards the in-memory text-embedding cache of every model in the process: a model shared by a web server's threads
-# must not encode one vocabulary twice or evict one entry twice (KeyError). Module-level rather than per model, so that
-# models stay deep-copyable and picklable. (The disk cache's writers already merge under a file lock.)
-_TEXT_CACHE_LOCK = threading.RLock()
-
-
-def _text_cache_locked(method):
-    """Run `method` holding `_TEXT_CACHE_LOCK`."""
-
-    @functools.wraps(method)
-    def locked(*args, **kwargs):
-        with _TEXT_CACHE_LOCK:
-            return method(*args, **kwargs)
-
-    return locked
 
 
 @dataclass
@@ -199,6 +183,10 @@ class PATPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["logit_scale"]
     # The loss is normalised by the number of target masks, not by tokens: Trainer must not rescale it.
     accepts_loss_kwargs = False
+    # Every attention runs `F.scaled_dot_product_attention`: "sdpa" is the one implementation (the default), and
+    # `get_correct_attn_implementation` refuses any other rather than pretend to switch.
+    _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -225,6 +213,17 @@ class PATPreTrainedModel(PreTrainedModel):
                 module.freeze(model.config.clip_trainable_positional_embedding, model.config.clip_trainable_layers)
         return loaded
 
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """transformers' resolution (None -> "sdpa"), then a ValueError for anything but "sdpa": no module of the
+        model has another attention code path, so "eager" or a flash kernel would be a name only."""
+        resolved = super().get_correct_attn_implementation(requested_attention, is_init_check)
+        if resolved != "sdpa":
+            raise ValueError(
+                f'attn_implementation="{resolved}" is not supported: every attention of the model (CLIP, side ViT, '
+                'decoder) runs torch\'s scaled_dot_product_attention; use attn_implementation="sdpa" (the default).'
+            )
+        return resolved
+
     def post_init(self):
         super().post_init()
         self.attach_inference_cache(PATInferenceCache())
@@ -243,14 +242,16 @@ class PATPreTrainedModel(PreTrainedModel):
         if cache is not None:
             cache.clear()
 
+    # A mode switch or a move leaves the weights' values as they were: only the cache goes (the base method, not an
+    # override that also forgets values keyed on the weights' bytes, such as the text weights' fingerprint).
     def train(self, mode: bool = True):
         if mode != self.training:
-            self.clear_inference_caches()
+            PATPreTrainedModel.clear_inference_caches(self)
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):
         result = super()._apply(fn, recurse)
-        self.clear_inference_caches()  # `.to`, `.cuda`, `.half`, ...: cached tensors would be on the old device/dtype
+        PATPreTrainedModel.clear_inference_caches(self)  # `.to`, `.half`, ...: cached tensors are on the old device
         return result
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -480,8 +481,8 @@ def _check_class_embeddings(class_embeddings: torch.Tensor, embed_dim: int) -> N
 
 
 def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: int) -> None:
-    """(N, T, L) integer token ids, L at most CLIP's context; ids within the vocabulary when on the CPU (an id
-    outside it is an IndexError deep in the embedding on the CPU, a device-side assert on a GPU)."""
+    """(N, T, context length) integer token ids, at most CLIP's context long; ids within the vocabulary when on the
+    CPU (an id outside it is an IndexError deep in the embedding on the CPU, a device-side assert on a GPU)."""
     if (
         not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 3 or 0 in input_ids.shape
         or input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool
@@ -506,7 +507,7 @@ def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: i
 def _input_ids_key(input_ids: torch.Tensor) -> tuple:
     """Text-cache key of a vocabulary given as ids: on the host their shape and a hash of their bytes; on an
     accelerator the shape and device only, the ids being compared on the device on a hit (`_same_input_ids`): hashing
-    them would copy the whole (N, T, L) array to the host at every training step."""
+    them would copy the whole (N, T, context length) array to the host at every training step."""
     if _ids_on_host(input_ids):
         return ("ids", tuple(input_ids.shape), hash(input_ids.detach().numpy().tobytes()))
     return ("device ids", tuple(input_ids.shape), str(input_ids.device), input_ids.dtype)
@@ -537,6 +538,15 @@ def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | No
     rows = torch.arange(height, device=pixel_values.device)[None, :, None] < sizes[:, 0, None, None]
     cols = torch.arange(width, device=pixel_values.device)[None, None, :] < sizes[:, 1, None, None]
     return (rows & cols)[:, None].to(pixel_values.dtype)
+
+
+def _refuse_attention_weights(output_attentions: bool | None, config: PATConfig) -> None:
+    """A ValueError for `output_attentions=True` (or the config's): SDPA, the only attention, returns no weights."""
+    if output_attentions or (output_attentions is None and getattr(config, "output_attentions", False)):
+        raise ValueError(
+            "output_attentions=True is not supported: the model's attention runs torch's "
+            "scaled_dot_product_attention (attn_implementation='sdpa'), which does not return attention weights."
+        )
 
 
 def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
@@ -574,7 +584,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         self.tokenization_loss = None
         if config.use_pyramid_tokenization:
             self.tokenization_loss = PATTokenizationLoss(config, clip_feature_fn=self.clip_perceptual_features)
-        self._text_cache: dict[Any, torch.Tensor] = {}
+        # (dtypes of the text parameters, sha256 of their bytes): `text_weights_fingerprint`, kept with the model
+        self._text_fingerprint: tuple[tuple[torch.dtype, ...], str] | None = None
         self.post_init()
 
     # -- text side -------------------------------------------------------------------------------------------------
@@ -594,22 +605,17 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             )
         return ids.to(self.device)
 
-    def _text_weights_version(self) -> tuple:
-        """Changes whenever a text-tower weight is replaced or edited in place, so cached embeddings go stale."""
-        return tuple(
-            (p.data_ptr(), None if p.is_inference() else p._version, p.device, p.dtype)  # inference tensors: no counter
-            for p in self.model.clip_tower.text_parameters()
-        )
-
-    @_text_cache_locked
     def get_class_embeddings(
         self, input_ids: torch.Tensor | None = None, class_names: list[str] | None = None, cache_dir=None
     ):
-        """(N, T, L) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings, cached.
+        """(N, T, context length) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings,
+        cached.
 
-        Cached in memory per vocabulary (and text-weight version). Class names are also cached on disk when
-        `cache_dir` (default: `self.text_embedding_cache_dir`) is set: one row per name in a file keyed by the text
-        weights (sha256 of every byte), the prompt templates and the cache format, so another process starts without
+        Cached in memory per vocabulary in the model's inference cache (`inference_cache.py`: dropped when weights
+        are loaded, the model moves or switches mode, or `clear_inference_caches()` is called after an in-place edit;
+        bypassed while a text parameter is trainable). Class names are also cached on disk when `cache_dir` (default:
+        `self.text_embedding_cache_dir`) is set: one row per name in a file keyed by the text weights
+        (`text_weights_fingerprint`), the prompt templates and the cache format, so another process starts without
         running the text tower, and a weight or template change misses. Only names not on disk are encoded.
         Thread-safe: concurrent callers wait, so a vocabulary asked for by several threads is encoded once.
         """
@@ -625,24 +631,31 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             tower = self.model.clip_tower
             _check_input_ids(input_ids, tower.text_tower.token_embedding.num_embeddings, tower.context_length)
             key = _input_ids_key(input_ids)
-        version = self._text_weights_version()
-        cached = self._text_cache.get(key)
-        if cached is not None and cached[0] == version and _same_input_ids(cached[2], input_ids):
-            return cached[1]
+        compute = functools.partial(self._compute_class_embeddings, input_ids, class_names, cache_dir)
+        if self._text_tower_trainable():  # its weights may change at every step, unseen by the cache
+            return compute()[1]
+        _, embeddings = self.inference_cache.get(
+            "text_embeddings", key, compute, valid=lambda entry: _same_input_ids(entry[0], input_ids)
+        )
+        return embeddings
+
+    def _compute_class_embeddings(self, input_ids, class_names, cache_dir) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """A text-cache entry: (the ids when they are on an accelerator, to be compared there at the next lookup
+        since their key has no content; else None, (N, D) embeddings), from the disk cache or the text tower."""
         cache_dir = self.text_embedding_cache_dir if cache_dir is None else cache_dir
         if input_ids is None and cache_dir is not None:
             embeddings = self._disk_cached_class_embeddings(list(class_names), cache_dir)
         else:
-            embeddings = self._encode_class_names(self.prompt_input_ids(class_names) if input_ids is None else input_ids)
-        if len(self._text_cache) >= 8:  # small LRU-ish bound: drop the oldest vocabulary
-            self._text_cache.pop(next(iter(self._text_cache)))
-        # ids on an accelerator are kept to be compared on the device at the next lookup (their key has no content)
+            ids = self.prompt_input_ids(class_names) if input_ids is None else input_ids
+            embeddings = self._encode_class_names(ids)
         kept_ids = None if input_ids is None or _ids_on_host(input_ids) else input_ids.detach().clone()
-        self._text_cache[key] = (version, embeddings, kept_ids)
-        return embeddings
+        return kept_ids, embeddings
+
+    def _text_tower_trainable(self) -> bool:
+        return any(param.requires_grad for param in self.model.clip_tower.text_parameters())
 
     def _encode_class_names(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(N, T, L) ids -> (N, D) through the text tower (truncated, batched path), in chunks of classes.
+        """(N, T, context length) ids -> (N, D) through the text tower, in chunks of classes.
 
         Always in the weights' dtype, autocast off: the result is cached per vocabulary (and on disk), so embeddings
         made under a training step's autocast must not be what a later full-precision evaluation gets.
@@ -653,17 +666,25 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             return torch.cat([self.model.clip_tower.encode_class_names(chunk) for chunk in chunks])
 
     def text_weights_fingerprint(self) -> str:
-        """sha256 of the text tower's weights (`fingerprint_text_weights`), computed once per weight version.
+        """sha256 of the text tower's weights (`fingerprint_text_weights`): the text embeddings' key on disk.
 
-        A model from `from_pretrained` starts with the fingerprint its config carries (`save_pretrained` stores it),
-        so a new process does not hash the tower; any change of the weights' version (load_state_dict, an in-place
-        edit, a dtype or device move) makes it hash again."""
-        version = self._text_weights_version()
-        memo = self.__dict__.get("_text_fingerprint")
-        if memo is None or memo[0] != version:
-            memo = (version, fingerprint_text_weights(self.model.clip_tower.text_parameters()))
-            self.__dict__["_text_fingerprint"] = memo
-        return memo[1]
+        Computed once and kept with the model: a model from `from_pretrained` starts with the fingerprint its config
+        carries (`save_pretrained` stores it), so a new process does not hash the tower. Hashed again after
+        `load_state_dict`, after `clear_inference_caches()` (call it when editing weights in place), after a dtype
+        change, and at every call while a text parameter is trainable. A move to another device keeps it."""
+        params = self.model.clip_tower.text_parameters()
+        dtypes = tuple(param.dtype for param in params)
+        if any(param.requires_grad for param in params):
+            return fingerprint_text_weights(params)
+        if self._text_fingerprint is None or self._text_fingerprint[0] != dtypes:
+            self._text_fingerprint = (dtypes, fingerprint_text_weights(params))
+        return self._text_fingerprint[1]
+
+    def clear_inference_caches(self) -> None:
+        """`PATPreTrainedModel.clear_inference_caches`, and the text weights' fingerprint is hashed again at its next
+        use: call this after editing weights in place (nothing else can see such an edit)."""
+        super().clear_inference_caches()
+        self._text_fingerprint = None
 
     def _text_parameter_names(self) -> list[str]:
         """State-dict names of `text_parameters()`, in that order (the order the fingerprint hashes them in)."""
@@ -673,7 +694,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
     def _saved_text_fingerprint(self, state_dict: dict | None) -> str | None:
         """`config.text_weights_fingerprint` ("<dtype>:<sha256>") of the text weights about to be saved: the
         memoised fingerprint of the model's own weights, or a hash of `state_dict`'s when one is passed. None when
-        those weights are missing or not of one dtype (nothing is then stored and a loader hashes as before)."""
+        those weights are missing or not of one dtype (nothing is then stored and a loader hashes them)."""
         if state_dict is None:
             tensors = self.model.clip_tower.text_parameters()
         else:
@@ -711,7 +732,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         params = self.model.clip_tower.text_parameters()
         if names & not_loaded or any(str(p.dtype).removeprefix("torch.") != dtype for p in params):
             return
-        self.__dict__["_text_fingerprint"] = (self._text_weights_version(), digest)
+        self._text_fingerprint = (tuple(param.dtype for param in params), digest)
 
     def _disk_cached_class_embeddings(self, class_names: list[str], cache_dir) -> torch.Tensor:
         """(N, D) embeddings of `class_names` from the on-disk cache; names not there are encoded and added."""
@@ -767,9 +788,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         original_sizes: torch.Tensor | None = None,
         output_auxiliary_logits: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         loss_sampling_points: dict | None = None,
         loss_generator: torch.Generator | None = None,
-        **kwargs,
     ) -> PATForOpenVocabSegmentationOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
@@ -779,7 +800,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         input_ids (`torch.LongTensor` of shape `(num_classes, num_templates, seq_len)`, *optional*):
             Class-name prompts from `PATProcessor(text=[...])`. One vocabulary for the whole batch.
         attention_mask (`torch.LongTensor`, *optional*):
-            Accepted for processor compatibility; CLIP's causal text tower pools the end-of-text token and needs none.
+            What `PATProcessor(text=[...])` returns beside `input_ids`, accepted so that `model(**inputs)` works; not
+            used: CLIP's causal text tower pools the end-of-text token and needs no mask.
         class_embeddings (`torch.FloatTensor` of shape `(num_classes, embed_dim)`, *optional*):
             Precomputed unit class embeddings (`get_class_embeddings`); skips the text tower. Any float dtype (the
             classification runs in fp32); checked for NaN / inf like `pixel_values`.
@@ -791,9 +813,13 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             Recorded random points that replace the loss's random draws (see `PATSegmentationLoss.forward`).
         loss_generator (`torch.Generator`, *optional*):
             Generator for the loss's random point draws.
+        output_attentions (`bool`, *optional*):
+            Not supported: every attention runs `F.scaled_dot_product_attention`, which returns no weights; True is
+            a ValueError (as is `config.output_attentions`).
 
-        With neither `input_ids` nor `class_embeddings`, the vocabulary is `config.id2label`.
+        Other keyword arguments are a TypeError (`return_dict` is taken by `can_return_tuple`). With neither `input_ids` nor `class_embeddings`, the vocabulary is `config.id2label`.
         """
+        _refuse_attention_weights(output_attentions, self.config)
         if sum(x is not None for x in (input_ids, class_embeddings)) > 1:
             raise ValueError("Pass at most one of `input_ids` and `class_embeddings`.")
         if class_embeddings is not None:

@@ -223,8 +223,41 @@ def test_text_cache_is_reused_and_invalidated_by_weight_edits(model):
     with torch.no_grad():
         projection = model.model.clip_tower.clip.text_projection
         projection.add_(torch.randn(projection.shape, generator=torch.Generator().manual_seed(0)))
+    model.clear_inference_caches()  # the documented call after an in-place edit
     recomputed = model.get_class_embeddings(class_names=["cat", "sky"])
     assert recomputed is not first and not torch.allclose(recomputed, first)
+
+
+def test_text_cache_is_bypassed_while_a_text_parameter_trains():
+    model = tiny_model()
+    names = ["cat", "sky"]
+    first = model.get_class_embeddings(class_names=names)
+    projection = model.model.clip_tower.clip.text_projection
+    projection.requires_grad_(True)
+    with torch.no_grad():  # an optimiser step: no call announces it
+        projection.add_(torch.randn(projection.shape, generator=torch.Generator().manual_seed(0)))
+    assert not torch.allclose(model.get_class_embeddings(class_names=names), first)
+    assert model.get_class_embeddings(class_names=names) is not model.get_class_embeddings(class_names=names)
+
+
+def test_text_fingerprint_is_kept_across_moves_and_modes_and_redone_on_new_weights(monkeypatch):
+    import modeling_pat.modeling_pat as modeling
+
+    model = tiny_model()
+    hashed = []
+    real = modeling.fingerprint_text_weights
+    monkeypatch.setattr(modeling, "fingerprint_text_weights", lambda params: hashed.append(1) or real(params))
+    fingerprint = model.text_weights_fingerprint()
+    model.to("cpu").train().eval()
+    assert model.text_weights_fingerprint() == fingerprint and len(hashed) == 1
+    model.load_state_dict(model.state_dict())  # same values, but loaded weights are hashed again
+    assert model.text_weights_fingerprint() == fingerprint and len(hashed) == 2
+    model.to(torch.float64)  # a dtype change: other bytes
+    assert model.text_weights_fingerprint() != fingerprint and len(hashed) == 3
+    with torch.no_grad():
+        model.model.clip_tower.clip.ln_final.bias.add_(1.0)
+    model.clear_inference_caches()
+    assert len({model.text_weights_fingerprint(), fingerprint}) == 2 and len(hashed) == 4
 
 
 def test_text_cache_is_shared_safely_by_threads(model, monkeypatch):
@@ -258,7 +291,7 @@ def test_text_embeddings_made_under_autocast_are_full_precision(model):
     names = ["cat", "sky"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = model.get_class_embeddings(class_names=names)
-    model._text_cache.clear()
+    model.inference_cache.clear()
     plain = model.get_class_embeddings(class_names=names)
     assert under_autocast.dtype == torch.float32
     torch.testing.assert_close(under_autocast, plain, rtol=0, atol=0)
@@ -362,3 +395,41 @@ def test_a_damaged_weights_file_is_named_by_from_pretrained(tmp_path, model, dam
         with pytest.raises(OSError, match=reason) as caught:
             loader.from_pretrained(tmp_path)
         assert str(weights) in str(caught.value)
+
+
+# -- transformers conventions: attention implementation, outputs, keyword arguments ------------------------------------
+def test_attention_implementation_is_sdpa_and_nothing_else(tmp_path):
+    model = tiny_model()
+    assert model.config._attn_implementation == "sdpa"
+    model.save_pretrained(tmp_path)
+    loaded = PATForOpenVocabSegmentation.from_pretrained(tmp_path, attn_implementation="sdpa")
+    assert loaded.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match='attn_implementation="eager" is not supported'):
+        PATForOpenVocabSegmentation.from_pretrained(tmp_path, attn_implementation="eager")
+    with pytest.raises(ValueError, match="flex_attention"):  # refused by transformers itself (not _supports_flex_attn)
+        PATForOpenVocabSegmentation.from_pretrained(tmp_path, attn_implementation="flex_attention")
+    config = tiny_config()
+    config._attn_implementation = "eager"
+    with pytest.raises(ValueError, match="not supported.*scaled_dot_product_attention"):
+        PATForOpenVocabSegmentation(config)
+    with pytest.raises(ValueError, match="not supported"):
+        model.set_attn_implementation("eager")
+
+
+def test_output_attentions_and_unknown_keywords_are_refused(model, pixel_values):
+    with pytest.raises(ValueError, match="output_attentions=True is not supported.*scaled_dot_product_attention"):
+        model(pixel_values, output_attentions=True)
+    with pytest.raises(TypeError, match="class_names"):
+        model(pixel_values, class_names=["cat"])  # not a forward argument: get_class_embeddings takes names
+    with torch.no_grad():
+        assert isinstance(model(pixel_values, output_attentions=False, return_dict=False), tuple)
+
+
+def test_class_names_hit_the_text_cache_when_ids_live_on_an_accelerator(monkeypatch):
+    # names are keyed by their text, whatever device their ids are tokenised onto (simulated: the host check says no)
+    import modeling_pat.modeling_pat as modeling
+
+    model = tiny_model()
+    monkeypatch.setattr(modeling, "_ids_on_host", lambda input_ids: False)
+    first = model.get_class_embeddings(class_names=["cat", "dog"])
+    assert model.get_class_embeddings(class_names=["cat", "dog"]) is first

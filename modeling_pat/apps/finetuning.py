@@ -153,6 +153,7 @@ def merge_lora(model):
     with suppress(AttributeError):  # transformers' adapter integration sets it on the model when an adapter is added
         del model.peft_config
     model._hf_peft_config_loaded = False
+    model.clear_inference_caches()  # the base weights changed in place (the text weights' fingerprint included)
     return model
 
 
