@@ -95,7 +95,7 @@ WEIGHT_FIELDS = (
     "reconstruction_l1_weight", "reconstruction_perceptual_weight", "initializer_range",
 )
 REC_DOWNSAMPLE_METHODS = ("max", "avg", "bilinear", "bicubic", "nearest")
-PERCEPTUAL_NETWORKS = ("auto", "vgg", "clip", "none")  # see `pat_losses.build_perceptual_loss`
+PERCEPTUAL_NETWORKS = ("auto", "vgg", "clip", "none")  # see `tokenization_loss.build_perceptual_loss`
 
 
 def validate_prompt_templates(templates, argument: str = "prompt_templates") -> list[str]:

@@ -36,7 +36,7 @@ one thing everywhere; channel counts are always subscripted):
 | `MLPMaskDecoder` | `PATMaskDecoder` |
 | `FeatureExtractor` / `RecWithAttnbiasHead` | `PATClipTower.extract_features` / `.recognize` (`clip_tower.py`) |
 | `LearnableBgOvClassifier` | `PATClipTower.encode_class_names` + `PATOpenVocabClassifier` |
-| `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |
+| `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`segmentation_loss.py`) |
 """
 
 import functools
@@ -58,8 +58,8 @@ from transformers.utils.generic import can_return_tuple
 from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
 from .configuration_pat import PATConfig, validate_prompt_templates
 from .inference_cache import PATInferenceCache
-from .losses import PATSegmentationLoss, labels_to_targets
-from .pat_losses import PATTokenizationLoss
+from .segmentation_loss import PATSegmentationLoss, labels_to_targets
+from .tokenization_loss import PATTokenizationLoss
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
 from .quantizer import PATQuantizerOutput, PATVectorQuantizer, autocast_off

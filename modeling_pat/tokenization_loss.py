@@ -5,7 +5,7 @@
     L_SA  = sum over s in (early, mid, late) of CRF(x_s, z_q,s) + TV(z_q,s)        (inner weights 1:1, SA1)
     L_rec = mse_weight * MSE + l1_weight * L1 + perceptual_weight * perceptual     (on [0, 1] images, RL1)
 
-The segmentation loss (SAN's criterion) lives in `losses.py`; the model adds both.
+The segmentation loss (SAN's criterion) lives in `segmentation_loss.py`; the model adds both.
 
 Shapes: B batch, D channels of a feature map, H x W its grid, n sampled pixels, L feature layers.
 

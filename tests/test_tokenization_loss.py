@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_pat.pat_losses import (
+from modeling_pat.tokenization_loss import (
     PATPerceptualLoss,
     PATTokenizationLoss,
     build_perceptual_loss,
