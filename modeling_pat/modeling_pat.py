@@ -188,8 +188,7 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
 class PATPreTrainedModel(PreTrainedModel):
     """Weight initialisation and the attributes transformers reads; no forward."""
 
-    config: PATConfig
-    config_class = PATConfig
+    config: PATConfig  # transformers reads `config_class` from this annotation
     base_model_prefix = "model"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
@@ -550,7 +549,7 @@ def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
 
 
 def _check_sizes(sizes: torch.Tensor | None, name: str, batch_size: int) -> None:
-    """`image_sizes` / `original_sizes`: integer (batch_size, 2) rows of (height, width), as the processor gives."""
+    """`image_sizes`: integer (batch_size, 2) rows of (height, width), as the processor gives."""
     if sizes is None:
         return
     if not isinstance(sizes, torch.Tensor) or sizes.is_floating_point() or tuple(sizes.shape) != (batch_size, 2):
@@ -760,11 +759,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
         class_embeddings: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
-        original_sizes: torch.Tensor | None = None,
         output_auxiliary_logits: bool | None = None,
         output_hidden_states: bool | None = None,
         loss_sampling_points: dict | None = None,
@@ -778,15 +775,13 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             check would synchronise every forward; the processor, pipeline and CLI check images on the host).
         input_ids (`torch.LongTensor` of shape `(num_classes, num_templates, seq_len)`, *optional*):
             Class-name prompts from `PATProcessor(text=[...])`. One vocabulary for the whole batch.
-        attention_mask (`torch.LongTensor`, *optional*):
-            Accepted for processor compatibility; CLIP's causal text tower pools the end-of-text token and needs none.
         class_embeddings (`torch.FloatTensor` of shape `(num_classes, embed_dim)`, *optional*):
             Precomputed unit class embeddings (`get_class_embeddings`); skips the text tower. Any float dtype (the
             classification runs in fp32); checked for NaN / inf like `pixel_values`.
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Semantic label maps at the size of `pixel_values`, `config.ignore_index` where unlabelled.
-        image_sizes / original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
-            From the image processor; `image_sizes` is carried to the output for post-processing.
+        image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+            From the image processor; carried to the output for post-processing.
         loss_sampling_points (`dict`, *optional*):
             Recorded random points that replace the loss's random draws (see `PATSegmentationLoss.forward`).
         loss_generator (`torch.Generator`, *optional*):
@@ -806,8 +801,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             pixel_values, output_auxiliary_logits=want_aux, output_hidden_states=output_hidden_states,
             output_reconstruction=want_aux, return_dict=True,
         )
-        for name, sizes in (("image_sizes", image_sizes), ("original_sizes", original_sizes)):
-            _check_sizes(sizes, name, pixel_values.shape[0])  # after the model: `pixel_values` is known good there
+        _check_sizes(image_sizes, "image_sizes", pixel_values.shape[0])  # after the model: `pixel_values` is known good
         class_logits = self.classify(outputs.mask_embeddings, text_embeddings)
         auxiliary = [
             {"class_queries_logits": self.classify(aux["mask_embeddings"], text_embeddings),

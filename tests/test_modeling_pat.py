@@ -113,10 +113,10 @@ def test_label_dtype_and_size_tensors_are_checked_naming_expected_and_actual(mod
     with pytest.raises(ValueError, match=r"`image_sizes` must be an integer tensor of shape \(batch_size, 2\) = "
                                          r"\(2, 2\), got torch.int64 \(1, 2\)"):
         model(pixel_values, image_sizes=sizes[:1])
-    with pytest.raises(ValueError, match=r"`original_sizes` .* got torch.float32 \(2, 2\)"):
-        model(pixel_values, original_sizes=sizes.float())
+    with pytest.raises(ValueError, match=r"`image_sizes` .* got torch.float32 \(2, 2\)"):
+        model(pixel_values, image_sizes=sizes.float())
     with torch.no_grad():
-        assert model(pixel_values, image_sizes=sizes, original_sizes=sizes).image_sizes.tolist() == sizes.tolist()
+        assert model(pixel_values, image_sizes=sizes).image_sizes.tolist() == sizes.tolist()
 
 
 def test_pixel_values_are_checked(model):
