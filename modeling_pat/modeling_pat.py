@@ -51,7 +51,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
@@ -59,7 +58,7 @@ from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
 from .configuration_pat import PATConfig, validate_prompt_templates
 from .inference_cache import PATInferenceCache
 from .segmentation_loss import PATSegmentationLoss, labels_to_targets
-from .tokenization_loss import PATTokenizationLoss
+from .tokenization_loss import PATTokenizationLoss, perceptual_feature_network, resolve_perceptual_network
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
 from .quantizer import PATQuantizerOutput, PATVectorQuantizer, autocast_off
@@ -572,7 +571,10 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         self.criterion = PATSegmentationLoss(config)
         self.tokenization_loss = None
         if config.use_pyramid_tokenization:
-            self.tokenization_loss = PATTokenizationLoss(config, clip_feature_fn=self.clip_perceptual_features)
+            # resolved once, here, and kept in the config (saved with the model): the loss never depends on the cache
+            config.perceptual_network = resolve_perceptual_network(config.perceptual_network)
+            network = perceptual_feature_network(config.perceptual_network, self.model)
+            self.tokenization_loss = PATTokenizationLoss(config, perceptual_network=network)
         self._text_cache: dict[Any, torch.Tensor] = {}
         self.post_init()
 
@@ -725,19 +727,6 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             update_text_cache(path, encoded, fingerprint, templates)  # merged under a lock; a warning if unwritable
         dtype = self.model.clip_tower.text_tower.text_projection.dtype
         return torch.stack([rows[name] for name in class_names]).to(self.device, dtype)
-
-    def clip_perceptual_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """[0, 1] images (B, 3, H, W) -> frozen-CLIP feature maps after each trunk block (the fallback perceptual
-        network when no VGG weights are available: they cannot be downloaded here; gradients reach the images).
-
-        The images enter in CLIP's dtype (a bf16 model gets fp32 images from the loss) and the maps leave in fp32.
-        """
-        tower = self.model.clip_tower
-        # copied without waiting for the device (new_tensor's copy would, at every training step)
-        mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
-        std = torch.tensor(OPENAI_CLIP_STD, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
-        pixel_values = self.model.clip_input((images - mean) / std).to(next(tower.visual.parameters()).dtype)
-        return [fmap.float() for fmap in tower.extract_features(pixel_values).maps[1:]]
 
     def default_class_names(self) -> list[str]:
         id2label = self.config.id2label or {}

@@ -196,25 +196,31 @@ def load_vgg16_features(path: Path) -> nn.Sequential:
 
 
 class PATVGG16Features:
-    """Frozen VGG16: (B, 3, H, W) images in [0, 1] -> [relu1_2, relu2_2, relu3_3, relu4_3, relu5_3] maps.
+    """Frozen VGG16: (B, 3, H_img, W_img) images in [0, 1] -> [relu1_2, relu2_2, relu3_3, relu4_3, relu5_3] maps.
 
-    Deliberately not an `nn.Module`: it stays outside the PAT model's module tree, so it is never saved in PAT
-    checkpoints, counted among PAT parameters, or wiped by from_pretrained's meta-device construction. It follows
-    the input's device instead.
+    Not an `nn.Module`, so it stays outside the PAT model's module tree (never saved in PAT checkpoints, counted among
+    PAT parameters or wiped by from_pretrained's meta-device construction); it follows the input's device. Without
+    `features`, the weights are read from the local torch hub cache at the first call (a RuntimeError with
+    instructions when the file is absent; nothing is downloaded), so a model whose config names VGG loads and runs
+    inference on a machine without them.
     """
 
-    def __init__(self, features: nn.Sequential):
+    name = "vgg16"
+
+    def __init__(self, features: nn.Sequential | None = None):
         self.features = features
 
     @classmethod
     def from_torch_hub_cache(cls) -> "PATVGG16Features":
-        """Load from the local torch hub cache only; RuntimeError with instructions when the file is absent."""
+        """Load from the local torch hub cache now; RuntimeError with instructions when the file is absent."""
         path = vgg16_weights_path()
         if path is None or not path.is_file():
             raise RuntimeError(_missing_vgg_message(path))
         return cls(load_vgg16_features(path))
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if self.features is None:
+            self.features = self.from_torch_hub_cache().features
         self.features.to(images.device)  # a no-op once it is there
         # copied without waiting for the device (new_tensor's copy would)
         mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype).to(images.device, non_blocking=True).view(1, 3, 1, 1)
@@ -229,6 +235,39 @@ class PATVGG16Features:
         return outputs
 
 
+class PATClipPerceptualFeatures:
+    """The frozen CLIP trunk of an image model (`PATModel`) as the perceptual network: (B, 3, H_img, W_img) images in
+    [0, 1] -> the (B, C_clip, h, w) maps after each trunk block, in fp32 (gradients reach the images).
+
+    The images are CLIP-normalised, resized as the model resizes CLIP's input (`clip_input`) and enter in CLIP's dtype.
+    Holds a reference to the image model, not a copy, and is not an `nn.Module` (the CLIP weights are the model's own).
+    """
+
+    name = "clip"
+
+    def __init__(self, image_model: nn.Module):
+        self.image_model = image_model
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        tower = self.image_model.clip_tower
+        # copied without waiting for the device (new_tensor's copy would, at every training step)
+        mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
+        std = torch.tensor(OPENAI_CLIP_STD, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
+        pixel_values = self.image_model.clip_input((images - mean) / std).to(next(tower.visual.parameters()).dtype)
+        return [fmap.float() for fmap in tower.extract_features(pixel_values).maps[1:]]
+
+
+class _OutsideModuleTree:
+    """Holds a feature network without registering it: a VGG or the model's own CLIP must not enter the loss's (and
+    so the PAT model's) parameters or state dict."""
+
+    def __init__(self, network: Callable[[torch.Tensor], list[torch.Tensor]]):
+        self.network = network
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.network(images)
+
+
 def unit_feature_distance(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) pair -> scalar mean over (B, h, w) of the channel sum of |unit(a) - unit(b)|^2 (LPIPS, no lin)."""
     features = F.normalize(_fp32(features), dim=1, eps=1e-10)
@@ -237,26 +276,24 @@ def unit_feature_distance(features: torch.Tensor, reference: torch.Tensor) -> to
 
 
 class PATPerceptualLoss(nn.Module):
-    """LPIPS without learned weights: (B, 3, H, W) images and targets in [0, 1] -> scalar sum over layers.
+    """LPIPS without learned weights: (B, 3, H_img, W_img) images and targets in [0, 1] -> scalar sum over the F layers.
 
     Per layer: unit-normalise over channels, square the difference, sum over channels, average over (B, h, w).
     LPIPS's learned 1x1 "lin" weights need downloaded weights; this is its uncalibrated baseline (each layer in
-    [0, 4]). `feature_fn` maps [0, 1] images to a list of (B, C_l, h_l, w_l) maps and does its own input
-    normalisation. It is kept out of the module tree (it may be the model's own frozen CLIP, or a VGG that must
-    not enter PAT checkpoints). `feature_fn=None` gives a zero loss. `name` says which network a run used.
+    [0, 4]). `feature_network`, given at construction, maps [0, 1] images to a list of F (B, C_f, h_f, w_f) maps and
+    does its own input normalisation; it is kept out of the module tree (`_OutsideModuleTree`). `name` says which
+    network a run used.
     """
 
-    def __init__(self, feature_fn: Callable[[torch.Tensor], list[torch.Tensor]] | None, name: str):
+    def __init__(self, feature_network: Callable[[torch.Tensor], list[torch.Tensor]], name: str):
         super().__init__()
-        object.__setattr__(self, "feature_fn", feature_fn)  # bypass nn.Module registration on purpose
+        self.feature_network = _OutsideModuleTree(feature_network)
         self.name = name
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.feature_fn is None:
-            return images.new_zeros((), dtype=torch.float32)
         with torch.no_grad():  # the target is data: its features need no graph
-            target_features = self.feature_fn(targets)
-        image_features = self.feature_fn(images)
+            target_features = self.feature_network(targets)
+        image_features = self.feature_network(images)
         distances = [unit_feature_distance(a, b) for a, b in zip(image_features, target_features, strict=True)]
         return torch.stack(distances).sum()
 
@@ -264,25 +301,29 @@ class PATPerceptualLoss(nn.Module):
         return f"name={self.name!r}"
 
 
-def build_perceptual_loss(kind: str, clip_feature_fn: Callable | None = None) -> PATPerceptualLoss | None:
-    """Kind "vgg", "clip", "auto" (VGG16 if its weights are cached, else CLIP) or "none" -> the loss or None."""
-    if kind == "none":
-        return None
+def resolve_perceptual_network(kind: str) -> str:
+    """`perceptual_network` as a model is built: "auto" becomes "vgg" when torchvision's VGG16 weights are in the
+    local torch hub cache and "clip" otherwise; "vgg", "clip" and "none" stay. The model stores the result in its
+    config (saved with it), so the loss never changes later because a file appeared in or left the cache."""
     if kind == "auto":
         path = vgg16_weights_path()
-        kind = "vgg" if path is not None and path.is_file() else "clip"
-        if kind == "clip" and clip_feature_fn is None:
-            raise RuntimeError(
-                "perceptual_network='auto' found no local VGG16 weights and was given no CLIP feature function. "
-                + _missing_vgg_message(path)
-            )
+        return "vgg" if path is not None and path.is_file() else "clip"
+    return kind
+
+
+def perceptual_feature_network(kind: str, image_model: nn.Module | None = None):
+    """The feature network of a resolved `perceptual_network` kind: `PATVGG16Features` (weights read at first use),
+    `PATClipPerceptualFeatures(image_model)`, or None for "none"."""
     if kind == "vgg":
-        return PATPerceptualLoss(PATVGG16Features.from_torch_hub_cache(), "vgg16")
+        return PATVGG16Features()
     if kind == "clip":
-        if clip_feature_fn is None:
-            raise ValueError("perceptual_network='clip' needs `clip_feature_fn` (frozen-CLIP feature maps).")
-        return PATPerceptualLoss(clip_feature_fn, "clip")
-    raise ValueError(f"Unknown perceptual_network {kind!r}; expected 'vgg', 'clip', 'auto' or 'none'.")
+        if image_model is None:
+            raise ValueError("perceptual_network='clip' needs the image model whose frozen CLIP gives the features.")
+        return PATClipPerceptualFeatures(image_model)
+    if kind == "none":
+        return None
+    raise ValueError(f"perceptual_network {kind!r} is not resolved; expected 'vgg', 'clip' or 'none' "
+                     "(`resolve_perceptual_network` turns 'auto' into one of them).")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -374,8 +415,9 @@ class PATTokenizationLoss(nn.Module):
       (reconstruction_weight x inner weight x term).
     Do not sum the whole dict: that would count every group twice.
 
-    With `use_spatial_alignment=False` no loss_spatial_alignment / loss_sa_* entries exist. The perceptual network
-    is built only when its weight is non-zero; `perceptual_network_name` says which one ("vgg16", "clip", "none").
+    With `use_spatial_alignment=False` no loss_spatial_alignment / loss_sa_* entries exist. The perceptual term's
+    feature network is given at construction (`perceptual_feature_network`) and used only when its weight is
+    non-zero; `perceptual_network_name` says which one ("vgg16", "clip", "none").
     """
 
     GROUP_KEYS = ("loss_vq", "loss_spatial_alignment", "loss_reconstruction")
@@ -383,7 +425,7 @@ class PATTokenizationLoss(nn.Module):
     def __init__(
         self,
         config: PATConfig,
-        clip_feature_fn: Callable | None = None,
+        perceptual_network: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
         image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         image_std: Sequence[float] = OPENAI_CLIP_STD,
     ):
@@ -399,11 +441,23 @@ class PATTokenizationLoss(nn.Module):
             "perceptual_weight": config.reconstruction_perceptual_weight,
         }
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
-        needs_perceptual = config.reconstruction_weight != 0 and config.reconstruction_perceptual_weight != 0
-        self.perceptual = None
-        if needs_perceptual:
-            self.perceptual = build_perceptual_loss(config.perceptual_network, clip_feature_fn)
+        self.perceptual = self._perceptual_loss(config, perceptual_network)
         self.perceptual_network_name = self.perceptual.name if self.perceptual is not None else "none"
+
+    @staticmethod
+    def _perceptual_loss(config: PATConfig, network) -> PATPerceptualLoss | None:
+        """The perceptual term over `network`; None when its weight is zero or the config chooses "none"."""
+        if config.reconstruction_weight == 0 or config.reconstruction_perceptual_weight == 0:
+            return None
+        if config.perceptual_network == "none":
+            return None
+        if network is None:
+            raise ValueError(
+                f"perceptual_network={config.perceptual_network!r} with reconstruction_perceptual_weight="
+                f"{config.reconstruction_perceptual_weight} needs its feature network: pass `perceptual_network` "
+                "(e.g. `perceptual_feature_network(kind, image_model)`), or set perceptual_network='none'."
+            )
+        return PATPerceptualLoss(network, getattr(network, "name", type(network).__name__))
 
     def forward(
         self,
@@ -461,18 +515,20 @@ class PATTokenizationLoss(nn.Module):
 
 
 __all__ = [
+    "PATClipPerceptualFeatures",
     "PATPerceptualLoss",
     "PATTokenizationLoss",
     "PATVGG16Features",
     "SPATIAL_ALIGNMENT_STAGES",
     "area_resize",
-    "build_perceptual_loss",
     "crf_kernel",
     "crf_loss",
     "denormalize",
     "load_vgg16_features",
     "pairwise_squared_distances",
+    "perceptual_feature_network",
     "reconstruction_loss",
+    "resolve_perceptual_network",
     "sample_pixel_indices",
     "spatial_alignment_loss",
     "tv_loss",

@@ -362,3 +362,34 @@ def test_a_damaged_weights_file_is_named_by_from_pretrained(tmp_path, model, dam
         with pytest.raises(OSError, match=reason) as caught:
             loader.from_pretrained(tmp_path)
         assert str(weights) in str(caught.value)
+
+
+def test_auto_perceptual_network_is_resolved_once_and_saved(monkeypatch, tmp_path):
+    from modeling_pat.tokenization_loss import PATClipPerceptualFeatures, vgg16_weights_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG weights: "auto" means CLIP
+    model = tiny_model(preset="pat-tiny")
+    assert model.config.perceptual_network == "clip"
+    network = model.tokenization_loss.perceptual.feature_network.network
+    assert isinstance(network, PATClipPerceptualFeatures) and network.image_model is model.model
+    assert not any("tokenization_loss" in name for name in model.state_dict())  # CLIP is not saved twice
+    model.save_pretrained(tmp_path / "saved")
+    assert PATConfig.from_pretrained(tmp_path / "saved").perceptual_network == "clip"
+    vgg16_weights_path().parent.mkdir(parents=True)
+    vgg16_weights_path().write_bytes(b"")  # VGG weights appear in the cache afterwards
+    reloaded = PATForOpenVocabSegmentation.from_pretrained(tmp_path / "saved")
+    assert reloaded.tokenization_loss.perceptual_network_name == "clip"  # the saved choice, not the cache's
+    assert PATForOpenVocabSegmentation(tiny_config("pat-tiny")).config.perceptual_network == "vgg"  # a new build
+
+
+def test_clip_perceptual_features_are_the_trunk_maps_of_the_resized_image(pixel_values):
+    model = tiny_model(preset="pat-tiny")
+    images = torch.rand(1, 3, 64, 96)
+    maps = model.tokenization_loss.perceptual.feature_network(images)
+    assert len(maps) == model.config.clip_feature_layers
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+    with torch.no_grad():
+        expected = model.model.clip_tower.extract_features(model.model.clip_input((images - mean) / std)).maps[1:]
+    for got, want in zip(maps, expected, strict=True):
+        torch.testing.assert_close(got, want.float())
