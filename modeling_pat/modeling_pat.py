@@ -224,8 +224,20 @@ class PATPreTrainedModel(PreTrainedModel):
         return loaded
 
     def post_init(self):
+        self._keep_open_clip_init()
         super().post_init()
         self.attach_inference_cache(PATInferenceCache())
+
+    def _keep_open_clip_init(self) -> None:
+        """Mark CLIP's modules initialised: open_clip gave them its own init (per tensor: OpenAI's text-tower stds,
+        `width ** -0.5` embeddings, torch defaults elsewhere) when it built them, and transformers' generic rule must
+        not replace it. Built on the meta device (from_pretrained), nothing was initialised: CLIP tensors missing from
+        a checkpoint then get the generic rule."""
+        for tower in self.modules():
+            if isinstance(tower, PATClipTower):
+                for module in tower.clip.modules():
+                    if not any(param.is_meta for param in module.parameters(recurse=False)):
+                        module._is_hf_initialized = True  # transformers' "already initialised" flag
 
     def attach_inference_cache(self, cache: PATInferenceCache) -> None:
         """Give `cache` to this model and every sub-module that declares an `inference_cache` attribute (an outer
@@ -258,12 +270,24 @@ class PATPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """The random init of a fresh model (real weights come from a checkpoint), per module:
+
+        * CLIP (open_clip's model): open_clip's own init, kept (`_keep_open_clip_init`).
+        * Linear, Conv2d, ConvTranspose2d (side ViT, mask decoder, every PAT layer, the quantizers' projections):
+          weight N(0, `initializer_range`), bias 0; timm's ViT init, which SAN's side ViT uses.
+        * LayerNorm, `PATChannelLayerNorm`: weight 1, bias 0.
+        * nn.MultiheadAttention: torch's own (Xavier-uniform input projections, zero biases).
+        * `PATSideAdapter` position, query and query-position embeddings: N(0, `initializer_range`).
+        * `PATFusionProjection` (SAN's fusion 1x1 conv): SAN's Caffe2 Xavier fill, Kaiming-uniform with a = 1, bias 0.
+        * `PATOffsetConv2d` (DySample offsets, choice U1): N(0, 0.001), bias 0, so offsets start near the fixed grid.
+        * `PATVectorQuantizer.codebook` (choice V2): N(0, 1), uniform directions once normalised.
+        * `PATOpenVocabClassifier.void_embedding`: N(0, 1 / D), a unit-scale random direction.
+        """
         # Modules with their own init are handled before the generic rule: transformers initialises children first
         # and never re-initialises a tensor, so a parent cannot override a child conv's generic init afterwards.
         if isinstance(module, (PATFusionProjection, PATOffsetConv2d)):
             module.reset_parameters()  # SAN's Caffe2 Xavier fill; DySample offsets near zero
             return
-        # CLIP keeps open_clip's own random init in a fresh model (real weights always come from a checkpoint).
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, PATSideAdapter):

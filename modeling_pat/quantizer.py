@@ -81,7 +81,8 @@ class PATVectorQuantizer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # choice V2: N(0, 1) codes (directions uniform on the sphere once normalised); proj keeps torch's default
+        # choice V2: N(0, 1) codes (directions uniform on the sphere once normalised). Standalone, proj gets torch's
+        # default; inside a PAT model, `PATPreTrainedModel._init_weights` gives it N(0, initializer_range).
         nn.init.normal_(self.codebook)
         self.proj.reset_parameters()
 

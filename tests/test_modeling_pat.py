@@ -393,3 +393,57 @@ def test_clip_perceptual_features_are_the_trunk_maps_of_the_resized_image(pixel_
         expected = model.model.clip_tower.extract_features(model.model.clip_input((images - mean) / std)).maps[1:]
     for got, want in zip(maps, expected, strict=True):
         torch.testing.assert_close(got, want.float())
+
+
+def _close_std(tensor: torch.Tensor, expected: float, tolerance: float = 0.15) -> bool:
+    return abs(tensor.float().std().item() - expected) <= tolerance * expected
+
+
+def test_a_fresh_model_keeps_open_clips_init_of_clip():
+    import open_clip
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = PATForOpenVocabSegmentation(config)
+    clip_config = config.clip_config
+    torch.manual_seed(1)
+    reference = open_clip.model.CLIP(
+        embed_dim=clip_config["embed_dim"], vision_cfg=clip_config["vision_cfg"], text_cfg=clip_config["text_cfg"],
+        quick_gelu=config.clip_quick_gelu,
+    ).state_dict()
+    ours = {k.removeprefix("model.clip_tower.clip."): v for k, v in model.state_dict().items()
+            if k.startswith("model.clip_tower.clip.")}
+    assert ours.keys() == reference.keys()
+    for name, expected in reference.items():
+        got = ours[name]
+        if expected.numel() == 1 or expected.float().std() == 0:  # constants: norms, zero biases, logit_scale
+            assert torch.equal(got, expected), name
+        elif expected.numel() >= 256:  # the same distribution, other draws (smaller tensors: too noisy to compare)
+            assert _close_std(got, expected.float().std().item(), 0.2), name
+            assert not torch.equal(got, expected), name
+
+
+def test_each_pat_module_gets_its_documented_init():
+    from modeling_pat.modeling_pat import PATFusionProjection, PATOffsetConv2d, PATVectorQuantizer  # as it sees them
+
+    model = tiny_model(preset="pat-tiny")
+    std = model.config.initializer_range
+    clip = set(model.model.clip_tower.clip.modules())
+    for name, module in model.named_modules():
+        if module in clip:
+            continue
+        if isinstance(module, PATFusionProjection):  # Caffe2 Xavier fill: U(-sqrt(3 / fan_in), sqrt(3 / fan_in))
+            bound = (3 / module.weight[0].numel()) ** 0.5
+            assert module.weight.abs().max() <= bound and _close_std(module.weight, bound / 3**0.5), name
+        elif isinstance(module, PATOffsetConv2d):
+            assert _close_std(module.weight, 0.001), name
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            assert module.weight.numel() < 256 or _close_std(module.weight, std), name
+        elif isinstance(module, torch.nn.LayerNorm) or type(module).__name__ == "PATChannelLayerNorm":
+            assert module.weight is None or torch.equal(module.weight, torch.ones_like(module.weight)), name
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.LayerNorm)):
+            assert module.bias is None or not module.bias.any(), name
+        if isinstance(module, PATVectorQuantizer):  # choice V2
+            assert _close_std(module.codebook, 1.0, 0.25), name
+    side = model.model.side_adapter
+    assert _close_std(side.pos_embed, std) and _close_std(side.query_embed, std, 0.3)
