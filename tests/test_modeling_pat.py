@@ -322,6 +322,19 @@ def test_trainable_parameter_counts_match_the_official_logs(preset, expected):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [({}, 17_337_025), ({"shared_decoder": False}, 23_192_705)])
+def test_pat_trainable_parameter_counts_are_the_documented_ones(overrides, expected):
+    """README, register of choices "N1": SAN's 8,370,866 plus PAT's additions; 23M only with separate decoders."""
+    config = PATConfig.from_preset("pat-clip-vit-b16")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    with torch.device("meta"):
+        model = PATForOpenVocabSegmentation(config)
+    trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+    assert sum(trainable.values()) == expected
+    assert sum(n for name, n in trainable.items() if not name.startswith("model.tokenization.")) == 8_370_866
+
+
 def test_mixed_size_real_photos_end_to_end():
     from PIL import Image
 
