@@ -323,7 +323,7 @@ class PATDecoderOutput:
 
     pixel_features: of shape `(batch_size, hidden_size, height, width)`, y_final on the early stage's grid.
     global_tokens: of shape `(batch_size, num_queries, side_hidden_size)`, e_final; None when decoded without.
-    stage_features: y after each kept stage's SPADE, in decoding order (late, mid, early); only on request.
+    stage_features: y after each kept stage's SPADE, in decoding order (late, mid, early).
     """
 
     pixel_features: torch.Tensor
@@ -414,7 +414,6 @@ class PATSharedDecoder(nn.Module):
         z_latent: torch.Tensor,
         quantized: dict[str, torch.Tensor],
         global_tokens: torch.Tensor | None = None,
-        output_stage_features: bool = False,
     ) -> PATDecoderOutput:
         y, tokens, stage_features = self.input_proj(z_latent), global_tokens, []
         for name, stage in self.stages.items():
@@ -423,7 +422,7 @@ class PATSharedDecoder(nn.Module):
         y = self.final_upsampler(y)
         for layer in self.extra_layers:
             y = layer(y)
-        return PATDecoderOutput(y, tokens, stage_features if output_stage_features else None)
+        return PATDecoderOutput(y, tokens, stage_features)
 
 
 class PATMaskHead(nn.Module):

@@ -259,7 +259,7 @@ def test_decoder_shapes_non_square():
     config = small_config()
     decoder = PATSharedDecoder(config)
     latent, quantized, tokens = decoder_inputs(config)
-    out = decoder(latent, quantized, tokens, output_stage_features=True)
+    out = decoder(latent, quantized, tokens)
     assert out.pixel_features.shape == (2, DIM, 32, 40)
     assert out.global_tokens.shape == (2, QUERIES, SIDE)
     assert not torch.allclose(out.global_tokens, tokens)
@@ -296,7 +296,7 @@ def test_dropping_decoder_stages_keeps_the_output_resolution(stages):
 def test_decoder_with_flat_pyramids(scales, size):
     config = small_config(pyramid_scales=scales)
     latent, quantized, tokens = decoder_inputs(config)
-    out = PATSharedDecoder(config)(latent, quantized, tokens, output_stage_features=True)
+    out = PATSharedDecoder(config)(latent, quantized, tokens)
     assert out.pixel_features.shape == (2, DIM, *size)
     assert all(f.shape[-2:] == size for f in out.stage_features)
 
