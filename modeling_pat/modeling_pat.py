@@ -550,7 +550,7 @@ def _is_host_tensor(tensor: torch.Tensor) -> bool:
 
 
 def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> torch.Tensor:
-    """(B, 1, H, W) float mask of the real (unpadded) pixels of each image; all ones without `image_sizes`."""
+    """(B, 1, H_img, W_img) float mask of the real (unpadded) pixels of each image; all ones without `image_sizes`."""
     batch, _, height, width = pixel_values.shape
     if image_sizes is None:
         return pixel_values.new_ones(batch, 1, height, width)
