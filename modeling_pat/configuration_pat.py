@@ -454,7 +454,7 @@ class PATConfig(PreTrainedConfig):
     decoder_mlp_ratio: float = 4.0
     decoder_num_extra_layers: int = 2
     decoder_attn_window: int | None = 16
-    decoder_stages: list[str] | tuple[str, ...] = ("early", "mid", "late")
+    decoder_stages: list[str] | tuple[str, ...] = PYRAMID_STAGES
     shared_decoder: bool = True
     spade_hidden_dim: int = 128
     vq_loss_weight: float = 0.1

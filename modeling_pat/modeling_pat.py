@@ -56,6 +56,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
 from .configuration_pat import PATConfig, validate_prompt_templates
+from .constants import PYRAMID_STAGES
 from .inference_cache import PATInferenceCache
 from .segmentation_loss import PATSegmentationLoss, labels_to_targets
 from .tokenization_loss import PATTokenizationLoss, perceptual_feature_network, resolve_perceptual_network
@@ -863,7 +864,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             # coarser pyramids (e.g. scales 1, 1, 1) reconstruct at a lower resolution: compare at that size
             image = F.adaptive_avg_pool2d(image, reconstruction.shape[-2:])
             valid = F.adaptive_avg_pool2d(valid, reconstruction.shape[-2:]) > 0.5
-        pyramid = {name: outputs.quantized_features[name] for name in ("early", "mid", "late")}
+        pyramid = {name: outputs.quantized_features[name] for name in PYRAMID_STAGES}
         return self.tokenization_loss(
             image, pyramid, outputs.codebook_losses, reconstruction, valid_mask=valid, generator=generator
         )

@@ -33,10 +33,10 @@ from torch import nn
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .configuration_pat import PATConfig
+from .constants import PYRAMID_STAGES
 from .weights_files import torch_load_weights
 
 
-SPATIAL_ALIGNMENT_STAGES = ("early", "mid", "late")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # end index (exclusive) in torchvision's `vgg16().features` of each LPIPS layer: relu1_2 ... relu5_3
@@ -484,7 +484,7 @@ class PATTokenizationLoss(nn.Module):
         if vq_losses:
             self._add_group(terms, "loss_vq", self.vq_weight, *vq_loss(vq_losses), prefix="loss_vq")
         if self.use_spatial_alignment:
-            stages = {s: quantized[s] for s in SPATIAL_ALIGNMENT_STAGES if s in quantized}
+            stages = {s: quantized[s] for s in PYRAMID_STAGES if s in quantized}  # not the latent codebook
             group = spatial_alignment_loss(image, stages, self.crf_num_samples, generator, crf_sample_indices)
             self._add_group(terms, "loss_spatial_alignment", self.spatial_alignment_weight, *group, prefix="loss_sa")
         if reconstruction is not None:
@@ -524,7 +524,6 @@ __all__ = [
     "PATPerceptualLoss",
     "PATTokenizationLoss",
     "PATVGG16Features",
-    "SPATIAL_ALIGNMENT_STAGES",
     "area_resize",
     "crf_kernel",
     "crf_loss",
