@@ -470,7 +470,7 @@ class PATConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         candidates = [key for key in kwargs if key not in KNOWN_EXTRA_KWARGS and not key.startswith("_")]
         super().__post_init__(**kwargs)
-        unknown = sorted(key for key in candidates if key in self.__dict__)  # kept, not consumed or dropped
+        unknown = sorted(key for key in candidates if key in vars(self))  # set as attributes: kept
         if unknown:
             saved_with = f" (saved with transformers {self.transformers_version})" if self.transformers_version else ""
             warnings.warn(
