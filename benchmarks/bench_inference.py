@@ -324,16 +324,16 @@ def compare_outputs(reference, other) -> dict:
 
 
 def score_difference(models: Models, reference: str, other: str, calls_outputs: dict) -> dict:
-    """Max abs difference of the [C, H, W] semantic scores of two variants (plain post-processing on both)."""
-    from modeling_pat.image_processing_pat import resize_mask_logits, semantic_inference
+    """Max abs difference of the [C, H, W] semantic scores of two variants (the same post-processing on both)."""
+    from modeling_pat.post_processing import semantic_map
 
     out_a, out_b = calls_outputs[reference][1], calls_outputs[other][1]
     worst, agree = 0.0, 1.0
     for i, target in enumerate(models.target_sizes):
         sizes = dict(padded_size=tuple(models.pixel_values.shape[-2:]), image_size=tuple(models.image_sizes[i].tolist()),
                      output_size=target)
-        a = semantic_inference(out_a.class_queries_logits[i].float(), resize_mask_logits(out_a.masks_queries_logits[i], **sizes))
-        b = semantic_inference(out_b.class_queries_logits[i].float(), resize_mask_logits(out_b.masks_queries_logits[i], **sizes))
+        a = semantic_map(out_a.class_queries_logits[i], out_a.masks_queries_logits[i], **sizes, return_scores=True)["segmentation_scores"]
+        b = semantic_map(out_b.class_queries_logits[i], out_b.masks_queries_logits[i], **sizes, return_scores=True)["segmentation_scores"]
         worst = max(worst, float((a - b).abs().max()))
         agree = min(agree, float((a.argmax(0) == b.argmax(0)).float().mean()))
         del a, b

@@ -3,7 +3,7 @@
 `PATSegmentationTrainer` is `PATTrainer` (per-term loss logging, SAN weight-decay groups) whose evaluation follows
 SAN / detectron2: each image is segmented with the evaluated dataset's own vocabulary (text embeddings computed once
 per dataset), in fp32, at SAN's test-time resize; the prediction is brought back to the ground truth's own size
-(masks: bilinear to the padded input, crop, bilinear to the original size, then `semantic_inference` and argmax)
+(masks: bilinear to the padded input, crop, bilinear to the original size, then `semantic_map`)
 and compared with the untouched ground truth under that dataset's ignore value (255, or 65535 for the 16-bit
 PC-459 / ADE-847 labels). Only per-image class areas (intersection, union, prediction, label) leave each process:
 Trainer gathers them across processes (`gather_for_metrics`, duplicates of the last uneven batch dropped), and

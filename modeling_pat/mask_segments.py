@@ -1,6 +1,6 @@
 """Instance and panoptic inference over SAN/PAT's mask proposals (the processor's post_process_* methods use these).
 
-SAN predicts Q mask proposals per image, each with logits over the C classes plus a void column (last). Semantic
+SAN predicts Q mask proposals per image, each with logits over the N classes plus a void column (last). Semantic
 inference sums the proposals into one score per class and pixel; the two functions here keep them apart instead:
 
 * `instance_segments` (Mask2Former's instance inference): the Q best (query, class) pairs by class probability
@@ -9,7 +9,7 @@ inference sums the proposals into one score per class and pixel; the two functio
 
       score = p(class | query) * mean(mask probability over the binary mask)
 
-  with p the softmax over C + 1 columns, void dropped and not renormalised (as in semantic inference), and the
+  with p the softmax over N + 1 columns, void dropped and not renormalised (as in semantic inference), and the
   second factor Mask2Former's mask quality. Pairs scoring at least `threshold` are kept, best first.
 * `panoptic_segments` (Mask2Former's panoptic inference): each query's most likely column; queries whose column
   is void or whose probability is not above `threshold` are dropped. Every pixel goes to the kept query with the
@@ -22,7 +22,8 @@ segments took their pixels is dropped (a duplicate, or a disconnected sliver). S
 order of decreasing score; 0 in `segmentation` means "no segment" (Mask2Former's instance output uses -1 for that;
 one convention for both outputs here, and it fits an unsigned PNG).
 
-Shapes: Q queries, C classes (+1 void), H x W the output size, K kept segments.
+Shapes (the symbols of `modeling_pat.modeling_pat`): Q queries, N classes (N + 1 with void), H_out x W_out the
+output size; Q_k <= Q the masks a step works on (kept queries, or kept (query, class) pairs for instances).
 """
 
 from collections.abc import Callable, Iterable
@@ -30,12 +31,13 @@ from collections.abc import Callable, Iterable
 import torch
 
 
-# Called with the ids of the queries that still matter: their (K, H, W) mask probabilities at the output size.
+# Called with the ids of the queries that still matter: their (Q_k, H_out, W_out) mask probabilities at the output size.
 MaskProbabilities = Callable[[torch.Tensor], torch.Tensor]
 
 
 def mask_quality(mask_probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(K, H, W) probabilities and their (K, H, W) bool masks -> (K,) mean probability inside each mask (0: empty)."""
+    """(Q_k, H_out, W_out) probabilities and their bool masks -> (Q_k,) mean probability inside each mask (0:
+    empty)."""
     area = masks.flatten(1).sum(dim=1)
     inside = (mask_probs * masks).flatten(1).sum(dim=1)
     return torch.where(area > 0, inside / area.clamp_min(1), torch.zeros_like(inside))
@@ -50,11 +52,13 @@ def instance_segments(
     overlap_mask_area_threshold: float = 0.8,
     return_binary_maps: bool = False,
 ) -> dict:
-    """class_logits (Q, C+1) -> {"segmentation": (H, W) int64 ids (or (K, H, W) bool masks), "segments_info": [...]}.
+    """class_logits (Q, N + 1) -> {"segmentation": (H_out, W_out) int64 ids (or (Q_k, H_out, W_out) bool masks),
+    "segments_info": [...]}.
 
-    See the module docstring; `mask_probs_of(queries)` gives the (K, H, W) mask probabilities of those queries.
+    See the module docstring; `mask_probs_of(queries)` gives the (Q_k, H_out, W_out) mask probabilities of those
+    queries.
     """
-    class_probs = class_logits.float().softmax(dim=-1)[:, :-1]  # (Q, C)
+    class_probs = class_logits.float().softmax(dim=-1)[:, :-1]  # (Q, N)
     num_queries, num_classes = class_probs.shape
     top_probs, flat = class_probs.flatten().topk(min(num_queries, class_probs.numel()))  # sorted, best first
     # score <= class probability, so pairs below the threshold cannot pass: skip their masks
@@ -62,7 +66,7 @@ def instance_segments(
     top_probs, flat = top_probs[keep], flat[keep]
     queries, labels = flat // num_classes, flat % num_classes
     distinct, position = torch.unique(queries, return_inverse=True)
-    probs = _probabilities(mask_probs_of, distinct, output_size)[position]  # (K, H, W)
+    probs = _probabilities(mask_probs_of, distinct, output_size)[position]  # (Q_k, H_out, W_out)
     masks = probs > mask_threshold
     scores = top_probs * mask_quality(probs, masks)
     candidates = [
@@ -87,15 +91,16 @@ def panoptic_segments(
     overlap_mask_area_threshold: float = 0.8,
     label_ids_to_fuse: Iterable[int] | None = None,
 ) -> dict:
-    """class_logits (Q, C+1) -> {"segmentation": (H, W) int64 ids, "segments_info": [...]} (module docstring)."""
-    class_probs = class_logits.float().softmax(dim=-1)  # (Q, C+1), void included: a void query is no segment
+    """class_logits (Q, N + 1) -> {"segmentation": (H_out, W_out) int64 ids, "segments_info": [...]} (module
+    docstring)."""
+    class_probs = class_logits.float().softmax(dim=-1)  # (Q, N + 1), void included: a void query is no segment
     best_probs, labels = class_probs.max(dim=-1)
     keep = (labels != class_probs.shape[-1] - 1) & (best_probs > threshold)
     queries = keep.nonzero().squeeze(1)
-    probs = _probabilities(mask_probs_of, queries, output_size)  # (K, H, W)
+    probs = _probabilities(mask_probs_of, queries, output_size)  # (Q_k, H_out, W_out)
     best_probs, labels = best_probs[queries], labels[queries]
     if len(queries):
-        owner = (best_probs.view(-1, 1, 1) * probs).argmax(dim=0)  # (H, W): the strongest query per pixel
+        owner = (best_probs.view(-1, 1, 1) * probs).argmax(dim=0)  # (H_out, W_out): the strongest query per pixel
     masks = probs >= mask_threshold
     scores = best_probs * mask_quality(probs, masks)
     candidates = [
@@ -116,8 +121,8 @@ def _probabilities(mask_probs_of: MaskProbabilities, queries: torch.Tensor, outp
 
 
 def _paint(candidates: list[dict], output_size, overlap_mask_area_threshold: float, fuse: set[int]):
-    """Candidates, best first -> ((H, W) int64 ids, segments_info). A candidate takes the pixels of its `visible`
-    mask (default: its mask) that no better one took; it is dropped when that is no more than
+    """Candidates, best first -> ((H_out, W_out) int64 ids, segments_info). A candidate takes the pixels of its
+    `visible` mask (default: its mask) that no better one took; it is dropped when that is no more than
     `overlap_mask_area_threshold` of its mask. Labels in `fuse` share one id."""
     device = candidates[0]["mask"].device if candidates else None
     segmentation = torch.zeros(output_size, dtype=torch.int64, device=device)

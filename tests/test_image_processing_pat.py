@@ -1,4 +1,6 @@
-"""Tests for PATImageProcessor: golden parity, real photos, label maps, post-processing, errors, save/load."""
+"""Tests for PATImageProcessor: golden parity, real photos, label maps, post-processing through the processor,
+errors, save/load. Loading and RGB normalisation are in test_image_loading.py, the post-processing functions in
+test_post_processing.py."""
 
 import math
 from pathlib import Path
@@ -13,21 +15,11 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 
 from modeling_pat import image_processing_pat
 from modeling_pat.image_processing_pat import (
-    CPU_BAND_PIXELS,
     PATImageProcessor,
-    ResizeRows,
-    _band_block,
-    convert_segmentation_map_to_binary_masks,
     get_padded_size,
     get_resize_output_size,
-    infer_channel_layout,
-    load_image,
-    mask_resize_rows,
     padding_groups,
     reduce_labels,
-    resize_mask_logits,
-    semantic_inference,
-    upright,
 )
 
 
@@ -113,20 +105,6 @@ def test_golden_semantic_segmentation(golden, processor, with_padded_sizes):
         assert torch.equal(result.segmentation, png)
 
 
-@pytest.mark.parity
-def test_golden_pure_functions(golden):
-    """The module-level helpers an evaluation loop reuses reproduce the golden scores on their own."""
-    for i in range(2):
-        masks = resize_mask_logits(
-            golden["side.mask_logits"][i],
-            padded_size=(128, 128),
-            image_size=golden["input.image_sizes"][i].tolist(),
-            output_size=golden["input.output_sizes"][i].tolist(),
-        )
-        scores = semantic_inference(golden["pred.class_logits"][i], masks)
-        assert_close(scores, golden[f"pred.sem_seg.{i}"], f"semantic_inference {i}")
-
-
 def test_post_process_plain_list_and_defaults(golden, processor):
     outputs = SimpleNamespace(**golden_outputs(golden))  # attribute access, like a ModelOutput
     maps = processor.post_process_semantic_segmentation(outputs)
@@ -143,16 +121,6 @@ def test_post_process_half_precision(golden, processor):
     result = processor.post_process_semantic_segmentation(outputs, return_segmentation_scores=True)[0]
     assert result.segmentation_scores.dtype == torch.float32
     assert_close(result.segmentation_scores, golden["pred.sem_seg.0"], "float16 logits", tolerance=5e-3)
-
-
-def test_semantic_inference_drops_void_after_softmax():
-    class_logits = torch.tensor([[0.0, 0.0, 0.0], [2.0, -1.0, 5.0]])  # [Q=2, C+1=3]
-    mask_logits = torch.zeros(2, 1, 1)  # sigmoid = 0.5
-    scores = semantic_inference(class_logits, mask_logits)
-    expected = 0.5 * (class_logits.softmax(-1)[:, :2]).sum(0)
-    assert scores.shape == (2, 1, 1)
-    assert torch.allclose(scores[:, 0, 0], expected)
-    assert scores.sum() < 1.0  # no renormalisation after dropping void
 
 
 # ---------------------------------------------------------------- resize rule and real photos
@@ -232,22 +200,6 @@ def test_input_formats_agree(processor):
     rgba = processor(photo.convert("RGBA"), do_resize=False)["pixel_values"]
     assert gray.shape == rgba.shape == (1, 3, 64, 96)
     assert torch.equal(rgba, as_pil)
-
-
-@pytest.mark.parametrize(
-    "shape, layout",
-    [
-        ((1, 65535, 3), "channels_last"),  # a one-pixel-high RGB strip, not a 65535x3 grey image
-        ((4, 7, 4), "channels_last"),
-        ((480, 640, 3), "channels_last"),
-        ((480, 640, 1), "channels_last"),
-        ((3, 480, 640), "channels_first"),
-        ((1, 480, 640), "channels_first"),
-        ((3, 480, 1), "channels_first"),
-    ],
-)
-def test_channel_layout_rule(shape, layout):
-    assert infer_channel_layout(shape).value == layout
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
@@ -417,20 +369,6 @@ def test_labels_keep_ignore_without_reduce():
     assert set(out.unique().tolist()) == {0, 1, 255}
 
 
-def test_convert_segmentation_map_to_binary_masks():
-    label = load_label("cocostuff_000000001818")
-    class_ids, masks = convert_segmentation_map_to_binary_masks(label, ignore_index=255)
-    assert class_ids.dtype == torch.int64 and class_ids.tolist() == [23, 123]
-    assert masks.dtype == torch.bool and masks.shape == (2, *label.shape)
-    assert torch.equal(masks.sum(0), torch.from_numpy(label != 255).long())  # disjoint, cover all non-ignored
-    ids_t, masks_t = convert_segmentation_map_to_binary_masks(torch.from_numpy(label), ignore_index=255)
-    assert torch.equal(ids_t, class_ids) and torch.equal(masks_t, masks)
-    empty_ids, empty_masks = convert_segmentation_map_to_binary_masks(torch.full((4, 5), 255))
-    assert empty_ids.shape == (0,) and empty_masks.shape == (0, 4, 5)
-    with pytest.raises(ValueError, match="segmentation_map"):
-        convert_segmentation_map_to_binary_masks(torch.zeros(2, 4, 5))
-
-
 # ---------------------------------------------------------------- errors
 
 
@@ -488,51 +426,6 @@ def test_save_load_round_trip(tmp_path):
     assert a["pixel_values"].shape == (1, 3, 320, 448)  # 300x400 -> 320x427 -> padded to 64
     assert all(torch.equal(a[k], b[k]) for k in ("pixel_values", "image_sizes", "original_sizes", "labels"))
     assert math.isclose(loaded.rescale_factor, 1 / 255)
-
-
-def test_upright_rgb_images_are_not_copied_and_rotated_ones_are_turned():
-    image = load_rgb("chelsea.png")
-    assert upright(image) is image and load_image(image) is image  # nothing to apply: no full-size copies
-    exif = Image.Exif()
-    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
-    rotated = Image.new("RGB", (64, 40), (30, 160, 60))
-    rotated.info["exif"] = exif.tobytes()
-    assert rotated.getexif()[0x0112] == 6
-    turned = upright(rotated)
-    assert turned.size == (40, 64) and upright(turned) is turned  # the tag is gone once applied
-    keyed = Image.new("RGB", (4, 4), (255, 0, 0))
-    keyed.info["transparency"] = (255, 0, 0)  # colour-key transparency: still composited over white
-    assert np.asarray(load_image(keyed)).min() == 255
-
-
-# -- extreme shapes stay cheap -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("num_classes", [5, 40])  # without and with class pruning
-def test_thin_image_post_processing_is_banded_and_equals_plain(monkeypatch, num_classes):
-    """A 65535 x 1 image: model input 2560 x 32 (masks 640 x 8), label map at 65535 x 1. The height chain is a few
-    source rows per output row (never a dense 65535 x 640 matrix) and the bands hold CPU_BAND_PIXELS pixels each,
-    not 16 rows (4096 bands)."""
-    torch.manual_seed(0)
-    class_logits, mask_logits = torch.randn(6, num_classes + 1) * 3, torch.randn(6, 640, 8) * 4
-    sizes = {"padded_size": (2560, 32), "image_size": (2560, 1), "output_size": (65535, 1)}
-    rows = mask_resize_rows(640, 2560, 2560, 65535)
-    assert rows.out_size == 65535 and rows.weights.shape[1] <= 4
-    bands = []
-    block = ResizeRows.block
-    _band_block.cache_clear()  # blocks are cached per size: count this call's bands
-    monkeypatch.setattr(ResizeRows, "block", lambda self, *a: bands.append(a) or block(self, *a))
-    processor = PATImageProcessor()
-    outputs = {"class_queries_logits": class_logits[None], "masks_queries_logits": mask_logits[None],
-               "image_sizes": torch.tensor([[2560, 1]]), "padded_sizes": torch.tensor([[2560, 32]])}
-    fast = processor.post_process_semantic_segmentation(outputs, target_sizes=[(65535, 1)],
-                                                        return_segmentation_scores=True)[0]
-    assert 1 <= len(bands) <= math.ceil(65535 / CPU_BAND_PIXELS)
-    plain = semantic_inference(class_logits, resize_mask_logits(mask_logits, **sizes))
-    # F.interpolate computes source coordinates in float32, off by ~1e-3 pixel at row 65535 (the banded path's are
-    # float64): scores agree to 1e-4, not 1e-5, on this size; the maps are identical
-    torch.testing.assert_close(fast["segmentation_scores"], plain, atol=3e-4, rtol=0)
-    assert torch.equal(fast["segmentation"], plain.argmax(dim=0))
-    label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[(65535, 1)])[0]
-    assert torch.equal(label_map, plain.argmax(dim=0))
 
 
 def test_padding_groups_split_only_when_padding_would_dominate():
