@@ -4,8 +4,8 @@ Why a module beside the package rather than in it: Python runs `modeling_pat/__i
 that `__init__` registers SAN / PAT with transformers' Auto classes, so that `import modeling_pat` is all a user needs
 before `AutoModel.from_pretrained(...)` or `pipeline(...)`. Registering imports torch and transformers, which takes
 seconds. The console scripts point here instead, so `--help` and usage errors answer at once; the package (and with it
-torch) is imported only once the arguments are valid. `modeling_pat.cli` and `modeling_pat.demo_app` use the parsers
-defined here, so `python -m modeling_pat.cli` and `from modeling_pat.cli import main` behave the same.
+torch) is imported only once the arguments are valid. `modeling_pat.apps.cli` and `modeling_pat.apps.demo_app` use the
+parsers defined here, so `python -m modeling_pat.cli` and `from modeling_pat.cli import main` behave the same.
 """
 
 import argparse
@@ -16,12 +16,12 @@ from pathlib import Path
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_MODEL, EXIT_UNREADABLE = 0, 1, 2, 3, 4
 
-DEFAULT_MODEL = "san-vit-b16"  # the official SAN ViT-B/16, fetched and converted once (modeling_pat.pretrained)
-# The names the parsers offer, without importing the package. They mirror `modeling_pat.pretrained.OFFICIAL_MODELS`
+DEFAULT_MODEL = "san-vit-b16"  # the official SAN ViT-B/16, fetched and converted once (modeling_pat.apps.pretrained)
+# The names the parsers offer, without importing the package. They mirror `modeling_pat.apps.pretrained.OFFICIAL_MODELS`
 # and `modeling_pat.configuration_pat.VOCABULARY_FILES` (tests/test_cli_front.py keeps them equal).
 OFFICIAL_MODEL_NAMES = ("san-vit-b16", "san-vit-l14-336")
 VOCABULARY_NAMES = ("ade150", "ade847", "coco171", "pc459", "pc59", "voc20")
-DTYPE_NAMES = ("bfloat16", "float16", "float32")  # torch dtypes by name (`modeling_pat.cli.DTYPES`)
+DTYPE_NAMES = ("bfloat16", "float16", "float32")  # torch dtypes by name (`modeling_pat.apps.cli.DTYPES`)
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 SUBTASKS = ("semantic", "instance", "panoptic")
 MAX_IMAGE_PIXELS = 25_000_000  # a 25-megapixel photo; larger demo uploads are refused before they are decoded
@@ -117,14 +117,14 @@ def cache_request(argv: list[str] | None) -> str | None:
 def segment_main(argv: list[str] | None = None) -> int:
     """Console entry point (`pat-segment`); returns the exit code."""
     if (request := cache_request(argv)) is not None:
-        from modeling_pat.cli import cache_command
+        from modeling_pat.apps.cli import cache_command
 
         return cache_command(request)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2), printed before torch loads
         return int(exit_request.code or 0)
-    from modeling_pat.cli import run_command
+    from modeling_pat.apps.cli import run_command
 
     return run_command(args)
 
@@ -164,6 +164,6 @@ def demo_main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("gradio") is None:  # found, not imported: Gradio loads once the model has
         print('pat-demo: error: the demo needs Gradio: pip install "modeling_pat[demo]"', file=sys.stderr)
         return EXIT_USAGE
-    from modeling_pat.demo_app import run_demo
+    from modeling_pat.apps.demo_app import run_demo
 
     return run_demo(args)

@@ -14,8 +14,8 @@
     python run_semantic_segmentation.py --model_name_or_path san-vit-b16 --train_dataset folder=/data/mine \
         --eval_datasets folder=/data/mine --do_train --do_eval --max_steps 2000 --output_dir san-mine
 
-Datasets are given as `KIND[=PATH][:SPLIT]` (see `modeling_pat/data.py` for every layout): `coco171`, `ade150`,
-`ade847`, `pc59`, `pc459`, `voc20` (folder under `--data_root`, or `=PATH`), `folder=PATH`, `hub=ID_OR_PATH`
+Datasets are given as `KIND[=PATH][:SPLIT]` (see `modeling_pat/apps/data/__init__.py` for every layout): `coco171`,
+`ade150`, `ade847`, `pc59`, `pc459`, `voc20` (folder under `--data_root`, or `=PATH`), `folder=PATH`, `hub=ID_OR_PATH`
 (parquet / imagefolder repositories). A single `.json` / `.yaml` file with all arguments is also accepted.
 Defaults follow SAN's recipe (AdamW 1e-4, weight decay 1e-4 with SAN's exceptions, poly 0.9 schedule, no warm-up,
 full-model gradient clipping 0.01, 640 crops from short edges 320..960, SSD colour jitter, flip; test short edge 640).
@@ -42,8 +42,8 @@ from modeling_pat import (
     PATProcessor,
     register_for_auto_classes,
 )
-from modeling_pat.conversion import convert
-from modeling_pat.data import (
+from modeling_pat.apps.conversion import convert
+from modeling_pat.apps.data import (
     SAN_TRAIN_SHORT_EDGES,
     DatasetSpec,
     EpochCallback,
@@ -55,17 +55,17 @@ from modeling_pat.data import (
     default_data_root,
     load_split,
 )
-from modeling_pat.evaluation import PATSegmentationTrainer, write_results_table
-from modeling_pat.finetuning import (
+from modeling_pat.apps.evaluation import PATSegmentationTrainer, write_results_table
+from modeling_pat.apps.finetuning import (
     LORA_TARGETS,
     add_lora,
     configure_clip_training,
     format_trainable_summary,
     merge_lora,
 )
-from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS
-from modeling_pat.pretrained import resolve_pretrained
-from modeling_pat.training import checkpoint_problem, last_complete_checkpoint
+from modeling_pat.apps.optimization import POLY_LR_SCHEDULER_KWARGS
+from modeling_pat.apps.pretrained import resolve_pretrained
+from modeling_pat.apps.training import checkpoint_problem, last_complete_checkpoint
 from modeling_pat.weights_files import bad_weights_error
 
 

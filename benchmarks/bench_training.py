@@ -50,7 +50,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks.bench_inference import environment, result_suffix  # noqa: E402
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATImageProcessor  # noqa: E402
-from modeling_pat.data import (  # noqa: E402
+from modeling_pat.apps.data import (  # noqa: E402
     LabelMapping,
     SANTrainAugmentation,
     SegmentationCollator,
@@ -58,7 +58,7 @@ from modeling_pat.data import (  # noqa: E402
     load_folder,
     load_vocabulary,
 )
-from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS, get_parameter_groups  # noqa: E402
+from modeling_pat.apps.optimization import POLY_LR_SCHEDULER_KWARGS, get_parameter_groups  # noqa: E402
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from modeling_pat.conversion import (  # noqa: E402
+from modeling_pat.apps.conversion import (  # noqa: E402
     config_from_reference_json,
     convert_state_dict,
     load_converted_weights,

@@ -5,7 +5,7 @@
 
 `--checkpoint_path` takes `.pth` (loaded with `torch.load(weights_only=True)`) or `.safetensors`, holding a raw state
 dict or `{"model": ...}` / `{"state_dict": ...}`. Without it, the file is downloaded from the Hub repo `Mendel192/san`.
-The conversion itself lives in `modeling_pat.conversion`; `pat-segment --model san-vit-b16` (or
+The conversion itself lives in `modeling_pat.apps.conversion`; `pat-segment --model san-vit-b16` (or
 `modeling_pat.resolve_pretrained`) runs it once by itself and caches the result, so this script is only needed for a
 folder of your own.
 `--config` takes a preset name from `configuration/`, a PATConfig JSON file, or a golden parity folder's
@@ -22,7 +22,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere in a checkou
     sys.path.insert(0, str(REPO_ROOT))
 
 from modeling_pat import PATForOpenVocabSegmentation, write_model_card  # noqa: E402
-from modeling_pat.conversion import (  # noqa: E402, F401  (this script's functions, kept importable from here)
+from modeling_pat.apps.conversion import (  # noqa: E402, F401  (this script's functions, kept importable from here)
     DROPPED_KEYS,
     KEY_MAPPING,
     REVERSE_KEY_MAPPING,
@@ -37,7 +37,7 @@ from modeling_pat.conversion import (  # noqa: E402, F401  (this script's functi
     save,
     to_reference_state_dict,
 )
-from modeling_pat.pretrained import OFFICIAL_MODELS, WeightsUnavailableError, fetch_checkpoint  # noqa: E402
+from modeling_pat.apps.pretrained import OFFICIAL_MODELS, WeightsUnavailableError, fetch_checkpoint  # noqa: E402
 
 
 HUB_REPO_ID = "Mendel192/san"

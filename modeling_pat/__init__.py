@@ -1,7 +1,16 @@
-"""SAN and PAT as transformers models. Importing the package registers them with the Auto classes."""
+"""SAN and PAT as transformers models. Importing the package registers them with the Auto classes.
+
+The model, its configuration and its processors are the flat modules here (what Hub remote code copies); the
+applications built on them (pipeline, sliding windows, region queries, CLI, data, training, evaluation, export, model
+cards, demo) are in `modeling_pat.apps`, which imports the model and is never imported by it. The names below are
+re-exported from both so that `from modeling_pat import ...` is all a user needs.
+"""
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation, AutoProcessor
 
+from .apps.pipeline import PATImageSegmentationPipeline, register_pipeline
+from .apps.region_query import PATRegionMatch, PATRegionProposals, query_region
+from .apps.sliding_window import sliding_window_segmentation
 from .configuration_pat import PATConfig
 from .image_processing_pat import PATImageProcessor, load_image
 from .image_tokenizer import PATImageTokenizer, PATImageTokenizerOutput
@@ -12,10 +21,7 @@ from .modeling_pat import (
     PATModelOutput,
     PATPreTrainedModel,
 )
-from .pipeline_pat import PATImageSegmentationPipeline, register_pipeline
 from .processing_pat import PATProcessor
-from .region_query import PATRegionMatch, PATRegionProposals, query_region
-from .sliding_window import sliding_window_segmentation
 
 
 AutoConfig.register(PATConfig.model_type, PATConfig, exist_ok=True)
@@ -31,11 +37,11 @@ def __getattr__(name: str):
     # Imported on first use, not here: `python -m modeling_pat.model_card` would otherwise run a module that the
     # package import already loaded (runpy warns about exactly that).
     if name == "write_model_card":
-        from .model_card import write_model_card
+        from .apps.model_card import write_model_card
 
         return write_model_card
     if name in ("resolve_pretrained", "WeightsUnavailableError"):  # application code, loaded when first asked for
-        from . import pretrained
+        from .apps import pretrained
 
         return getattr(pretrained, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

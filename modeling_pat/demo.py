@@ -4,9 +4,9 @@
     pat-demo --model random:san-tiny          # offline, random weights (a smoke test: the maps are meaningless)
     pat-demo --model my-folder --device cuda --dtype bfloat16 --port 8080
 
-Needs the `demo` extra (`pip install ".[demo]"`, Gradio). The page itself lives in `demo_app`, the arguments are parsed
-in `modeling_pat_cli` (before torch loads); this module only starts it, so that `python -m` runs a module that the
-package import never loads.
+Needs the `demo` extra (`pip install ".[demo]"`, Gradio). The page itself lives in `apps.demo_app`, the arguments are
+parsed in `modeling_pat_cli` (before torch loads); this module only starts it, so that `python -m` runs a module that
+the package import never loads.
 """
 
 import sys

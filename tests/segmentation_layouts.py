@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from modeling_pat.data import load_vocabulary
+from modeling_pat.apps.data import load_vocabulary
 
 from conftest import FIXTURES
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from modeling_pat.atomic_files import atomic_open, atomic_path, staged_folder, write_text_atomic
-from modeling_pat.visualization import save_label_map
+from modeling_pat.apps.visualization import save_label_map
 
 
 def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

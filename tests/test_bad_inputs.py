@@ -46,7 +46,7 @@ from transformers import pipeline
 from conftest import tiny_model
 from conversion_scripts import convert_san_to_hf as convert
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor
-from modeling_pat.cli import main as cli_main
+from modeling_pat.apps.cli import main as cli_main
 from modeling_pat.image_processing_pat import load_image
 
 

@@ -1,4 +1,5 @@
-"""The `pat-segment` command (`modeling_pat/cli.py`), run in-process with the tiny random model (`random:san-tiny`)."""
+"""The `pat-segment` command (`modeling_pat/apps/cli.py`), run in-process with the tiny random model
+(`random:san-tiny`)."""
 
 import json
 import shutil
@@ -9,15 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor, cli
-from modeling_pat.cli import (
+from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor
+from modeling_pat.apps import cli
+from modeling_pat.apps.cli import (
     EXIT_MODEL,
     EXIT_OK,
     EXIT_UNREADABLE,
     EXIT_USAGE,
     vocabulary_class_names,
     main,
-    output_stems,
     segment_batch,
 )
 
@@ -112,7 +113,6 @@ def test_globs_files_and_folders_are_deduplicated_and_same_stems_kept_apart(tmp_
     _check_outputs(tmp_path / "out", "coffee", (600, 400), ["cup", "table"])
     _check_outputs(tmp_path / "out", "coffee-2", (48, 32), ["cup", "table"])
     assert len(list((tmp_path / "out").iterdir())) == 6
-    assert output_stems([Path("x/a.png"), Path("y/A.jpg"), Path("a-2.png")]) == ["a", "A-2", "a-2-2"]
 
 
 def test_exif_orientation_is_honoured(tmp_path):
@@ -126,7 +126,7 @@ def test_exif_orientation_is_honoured(tmp_path):
 
 
 def test_huge_outputs_are_post_processed_at_a_reduced_size_then_upsampled(tmp_path, monkeypatch):
-    monkeypatch.setattr("modeling_pat.cli.POSTPROCESS_BUDGET", 2_000)  # as if the image were enormous
+    monkeypatch.setattr("modeling_pat.apps.cli.POSTPROCESS_BUDGET", 2_000)  # as if the image were enormous
     image = tmp_path / "wide.png"
     Image.new("RGB", (90, 30), (120, 120, 40)).save(image)
     code = main([str(image), "--labels", "sand,sky", "--output-dir", str(tmp_path / "out")] + RANDOM)

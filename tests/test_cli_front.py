@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import modeling_pat_cli
-from modeling_pat import demo, pretrained
-from modeling_pat.cli import main as cli_main
+from modeling_pat import demo
+from modeling_pat.apps import pretrained
+from modeling_pat.cli import main as cli_main  # the entry module users import
 from modeling_pat.configuration_pat import VOCABULARY_FILES
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from modeling_pat import PATProcessor
-from modeling_pat.cli import EXIT_OK, EXIT_USAGE, main
+from modeling_pat.apps.cli import EXIT_OK, EXIT_USAGE, main
 
 from test_mask_segments import golden_model
 

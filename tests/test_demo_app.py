@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_pat import PATProcessor, demo_app
-from modeling_pat.cli import ModelLoadError
+from modeling_pat import PATProcessor
+from modeling_pat.apps import demo_app
+from modeling_pat.apps.cli import ModelLoadError
 from modeling_pat.demo import main as demo_main
-from modeling_pat.demo_app import SUBTASKS, DemoInputError, SegmentationDemo
+from modeling_pat.apps.demo_app import SUBTASKS, DemoInputError, SegmentationDemo
 
 from conftest import tiny_model
 

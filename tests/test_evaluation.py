@@ -1,4 +1,4 @@
-"""Benchmark evaluation (`modeling_pat/evaluation.py`): batches of very different sizes, on the tiny random SAN."""
+"""Benchmark evaluation (`modeling_pat/apps/evaluation.py`): batches of very different sizes, on the tiny random SAN."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,8 +9,8 @@ import torch
 from transformers import TrainingArguments
 
 from modeling_pat import PATForOpenVocabSegmentation, PATImageProcessor
-from modeling_pat.data import SegmentationCollator, SegmentationEvalDataset
-from modeling_pat.evaluation import PATSegmentationTrainer, _EvalTask, class_embeddings_for
+from modeling_pat.apps.data import SegmentationCollator, SegmentationEvalDataset
+from modeling_pat.apps.evaluation import PATSegmentationTrainer, _EvalTask, class_embeddings_for
 
 from conftest import tiny_model
 

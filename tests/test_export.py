@@ -1,4 +1,4 @@
-"""ONNX export (`python -m modeling_pat.export`, `modeling_pat/onnx_export.py`) and the torch-free runner
+"""ONNX export (`python -m modeling_pat.export`, `modeling_pat/apps/onnx_export.py`) and the torch-free runner
 (`examples/onnx_runner.py`), on the golden tiny SAN (its converted reference weights) and the golden images.
 
 One dynamic export (batch and size) serves most tests; a fixed-size export of the random tiny preset covers the
@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 from conversion_scripts import convert_san_to_hf as convert
 from modeling_pat import PATForOpenVocabSegmentation, PATImageProcessor, PATProcessor
-from modeling_pat import onnx_export
-from modeling_pat.cli import compute_class_embeddings, load_model
+from modeling_pat.apps import onnx_export
+from modeling_pat.apps.cli import compute_class_embeddings, load_model
 
 from conftest import FIXTURES, GOLDEN
 

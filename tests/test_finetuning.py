@@ -9,7 +9,7 @@ import torch
 from transformers import TrainingArguments
 
 from modeling_pat import PATForOpenVocabSegmentation
-from modeling_pat.finetuning import (
+from modeling_pat.apps.finetuning import (
     add_lora,
     configure_clip_training,
     format_trainable_summary,
@@ -18,8 +18,8 @@ from modeling_pat.finetuning import (
     parameter_group,
     trainable_parameter_counts,
 )
-from modeling_pat.optimization import get_parameter_groups
-from modeling_pat.training import PATTrainer
+from modeling_pat.apps.optimization import get_parameter_groups
+from modeling_pat.apps.training import PATTrainer
 
 from conftest import tiny_model
 from test_modeling_pat import random_labels

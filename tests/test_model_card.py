@@ -8,7 +8,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor, register_for_auto_classes
-from modeling_pat.model_card import write_model_card
+from modeling_pat.apps.model_card import write_model_card
 
 
 EVAL_RESULTS = [
@@ -127,7 +127,8 @@ def test_files_a_push_to_hub_would_upload(tmp_path):
                 "README.md"}
     assert expected <= set(files), files
     assert {"configuration_pat.py", "modeling_pat.py", "processing_pat.py"} <= set(files), files
-    assert not {"model_card.py", "pipeline_pat.py"} & set(files)  # neither is model code
+    # no application code (apps/, entry modules) travels with the model
+    assert not {"model_card.py", "pipeline.py", "sliding_window.py", "cli.py", "data.py"} & set(files), files
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.pipeline_tag == "image-segmentation" and card.data.library_name == "transformers"
     assert "| Parameters | " in card.text
@@ -135,7 +136,7 @@ def test_files_a_push_to_hub_would_upload(tmp_path):
 
 # -- python -m modeling_pat.model_card --------------------------------------------------------------------------------
 def test_command_line_writes_the_card(tmp_path, capsys):
-    from modeling_pat.model_card import main
+    from modeling_pat.apps.model_card import main
 
     saved_config(tmp_path / "model")
     results = tmp_path / "results.json"
@@ -163,7 +164,7 @@ def test_command_line_writes_the_card(tmp_path, capsys):
     ],
 )
 def test_eval_results_file_formats(tmp_path, payload):
-    from modeling_pat.model_card import read_eval_results
+    from modeling_pat.apps.model_card import read_eval_results
 
     (tmp_path / "r.json").write_text(json.dumps(payload))
     entries = read_eval_results(tmp_path / "r.json")
@@ -183,7 +184,7 @@ def test_eval_results_file_formats(tmp_path, payload):
     ],
 )
 def test_command_line_errors_exit_2(tmp_path, capsys, setup, message):
-    from modeling_pat.model_card import main
+    from modeling_pat.apps.model_card import main
 
     setup(tmp_path)
     results = tmp_path / "r.json"
@@ -224,7 +225,7 @@ def test_a_failed_card_write_keeps_the_previous_card(tmp_path, monkeypatch):
 
 
 def test_a_truncated_weights_file_is_named(tmp_path, capsys):
-    from modeling_pat.model_card import main
+    from modeling_pat.apps.model_card import main
 
     config = PATConfig.from_preset("san-tiny")
     PATForOpenVocabSegmentation(config).save_pretrained(tmp_path)

@@ -5,8 +5,8 @@ import torch
 from transformers import TrainingArguments
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation
-from modeling_pat.optimization import POLY_LR_SCHEDULER_KWARGS, get_decay_parameter_names, get_parameter_groups
-from modeling_pat.training import PATTrainer
+from modeling_pat.apps.optimization import POLY_LR_SCHEDULER_KWARGS, get_decay_parameter_names, get_parameter_groups
+from modeling_pat.apps.training import PATTrainer
 
 
 @pytest.fixture(scope="module")

@@ -53,3 +53,16 @@ def test_pip_install_into_this_environment_changes_no_installed_package(tmp_path
     )
     to_install = [item["metadata"]["name"] for item in json.loads(report.read_text())["install"]]
     assert to_install == ["modeling_pat"], to_install
+
+
+def test_every_subpackage_is_installed():
+    """setup.cfg lists packages by name: a subpackage left out (e.g. `modeling_pat.apps`) would be missing from a
+    wheel while every test run from the checkout still passes."""
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    declared = {line.strip() for line in config["options"]["packages"].splitlines() if line.strip()}
+    on_disk = {
+        ".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "modeling_pat").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert on_disk <= declared, sorted(on_disk - declared)

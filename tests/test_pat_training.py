@@ -24,7 +24,7 @@ from transformers import TrainingArguments
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATImageProcessor, PATImageTokenizer
 from modeling_pat.image_processing_pat import reduce_labels
-from modeling_pat.training import PATTrainer
+from modeling_pat.apps.training import PATTrainer
 
 from conftest import FIXTURES
 

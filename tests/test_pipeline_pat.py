@@ -14,7 +14,7 @@ from transformers.pipelines import base as pipelines_base
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATProcessor
-from modeling_pat.pipeline_pat import (
+from modeling_pat.apps.pipeline import (
     PATImageSegmentationPipeline,
     collate_open_vocab_batch,
     normalize_candidate_labels,

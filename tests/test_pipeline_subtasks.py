@@ -11,7 +11,7 @@ from transformers import pipeline
 
 from modeling_pat import PATProcessor
 from modeling_pat.configuration_pat import stuff_class_names
-from modeling_pat.pipeline_pat import register_pipeline
+from modeling_pat.apps.pipeline import register_pipeline
 
 from test_mask_segments import golden_model
 

@@ -17,10 +17,10 @@ from huggingface_hub import constants
 from safetensors.torch import load_file
 
 from modeling_pat import PATProcessor
-from modeling_pat import pretrained
-from modeling_pat.cli import EXIT_MODEL, EXIT_OK, main
-from modeling_pat.conversion import convert, resolve_config
-from modeling_pat.pretrained import WeightsUnavailableError, resolve_pretrained
+from modeling_pat.apps import pretrained
+from modeling_pat.apps.cli import EXIT_MODEL, EXIT_OK, main
+from modeling_pat.apps.conversion import convert, resolve_config
+from modeling_pat.apps.pretrained import WeightsUnavailableError, resolve_pretrained
 
 from conftest import GOLDEN
 
@@ -159,15 +159,15 @@ def test_cli_default_model_offline_exits_3_with_one_message(offline, tmp_path, c
 
 RUN_CLI = """
 import sys
-from modeling_pat.pretrained import register_official_model
+from modeling_pat.apps.pretrained import register_official_model
 register_official_model("san-vit-b16", {repo!r}, {file!r}, "san-tiny")  # the tiny checkpoint as the default model
-import modeling_pat.pretrained as pretrained
+import modeling_pat.apps.pretrained as pretrained
 convert_into = pretrained._convert_into
 def counted(*args, **kwargs):
     print("CONVERTING", flush=True)
     return convert_into(*args, **kwargs)
 pretrained._convert_into = counted
-from modeling_pat.cli import main
+from modeling_pat.apps.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modeling_pat import PATProcessor, pretrained
+from modeling_pat import PATProcessor
+from modeling_pat.apps import pretrained
 
 from conftest import tiny_model
 

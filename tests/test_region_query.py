@@ -1,4 +1,4 @@
-"""Region queries (`modeling_pat/region_query.py`) on the tiny random SAN: shapes, the defining properties of the
+"""Region queries (`modeling_pat/apps/region_query.py`) on the tiny random SAN: shapes, the defining properties of the
 point and box rankings (checked against brute force over all queries), and errors for regions outside the image."""
 
 import pytest
@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import FIXTURES, tiny_model
 from modeling_pat import PATProcessor
-from modeling_pat.region_query import PATRegionMatch, PATRegionProposals, query_region
+from modeling_pat.apps.region_query import PATRegionMatch, PATRegionProposals, query_region
 
 
 NAMES = ["cat", "wall", "floor", "sofa"]

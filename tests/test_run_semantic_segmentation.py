@@ -34,7 +34,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation
-from modeling_pat.data import load_split, load_vocabulary
+from modeling_pat.apps.data import load_split, load_vocabulary
 
 import segmentation_layouts as layouts
 from segmentation_layouts import ADE_STEMS, VOC_STEMS
@@ -459,8 +459,9 @@ def test_official_name_starts_a_run_whose_folder_loads_everywhere(workspace, tmp
     from test_pretrained import FILENAME, REPO_ID, SAMPLE, write_hub_cache
     from transformers import AutoProcessor, pipeline
 
-    from modeling_pat import PATProcessor, pretrained
-    from modeling_pat.cli import main as pat_segment
+    from modeling_pat import PATProcessor
+    from modeling_pat.apps import pretrained
+    from modeling_pat.apps.cli import main as pat_segment
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -520,7 +521,7 @@ def test_bad_label_error_from_a_dataloader_worker_is_one_line():
     """A DataLoader worker re-raises the error with its traceback in the message; the line printed is the cause."""
     from torch._utils import ExceptionWrapper
 
-    from modeling_pat.data import LabelFileError
+    from modeling_pat.apps.data import LabelFileError
 
     try:
         raise LabelFileError("/data/label/x.png: label value(s) 9 are neither a class index nor the ignore value.")

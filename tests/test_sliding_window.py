@@ -1,4 +1,4 @@
-"""Sliding-window inference (`modeling_pat/sliding_window.py`): equal to the normal path when the image fits in one
+"""Sliding-window inference (`modeling_pat/apps/sliding_window.py`): equal to the normal path when the image fits in one
 window, full-size output with every pixel covered, overlaps averaged (checked with a stub model whose output encodes
 each window), argument errors, and the pipeline / CLI options."""
 
@@ -13,8 +13,8 @@ from transformers import pipeline
 
 from conftest import FIXTURES, tiny_model
 from modeling_pat import PATProcessor
-from modeling_pat.cli import main as cli_main
-from modeling_pat.sliding_window import sliding_window_scores, sliding_window_segmentation, window_starts
+from modeling_pat.apps.cli import main as cli_main
+from modeling_pat.apps.sliding_window import sliding_window_scores, sliding_window_segmentation, window_starts
 
 
 NAMES = ["cat", "wall", "floor"]

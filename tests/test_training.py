@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
 
-from modeling_pat.training import PATTrainer, checkpoint_problem, last_complete_checkpoint
+from modeling_pat.apps.training import PATTrainer, checkpoint_problem, last_complete_checkpoint
 
 from conftest import tiny_model
 
@@ -72,7 +72,7 @@ def test_last_complete_checkpoint_skips_incomplete_ones_with_a_warning(tmp_path,
     assert last_complete_checkpoint(tmp_path) == str(newest) and checkpoint_problem(newest) is None
     damage(newest)
     assert problem in checkpoint_problem(newest)
-    with caplog.at_level(logging.WARNING, logger="modeling_pat.training"):
+    with caplog.at_level(logging.WARNING, logger="modeling_pat.apps.training"):
         assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert "checkpoint-12" in caplog.text and problem in caplog.text
 

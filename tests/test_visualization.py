@@ -1,10 +1,10 @@
-"""Palette, overlay, legend and label-map PNGs (`modeling_pat/visualization.py`), on synthetic label maps."""
+"""Palette, overlay, legend and label-map PNGs (`modeling_pat/apps/visualization.py`), on synthetic label maps."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_pat.visualization import (
+from modeling_pat.apps.visualization import (
     blend_labels,
     class_boundaries,
     format_fraction,

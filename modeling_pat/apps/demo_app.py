@@ -38,6 +38,9 @@ from modeling_pat_cli import (  # the console script's front: it parses the argu
     demo_main,
 )
 
+from ..configuration_pat import VOCABULARY_FILES, load_vocabulary
+from ..image_processing_pat import load_image
+from ..processing_pat import validate_class_names
 from .cli import (
     DEFAULT_MODEL,
     DTYPES,
@@ -50,12 +53,9 @@ from .cli import (
     resolve_device,
     segment_batch,
     segment_batch_results,
-    write_outputs,
 )
-from .configuration_pat import VOCABULARY_FILES, load_vocabulary
-from .image_processing_pat import load_image
-from .processing_pat import validate_class_names
 from .region_query import query_region
+from .result_files import write_outputs
 from .visualization import blend_labels, format_fraction, legend_entries, make_palette, pixel_fractions
 
 
@@ -81,7 +81,7 @@ class DemoInputError(ValueError):
 
 # -- subtasks ---------------------------------------------------------------------------------------------------------
 def semantic_subtask(demo: "SegmentationDemo", image: Image.Image, class_names, class_embeddings, sliding_window):
-    """One class per pixel: {"label_map": [H, W] int64 class indices}."""
+    """One class per pixel: {"label_map": [H_out, W_out] int64 class indices}."""
     [label_map] = segment_batch(
         demo.model, demo.processor, [image], class_embeddings, demo.model.device, demo.model.dtype,
         sliding_window=sliding_window,
@@ -108,9 +108,9 @@ def segments_subtask(name: str):
     return run
 
 
-# Subtask name -> function(demo, image, class names, (N, D) class embeddings, sliding window) -> {"label_map": [H, W]
-# class indices} plus, for subtasks with segments, what `write_outputs(segments=...)` takes ("segment_map",
-# "segments", "subtask"). The page offers every key; a new subtask is one more entry.
+# Subtask name -> function(demo, image, class names, (N, D) class embeddings, sliding window) -> {"label_map":
+# [H_out, W_out] class indices} plus, for subtasks with segments, what `write_outputs(segments=...)` takes
+# ("segment_map", "segments", "subtask"). The page offers every key; a new subtask is one more entry.
 SUBTASKS = {
     "semantic": semantic_subtask,
     "instance": segments_subtask("instance"),

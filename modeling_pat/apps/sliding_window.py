@@ -10,11 +10,12 @@ An axis no longer than the window gets one window, padded at the bottom / right 
 `size_divisibility` as the normal path pads, so an image that fits in one window gives exactly the normal path's
 scores.
 
-    from modeling_pat.sliding_window import sliding_window_segmentation
+    from modeling_pat import sliding_window_segmentation
 
     label_maps = sliding_window_segmentation(model, processor.image_processor, [image], class_names=["sky", "road"])
 
-Shapes: C classes, Q queries, h x w resized image, H x W output (default: the original image size).
+Shapes (symbols as in the table of `modeling_pat/modeling_pat.py`): N classes, Q queries, H_img x W_img the resized
+image, H_out x W_out the output (default: the original image size).
 """
 
 import math
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
-from .image_processing_pat import semantic_map
+from ..image_processing_pat import semantic_map
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -61,15 +62,15 @@ def sliding_window_scores(
     output_size: Sequence[int] | None = None,
     batch_size: int = 4,
 ) -> torch.Tensor:
-    """One resized, unpadded, normalised image -> (C, H, W) float32 semantic scores averaged over the windows.
+    """One resized, unpadded, normalised image -> (N, H_out, W_out) float32 semantic scores averaged over the windows.
 
     Args:
         model: a `PATForOpenVocabSegmentation` (eval mode).
-        pixel_values: (3, h, w) or (1, 3, h, w), e.g. `PATImageProcessor(do_pad=False)` output.
-        class_embeddings: (C, D) unit class embeddings (`model.get_class_embeddings`).
+        pixel_values: (3, H_img, W_img) or (1, 3, H_img, W_img), e.g. `PATImageProcessor(do_pad=False)` output.
+        class_embeddings: (N, D) unit class embeddings (`model.get_class_embeddings`).
         window_size: window side in pixels; default `config.side_image_size`; a multiple of `size_divisibility`.
         stride: pixels between window starts, in [1, window_size]; default two thirds of the window.
-        output_size: (H, W) of the returned scores, e.g. the original image size; default (h, w).
+        output_size: (H_out, W_out) of the returned scores, e.g. the original image size; default (H_img, W_img).
         batch_size: windows per forward pass.
     """
     config = model.config
@@ -109,7 +110,7 @@ def sliding_window_scores(
             window_scores = semantic_map(
                 outputs.class_queries_logits[i], outputs.masks_queries_logits[i], padded_size=(win_h, win_w),
                 image_size=valid, output_size=(bottom - top, right - left), return_scores=True,
-            )["segmentation_scores"]  # (C, bottom - top, right - left), without a (Q, ...) full-size tensor
+            )["segmentation_scores"]  # (N, bottom - top, right - left), without a (Q, ...) full-size tensor
             scores[:, top:bottom, left:right] += window_scores
             counts[top:bottom, left:right] += 1
     return scores / counts.clamp_min(1)
@@ -134,13 +135,13 @@ def sliding_window_segmentation(
             padding is done per window).
         images: one image or a list (anything `PATImageProcessor` takes: PIL, file path, array, tensor).
         class_names / class_embeddings: the vocabulary (at most one); default `config.id2label`.
-        target_sizes: (H, W) per image of the returned maps; default each image's original size.
+        target_sizes: (H_out, W_out) per image of the returned maps; default each image's original size.
         window_size, stride, batch_size: see `sliding_window_scores`.
         return_segmentation_scores: return `SemanticSegmentationPostProcessorOutput`s with `segmentation` and the
-            (C, H, W) `segmentation_scores`, as `post_process_semantic_segmentation` does.
+            (N, H_out, W_out) `segmentation_scores`, as `post_process_semantic_segmentation` does.
 
     Returns:
-        A list of (H, W) int64 label maps (indices into the vocabulary), or of outputs with scores.
+        A list of (H_out, W_out) int64 label maps (indices into the vocabulary), or of outputs with scores.
     """
     if class_names is not None and class_embeddings is not None:
         raise ValueError("Pass at most one of `class_names` and `class_embeddings`.")

@@ -1,7 +1,8 @@
 """Helpers for segmentation results: a class palette, a colour overlay, a legend panel and label-map PNGs (PIL only).
 
-Nothing here touches the model: every function takes a label map (int array [H, W] of class indices) and plain
-Python values, and returns arrays or new PIL images (or writes one PNG, atomically: complete or not at all).
+Nothing here touches the model: every function takes a label map (int array [H_out, W_out] of class indices, at the
+image's size; symbols as in the table of `modeling_pat/modeling_pat.py`) and plain Python values, and returns arrays or
+new PIL images (or writes one PNG, atomically: complete or not at all).
 """
 
 import colorsys
@@ -12,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from .atomic_files import atomic_path
+from ..atomic_files import atomic_path
 
 
 # Golden-ratio hue steps put consecutive class indices far apart on the colour wheel; the (saturation, value)
@@ -75,7 +76,7 @@ def _hsv_to_rgb8(hue: float, saturation: float, value: float) -> tuple[int, int,
 
 
 def pixel_fractions(label_map: np.ndarray, num_classes: int) -> np.ndarray:
-    """[H, W] class indices -> (N,) float64 share of pixels per class (sums to 1 for a non-empty map)."""
+    """[H_out, W_out] class indices -> (N,) float64 share of pixels per class (sums to 1 for a non-empty map)."""
     counts = np.bincount(np.asarray(label_map).ravel().astype(np.int64), minlength=num_classes)[:num_classes]
     return counts / max(int(counts.sum()), 1)
 
@@ -89,13 +90,13 @@ def legend_entries(fractions, class_names: list[str]) -> list[tuple[int, str, fl
 def blend_labels(
     image: Image.Image, label_map: np.ndarray, palette: np.ndarray, alpha: float = 0.5, outline_map=None
 ) -> Image.Image:
-    """RGB image [H, W] blended with the class colours of `label_map`, class boundaries drawn in white, and also
-    the boundaries of `outline_map` ([H, W] segment ids, e.g. instances) when given."""
+    """RGB image [H_out, W_out] blended with the class colours of `label_map`, class boundaries drawn in white, and also
+    the boundaries of `outline_map` ([H_out, W_out] segment ids, e.g. instances) when given."""
     label_map = np.asarray(label_map)
     if label_map.shape != (image.height, image.width):
         raise ValueError(f"label_map has shape {label_map.shape}, the image is {image.height}x{image.width}.")
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    colours = palette[label_map].astype(np.float32)  # (H, W) -> (H, W, 3)
+    colours = palette[label_map].astype(np.float32)  # (H_out, W_out) -> (H_out, W_out, 3)
     blended = (1.0 - alpha) * pixels + alpha * colours
     line_width = _line_width(image.height, image.width)
     edges = class_boundaries(label_map, line_width)
@@ -106,7 +107,7 @@ def blend_labels(
 
 
 def class_boundaries(label_map: np.ndarray, width: int = 1) -> np.ndarray:
-    """[H, W] bool: pixels whose right or lower neighbour (within `width` pixels) has another class."""
+    """[H_out, W_out] bool: pixels whose right or lower neighbour (within `width` pixels) has another class."""
     label_map = np.asarray(label_map)
     edges = np.zeros(label_map.shape, dtype=bool)
     for shift in range(1, width + 1):
@@ -196,7 +197,7 @@ def render_overlay(
     outline_map: np.ndarray | None = None,
 ) -> Image.Image:
     """The colour overlay with a legend of the classes present (largest share first) to its right; with
-    `outline_map` ([H, W] segment ids) every segment is outlined too.
+    `outline_map` ([H_out, W_out] segment ids) every segment is outlined too.
 
     The result is RGB, `image.width + legend width` wide and at least `image.height` tall (taller only when the
     legend needs more room than a small image offers); the image sits at the top left. The legend's size does not

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..configuration_pat import VOCABULARY_FILES
 from .cli import (
     DEFAULT_MODEL,
     EXIT_MODEL,
@@ -53,7 +54,6 @@ from .cli import (
     parse_labels,
     vocabulary_class_names,
 )
-from .configuration_pat import VOCABULARY_FILES
 from .pretrained import OFFICIAL_MODELS
 
 
@@ -82,7 +82,8 @@ class PATOnnxGraph(nn.Module):
 
 # -- export ----------------------------------------------------------------------------------------------------------
 def example_inputs(model, batch_size: int, size: tuple[int, int], num_classes: int = 3):
-    """Seeded normalised-looking images (B, 3, H, W) and unit class embeddings (N, D): tracing and checking inputs."""
+    """Seeded normalised-looking images (B, 3, H_img, W_img) and unit class embeddings (N, D): tracing and checking
+    inputs."""
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(batch_size, 3, *size, generator=generator)
     embeddings = torch.randn(num_classes, model.classifier.void_embedding.shape[-1], generator=generator)

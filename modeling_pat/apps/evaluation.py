@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic_files import write_text_atomic
+from ..atomic_files import write_text_atomic
+from ..image_processing_pat import semantic_map
 from .data import SegmentationEvalDataset
-from .image_processing_pat import semantic_map
 from .model_card import write_model_card
 from .training import PATTrainer
 from .visualization import save_label_map

@@ -1,7 +1,7 @@
 """Official SAN checkpoints (MendelXu/SAN key layout) -> this package's model: key renaming, strict loading, checks.
 
 Application code: the model modules never import it. `conversion_scripts/convert_san_to_hf.py` is its command line
-and `modeling_pat.pretrained` runs it once per official checkpoint to fill the converted-model cache.
+and `modeling_pat.apps.pretrained` runs it once per official checkpoint to fill the converted-model cache.
 """
 
 import json
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .configuration_pat import PATConfig
-from .modeling_pat import PATForOpenVocabSegmentation
-from .processing_pat import PATProcessor
-from .weights_files import bad_weights_error, torch_load_weights
+from ..configuration_pat import PATConfig
+from ..modeling_pat import PATForOpenVocabSegmentation
+from ..processing_pat import PATProcessor
+from ..weights_files import bad_weights_error, torch_load_weights
 
 
 # Bumped whenever a change here would change a converted folder: the converted-model cache is keyed on it.
@@ -233,8 +233,8 @@ def save(model: PATForOpenVocabSegmentation, output_dir: str | Path) -> None:
     """`save_pretrained` folder with model, config and processor (tokenizer included), loadable through the Auto
     classes. Written to a staging folder first and then moved file by file, so a failed or interrupted save never
     leaves a half-written weights file over an earlier conversion in `output_dir`."""
-    from . import register_for_auto_classes
-    from .atomic_files import staged_folder
+    from .. import register_for_auto_classes
+    from ..atomic_files import staged_folder
 
     register_for_auto_classes()
     with staged_folder(output_dir) as staging:

@@ -10,7 +10,7 @@ A strict superset of transformers' `ImageSegmentationPipeline` (hf_conventions.m
 "semantic") the output is exactly the stock `subtask="semantic"` branch's: per image a list of
 `{"score", "label", "mask"}`, one entry per class present in the label map, `score` None (a label map has no
 per-class confidence), `mask` a PIL mode "L" image (0 / 255) at the original image size. So the semantic path asks
-post-processing for the label map only, never for the (C, H, W) scores, which keeps its CPU class pruning.
+post-processing for the label map only, never for the (N, H_out, W_out) scores, which keeps its CPU class pruning.
 
 Text embeddings come from `model.get_class_embeddings`, whose cache is keyed by vocabulary and text-weight version,
 and are passed to the model as `class_embeddings`, so the text tower runs once per vocabulary, not once per image.
@@ -43,9 +43,9 @@ from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging as hf_logging
 
-from .configuration_pat import PATConfig, stuff_class_names, validate_prompt_templates
-from .image_processing_pat import get_padded_size, load_image, padding_groups
-from .processing_pat import validate_class_names
+from ..configuration_pat import PATConfig, stuff_class_names, validate_prompt_templates
+from ..image_processing_pat import get_padded_size, load_image, padding_groups
+from ..processing_pat import validate_class_names
 from .sliding_window import sliding_window_scores
 
 
@@ -99,7 +99,7 @@ def is_per_image_labels(candidate_labels) -> bool:
 
 def collate_open_vocab_batch(items: list[dict]) -> dict:
     """Preprocessed single images -> one batch: `pixel_values` zero-padded at the bottom/right to the largest
-    (H, W) (what `PATImageProcessor` does for a batch: both are multiples of `size_divisibility`), other tensors
+    (H_img, W_img) (what `PATImageProcessor` does for a batch: both are multiples of `size_divisibility`), other tensors
     concatenated, other values collected into a list (one entry per image, as the stock collator does)."""
     keys = list(items[0].keys())
     if any(list(item.keys()) != keys for item in items):
@@ -121,7 +121,8 @@ def collate_open_vocab_batch(items: list[dict]) -> dict:
 
 
 def _per_image_sizes(nested) -> list[tuple[int, int]]:
-    """The (H, W) of each image from the pipeline's list-wrapped `target_size` (`[(H, W)]` or `[[(H, W)], ...]`)."""
+    """The (H_out, W_out) of each image from the pipeline's list-wrapped `target_size` (`[(H_out, W_out)]` or
+    `[[(H_out, W_out)], ...]`)."""
     if isinstance(nested, tuple) or (isinstance(nested, list) and len(nested) == 2 and isinstance(nested[0], int)):
         return [(int(nested[0]), int(nested[1]))]
     return [size for item in nested for size in _per_image_sizes(item)]
@@ -152,7 +153,7 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
             Templates with one `{}`; each name's text embedding is the mean over them. Default:
             `model.config.prompt_templates`.
         sliding_window (`bool`, *optional*, defaults to `False`):
-            Sliding-window inference (`modeling_pat.sliding_window`): the resized image is covered by overlapping
+            Sliding-window inference (`modeling_pat.apps.sliding_window`): the resized image is covered by overlapping
             windows of the training size (`config.side_image_size`) and the per-class scores are averaged; for
             images much larger than that size (e.g. with a processor `size` above the training resolution).
         window_stride (`int`, *optional*): pixels between windows; default two thirds of the window.
@@ -289,7 +290,7 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
                     self.model, pixel_values, class_embeddings[rows], window_size, window_stride,
                     output_size=_per_image_sizes(target_size)[b],
                 )
-                # The averaged (C, H, W) scores only decide the label map: only the map leaves the device.
+                # The averaged (N, H_out, W_out) scores only decide the label map: only the map leaves the device.
                 label_maps.append(scores.argmax(dim=0))
             return {"segmentation": label_maps, "target_size": target_size, "vocabulary": vocabulary}
         groups = padding_groups(model_inputs["image_sizes"].tolist(), self.image_processor.size_divisibility)
@@ -339,7 +340,8 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
                 "'semantic' (the default), 'instance' or 'panoptic'."
             )
         vocabulary = _leaves(model_outputs["vocabulary"])[0]
-        if "segmentation" in model_outputs:  # sliding window: (H, W), a list entry or un-batched (1, H, W)
+        # sliding window: (H_out, W_out), a list entry or un-batched (1, H_out, W_out)
+        if "segmentation" in model_outputs:
             return semantic_annotation(model_outputs["segmentation"][0], vocabulary.names)
         columns = model_outputs["label_columns"][0]  # (U+1,) bool: this image's classes + void within the union
         outputs = {
@@ -393,7 +395,8 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
 
     # -- text side -------------------------------------------------------------------------------------------------
     def batch_class_embeddings(self, vocabularies: list[PATVocabulary]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image vocabularies -> ((U, D) embeddings of their union, (B, U+1) bool columns of each image).
+        """Per-image vocabularies -> ((N, D) embeddings of their union (N classes in all), (B, N + 1) bool columns of
+        each image).
 
         Every distinct vocabulary contributes its rows once. Logits are computed per column, so slicing an image's
         columns (+ the void column, kept last) out of the union logits equals running with its vocabulary alone.
@@ -447,7 +450,7 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
 
 
 def semantic_annotation(segmentation: torch.Tensor, names) -> list[dict]:
-    """(H, W) label map -> one {"score", "label", "mask"} per present class, in class order, `score` None: the
+    """(H_out, W_out) label map -> one {"score", "label", "mask"} per present class, in class order, `score` None: the
     stock pipeline's semantic entries, so code written for it (e.g. `entry["score"] is None`) runs unchanged."""
     segmentation = segmentation.cpu().numpy()
     annotation = []

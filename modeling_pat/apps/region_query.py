@@ -15,12 +15,12 @@ segmentation merges them into one label per pixel; a region query instead return
 Coordinates are pixels of the image at `target_size` (normally the original image): x to the right, y down, a point
 inside the image when 0 <= x < width and 0 <= y < height, a box covering the pixels x0 <= x < x1, y0 <= y < y1.
 
-    from modeling_pat.region_query import query_region
+    from modeling_pat import query_region
 
     matches = query_region(model, processor, image, ["cat", "sofa", "floor"], points=[(120, 80)])
-    best = matches[0][0]  # best proposal at the first point: best.label, best.score, best.mask (bool H x W)
+    best = matches[0][0]  # best proposal at the first point: best.label, best.score, best.mask (bool H_out x W_out)
 
-Shapes: Q queries, C classes, H x W target size.
+Shapes (symbols as in the table of `modeling_pat/modeling_pat.py`): Q queries, N classes, H_out x W_out the target size.
 """
 
 from collections.abc import Sequence
@@ -28,15 +28,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .image_processing_pat import _field, _size_at, get_padded_size, resize_mask_logits
+from ..image_processing_pat import _field, _size_at, get_padded_size, resize_mask_logits
 
 
 @dataclass(eq=False)
 class PATRegionMatch:
     """One mask proposal returned by a region query.
 
-    mask: bool (H, W) at the target (original) size. label / label_id: its most likely class (name, if class names
-    were given, else None) and column. score = class_score * mask_score, see the module docstring. iou: with the
+    mask: bool (H_out, W_out) at the target (original) size. label / label_id: its most likely class (name, if class
+    names were given, else None) and column. score = class_score * mask_score, see the module docstring. iou: with the
     queried box (box queries only).
     """
 
@@ -60,7 +60,7 @@ class PATRegionMatch:
 class PATRegionProposals:
     """The mask proposals of one image at the target size, ready to be queried by points and boxes.
 
-    Holds (Q, H, W) float32 mask probabilities: about 100 x H x W x 4 bytes for the SAN presets.
+    Holds (Q, H_out, W_out) float32 mask probabilities: about 100 x H_out x W_out x 4 bytes for the SAN presets.
     """
 
     def __init__(self, mask_probs: torch.Tensor, class_logits: torch.Tensor, class_names=None, mask_threshold=0.5):
@@ -71,10 +71,10 @@ class PATRegionProposals:
             raise ValueError(
                 f"`class_names` has {len(class_names)} names but the outputs score {num_classes} classes (+ void)."
             )
-        self.mask_probs = mask_probs  # (Q, H, W)
-        self.masks = mask_probs > mask_threshold  # (Q, H, W) bool
+        self.mask_probs = mask_probs  # (Q, H_out, W_out)
+        self.masks = mask_probs > mask_threshold  # (Q, H_out, W_out) bool
         self.mask_threshold = mask_threshold
-        class_probs = class_logits.float().softmax(dim=-1)[:, :-1]  # (Q, C): void dropped, not renormalised
+        class_probs = class_logits.float().softmax(dim=-1)[:, :-1]  # (Q, N): void dropped, not renormalised
         self.class_scores, self.label_ids = class_probs.max(dim=-1)  # (Q,), (Q,)
         area = self.masks.flatten(1).sum(dim=1)  # (Q,)
         inside = (mask_probs * self.masks).flatten(1).sum(dim=1)
@@ -88,7 +88,7 @@ class PATRegionProposals:
         size_divisibility: int = 32,
     ) -> "PATRegionProposals":
         """From model outputs (`class_queries_logits`, `masks_queries_logits`, and `image_sizes` / `padded_sizes`
-        when present, as post-processing uses them) for image `image_index`, at `target_size` (H, W)."""
+        when present, as post-processing uses them) for image `image_index`, at `target_size` (H_out, W_out)."""
         class_logits, mask_logits = _field(outputs, "class_queries_logits"), _field(outputs, "masks_queries_logits")
         if class_logits is None or mask_logits is None:
             raise ValueError("`outputs` must have `class_queries_logits` and `masks_queries_logits`.")
@@ -184,7 +184,7 @@ def _check_top_k(top_k) -> None:
 
 
 def _check_points(points, size) -> list[tuple[float, float]]:
-    """(x, y), a list of them or an (N, 2) tensor / array -> list of (x, y); each inside the (H, W) image."""
+    """(x, y), a list of them or an (N, 2) tensor / array -> list of (x, y); each inside the (H_out, W_out) image."""
     values = points.double() if isinstance(points, torch.Tensor) else torch.as_tensor(points, dtype=torch.float64)
     if values.ndim == 1:
         values = values[None]
@@ -200,7 +200,7 @@ def _check_points(points, size) -> list[tuple[float, float]]:
 
 
 def _check_box(box, size) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) -> integer pixel bounds; the box must be non-empty and inside the (H, W) image."""
+    """(x0, y0, x1, y1) -> integer pixel bounds; the box must be non-empty and inside the (H_out, W_out) image."""
     values = (box.double() if isinstance(box, torch.Tensor) else torch.as_tensor(box, dtype=torch.float64)).flatten()
     if values.numel() != 4:
         raise ValueError(f"`box` must be (x0, y0, x1, y1), got {values.numel()} values.")

@@ -199,7 +199,7 @@ def _convert_into(target: Path, checkpoint: Path, preset: str | None, source: st
 
 
 def _write_conversion(folder: Path, checkpoint: Path, preset: str | None, source: str, sha256: str) -> None:
-    from .configuration_pat import PATConfig
+    from ..configuration_pat import PATConfig
     from .conversion import CONVERTER_VERSION, read_checkpoint, reload_difference, save
     from .conversion import convert as convert_checkpoint
     from .model_card import write_model_card
@@ -228,9 +228,9 @@ def detect_preset(state_dict: dict, filename: str = "") -> str:
     """The official preset a local checkpoint fits: by its official file name, else by its tensor shapes."""
     import torch
 
-    from .configuration_pat import PATConfig
+    from ..configuration_pat import PATConfig
     from .conversion import convert_state_dict
-    from .modeling_pat import PATForOpenVocabSegmentation
+    from ..modeling_pat import PATForOpenVocabSegmentation
 
     presets = list(dict.fromkeys(entry.preset for entry in OFFICIAL_MODELS.values()))
     by_name = [entry.preset for entry in OFFICIAL_MODELS.values() if entry.filename == filename]
