@@ -375,7 +375,7 @@ def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
             raise SetupError(str(bad) if bad else f"Cannot load the CLIP weights {weights}: "
                              f"{type(error).__name__}: {detail}") from error
         model.model.clip_tower.freeze(config.clip_trainable_positional_embedding, config.clip_trainable_layers)
-        model._text_cache.clear()
+        model.clear_inference_caches()  # the CLIP weights were replaced in place
         logger.info("Loaded CLIP weights from %s", weights)
     return model
 

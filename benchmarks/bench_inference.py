@@ -209,6 +209,16 @@ def seed_baseline_text_cache(baseline, fast, names: list[str]) -> None:
     baseline._text_cache[key] = (baseline._text_weights_version(), embeddings.clone())
 
 
+def forget_text_embeddings(model, fingerprint: bool) -> None:
+    """Empty the model's in-memory text embeddings (and, as a new process would start, its fingerprint memo too)."""
+    if not hasattr(model, "inference_cache"):  # the pinned baseline's own cache
+        model._text_cache.clear()
+    elif fingerprint:
+        model.clear_inference_caches()
+    else:
+        model.inference_cache.clear()
+
+
 # -- the timed calls --------------------------------------------------------------------------------------------------
 def synchronize(device: str) -> None:
     """Wait for queued GPU work, so that a timed call ends when its results exist (no-op on the CPU)."""
@@ -231,9 +241,7 @@ def make_call(models: Models, variant: str):
 
     if setup.vocab == "cold":
         def call():
-            model._text_cache.clear()
-            if variant.endswith("disk"):  # a new process: no fingerprint memo either, only the files on disk
-                model.__dict__.pop("_text_fingerprint", None)
+            forget_text_embeddings(model, fingerprint=variant.endswith("disk"))
             with context():
                 if cache_dir is not None:
                     embeddings = model.get_class_embeddings(class_names=names, cache_dir=cache_dir)
@@ -518,7 +526,7 @@ def text_cache_child(setup: Setup, folder: str) -> dict:
     start = time.perf_counter()
     fingerprint = model.text_weights_fingerprint()
     fingerprint_s = time.perf_counter() - start
-    model.__dict__.pop("_text_fingerprint", None)
+    model.clear_inference_caches()  # forget the fingerprint: the first lookup hashes again, as a new process would
     start = time.perf_counter()
     model.get_class_embeddings(class_names=names, cache_dir=folder)
     synchronize(setup.device)
@@ -532,7 +540,7 @@ def text_cache_child(setup: Setup, folder: str) -> dict:
 # -- profiles ---------------------------------------------------------------------------------------------------------
 STAGES = ("get_class_embeddings", "extract_features", "side_adapter", "mask_decoder", "tokenization", "recognize",
           "classify", "post_process_semantic_segmentation")  # tokenization: PAT's pixel branch, decoder and heads
-MODULE_STAGES = ("side_adapter", "mask_decoder", "tokenization")  # labelled through their forward
+MODULE_STAGES = ("mask_decoder", "tokenization")  # labelled through their forward
 
 
 @contextlib.contextmanager
@@ -542,14 +550,14 @@ def stage_labels(model, processor):
 
     inner = model.model
     owners = {"get_class_embeddings": model, "classify": model, "extract_features": inner.clip_tower,
-              "recognize": inner.clip_tower, "side_adapter": inner.side_adapter,
+              "recognize": inner.clip_tower, "side_adapter": inner,
               "mask_decoder": inner.side_adapter.mask_decoder, "tokenization": getattr(inner, "tokenization", None),
               "post_process_semantic_segmentation": processor}
     patched = []
     for name, owner in owners.items():
         if owner is None:  # SAN mode: no tokenization
             continue
-        attr = "forward" if name in MODULE_STAGES else name
+        attr = "forward" if name in MODULE_STAGES else "run_side_adapter" if name == "side_adapter" else name
         method = getattr(owner, attr)
 
         def wrapped(*a, _method=method, _name=name, **k):

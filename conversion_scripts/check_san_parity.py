@@ -38,6 +38,7 @@ from modeling_pat.apps.conversion import (  # noqa: E402
     load_converted_weights,
     rename_key,
 )
+from modeling_pat.clip_tower import build_recognition_attention_mask  # noqa: E402
 from modeling_pat import PATForOpenVocabSegmentation, PATProcessor  # noqa: E402
 
 
@@ -105,9 +106,23 @@ def attach_eval_hooks(model, recorder: Recorder) -> None:
     # `PATMaskDecoder.attention_bias`): the module is run on the patch map that pix_mlp receives
     recorder.input(decoder.pix_mlp, "side.decoder.attn_mlp", decoder.attn_mlp)
     recorder.output(decoder, "side.attn_bias", lambda out: out[1][0])
-    recorder.kwarg(tower.recognition_blocks[0], "attn_mask", "rec.attn_mask")
+
+
+def recognition_intermediates(model, clip_tokens: torch.Tensor, attn_bias: torch.Tensor, grid) -> dict:
+    """SAN's recognition intermediates: its whole additive mask and every block's output over all tokens.
+
+    The model never builds them (its mask stays in two row groups and its last block computes the [SOS] rows only;
+    `rec.mask_embeddings` checks that path): the blocks' own forward is run here, as SAN's head runs them, on the
+    recorded last CLIP trunk tokens (B, 1 + L_clip, C_clip) and attention bias.
+    """
+    tower, q = model.model.clip_tower, model.config.num_queries
+    mask = build_recognition_attention_mask(attn_bias, grid, tower.num_heads, tower.mask_value, tower.downsample_method)
+    x = torch.cat([clip_tokens[:, :1].expand(-1, q, -1), clip_tokens], dim=1)  # [SOS x Q; cls; patches]
+    ours = {"rec.attn_mask": mask}
     for i, block in enumerate(tower.recognition_blocks):
-        recorder.output(block, f"rec.block.{i}.output", lambda y: y.transpose(0, 1))  # golden layout is (L, B, C)
+        x = block(x, attn_mask=mask)
+        ours[f"rec.block.{i}.output"] = x.transpose(0, 1)  # golden layout is (L, B, C)
+    return ours
 
 
 def run_inference(model, processor, folder: Path, description: dict) -> dict:
@@ -145,7 +160,9 @@ def run_inference(model, processor, folder: Path, description: dict) -> dict:
         )
         hidden = model.model(inputs["pixel_values"], output_hidden_states=True)
         recorder.remove()
-    ours.update(recorder.values)
+        ours.update(recorder.values)
+        grid = [size // tower.patch_size for size in ours["clip.input"].shape[-2:]]
+        ours.update(recognition_intermediates(model, hidden.clip_hidden_states[-1], ours["side.attn_bias"], grid))
     ours.update({
         "side.mask_logits": outputs.masks_queries_logits,
         "rec.mask_embeddings": outputs.mask_embeddings,

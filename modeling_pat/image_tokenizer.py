@@ -5,7 +5,8 @@ codebooks and the latent one), `decode` maps codes back to an image through the 
 reconstruction head. It is the image side of PAT (`self.model` is a `PATModel`), so it loads straight from a full
 `PATForOpenVocabSegmentation` checkpoint (the classifier's weights are simply not used) and shares its weights.
 
-Shapes: B batch, D code dim, H_s x W_s the grid of codebook s (early: 4x the side grid, ..., latent: the side grid).
+Shape symbols: see `modeling_pat.py` (codes (B, H_s, W_s) per codebook, latent: the side grid H x W; images
+(B, 3, H_img, W_img)).
 """
 
 from dataclasses import dataclass
@@ -15,10 +16,8 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_pat import PATConfig
+from .constants import CODEBOOKS
 from .modeling_pat import PATModel, PATPreTrainedModel
-
-
-CODEBOOKS = ("early", "mid", "late", "latent")
 
 
 @dataclass
@@ -74,11 +73,8 @@ class PATImageTokenizer(PATPreTrainedModel):
         """Encode and decode in one pass (differentiable through the straight-through codes)."""
         pyramid, latent = self.model.encode_tokens(pixel_values)
         outputs = {**pyramid.quantizer_outputs, "latent": latent}
-        tokenization = self.model.tokenization
-        decoder = tokenization.pixel_decoder if tokenization.pixel_decoder is not None else tokenization.decoder
-        features = decoder(latent.quantized, pyramid.quantized, None).pixel_features
         return PATImageTokenizerOutput(
-            reconstruction=tokenization.reconstruction_head(features),
+            reconstruction=self.model.tokenization.reconstruct(latent.quantized, pyramid.quantized),
             codes={name: out.indices for name, out in outputs.items()},
             quantized={name: out.quantized for name, out in outputs.items()},
             perplexity={name: out.perplexity for name, out in outputs.items()},

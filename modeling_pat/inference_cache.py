@@ -5,8 +5,9 @@ were when it was computed. `PATPreTrainedModel` therefore clears its cache when
 - weights are loaded (`load_state_dict`, which `from_pretrained` also goes through),
 - the model moves or changes dtype (`.to`, `.cuda`, `.half`, ...: all go through `nn.Module._apply`),
 - it switches between training and evaluation mode (`train` / `eval`),
-and the cache is never read while training (gradients must flow through the weights, not around them). Code that
-edits weights in place without any of these (`param.data.copy_`, an optimiser step outside `Trainer`, merging
+and values that gradients flow through are never read from it while training (gradients must flow through the
+weights, not around them; the class-name text embeddings are read, the text tower being frozen). Code that edits
+weights in place without any of these (`param.data.copy_`, an optimiser step outside `Trainer`, merging
 adapters) calls `model.clear_inference_caches()`.
 
 The model owns one `PATInferenceCache`; `PATPreTrainedModel.post_init` hands the same object to every sub-module
@@ -29,14 +30,20 @@ class PATInferenceCache:
         self.max_entries_per_owner = max_entries_per_owner
         self._entries: dict[str, dict[Hashable, Any]] = {}
 
-    def get(self, owner: str, key: Hashable, compute: Callable[[], Any]) -> Any:
+    def get(
+        self, owner: str, key: Hashable, compute: Callable[[], Any], valid: Callable[[Any], bool] | None = None
+    ) -> Any:
         """The value of `owner`'s `key`, computed with `compute()` on a miss (and the owner's oldest entry dropped
-        beyond `max_entries_per_owner`)."""
+        beyond `max_entries_per_owner`). `valid`, for keys that do not hold everything the value depends on (e.g.
+        token ids on an accelerator, compared there rather than hashed): a kept value it rejects is computed again
+        and replaced. Concurrent callers wait for one another, so a value asked for by several threads is computed
+        once."""
         with _LOCK:
             entries = self._entries.setdefault(owner, {})
-            if key in entries:
+            if key in entries and (valid is None or valid(entries[key])):
                 return entries[key]
             value = compute()
+            entries.pop(key, None)
             if len(entries) >= self.max_entries_per_owner:
                 entries.pop(next(iter(entries)))
             entries[key] = value

@@ -16,7 +16,7 @@ one thing everywhere; channel counts are always subscripted):
 | T | prompt templates per class name |
 | A | attention heads (A_clip = CLIP heads = attention-bias heads, A_side, A_dec) |
 | D | CLIP's joint image-text embedding size (512 for ViT-B/16) |
-| C_clip, C_side, C_dec, C_code | widths: CLIP visual (768), side ViT (240), PAT decoder (256), code vectors (32) |
+| C_clip, C_side, C_dec, C_code, C_mask | widths: CLIP visual (768), side ViT (240), PAT decoder (256), code vectors (32), mask embeddings (256) |
 | K | codebook size (K_s for codebook s) |
 | h x w | CLIP token grid (CLIP input size / CLIP patch size) |
 | H x W | side grid (input size / side patch size, 40 x 40 at 640 x 640) |
@@ -33,7 +33,7 @@ one thing everywhere; channel counts are always subscripted):
 |---|---|
 | side adapter network | `PATSideAdapter` (`side_adapter.py`) |
 | fusion layer (`AddFusion`) | `PATFusionLayer` |
-| `MLPMaskDecoder` | `PATMaskDecoder` |
+| `MLPMaskDecoder` | `PATMaskDecoder` (`mask_decoder.py`) |
 | `FeatureExtractor` / `RecWithAttnbiasHead` | `PATClipTower.extract_features` / `.recognize` (`clip_tower.py`) |
 | `LearnableBgOvClassifier` | `PATClipTower.encode_class_names` + `PATOpenVocabClassifier` |
 | `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`segmentation_loss.py`) |
@@ -41,7 +41,6 @@ one thing everywhere; channel counts are always subscripted):
 
 import functools
 import os
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -58,34 +57,20 @@ from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
 from .configuration_pat import PATConfig, validate_prompt_templates
 from .constants import PYRAMID_STAGES
 from .inference_cache import PATInferenceCache
-from .segmentation_loss import PATSegmentationLoss, labels_to_targets
-from .tokenization_loss import PATTokenizationLoss, perceptual_feature_network, resolve_perceptual_network
+from .layers import PATChannelLayerNorm
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
 from .quantizer import PATQuantizerOutput, PATVectorQuantizer, autocast_off
 from .samplers import PATOffsetConv2d
-from .side_adapter import PATChannelLayerNorm, PATFusionProjection, PATSideAdapter
+from .segmentation_loss import PATSegmentationLoss, labels_to_targets
+from .side_adapter import PATFusionProjection, PATSideAdapter, PATSideAdapterOutput, PATSideLevel
 from .text_embedding_cache import fingerprint_text_weights, read_text_cache, text_cache_path, update_text_cache
+from .tokenization_loss import PATTokenizationLoss, perceptual_feature_network, resolve_perceptual_network
 from .weights_files import bad_weights_error, candidate_weights_files
 
 
 # Classes per text-tower call in `get_class_embeddings` (x the prompt templates): bounds memory for large vocabularies.
 TEXT_CHUNK_CLASSES = 64
-# Guards the in-memory text-embedding cache of every model in the process: a model shared by a web server's threads
-# must not encode one vocabulary twice or evict one entry twice (KeyError). Module-level rather than per model, so that
-# models stay deep-copyable and picklable. (The disk cache's writers already merge under a file lock.)
-_TEXT_CACHE_LOCK = threading.RLock()
-
-
-def _text_cache_locked(method):
-    """Run `method` holding `_TEXT_CACHE_LOCK`."""
-
-    @functools.wraps(method)
-    def locked(*args, **kwargs):
-        with _TEXT_CACHE_LOCK:
-            return method(*args, **kwargs)
-
-    return locked
 
 
 @dataclass
@@ -99,15 +84,21 @@ class PATModelOutput(ModelOutput):
         Attention bias of the final level (the first one when `attn_bias_num_layers > 1`).
     query_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, side_hidden_size)`):
         Query tokens of the final side level.
-    pixel_embeddings (`torch.FloatTensor` of shape `(batch_size, side_hidden_size, height, width)`):
-        Patch tokens of the final side level.
-    auxiliary_outputs (`list[dict]`):
+    side_tokens (`torch.FloatTensor` of shape `(batch_size, side_hidden_size, height, width)`):
+        Side tokens (the side ViT's patch tokens) of the final side level, as a map. (`pixel_embeddings` is a
+        read-only alias kept for scripts written against earlier versions.)
+    auxiliary_outputs (`list[PATDecodedLevel]`):
         Deep-supervision levels before the final one (training, or `output_auxiliary_logits=True`), each with
-        `masks_queries_logits`, `mask_embeddings` and `attention_bias`.
+        `masks_queries_logits`, `mask_embeddings` and `attention_bias` (a `ModelOutput`, so also a dict).
     clip_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
         CLIP trunk outputs 0..`clip_feature_layers`, each `(batch_size, 1 + clip_tokens, clip_width)`.
     side_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-        Side ViT sequences after fusion, each `(batch_size, num_queries + side_tokens, side_hidden_size)`.
+        Side ViT sequences [queries; side tokens] after the embedding and after each block (after fusion and, in PAT
+        mode, the semantic branch's query update), each `(batch_size, num_queries + height * width,
+        side_hidden_size)`.
+    decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, PAT mode, returned with `output_hidden_states=True`):
+        The shared decoder's map after each kept stage (late, mid, early) and each extra layer, each
+        `(batch_size, decoder_hidden_size, h_s, w_s)`.
     reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*, PAT mode):
         The image rebuilt from the tokens, in the normalised input space (training, or `output_reconstruction`).
     quantized_features / codebook_indices (`dict[str, torch.Tensor]`, *optional*, PAT mode):
@@ -124,10 +115,11 @@ class PATModelOutput(ModelOutput):
     mask_embeddings: torch.FloatTensor | None = None
     attention_bias: torch.FloatTensor | None = None
     query_embeddings: torch.FloatTensor | None = None
-    pixel_embeddings: torch.FloatTensor | None = None
+    side_tokens: torch.FloatTensor | None = None
     auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
     clip_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     side_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     reconstruction: torch.FloatTensor | None = None
     quantized_features: dict[str, torch.Tensor] | None = None
     codebook_indices: dict[str, torch.Tensor] | None = None
@@ -135,6 +127,29 @@ class PATModelOutput(ModelOutput):
     codebook_perplexity: dict[str, torch.Tensor] | None = None
     codebook_usage: dict[str, torch.Tensor] | None = None
     local_tokens: dict[str, torch.Tensor] | None = None
+
+    @property
+    def pixel_embeddings(self) -> torch.FloatTensor | None:
+        """The earlier name of `side_tokens`."""
+        return self.side_tokens
+
+
+@dataclass
+class PATDecodedLevel(ModelOutput):
+    r"""
+    One decoded level: SAN's mask decoder (or PAT's final masks) and CLIP's recognition under the attention bias.
+
+    masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, height, width)`):
+        Mask-proposal logits (B, Q, H, W) on the side grid (SAN) or (B, Q, H_early, W_early) (PAT's final level).
+    mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
+        Unit CLIP embedding (B, Q, D) of each proposal.
+    attention_bias (`torch.FloatTensor` of shape `(batch_size, num_heads, num_queries, height, width)`):
+        The first recognition layer's attention bias (B, A_clip, Q, H, W).
+    """
+
+    masks_queries_logits: torch.FloatTensor | None = None
+    mask_embeddings: torch.FloatTensor | None = None
+    attention_bias: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -169,6 +184,8 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
         device), or the padded size on the CPU.
     padded_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, on the CPU):
         (height, width) of `pixel_values`, the size the mask logits are upsampled to before cropping.
+    clip_hidden_states / side_hidden_states / decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_hidden_states=True`: those of `PATModelOutput` (decoder ones in PAT mode only).
     """
 
     loss: torch.FloatTensor | None = None
@@ -183,6 +200,9 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
     mask_embeddings: torch.FloatTensor | None = None
     image_sizes: torch.LongTensor | None = None
     padded_sizes: torch.LongTensor | None = None
+    clip_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    side_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class PATPreTrainedModel(PreTrainedModel):
@@ -194,10 +214,16 @@ class PATPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     # blocks kept whole by `device_map` sharding and wrapped as units by FSDP (open_clip's CLIP block, timm's EVA block)
     _no_split_modules = ["PATSideLayer", "PATDecoderLayer", "ResidualAttentionBlock", "EvaBlock"]
+    # side ViT and PAT decoder layers are `GradientCheckpointingLayer`s, and the CLIP tower checkpoints the blocks it
+    # runs with gradients: `gradient_checkpointing_enable()` recomputes them in the backward pass
+    supports_gradient_checkpointing = True
     # CLIP's temperature stays fp32 when loaded in bf16 / fp16: ln 100 in bf16 is 4.59375, a 1% hotter softmax
     _keep_in_fp32_modules_strict = ["logit_scale"]
     # The loss is normalised by the number of target masks, not by tokens: Trainer must not rescale it.
     accepts_loss_kwargs = False
+    # Every attention runs `F.scaled_dot_product_attention`: "sdpa" is the one implementation (the default), and
+    # `get_correct_attn_implementation` refuses any other rather than pretend to switch.
+    _supports_sdpa = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -223,6 +249,17 @@ class PATPreTrainedModel(PreTrainedModel):
             if isinstance(module, PATClipTower):
                 module.freeze(model.config.clip_trainable_positional_embedding, model.config.clip_trainable_layers)
         return loaded
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """transformers' resolution (None -> "sdpa"), then a ValueError for anything but "sdpa": no module of the
+        model has another attention code path, so "eager" or a flash kernel would be a name only."""
+        resolved = super().get_correct_attn_implementation(requested_attention, is_init_check)
+        if resolved != "sdpa":
+            raise ValueError(
+                f'attn_implementation="{resolved}" is not supported: every attention of the model (CLIP, side ViT, '
+                'decoder) runs torch\'s scaled_dot_product_attention; use attn_implementation="sdpa" (the default).'
+            )
+        return resolved
 
     def post_init(self):
         self._keep_open_clip_init()
@@ -254,14 +291,16 @@ class PATPreTrainedModel(PreTrainedModel):
         if cache is not None:
             cache.clear()
 
+    # A mode switch or a move leaves the weights' values as they were: only the cache goes (the base method, not an
+    # override that also forgets values keyed on the weights' bytes, such as the text weights' fingerprint).
     def train(self, mode: bool = True):
         if mode != self.training:
-            self.clear_inference_caches()
+            PATPreTrainedModel.clear_inference_caches(self)
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):
         result = super()._apply(fn, recurse)
-        self.clear_inference_caches()  # `.to`, `.cuda`, `.half`, ...: cached tensors would be on the old device/dtype
+        PATPreTrainedModel.clear_inference_caches(self)  # `.to`, `.half`, ...: cached tensors are on the old device
         return result
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -331,31 +370,37 @@ class PATModel(PATPreTrainedModel):
             return pixel_values
         return F.interpolate(pixel_values, scale_factor=scale, mode="bilinear", align_corners=False)
 
-    def decode_level(self, side_output, clip_features: PATClipFeatures) -> dict[str, Any]:
+    def decode_level(self, level: PATSideLevel, clip_features: PATClipFeatures) -> PATDecodedLevel:
         """One side level -> mask logits (B, Q, H, W), attention biases and unit mask embeddings (B, Q, D)."""
-        mask_logits, attn_biases = self.side_adapter.mask_decoder(side_output.queries, side_output.patches)
+        mask_logits, attn_biases = self.side_adapter.mask_decoder(level.queries, level.side_tokens)
         mask_embeddings = self.clip_tower.recognize(clip_features, attn_biases, self.config.num_queries)
-        return {"masks_queries_logits": mask_logits, "mask_embeddings": mask_embeddings, "attention_bias": attn_biases[0]}
+        return PATDecodedLevel(mask_logits, mask_embeddings, attn_biases[0])
 
-    def decode_pat(self, tokens: PATTokenizationOutput, side_output, clip_features: PATClipFeatures) -> dict[str, Any]:
+    def decode_pat(
+        self, tokens: PATTokenizationOutput, level: PATSideLevel, clip_features: PATClipFeatures
+    ) -> PATDecodedLevel:
         """PAT's final level (choice M2): decoder masks, recognised under SAN's bias built from the final tokens."""
-        decoder = self.side_adapter.mask_decoder
-        attn_biases = decoder.attention_bias(decoder.query_mlp(tokens.global_tokens), side_output.patches)
+        attn_biases = self.side_adapter.mask_decoder.query_attention_bias(tokens.global_tokens, level.side_tokens)
         mask_embeddings = self.clip_tower.recognize(clip_features, attn_biases, self.config.num_queries)
-        return {
-            "masks_queries_logits": tokens.masks_queries_logits,
-            "mask_embeddings": mask_embeddings,
-            "attention_bias": attn_biases[0],
-        }
+        return PATDecodedLevel(tokens.masks_queries_logits, mask_embeddings, attn_biases[0])
 
-    def run_side_adapter(self, pixel_values: torch.Tensor, clip_features: PATClipFeatures, levels, local_tokens):
-        """The side ViT; in PAT mode with the semantic branch hooked in after the pyramid blocks."""
-        hook, queries = None, None
-        if self.tokenization is not None:
-            hook, queries = self.tokenization.semantic_hook(local_tokens), self.tokenization.query_embed()
-        return self.side_adapter(
-            pixel_values, clip_features.maps, output_layers=levels, stage_hook=hook, query_embed=queries
-        )
+    def run_side_adapter(
+        self, pixel_values: torch.Tensor, clip_features: PATClipFeatures, levels
+    ) -> PATSideAdapterOutput:
+        """The side ViT; in PAT mode, the semantic branch updates its query tokens after each pyramid block.
+
+        The side ViT runs in steps up to each pyramid block (`PATSideAdapter.run`); the semantic branch then reads
+        that block's side tokens before fusion and its query tokens, and its global tokens replace the queries.
+        """
+        side, tokenization = self.side_adapter, self.tokenization
+        if tokenization is None:
+            return side(pixel_values, clip_features.maps, output_layers=levels)
+        state = side.start(pixel_values, clip_features.maps, levels, query_embed=tokenization.query_embed())
+        local_tokens = state.output.local_tokens
+        for stage, position in tokenization.stage_positions.items():
+            side_tokens = side.run(state, position)  # (B, L, C_side), before fusion
+            side.set_queries(state, tokenization.semantic_stage(stage, side_tokens, side.queries(state), local_tokens))
+        return side.finish(state)
 
     def encode_tokens(self, pixel_values: torch.Tensor) -> tuple[PATPixelBranchOutput, PATQuantizerOutput]:
         """PAT only: the image's codes without the decoder or heads -> (pyramid quantizer outputs, latent ones)."""
@@ -363,10 +408,8 @@ class PATModel(PATPreTrainedModel):
             raise ValueError("Tokens exist only in PAT mode (config.use_pyramid_tokenization=True).")
         pixel_values = prepare_pixel_values(pixel_values, self.config.size_divisibility, self.input_dtype)
         clip_features = self.clip_tower.extract_features(self.clip_input(pixel_values))
-        local_tokens = {}
-        last = self.side_adapter.output_layers[-1:]
-        side_outputs, _, fusion_terms = self.run_side_adapter(pixel_values, clip_features, last, local_tokens)
-        return self.tokenization.encode(pixel_values, fusion_terms, side_outputs[-1].patches)
+        side = self.run_side_adapter(pixel_values, clip_features, self.side_adapter.output_layers[-1:])
+        return self.tokenization.encode(pixel_values, side.fusion_terms, side.levels[-1].side_tokens)
 
     @can_return_tuple
     def forward(
@@ -398,35 +441,35 @@ class PATModel(PATPreTrainedModel):
         # 2. side adapter on the full-resolution image, fusing CLIP features (+ PAT's semantic branch)
         all_levels = self.side_adapter.output_layers
         levels = all_levels[-1:] if pat or not output_auxiliary_logits else all_levels  # PAT: block 8 only (M3)
-        local_tokens = {}
-        side_outputs, side_hidden, fusion_terms = self.run_side_adapter(pixel_values, clip_features, levels, local_tokens)
+        side = self.run_side_adapter(pixel_values, clip_features, levels)
+        last = side.levels[-1]
         # 3. masks + attention bias per level, and CLIP recognition of each mask under that bias
         tokens = None
         if pat:  # pixel branch, latent VQ, shared decoder; SAN's own head on block 8 is the auxiliary level
             tokens = self.tokenization(
-                pixel_values, fusion_terms, side_outputs[-1].queries, side_outputs[-1].patches, local_tokens,
-                reconstruct=output_reconstruction,
+                pixel_values, side.fusion_terms, last.queries, last.side_tokens, side.local_tokens,
+                reconstruct=output_reconstruction, output_hidden_states=output_hidden_states,
             )
-            auxiliary = [self.decode_level(side_outputs[-1], clip_features)] if output_auxiliary_logits else []
-            final = self.decode_pat(tokens, side_outputs[-1], clip_features)
+            auxiliary = [self.decode_level(last, clip_features)] if output_auxiliary_logits else []
+            final = self.decode_pat(tokens, last, clip_features)
         else:
-            decoded = [self.decode_level(side_output, clip_features) for side_output in side_outputs]
+            decoded = [self.decode_level(level, clip_features) for level in side.levels]
             final, auxiliary = decoded[-1], decoded[:-1]
         return PATModelOutput(
-            masks_queries_logits=final["masks_queries_logits"],
-            mask_embeddings=final["mask_embeddings"],
-            attention_bias=final["attention_bias"],
-            query_embeddings=side_outputs[-1].queries,
-            pixel_embeddings=side_outputs[-1].patches,
+            masks_queries_logits=final.masks_queries_logits,
+            mask_embeddings=final.mask_embeddings,
+            attention_bias=final.attention_bias,
+            query_embeddings=last.queries,
+            side_tokens=last.side_tokens,
             auxiliary_outputs=auxiliary if output_auxiliary_logits else None,
             clip_hidden_states=_clip_hidden_states(clip_features) if output_hidden_states else None,
-            side_hidden_states=tuple(side_hidden) if output_hidden_states else None,
+            side_hidden_states=tuple(side.hidden_states) if output_hidden_states else None,
             **(_tokenization_fields(tokens) if pat else {}),
         )
 
 
 def _clip_hidden_states(clip_features: PATClipFeatures) -> tuple[torch.Tensor, ...]:
-    """CLIP trunk outputs as (B, 1 + h*w, C) sequences [cls; patches]."""
+    """CLIP trunk outputs as (B, 1 + L_clip, C_clip) sequences [class token; CLIP tokens]."""
     return tuple(
         torch.cat([cls[:, None], fmap.flatten(2).transpose(1, 2)], dim=1)
         for fmap, cls in zip(clip_features.maps, clip_features.cls_tokens)
@@ -444,6 +487,7 @@ def _tokenization_fields(tokens: PATTokenizationOutput) -> dict[str, Any]:
         "codebook_perplexity": {name: out.perplexity for name, out in quantizers.items()},
         "codebook_usage": {name: out.usage for name, out in quantizers.items()},
         "local_tokens": tokens.local_tokens,
+        "decoder_hidden_states": tokens.decoder_hidden_states,
     }
 
 
@@ -503,8 +547,8 @@ def _check_class_embeddings(class_embeddings: torch.Tensor, embed_dim: int) -> N
 
 
 def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: int) -> None:
-    """(N, T, L) integer token ids, L at most CLIP's context; ids within the vocabulary when on the CPU (an id
-    outside it is an IndexError deep in the embedding on the CPU, a device-side assert on a GPU)."""
+    """(N, T, context length) integer token ids, at most CLIP's context long; ids within the vocabulary when on the
+    CPU (an id outside it is an IndexError deep in the embedding on the CPU, a device-side assert on a GPU)."""
     if (
         not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 3 or 0 in input_ids.shape
         or input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool
@@ -529,7 +573,7 @@ def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: i
 def _input_ids_key(input_ids: torch.Tensor) -> tuple:
     """Text-cache key of a vocabulary given as ids: on the host their shape and a hash of their bytes; on an
     accelerator the shape and device only, the ids being compared on the device on a hit (`_same_input_ids`): hashing
-    them would copy the whole (N, T, L) array to the host at every training step."""
+    them would copy the whole (N, T, context length) array to the host at every training step."""
     if _ids_on_host(input_ids):
         return ("ids", tuple(input_ids.shape), hash(input_ids.detach().numpy().tobytes()))
     return ("device ids", tuple(input_ids.shape), str(input_ids.device), input_ids.dtype)
@@ -562,6 +606,15 @@ def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | No
     return (rows & cols)[:, None].to(pixel_values.dtype)
 
 
+def _refuse_attention_weights(output_attentions: bool | None, config: PATConfig) -> None:
+    """A ValueError for `output_attentions=True` (or the config's): SDPA, the only attention, returns no weights."""
+    if output_attentions or (output_attentions is None and getattr(config, "output_attentions", False)):
+        raise ValueError(
+            "output_attentions=True is not supported: the model's attention runs torch's "
+            "scaled_dot_product_attention (attn_implementation='sdpa'), which does not return attention weights."
+        )
+
+
 def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
     """Label maps must be (B, H, W) integer maps at the padded input size (the image processor pads them)."""
     expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
@@ -573,7 +626,7 @@ def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
 
 
 def _check_sizes(sizes: torch.Tensor | None, name: str, batch_size: int) -> None:
-    """`image_sizes`: integer (batch_size, 2) rows of (height, width), as the processor gives."""
+    """`image_sizes` / `original_sizes`: integer (batch_size, 2) rows of (height, width), as the processor gives."""
     if sizes is None:
         return
     if not isinstance(sizes, torch.Tensor) or sizes.is_floating_point() or tuple(sizes.shape) != (batch_size, 2):
@@ -600,7 +653,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             config.perceptual_network = resolve_perceptual_network(config.perceptual_network)
             network = perceptual_feature_network(config.perceptual_network, self.model)
             self.tokenization_loss = PATTokenizationLoss(config, perceptual_network=network)
-        self._text_cache: dict[Any, torch.Tensor] = {}
+        # (dtypes of the text parameters, sha256 of their bytes): `text_weights_fingerprint`, kept with the model
+        self._text_fingerprint: tuple[tuple[torch.dtype, ...], str] | None = None
         self.post_init()
 
     # -- text side -------------------------------------------------------------------------------------------------
@@ -620,22 +674,17 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             )
         return ids.to(self.device)
 
-    def _text_weights_version(self) -> tuple:
-        """Changes whenever a text-tower weight is replaced or edited in place, so cached embeddings go stale."""
-        return tuple(
-            (p.data_ptr(), None if p.is_inference() else p._version, p.device, p.dtype)  # inference tensors: no counter
-            for p in self.model.clip_tower.text_parameters()
-        )
-
-    @_text_cache_locked
     def get_class_embeddings(
         self, input_ids: torch.Tensor | None = None, class_names: list[str] | None = None, cache_dir=None
     ):
-        """(N, T, L) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings, cached.
+        """(N, T, context length) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings,
+        cached.
 
-        Cached in memory per vocabulary (and text-weight version). Class names are also cached on disk when
-        `cache_dir` (default: `self.text_embedding_cache_dir`) is set: one row per name in a file keyed by the text
-        weights (sha256 of every byte), the prompt templates and the cache format, so another process starts without
+        Cached in memory per vocabulary in the model's inference cache (`inference_cache.py`: dropped when weights
+        are loaded, the model moves or switches mode, or `clear_inference_caches()` is called after an in-place edit;
+        bypassed while a text parameter is trainable). Class names are also cached on disk when `cache_dir` (default:
+        `self.text_embedding_cache_dir`) is set: one row per name in a file keyed by the text weights
+        (`text_weights_fingerprint`), the prompt templates and the cache format, so another process starts without
         running the text tower, and a weight or template change misses. Only names not on disk are encoded.
         Thread-safe: concurrent callers wait, so a vocabulary asked for by several threads is encoded once.
         """
@@ -651,24 +700,31 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             tower = self.model.clip_tower
             _check_input_ids(input_ids, tower.text_tower.token_embedding.num_embeddings, tower.context_length)
             key = _input_ids_key(input_ids)
-        version = self._text_weights_version()
-        cached = self._text_cache.get(key)
-        if cached is not None and cached[0] == version and _same_input_ids(cached[2], input_ids):
-            return cached[1]
+        compute = functools.partial(self._compute_class_embeddings, input_ids, class_names, cache_dir)
+        if self._text_tower_trainable():  # its weights may change at every step, unseen by the cache
+            return compute()[1]
+        _, embeddings = self.inference_cache.get(
+            "text_embeddings", key, compute, valid=lambda entry: _same_input_ids(entry[0], input_ids)
+        )
+        return embeddings
+
+    def _compute_class_embeddings(self, input_ids, class_names, cache_dir) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """A text-cache entry: (the ids when they are on an accelerator, to be compared there at the next lookup
+        since their key has no content; else None, (N, D) embeddings), from the disk cache or the text tower."""
         cache_dir = self.text_embedding_cache_dir if cache_dir is None else cache_dir
         if input_ids is None and cache_dir is not None:
             embeddings = self._disk_cached_class_embeddings(list(class_names), cache_dir)
         else:
-            embeddings = self._encode_class_names(self.prompt_input_ids(class_names) if input_ids is None else input_ids)
-        if len(self._text_cache) >= 8:  # small LRU-ish bound: drop the oldest vocabulary
-            self._text_cache.pop(next(iter(self._text_cache)))
-        # ids on an accelerator are kept to be compared on the device at the next lookup (their key has no content)
+            ids = self.prompt_input_ids(class_names) if input_ids is None else input_ids
+            embeddings = self._encode_class_names(ids)
         kept_ids = None if input_ids is None or _ids_on_host(input_ids) else input_ids.detach().clone()
-        self._text_cache[key] = (version, embeddings, kept_ids)
-        return embeddings
+        return kept_ids, embeddings
+
+    def _text_tower_trainable(self) -> bool:
+        return any(param.requires_grad for param in self.model.clip_tower.text_parameters())
 
     def _encode_class_names(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(N, T, L) ids -> (N, D) through the text tower (truncated, batched path), in chunks of classes.
+        """(N, T, context length) ids -> (N, D) through the text tower, in chunks of classes.
 
         Always in the weights' dtype, autocast off: the result is cached per vocabulary (and on disk), so embeddings
         made under a training step's autocast must not be what a later full-precision evaluation gets.
@@ -679,17 +735,25 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             return torch.cat([self.model.clip_tower.encode_class_names(chunk) for chunk in chunks])
 
     def text_weights_fingerprint(self) -> str:
-        """sha256 of the text tower's weights (`fingerprint_text_weights`), computed once per weight version.
+        """sha256 of the text tower's weights (`fingerprint_text_weights`): the text embeddings' key on disk.
 
-        A model from `from_pretrained` starts with the fingerprint its config carries (`save_pretrained` stores it),
-        so a new process does not hash the tower; any change of the weights' version (load_state_dict, an in-place
-        edit, a dtype or device move) makes it hash again."""
-        version = self._text_weights_version()
-        memo = self.__dict__.get("_text_fingerprint")
-        if memo is None or memo[0] != version:
-            memo = (version, fingerprint_text_weights(self.model.clip_tower.text_parameters()))
-            self.__dict__["_text_fingerprint"] = memo
-        return memo[1]
+        Computed once and kept with the model: a model from `from_pretrained` starts with the fingerprint its config
+        carries (`save_pretrained` stores it), so a new process does not hash the tower. Hashed again after
+        `load_state_dict`, after `clear_inference_caches()` (call it when editing weights in place), after a dtype
+        change, and at every call while a text parameter is trainable. A move to another device keeps it."""
+        params = self.model.clip_tower.text_parameters()
+        dtypes = tuple(param.dtype for param in params)
+        if any(param.requires_grad for param in params):
+            return fingerprint_text_weights(params)
+        if self._text_fingerprint is None or self._text_fingerprint[0] != dtypes:
+            self._text_fingerprint = (dtypes, fingerprint_text_weights(params))
+        return self._text_fingerprint[1]
+
+    def clear_inference_caches(self) -> None:
+        """`PATPreTrainedModel.clear_inference_caches`, and the text weights' fingerprint is hashed again at its next
+        use: call this after editing weights in place (nothing else can see such an edit)."""
+        super().clear_inference_caches()
+        self._text_fingerprint = None
 
     def _text_parameter_names(self) -> list[str]:
         """State-dict names of `text_parameters()`, in that order (the order the fingerprint hashes them in)."""
@@ -699,7 +763,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
     def _saved_text_fingerprint(self, state_dict: dict | None) -> str | None:
         """`config.text_weights_fingerprint` ("<dtype>:<sha256>") of the text weights about to be saved: the
         memoised fingerprint of the model's own weights, or a hash of `state_dict`'s when one is passed. None when
-        those weights are missing or not of one dtype (nothing is then stored and a loader hashes as before)."""
+        those weights are missing or not of one dtype (nothing is then stored and a loader hashes them)."""
         if state_dict is None:
             tensors = self.model.clip_tower.text_parameters()
         else:
@@ -737,7 +801,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         params = self.model.clip_tower.text_parameters()
         if names & not_loaded or any(str(p.dtype).removeprefix("torch.") != dtype for p in params):
             return
-        self.__dict__["_text_fingerprint"] = (self._text_weights_version(), digest)
+        self._text_fingerprint = (tuple(param.dtype for param in params), digest)
 
     def _disk_cached_class_embeddings(self, class_names: list[str], cache_dir) -> torch.Tensor:
         """(N, D) embeddings of `class_names` from the on-disk cache; names not there are encoded and added."""
@@ -773,14 +837,16 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         class_embeddings: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
         output_auxiliary_logits: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         loss_sampling_points: dict | None = None,
         loss_generator: torch.Generator | None = None,
-        **kwargs,
     ) -> PATForOpenVocabSegmentationOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
@@ -789,20 +855,27 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             check would synchronise every forward; the processor, pipeline and CLI check images on the host).
         input_ids (`torch.LongTensor` of shape `(num_classes, num_templates, seq_len)`, *optional*):
             Class-name prompts from `PATProcessor(text=[...])`. One vocabulary for the whole batch.
+        attention_mask (`torch.LongTensor`, *optional*):
+            What `PATProcessor(text=[...])` returns beside `input_ids`, accepted so that `model(**inputs)` works; not
+            used: CLIP's causal text tower pools the end-of-text token and needs no mask.
         class_embeddings (`torch.FloatTensor` of shape `(num_classes, embed_dim)`, *optional*):
             Precomputed unit class embeddings (`get_class_embeddings`); skips the text tower. Any float dtype (the
             classification runs in fp32); checked for NaN / inf like `pixel_values`.
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Semantic label maps at the size of `pixel_values`, `config.ignore_index` where unlabelled.
-        image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
-            From the image processor; carried to the output for post-processing.
+        image_sizes / original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+            From the image processor; `image_sizes` is carried to the output for post-processing.
         loss_sampling_points (`dict`, *optional*):
             Recorded random points that replace the loss's random draws (see `PATSegmentationLoss.forward`).
         loss_generator (`torch.Generator`, *optional*):
             Generator for the loss's random point draws.
+        output_attentions (`bool`, *optional*):
+            Not supported: every attention runs `F.scaled_dot_product_attention`, which returns no weights; True is
+            a ValueError (as is `config.output_attentions`).
 
-        With neither `input_ids` nor `class_embeddings`, the vocabulary is `config.id2label`.
+        Other keyword arguments are a TypeError (`return_dict` is taken by `can_return_tuple`). With neither `input_ids` nor `class_embeddings`, the vocabulary is `config.id2label`.
         """
+        _refuse_attention_weights(output_attentions, self.config)
         if sum(x is not None for x in (input_ids, class_embeddings)) > 1:
             raise ValueError("Pass at most one of `input_ids` and `class_embeddings`.")
         if class_embeddings is not None:
@@ -815,7 +888,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             pixel_values, output_auxiliary_logits=want_aux, output_hidden_states=output_hidden_states,
             output_reconstruction=want_aux, return_dict=True,
         )
-        _check_sizes(image_sizes, "image_sizes", pixel_values.shape[0])  # after the model: `pixel_values` is known good
+        for name, sizes in (("image_sizes", image_sizes), ("original_sizes", original_sizes)):
+            _check_sizes(sizes, name, pixel_values.shape[0])  # after the model: `pixel_values` is known good there
         class_logits = self.classify(outputs.mask_embeddings, text_embeddings)
         auxiliary = [
             {"class_queries_logits": self.classify(aux["mask_embeddings"], text_embeddings),
@@ -854,6 +928,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             mask_embeddings=outputs.mask_embeddings,
             image_sizes=image_sizes if image_sizes is not None else padded.clone(),
             padded_sizes=padded.clone(),
+            clip_hidden_states=outputs.clip_hidden_states,
+            side_hidden_states=outputs.side_hidden_states,
+            decoder_hidden_states=outputs.decoder_hidden_states,
         )
 
     def compute_tokenization_loss(self, pixel_values, outputs: PATModelOutput, image_sizes=None, generator=None):

@@ -6,16 +6,14 @@ from functools import lru_cache
 
 import torch
 from tokenizers import pre_tokenizers
-from transformers import CLIPTokenizer
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .configuration_pat import VILD_TEMPLATES, validate_prompt_templates
 from .image_processing_pat import PATImageProcessor
+from .open_clip_backend import DEFAULT_CONTEXT_LENGTH, clip_tokenizer_from_open_clip, is_open_clip_architecture
 
 
-# Only used when the tokenizer does not state a usable `model_max_length`; all CLIP text towers use 77.
-DEFAULT_CONTEXT_LENGTH = 77
 
 
 def clean_prompt(text: str) -> str:
@@ -117,45 +115,6 @@ def encode_prompts(tokenizer, prompts: list[str], context_length: int) -> tuple[
     return input_ids, attention_mask
 
 
-def clip_tokenizer_from_open_clip(
-    model_name: str | None = "ViT-B-16", context_length: int | None = None
-) -> CLIPTokenizer:
-    """A transformers CLIPTokenizer with open_clip's vocabulary, merges, special tokens and context length; offline.
-
-    `model_name` is an open_clip architecture name; None gives open_clip's default CLIP BPE tokenizer (the one every
-    OpenAI-style CLIP uses), for towers built from a custom config.
-    """
-    import open_clip
-
-    if model_name is None:
-        reference = open_clip.tokenizer.SimpleTokenizer(context_length=context_length or DEFAULT_CONTEXT_LENGTH)
-    elif open_clip.get_model_config(model_name) is None:
-        raise ValueError(f"open_clip has no model named {model_name!r} (see open_clip.list_models()).")
-    else:
-        reference = open_clip.get_tokenizer(model_name, context_length=context_length)
-    if not isinstance(reference, open_clip.tokenizer.SimpleTokenizer):
-        raise NotImplementedError(
-            f"open_clip model {model_name!r} uses {type(reference).__name__}; only the CLIP BPE SimpleTokenizer "
-            "is supported."
-        )
-    if getattr(reference, "reduction_fn", None) is not None or reference.clean_fn.__name__ != "_clean_lower":
-        raise NotImplementedError(f"open_clip model {model_name!r} uses non-default text cleaning or token reduction.")
-    merges = [pair for pair, _ in sorted(reference.bpe_ranks.items(), key=lambda item: item[1])]
-    sot_token = reference.decoder[reference.sot_token_id]
-    eot_token = reference.decoder[reference.eot_token_id]
-    # pad_token is only what the tokenizer pads with when called on its own; PATProcessor pads with id 0 like open_clip
-    # (id 0 is the byte "!", which cannot be made a special token without changing how "!" is tokenised).
-    return CLIPTokenizer(
-        vocab=dict(reference.encoder),
-        merges=merges,
-        bos_token=sot_token,
-        eos_token=eot_token,
-        unk_token=eot_token,
-        pad_token=eot_token,
-        model_max_length=reference.context_length,
-    )
-
-
 class PATProcessor(ProcessorMixin):
     r"""
     Wraps a [`PATImageProcessor`] and a CLIP tokenizer. Class names are expanded into every prompt template and
@@ -187,12 +146,10 @@ class PATProcessor(ProcessorMixin):
     @classmethod
     def from_config(cls, config, **image_processor_kwargs):
         """The processor a PATConfig needs: its CLIP tokenizer, prompt templates, size_divisibility, ignore_index."""
-        import open_clip
-
         # Towers built from a custom `clip_config` (e.g. the tiny test preset) have a name open_clip does not know;
         # they still use the standard CLIP BPE vocabulary.
         text_config = (config.clip_config or {}).get("text_cfg", {})
-        known = open_clip.get_model_config(config.clip_model_name) is not None
+        known = is_open_clip_architecture(config.clip_model_name)
         tokenizer = clip_tokenizer_from_open_clip(
             config.clip_model_name if known else None, context_length=text_config.get("context_length")
         )

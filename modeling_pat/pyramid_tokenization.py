@@ -1,14 +1,16 @@
 """PAT's feature-pyramid tokenization on top of SAN (architecture.md section 3), as one unit `PATPyramidTokenization`.
 
 It owns every PAT addition and is called by `PATModel` at three points:
-1. inside the side ViT, after the pyramid blocks: the semantic branch (HSAttn on the local tokens, TokenMixers,
-   global-token attention) updates the query ("global") tokens (`semantic_hook`);
+1. between the side ViT's blocks, after each pyramid block: the semantic branch (HSAttn on the local tokens,
+   TokenMixers, global-token attention) updates the query ("global") tokens (`semantic_stage`, called by
+   `PATModel.run_side_adapter`, which runs the side ViT in steps);
 2. after the side ViT: the pixel branch quantises the fusion terms into the pyramid z_q, the last side map is
    quantised into z_latent, and the shared decoder (Transformer + SPADE, top-down) decodes both into stride-4
    pixel features and final global tokens (`decode`);
 3. heads: final masks (MLP(global) . MLP(pixels)), and the reconstruction of the input image.
 
-Shapes: B batch, Q queries, C side width, D code dim, K_s codebook sizes, E decoder width, H x W side grid.
+Shape symbols: see `modeling_pat.py` (global tokens (B, Q, C_side), side tokens (B, C_side, H, W), codes
+(B, C_code, H_s, W_s), decoder features (B, C_dec, H_early, W_early)).
 """
 
 from dataclasses import dataclass, field
@@ -17,15 +19,18 @@ import torch
 from torch import nn
 
 from .configuration_pat import PATConfig
-from .decoder import PATMaskHead, PATReconstructionHead, PATSharedDecoder
-from .pixel_branch import STAGES, PATPixelBranch, PATPixelBranchOutput, build_quantizer
+from .constants import PYRAMID_STAGES
+from .pixel_branch import PATPixelBranch, PATPixelBranchOutput, build_quantizer
 from .quantizer import PATQuantizerOutput
 from .semantic_branch import PATSemanticBranch, PATTokenMixer
+from .shared_decoder import PATDecoderOutput, PATMaskHead, PATReconstructionHead, PATSharedDecoder
 
 
 @dataclass
 class PATTokenizationOutput:
-    """What the PAT path adds to SAN's: masks (B, Q, 4H, 4W), pixel features (B, E, 4H, 4W), tokens and codes."""
+    """What the PAT path adds to SAN's: masks (B, Q, H_early, W_early), pixel features (B, C_dec, H_early, W_early),
+    final global tokens (B, Q, C_side), the codes of every codebook, the reconstruction (B, 3, H_img, W_img) when
+    asked for, and the shared decoder's stage outputs when asked for (`decoder_hidden_states`)."""
 
     masks_queries_logits: torch.Tensor
     global_tokens: torch.Tensor
@@ -34,6 +39,7 @@ class PATTokenizationOutput:
     latent: PATQuantizerOutput
     local_tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     reconstruction: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
 
     def quantizer_outputs(self) -> dict[str, PATQuantizerOutput]:
         """Every codebook's outputs, keyed early, mid, late, latent."""
@@ -45,8 +51,8 @@ class PATPyramidTokenization(nn.Module):
 
     def __init__(self, config: PATConfig):
         super().__init__()
-        self.num_queries = config.num_queries
-        self.stage_positions = {position: i for i, position in enumerate(config.pyramid_side_layers)}
+        # pyramid stage -> side block after which the semantic branch runs (and whose fusion term it quantises)
+        self.stage_positions = dict(zip(PYRAMID_STAGES, config.pyramid_side_layers, strict=True))
         self.pixel_branch = PATPixelBranch(config)
         self.latent_quantizer = build_quantizer(config, config.side_hidden_size, config.latent_codebook_size)
         self.semantic_branch = PATSemanticBranch(config)
@@ -64,59 +70,51 @@ class PATPyramidTokenization(nn.Module):
         self.mask_head = PATMaskHead(config)
         self.reconstruction_head = PATReconstructionHead(config.decoder_hidden_size, config.decoder_hidden_size // 2)
 
-    def codebook(self, stage: int) -> torch.Tensor:
-        """(K_s, D) codebook E_s of a pyramid stage, shared by the pixel branch's VQ and the semantic branch."""
-        return self.pixel_branch.quantizers[stage].codebook
+    def codebook(self, stage: str) -> torch.Tensor:
+        """(K_s, C_code) codebook E_s of a pyramid stage, shared by the pixel branch's VQ and the semantic branch."""
+        return self.pixel_branch.quantizers[PYRAMID_STAGES.index(stage)].codebook
 
     def query_embed(self) -> torch.Tensor | None:
-        """(1, Q, C) query tokens read from the latent table (unified-tokens ablation), else None (SAN's own)."""
+        """(1, Q, C_side) query tokens read from the latent table (unified-tokens ablation), else None (SAN's own)."""
         if self.query_mixer is None:
             return None
         return self.query_mixer(self.latent_quantizer.codebook[None])
 
-    def semantic_hook(self, local_tokens: dict[str, torch.Tensor]):
-        """A side-adapter `stage_hook` that runs the semantic branch after the pyramid blocks (Eq. 2).
+    def semantic_stage(
+        self, stage: str, side_tokens: torch.Tensor, global_tokens: torch.Tensor, local_tokens: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The semantic branch after pyramid stage `stage`'s side block (Eq. 2) -> updated global tokens (B, Q, C_side).
 
-        z_s is the side map *before* fusion (the paper's side features); the updated global tokens are written back
-        into the query slots; the local tokens e_s are collected in `local_tokens` by stage name.
+        side_tokens (B, L, C_side) are z_s, the block's output *before* fusion (the paper's side features);
+        global_tokens (B, Q, C_side) are the side ViT's query tokens. The local tokens e_s (B, K_s, C_code) are added
+        to `local_tokens` under the stage name (the next stage reads them).
         """
-        q = self.num_queries
-
-        def hook(position: int, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-            stage = self.stage_positions.get(position)
-            if stage is None:
-                return after
-            previous = local_tokens.get(STAGES[stage - 1]) if stage > 0 else None
-            local, global_tokens = self.semantic_branch.forward_stage(
-                stage, self.codebook(stage), previous, before[:, q:], after[:, :q]
-            )
-            local_tokens[STAGES[stage]] = local
-            return torch.cat([global_tokens, after[:, q:]], dim=1)
-
-        return hook
+        index = PYRAMID_STAGES.index(stage)
+        previous = local_tokens.get(PYRAMID_STAGES[index - 1]) if index > 0 else None
+        local, global_tokens = self.semantic_branch.forward_stage(
+            stage, self.codebook(stage), previous, side_tokens, global_tokens
+        )
+        local_tokens[stage] = local
+        return global_tokens
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         fusion_terms: dict[int, torch.Tensor],
         queries: torch.Tensor,
-        patches: torch.Tensor,
+        side_tokens: torch.Tensor,
         local_tokens: dict[str, torch.Tensor],
         reconstruct: bool = True,
+        output_hidden_states: bool = False,
     ) -> PATTokenizationOutput:
         """Pixel branch, latent VQ, shared decoder and heads, after the side ViT.
 
-        queries (B, Q, C) and patches (B, C, H, W) are the side ViT's final output (g_8, z_8).
+        queries (B, Q, C_side) and side_tokens (B, C_side, H, W) are the side ViT's final output (g_8, z_8).
         """
-        pyramid, latent = self.encode(pixel_values, fusion_terms, patches)
-        decoded = self.decoder(latent.quantized, pyramid.quantized, queries)
+        pyramid, latent = self.encode(pixel_values, fusion_terms, side_tokens)
+        decoded = self.decoder(latent.quantized, pyramid.quantized, queries, output_hidden_states)
         masks = self.mask_head(decoded.global_tokens, decoded.pixel_features)
-        reconstruction = None
-        if reconstruct:
-            pixel_features = decoded.pixel_features
-            if self.pixel_decoder is not None:
-                pixel_features = self.pixel_decoder(latent.quantized, pyramid.quantized, None).pixel_features
-            reconstruction = self.reconstruction_head(pixel_features)
+        reconstruction = self.reconstruct(latent.quantized, pyramid.quantized, decoded) if reconstruct else None
         return PATTokenizationOutput(
             masks_queries_logits=masks,
             global_tokens=decoded.global_tokens,
@@ -125,21 +123,38 @@ class PATPyramidTokenization(nn.Module):
             latent=latent,
             local_tokens=dict(local_tokens),
             reconstruction=reconstruction,
+            decoder_hidden_states=decoded.hidden_states,
         )
 
-    def encode(self, pixel_values, fusion_terms: dict[int, torch.Tensor], patches: torch.Tensor):
-        """Quantise the pyramid (pixel branch on the fusion terms) and the final side map (B, C, H, W) (latent)."""
-        terms = [fusion_terms[position] for position in self.stage_positions]
-        return self.pixel_branch(pixel_values, terms), self.latent_quantizer(patches)
+    def encode(self, pixel_values, fusion_terms: dict[int, torch.Tensor], side_tokens: torch.Tensor):
+        """Quantise the pyramid (pixel branch on the fusion terms) and the final side map (B, C_side, H, W) (latent)
+        -> (`PATPixelBranchOutput`, latent `PATQuantizerOutput`)."""
+        terms = [fusion_terms[self.stage_positions[stage]] for stage in PYRAMID_STAGES]
+        return self.pixel_branch(pixel_values, terms), self.latent_quantizer(side_tokens)
+
+    def reconstruct(
+        self, latent: torch.Tensor, pyramid: dict[str, torch.Tensor], shared: PATDecoderOutput | None = None
+    ) -> torch.Tensor:
+        """Codes (latent (B, C_code, H, W), pyramid {stage: (B, C_code, H_s, W_s)}) -> image (B, 3, H_img, W_img).
+
+        The one place that chooses the decoder of the reconstruction: the pixel decoder of the "separate decoding"
+        ablation when there is one, else the shared decoder, whose output `shared` is reused when already decoded.
+        """
+        if self.pixel_decoder is not None:
+            features = self.pixel_decoder(latent, pyramid, None).pixel_features
+        elif shared is not None:
+            features = shared.pixel_features
+        else:
+            features = self.decoder(latent, pyramid, None).pixel_features
+        return self.reconstruction_head(features)
 
     def decode_codes(self, indices: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Codes {early, mid, late, latent: (B, H_s, W_s)} -> reconstructed image (B, 3, 4*H_early, 4*W_early)."""
+        """Codes {early, mid, late, latent: (B, H_s, W_s)} -> reconstructed image (B, 3, H_img, W_img)."""
         quantized = {
-            name: quantizer.lookup(indices[name]) for name, quantizer in zip(STAGES, self.pixel_branch.quantizers)
+            stage: quantizer.lookup(indices[stage])
+            for stage, quantizer in zip(PYRAMID_STAGES, self.pixel_branch.quantizers)
         }
-        latent = self.latent_quantizer.lookup(indices["latent"])
-        decoder = self.pixel_decoder if self.pixel_decoder is not None else self.decoder
-        return self.reconstruction_head(decoder(latent, quantized, None).pixel_features)
+        return self.reconstruct(self.latent_quantizer.lookup(indices["latent"]), quantized)
 
 
 __all__ = ["PATPyramidTokenization", "PATTokenizationOutput"]

@@ -1,6 +1,7 @@
 """PAT's pyramid resamplers: DySample up-sampling (choice U1) and strided-conv down-sampling (choice D1).
 
-Shapes: B batch, C channels, H x W input grid, s up-sampling scale, f down-sampling factor, G offset groups.
+Shape symbols: see `modeling_pat.py`; the maps are (B, C, H_s, W_s) with any channel count C, G offset groups,
+`scale` the up-sampling scale and `factor` the down-sampling factor.
 DySample (Liu et al., ICCV 2023) is written here from the method description: "lp" style, no dynamic scope.
 """
 
@@ -10,7 +11,8 @@ from torch import nn
 
 
 def subpixel_offsets(scale: int, groups: int, device=None) -> torch.Tensor:
-    """(1, 2, G*s*s, 1, 1) fp32: the fixed ((-s+1)/2 ... (s-1)/2)/s offsets of the s x s outputs of one pixel."""
+    """(1, 2, G*scale*scale, 1, 1) fp32: the fixed ((1 - scale)/2 ... (scale - 1)/2) / scale offsets of the
+    scale x scale outputs of one pixel."""
     # channel order (x/y, G, i, j), i = output row and j = output column inside the pixel: the (C, i, j) order that
     # `pixel_shuffle` unpacks; x moves with j, y with i
     steps = (torch.arange(scale, dtype=torch.float32, device=device) - (scale - 1) / 2) / scale  # (s,)
@@ -39,7 +41,7 @@ class PATOffsetConv2d(nn.Conv2d):
 
 
 class PATDySample(nn.Module):
-    """(B, C, H, W) -> (B, C, sH, sW): point-sampling up-sampler with learned offsets; C/G channels share one field."""
+    """(B, C, H_s, W_s) -> (B, C, scale*H_s, scale*W_s): point-sampling up-sampler with learned offsets; C/G channels share one field."""
 
     # with a zero offset conv this is exactly bilinear `F.interpolate(scale_factor=s, align_corners=False)`
 
@@ -57,7 +59,7 @@ class PATDySample(nn.Module):
         self.offset.reset_parameters()
 
     def sampling_grid(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B*G, sH, sW, 2) fp32 `grid_sample` coordinates in [-1, 1] (x, y)."""
+        """(B, C, H_s, W_s) -> (B*G, scale*H_s, scale*W_s, 2) fp32 `grid_sample` coordinates in [-1, 1] (x, y)."""
         b, _, h, w = x.shape
         s, g = self.scale, self.groups
         # fp32 coordinates: in bf16 a position near 160 px rounds to the nearest whole pixel
@@ -85,7 +87,8 @@ class PATDySample(nn.Module):
 
 
 class PATConvDownsample(nn.Module):
-    """(B, C, H, W) -> (B, C', H/f, W/f): Conv2d with kernel = stride = f, bias, no norm or activation (f=1: 1x1)."""
+    """(B, C_in, H_s, W_s) -> (B, C_out, H_s/factor, W_s/factor): Conv2d with kernel = stride = factor, bias, no norm
+    or activation (factor 1: a 1x1 conv)."""
 
     def __init__(self, in_channels: int, out_channels: int, factor: int):
         super().__init__()

@@ -8,7 +8,8 @@ After each pyramid block of the side ViT (stages early, mid, late), Eq. 2 of the
 z_s are the side patch tokens *before* SAN's fusion add. Nothing flows from the global tokens to the local ones:
 e_s depends only on the codebooks and the side tokens.
 
-Shapes: B batch, Q queries (global tokens), K codebook size, D code dim, C side width, L = H*W side tokens.
+Shape symbols: see `modeling_pat.py` (global tokens (B, Q, C_side), side tokens z_s (B, L, C_side), codebook
+E_s (K_s, C_code), local tokens e_s (B, K_s, C_code)).
 """
 
 import torch
@@ -16,13 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_pat import PATConfig
-
-
-STAGES = ("early", "mid", "late")
+from .constants import PYRAMID_STAGES
+from .layers import PATGlobalTokenAttention
 
 
 class PATHypersphereAttention(nn.Module):
-    """Single-head hypersphere (vMF mean-shift) attention: queries (B, K, D_q), keys (B, L, D_k) -> (B, K, dim).
+    """Single-head hypersphere (vMF mean-shift) attention: queries (B, K_s, C_q), keys (B, L, C_k) -> (B, K_s, C_out).
 
     With `use_vmf` (choice H1): normalize(softmax(kappa * normalize(q) normalize(k)^T) v), one mean-shift step of
     the query centroids; the output lies on the unit sphere so it stays comparable to (normalised) codes.
@@ -30,7 +30,7 @@ class PATHypersphereAttention(nn.Module):
     There is no output projection and no residual: the update is the mean-shift step itself.
 
     Shape:
-        queries: (B, K, query_dim); keys: (B, L, key_dim) (also the values) -> (B, K, dim)
+        queries: (B, K_s, query_dim); keys: (B, L, key_dim) (also the values) -> (B, K_s, dim)
     """
 
     def __init__(self, query_dim: int, key_dim: int, dim: int, kappa: float = 30.0, use_vmf: bool = True):
@@ -42,7 +42,7 @@ class PATHypersphereAttention(nn.Module):
         self.use_vmf = use_vmf
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        # one head axis, (B, K, D) -> (B, 1, K, D): the ONNX exporter translates 4-D attention only
+        # one head axis, (B, K_s, C) -> (B, 1, K_s, C): the ONNX exporter translates 4-D attention only
         q, k, v = self.q_proj(queries)[:, None], self.k_proj(keys)[:, None], self.v_proj(keys)[:, None]
         if not self.use_vmf:
             return F.scaled_dot_product_attention(q, k, v)[:, 0]  # default scale 1/sqrt(dim)
@@ -55,7 +55,7 @@ class PATHypersphereAttention(nn.Module):
 
 
 class PATTokenMixer(nn.Module):
-    """Token-axis 3-layer MLP (choice T1): (B, N_in, C_in) -> (B, N_out, C_out).
+    """Token-axis 3-layer MLP (choice T1): (B, tokens_in, C_in) -> (B, tokens_out, C_out).
 
     The MLP mixes along the token axis (MLP-Mixer style) because it must change the token count (128 -> 64 -> 32 and
     K_s -> Q); a channel Linear follows only when C_in != C_out.
@@ -72,41 +72,19 @@ class PATTokenMixer(nn.Module):
         self.channel_proj = nn.Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = tokens.transpose(1, 2)  # (B, N_in, C_in) -> (B, C_in, N_in)
-        x = self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))  # (B, C_in, N_out)
-        return self.channel_proj(x.transpose(1, 2))  # (B, N_out, C_in) -> (B, N_out, C_out)
-
-
-class PATGlobalTokenAttention(nn.Module):
-    """Pre-norm residual cross-attention without FFN (choice G1): tokens + MHA(LN(tokens), LN(memory), LN(memory)).
-
-    The residual keeps the query content across stages; the side ViT's own blocks provide the FFNs.
-    Also used by the shared decoder (kv_dim = decoder width).
-
-    Shape:
-        tokens: (B, Q, dim); memory: (B, L, kv_dim) -> (B, Q, dim)
-    """
-
-    def __init__(self, dim: int, kv_dim: int, num_heads: int, eps: float = 1e-6):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim, eps=eps)
-        self.norm_kv = nn.LayerNorm(kv_dim, eps=eps)
-        self.attn = nn.MultiheadAttention(dim, num_heads, kdim=kv_dim, vdim=kv_dim, batch_first=True)
-
-    def forward(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        memory = self.norm_kv(memory)
-        update, _ = self.attn(self.norm_q(tokens), memory, memory, need_weights=False)
-        return tokens + update
+        x = tokens.transpose(1, 2)  # (B, tokens_in, C_in) -> (B, C_in, tokens_in)
+        x = self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))  # (B, C_in, tokens_out)
+        return self.channel_proj(x.transpose(1, 2))  # (B, tokens_out, C_in) -> (B, tokens_out, C_out)
 
 
 class PATSemanticBranch(nn.Module):
     """Per-stage local/global token updates of Eq. 2 inside the side ViT (architecture.md section 3.7, steps 3-5).
 
     Modules are keyed by stage name ("early", "mid", "late"):
-        hsattn[s]         HSAttn, codes (D) attend to side tokens (C) -> local tokens e_s (B, K_s, D)
-        global_mixers[s]  TokenMixer K_s -> Q, D -> C (local -> global)
+        hsattn[s]         HSAttn, codes (C_code) attend to side tokens (C_side) -> local tokens e_s (B, K_s, C_code)
+        global_mixers[s]  TokenMixer K_s -> Q, C_code -> C_side (local -> global)
         global_attn[s]    pre-norm residual cross-attention of the global tokens to z_s
-        local_mixers[s]   TokenMixer K_{s-1} -> K_s, D -> D, for s in ("mid", "late") (keyed by the target stage)
+        local_mixers[s]   TokenMixer K_{s-1} -> K_s, C_code -> C_code, for s in ("mid", "late") (keyed by the target stage)
     With `use_token_mixer=False` (the "no TokenMixer" ablation) `local_mixers` and `global_mixers` are None: the
     HSAttn queries are the codebook alone and the global tokens change only through attention.
 
@@ -115,36 +93,37 @@ class PATSemanticBranch(nn.Module):
 
     def __init__(self, config: PATConfig):
         super().__init__()
-        sizes = dict(zip(STAGES, config.codebook_sizes, strict=True))
+        sizes = dict(zip(PYRAMID_STAGES, config.codebook_sizes, strict=True))
         code_dim, width, hidden = config.code_dim, config.side_hidden_size, config.token_mixer_hidden_dim
         self.hsattn = nn.ModuleDict(
             {
                 s: PATHypersphereAttention(code_dim, width, code_dim, config.hsattn_kappa, config.use_vmf)
-                for s in STAGES
+                for s in PYRAMID_STAGES
             }
         )
         self.global_attn = nn.ModuleDict(
             {
                 s: PATGlobalTokenAttention(width, width, config.global_attn_num_heads, config.side_layer_norm_eps)
-                for s in STAGES
+                for s in PYRAMID_STAGES
             }
         )
         self.global_mixers = None
         self.local_mixers = None
         if config.use_token_mixer:
             self.global_mixers = nn.ModuleDict(
-                {s: PATTokenMixer(sizes[s], config.num_queries, code_dim, width, hidden) for s in STAGES}
+                {s: PATTokenMixer(sizes[s], config.num_queries, code_dim, width, hidden) for s in PYRAMID_STAGES}
             )
             self.local_mixers = nn.ModuleDict(
                 {
                     s: PATTokenMixer(sizes[prev], sizes[s], code_dim, code_dim, hidden)
-                    for prev, s in zip(STAGES[:-1], STAGES[1:])
+                    for prev, s in zip(PYRAMID_STAGES[:-1], PYRAMID_STAGES[1:])
                 }
             )
 
     def local_query(self, name: str, codebook: torch.Tensor, previous_local, batch_size: int) -> torch.Tensor:
-        """(K_s, D) codebook (+ mixed (B, K_{s-1}, D) previous local tokens) -> HSAttn queries (B, K_s, D)."""
-        query = codebook.unsqueeze(0).expand(batch_size, -1, -1)  # (K, D) -> (B, K, D)
+        """(K_s, C_code) codebook (+ mixed (B, K_{s-1}, C_code) previous local tokens) -> HSAttn queries
+        (B, K_s, C_code)."""
+        query = codebook.unsqueeze(0).expand(batch_size, -1, -1)  # (K_s, C_code) -> (B, K_s, C_code)
         if self.local_mixers is None or name not in self.local_mixers:
             return query  # early stage, or the no-TokenMixer ablation (no flow between stages)
         if previous_local is None:
@@ -153,19 +132,20 @@ class PATSemanticBranch(nn.Module):
 
     def forward_stage(
         self,
-        stage: int,
+        stage: str,
         codebook: torch.Tensor,
         previous_local: torch.Tensor | None,
         side_tokens: torch.Tensor,
         global_tokens: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One stage of Eq. 2: -> (local tokens e_s (B, K_s, D), updated global tokens (B, Q, C)).
+        """One stage of Eq. 2 (`stage` one of `PYRAMID_STAGES`): -> (local tokens e_s (B, K_s, C_code), updated global
+        tokens (B, Q, C_side)).
 
         Shape:
-            codebook: (K_s, D) raw rows (HSAttn normalises); previous_local: (B, K_{s-1}, D) or None (early);
-            side_tokens: (B, L, C) z_s, before fusion; global_tokens: (B, Q, C)
+            codebook: (K_s, C_code) raw rows (HSAttn normalises); previous_local: (B, K_{s-1}, C_code) or None
+            (early); side_tokens: (B, L, C_side) z_s, before fusion; global_tokens: (B, Q, C_side)
         """
-        name = STAGES[stage]
+        name = stage
         query = self.local_query(name, codebook, previous_local, side_tokens.shape[0])
         local_tokens = self.hsattn[name](query, side_tokens)
         if self.global_mixers is not None:
@@ -174,4 +154,4 @@ class PATSemanticBranch(nn.Module):
         return local_tokens, global_tokens
 
 
-__all__ = ["PATGlobalTokenAttention", "PATHypersphereAttention", "PATSemanticBranch", "PATTokenMixer"]
+__all__ = ["PATHypersphereAttention", "PATSemanticBranch", "PATTokenMixer"]

@@ -1,7 +1,10 @@
-"""SAN's side adapter network: a small ViT with query tokens that fuses frozen-CLIP features and predicts masks.
+"""SAN's side adapter network: a small ViT with query tokens that fuses frozen-CLIP features (shape symbols: see
+`modeling_pat.py`).
 
-Shapes: B batch, Q queries, C side width, H x W side grid (input / patch size), L = H*W, K bias heads,
-E mask-embedding dim.
+The side tokens are the ViT's patch tokens: a (B, L, C_side) sequence inside the ViT, a (B, C_side, H, W) map in its
+outputs. The ViT runs in steps (`start`, `run`, `finish`) so that an orchestrator can act between blocks: PAT's
+semantic branch rewrites the query tokens after each pyramid block (`PATModel.run_side_adapter`); SAN calls
+`forward`, which runs every block at once.
 """
 
 from dataclasses import dataclass
@@ -9,35 +12,52 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_pat import PATConfig
+from .layers import PATChannelLayerNorm, PATSelfAttention
+from .mask_decoder import PATMaskDecoder
 
 
 @dataclass
-class PATSideOutput:
-    """One decoded side level: `queries` (B, Q, C) and `patches` (B, C, H, W), after fusion, before position re-add."""
+class PATSideLevel:
+    """One decoded side level: `queries` (B, Q, C_side) and `side_tokens` (B, C_side, H, W), after fusion, before the
+    positions are re-added."""
 
     queries: torch.Tensor
-    patches: torch.Tensor
+    side_tokens: torch.Tensor
 
 
-class PATChannelLayerNorm(nn.Module):
-    """(B, C, H, W) -> (B, C, H, W): LayerNorm over the channel dim, written out as SAN does (same rounding)."""
+@dataclass
+class PATSideAdapterOutput:
+    """What the side ViT hands on.
 
-    def __init__(self, num_channels: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
+    levels: one `PATSideLevel` per requested deep-supervision block, in depth order.
+    hidden_states: the sequence [queries; side tokens] (B, Q + L, C_side) after the embedding and after each block
+        (after fusion and PAT's query update, before the position re-add).
+    fusion_terms: the projected CLIP term f (B, C_side, H, W) added at each fused side position (PAT's pixel branch
+        quantises them).
+    local_tokens: PAT only: the semantic branch's local tokens e_s (B, K_s, C_code) by pyramid stage name.
+    """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # statistics in fp32 (a no-op for fp32 inputs): in fp16 the squares of CLIP's outlier channels overflow,
-        # in bf16 the variance loses most of its digits
-        dtype, x = x.dtype, x.float()
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return (self.weight[:, None, None].float() * x + self.bias[:, None, None].float()).to(dtype)
+    levels: list[PATSideLevel]
+    hidden_states: list[torch.Tensor]
+    fusion_terms: dict[int, torch.Tensor]
+    local_tokens: dict[str, torch.Tensor]
+
+
+@dataclass
+class PATSideState:
+    """The side ViT between two `PATSideAdapter.run` calls: sequence `x` (B, Q + L, C_side) after block `position`
+    (0: the embedding) and its fusion, the grid (H, W), the positions and the outputs gathered so far."""
+
+    x: torch.Tensor
+    grid: tuple[int, int]
+    positions: torch.Tensor
+    clip_maps: list[torch.Tensor]
+    output_layers: tuple[int, ...]
+    output: PATSideAdapterOutput
+    position: int = 0
 
 
 class PATFusionProjection(nn.Conv2d):
@@ -49,7 +69,8 @@ class PATFusionProjection(nn.Conv2d):
 
 
 class PATFusionLayer(nn.Module):
-    """clip_map (B, C_clip, h, w) -> fusion term f (B, C, H, W) = resize(conv1x1(LN(clip_map))), added to side tokens."""
+    """clip_map (B, C_clip, h, w) -> fusion term f (B, C_side, H, W) = resize(conv1x1(LN(clip_map))), added to the side
+    tokens."""
 
     def __init__(self, clip_channels: int, side_channels: int, eps: float = 1e-6):
         super().__init__()
@@ -63,24 +84,8 @@ class PATFusionLayer(nn.Module):
         return F.interpolate(y, size=tuple(grid), mode="bilinear", align_corners=False)
 
 
-class PATSideAttention(nn.Module):
-    """(B, N, C) -> (B, N, C) multi-head self-attention with a fused qkv projection (timm layout: q, k, v rows)."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, N, c/heads)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
 class PATSideMLP(nn.Module):
-    """(B, N, C) -> (B, N, C): Linear, GELU (erf), Linear."""
+    """(B, Q + L, C_side) -> same: Linear, GELU (erf), Linear."""
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
@@ -91,13 +96,13 @@ class PATSideMLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-class PATSideLayer(nn.Module):
-    """(B, N, C) -> (B, N, C): pre-norm ViT block."""
+class PATSideLayer(GradientCheckpointingLayer):
+    """(B, Q + L, C_side) -> same: pre-norm ViT block (recomputed in the backward pass under gradient checkpointing)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = PATSideAttention(dim, num_heads)
+        self.attn = PATSelfAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = PATSideMLP(dim, int(dim * mlp_ratio))
 
@@ -106,74 +111,9 @@ class PATSideLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class PATMLP(nn.Module):
-    """`num_layers` affine layers (Linear, or 1x1 conv with `conv=True`) with ReLU between them."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, conv: bool = False):
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        make = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if conv else nn.Linear
-        self.layers = nn.ModuleList(make(i, o) for i, o in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers[-1](self.features(x))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last layer's input: all layers but the last, each followed by ReLU."""
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return x
-
-
-class PATMaskDecoder(nn.Module):
-    """queries (B, Q, C), patches (B, C, H, W) -> mask logits (B, Q, H, W) and attention biases [(B, K, Q, H, W)]."""
-
-    def __init__(self, config: PATConfig):
-        super().__init__()
-        dim, hidden, embed, depth = (
-            config.side_hidden_size,
-            config.mask_mlp_dim,
-            config.mask_embed_dim,
-            config.mask_mlp_num_layers,
-        )
-        self.num_heads = config.attn_bias_num_heads
-        self.num_layers = config.attn_bias_num_layers
-        self.query_mlp = PATMLP(dim, hidden, embed, depth)
-        self.pix_mlp = PATMLP(dim, hidden, embed, depth, conv=True)
-        self.attn_mlp = PATMLP(dim, hidden, embed * self.num_heads * self.num_layers, depth, conv=True)
-        self.bias_scaling = nn.Linear(1, 1) if config.rescale_attn_bias else nn.Identity()
-
-    def attention_bias(self, query_embeddings: torch.Tensor, patches: torch.Tensor) -> list[torch.Tensor]:
-        """(B, Q, E) query embeddings, (B, C, H, W) patches -> one (B, K, Q, H, W) bias per recognition layer.
-
-        SAN takes the dot product of each query embedding with attn_mlp's per-(layer, head) pixel embeddings,
-        e . (W h + c) with h the last layer's input. Re-associated as (e W) . h + e . c, the (B, layers*K*E, H, W)
-        pixel embeddings (3,072 channels for ViT-B/16) are never built; equal up to float rounding. (Measured on 2
-        CPU threads at 640x640: 27 -> 11 ms for one image, 61 -> 20 ms for two: the big tensor made batches slow.)
-        """
-        hidden = self.attn_mlp.features(patches)  # (B, D, H, W)
-        last = self.attn_mlp.layers[-1]  # 1x1 conv D -> layers * K * E
-        b, d, h, w = hidden.shape
-        groups = self.num_layers * self.num_heads
-        weight = last.weight.view(groups, -1, d)  # (layers*K, E, D)
-        query_weight = torch.einsum("bqe,ned->bnqd", query_embeddings, weight).reshape(b, -1, d)  # (B, n*Q, D)
-        if last.bias is None:
-            bias = torch.bmm(query_weight, hidden.flatten(2))
-        else:
-            query_bias = torch.einsum("bqe,ne->bnq", query_embeddings, last.bias.view(groups, -1)).reshape(b, -1, 1)
-            bias = torch.baddbmm(query_bias, query_weight, hidden.flatten(2))  # (B, n*Q, H*W)
-        bias = bias.view(b, self.num_layers, self.num_heads, -1, h, w)  # (B, layers, K, Q, H, W)
-        bias = self.bias_scaling(bias[..., None]).squeeze(-1)  # learnable scalar affine w*x + b
-        return list(bias.unbind(dim=1))
-
-    def forward(self, queries: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        query_embeddings = self.query_mlp(queries)
-        mask_logits = torch.einsum("bqe,behw->bqhw", query_embeddings, self.pix_mlp(patches))
-        return mask_logits, self.attention_bias(query_embeddings, patches)
-
-
 class PATSideAdapter(nn.Module):
-    """(B, 3, H*p, W*p) image + CLIP maps -> one `PATSideOutput` per deep-supervision block."""
+    """(B, 3, H_img, W_img) image + CLIP maps [(B, C_clip, h, w)] -> `PATSideAdapterOutput` (one level per
+    deep-supervision block, hidden states, fusion terms)."""
 
     def __init__(self, config: PATConfig, clip_channels: int):
         super().__init__()
@@ -196,8 +136,12 @@ class PATSideAdapter(nn.Module):
         self.mask_decoder = PATMaskDecoder(config)
         self.output_layers = tuple(config.deep_supervision_layers)
 
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
     def positional_embedding(self, grid) -> torch.Tensor:
-        """(1, Q+L, C) positions of [queries; patches], patch part bicubically resized to `grid`.
+        """(1, Q + L, C_side) positions of [queries; side tokens], the side part bicubically resized to `grid`.
 
         Like SAN, the table is resized only when the token *count* differs: a grid with as many tokens but another
         shape (e.g. 20x80 for a 40x40 table) reuses the flattened table unchanged.
@@ -212,9 +156,9 @@ class PATSideAdapter(nn.Module):
         return torch.cat([self.query_pos_embed[0], pos[0]])[None]
 
     def fuse(self, position: int, x: torch.Tensor, clip_maps: list[torch.Tensor], grid, fusion_terms: dict):
-        """Add CLIP output `fusion_map[position]` to the patch tokens of x (B, Q+L, C); queries are untouched.
+        """Add CLIP output `fusion_map[position]` to the side tokens of x (B, Q + L, C_side); queries are untouched.
 
-        The projected term f (B, C, H, W) is kept in `fusion_terms[position]` (PAT's pixel branch reuses it).
+        The projected term f (B, C_side, H, W) is kept in `fusion_terms[position]` (PAT's pixel branch reuses it).
         """
         if position not in self.fusion_map:
             return x
@@ -224,53 +168,79 @@ class PATSideAdapter(nn.Module):
         fusion_terms[position] = term
         return torch.cat([x[:, :q], x[:, q:] + term.flatten(2).transpose(1, 2)], dim=1)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        clip_maps: list[torch.Tensor],
-        output_layers=None,
-        stage_hook=None,
-        query_embed: torch.Tensor | None = None,
-    ) -> tuple[list[PATSideOutput], list[torch.Tensor], dict[int, torch.Tensor]]:
-        """Run the side ViT -> (outputs of `output_layers`, hidden states, fusion terms by side position).
+    def start(self, pixel_values, clip_maps, output_layers=None, query_embed=None) -> PATSideState:
+        """Embed the image and the queries and apply fusion 0 -> the state at position 0.
 
-        `output_layers` defaults to all deep-supervision blocks. `stage_hook(position, before, after)` is called after
-        every block (with the sequence before and after fusion) and returns the sequence to continue with: PAT's
-        semantic branch updates the query tokens there. `query_embed` (1 or B, Q, C) replaces the learned queries.
+        `output_layers` defaults to all deep-supervision blocks; `query_embed` (1 or B, Q, C_side) replaces the
+        learned queries (PAT's unified-tokens ablation).
         """
-        output_layers = self.output_layers if output_layers is None else tuple(output_layers)
-        patches = self.patch_embed(pixel_values)  # (B, C, H, W)
-        b, c, h, w = patches.shape
-        pos = self.positional_embedding((h, w))
+        side_tokens = self.patch_embed(pixel_values)  # (B, C_side, H, W)
+        b, _, h, w = side_tokens.shape
+        positions = self.positional_embedding((h, w))
         queries = self.query_embed[0] if query_embed is None else query_embed  # (Q, C): see `positional_embedding`
-        x = torch.cat([queries.expand(b, -1, -1), patches.flatten(2).transpose(1, 2)], dim=1) + pos
-        fusion_terms = {}
-        x = self.fuse(0, x, clip_maps, (h, w), fusion_terms)
-        hidden_states, outputs = [x], []
-        for i, layer in enumerate(self.layers, start=1):
-            before = layer(x)
-            x = self.fuse(i, before, clip_maps, (h, w), fusion_terms)
-            if stage_hook is not None:
-                x = stage_hook(i, before, x)
-            hidden_states.append(x)
-            if i in output_layers:
-                q = self.num_queries
-                patch_map = x[:, q:].transpose(1, 2).reshape(b, c, h, w).contiguous()  # NCHW: see `PATFusionLayer`
-                outputs.append(PATSideOutput(x[:, :q], patch_map))
-            if i < len(self.layers):
-                x = x + pos  # SAN re-adds the positions after every block but the last
-        return outputs, hidden_states, fusion_terms
+        x = torch.cat([queries.expand(b, -1, -1), side_tokens.flatten(2).transpose(1, 2)], dim=1) + positions
+        output_layers = self.output_layers if output_layers is None else tuple(output_layers)
+        # built field by field: torch.compile does not trace dataclass default factories
+        output = PATSideAdapterOutput(levels=[], hidden_states=[], fusion_terms={}, local_tokens={})
+        state = PATSideState(x, (h, w), positions, list(clip_maps), output_layers, output)
+        state.x = self.fuse(0, x, state.clip_maps, (h, w), state.output.fusion_terms)
+        return state
+
+    def run(self, state: PATSideState, until: int) -> torch.Tensor | None:
+        """Run blocks `state.position + 1` .. `until`, each followed by its fusion; the state then holds block
+        `until`'s fused sequence, which the caller may still change (`set_queries`) before the next call.
+
+        Returns the side tokens z (B, L, C_side) of block `until` *before* its fusion (PAT's semantic branch reads
+        them), or None when no block ran.
+        """
+        if not state.position <= until <= self.depth:
+            raise ValueError(f"side blocks run forward only: at block {state.position}, asked to run to {until}.")
+        before = None
+        while state.position < until:
+            self._record(state)
+            state.position += 1
+            before = self.layers[state.position - 1](state.x)
+            state.x = self.fuse(state.position, before, state.clip_maps, state.grid, state.output.fusion_terms)
+        return None if before is None else before[:, self.num_queries :]
+
+    def queries(self, state: PATSideState) -> torch.Tensor:
+        """The query tokens (B, Q, C_side) of the state's current sequence."""
+        return state.x[:, : self.num_queries]
+
+    def set_queries(self, state: PATSideState, queries: torch.Tensor) -> None:
+        """Replace the query tokens of the state's current sequence by `queries` (B, Q, C_side)."""
+        state.x = torch.cat([queries, state.x[:, self.num_queries :]], dim=1)
+
+    def finish(self, state: PATSideState) -> PATSideAdapterOutput:
+        """Run the remaining blocks and return the outputs."""
+        self.run(state, self.depth)
+        self._record(state)
+        return state.output
+
+    def _record(self, state: PATSideState) -> None:
+        """Keep the current position's sequence (hidden state, level if requested), then re-add the positions as SAN
+        does after every block but the last (and not after the embedding, which already has them)."""
+        x, output = state.x, state.output
+        output.hidden_states.append(x)
+        if state.position in state.output_layers:
+            b, c = x.shape[0], x.shape[-1]
+            side_map = x[:, self.num_queries :].transpose(1, 2).reshape(b, c, *state.grid).contiguous()  # NCHW
+            output.levels.append(PATSideLevel(x[:, : self.num_queries], side_map))
+        if 1 <= state.position < self.depth:
+            state.x = x + state.positions
+
+    def forward(self, pixel_values, clip_maps, output_layers=None, query_embed=None) -> PATSideAdapterOutput:
+        """All blocks in one go (SAN); see `start` for the arguments."""
+        return self.finish(self.start(pixel_values, clip_maps, output_layers, query_embed))
 
 
 __all__ = [
-    "PATChannelLayerNorm",
-    "PATFusionProjection",
     "PATFusionLayer",
-    "PATMLP",
-    "PATMaskDecoder",
+    "PATFusionProjection",
     "PATSideAdapter",
-    "PATSideAttention",
+    "PATSideAdapterOutput",
     "PATSideLayer",
+    "PATSideLevel",
     "PATSideMLP",
-    "PATSideOutput",
+    "PATSideState",
 ]

@@ -1,5 +1,6 @@
 """CLIP tower units: positional resize, the recognition attention mask, text encoding, the frozen set."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -10,7 +11,8 @@ from modeling_pat.clip_tower import (
     resize_clip_positional_embedding,
 )
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_model
+from test_modeling_pat import random_labels
 
 
 def test_positional_resize_keeps_cls_row_and_is_identity_on_same_grid():
@@ -103,3 +105,31 @@ def test_classifier_appends_void_last_and_normalises_rows():
     assert rows.shape == (4, 4)
     torch.testing.assert_close(rows[-1], F.normalize(classifier.void_embedding[0], dim=-1))
     torch.testing.assert_close(rows.norm(dim=-1), torch.ones(4))
+
+
+@pytest.mark.parametrize("trainable_layers", [0, 2])
+def test_gradient_checkpointing_recomputes_clip_blocks_with_the_same_loss_and_gradients(pixel_values, trainable_layers):
+    """`gradient_checkpointing_enable()` reaches the CLIP blocks that run with gradients (the recognition blocks, the
+    feature blocks behind the trainable positional embedding / `clip_trainable_layers`): each runs again in the
+    backward pass, and the training step is unchanged."""
+
+    def training_step(checkpointing: bool):
+        model = tiny_model(clip_trainable_layers=trainable_layers).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        tower, calls = model.model.clip_tower, {"feature": 0, "recognition": 0}
+        for kind, block in (("feature", tower.feature_blocks[0]), ("recognition", tower.recognition_blocks[0])):
+            block.ln_1.register_forward_hook(lambda *args, kind=kind: calls.__setitem__(kind, calls[kind] + 1))
+        out = model(pixel_values, labels=random_labels(pixel_values), loss_generator=torch.Generator().manual_seed(0))
+        out.loss.backward()
+        grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
+        return out.loss, grads, calls
+
+    loss, grads, calls = training_step(False)
+    checkpointed_loss, checkpointed_grads, checkpointed_calls = training_step(True)
+    assert checkpointed_calls == {kind: 2 * count for kind, count in calls.items()}  # recomputed in the backward
+    torch.testing.assert_close(checkpointed_loss, loss, rtol=0, atol=1e-5)
+    assert checkpointed_grads.keys() == grads.keys()
+    assert any(".visual.transformer.resblocks." in name for name in grads) == (trainable_layers > 0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=0, atol=1e-5, msg=name)

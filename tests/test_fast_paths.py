@@ -1,4 +1,5 @@
-"""Every fast inference path equals the plain path (fp32, 1e-5) on the golden parity data.
+"""Every fast inference path equals the plain path (fp32, 1e-5) on the golden parity data; the plain text and
+recognition paths are the oracles in `clip_oracles.py` (the package keeps the fast ones only).
 
 The model is the golden tiny SAN (tests/fixtures/san_tiny) built with the parity script's own helpers; the inputs
 are its recorded inputs. Fast paths covered: truncated, length-bucketed text encoding; the SDPA recognition head
@@ -15,8 +16,9 @@ from safetensors.torch import load_file
 
 from conversion_scripts import check_san_parity
 from modeling_pat import clip_tower as clip_tower_module
-from modeling_pat.clip_tower import sdpa_block_forward
+from modeling_pat.open_clip_backend import sdpa_block_forward
 
+import clip_oracles
 from conftest import GOLDEN
 
 
@@ -39,8 +41,8 @@ def side_outputs(model, pixel_values):
     """CLIP features and the final level's attention biases, as the model's forward computes them."""
     inner = model.model
     features = inner.clip_tower.extract_features(inner.clip_input(pixel_values))
-    side = inner.run_side_adapter(pixel_values, features, inner.side_adapter.output_layers[-1:], {})[0][-1]
-    mask_logits, biases = inner.side_adapter.mask_decoder(side.queries, side.patches)
+    side = inner.run_side_adapter(pixel_values, features, inner.side_adapter.output_layers[-1:]).levels[-1]
+    mask_logits, biases = inner.side_adapter.mask_decoder(side.queries, side.side_tokens)
     return features, mask_logits, biases
 
 
@@ -50,10 +52,10 @@ def test_truncated_text_encoding_equals_full_context(golden, monkeypatch):
     tower = model.model.clip_tower
     ids = io["text.token_ids"].long().reshape(-1, 77)  # (T*N, 77) golden token ids
     with torch.no_grad():
-        plain = tower.encode_text(ids, truncate=False)
-        fast = tower.encode_text(ids, truncate=True)
+        plain = clip_oracles.encode_text(tower, ids)
+        fast = tower.encode_text(ids)
         monkeypatch.setattr(clip_tower_module, "TEXT_TOKENS_PER_CHUNK", 200)  # several chunks of unequal lengths
-        chunked = tower.encode_text(ids, truncate=True)
+        chunked = tower.encode_text(ids)
     close(fast, plain)
     close(chunked, plain)
     close(fast.reshape(io["text.template_embeddings"].shape), io["text.template_embeddings"])
@@ -68,8 +70,8 @@ def test_truncation_ignores_everything_after_the_end_of_text_token(golden):
     for row, position in enumerate(eot.tolist()):  # garbage after EOT (smaller ids, so argmax stays the EOT)
         noisy[row, position + 1 :] = torch.randint(1, 49000, (76 - position,))
     with torch.no_grad():
-        close(tower.encode_text(noisy, truncate=True), tower.encode_text(ids, truncate=False))
-        close(tower.encode_text(noisy, truncate=False), tower.encode_text(ids, truncate=False))  # causality itself
+        close(tower.encode_text(noisy), clip_oracles.encode_text(tower, ids))
+        close(clip_oracles.encode_text(tower, noisy), clip_oracles.encode_text(tower, ids))  # causality itself
 
 
 def test_class_embeddings_fast_equals_plain(golden):
@@ -77,7 +79,7 @@ def test_class_embeddings_fast_equals_plain(golden):
     tower = model.model.clip_tower
     ids = io["text.token_ids"].long().transpose(0, 1)  # (N, T, 77)
     with torch.no_grad():
-        fast, plain = tower.encode_class_names(ids), tower.encode_class_names(ids, truncate=False)
+        fast, plain = tower.encode_class_names(ids), clip_oracles.encode_class_names(tower, ids)
     close(fast, plain)
     close(fast, io["text.class_embeddings"])
 
@@ -107,7 +109,7 @@ def test_sdpa_recognition_equals_plain(golden, per_block):
         if per_block:  # one bias per recognition block, different ones
             biases = [biases[0], biases[0].flip(-1) * 0.5]
         fast = tower.recognize(features, biases, 12)
-        plain = tower.recognize(features, biases, 12, fast=False)
+        plain = clip_oracles.recognize(tower, features, biases, 12)
     close(fast, plain)
     if not per_block:
         close(fast, io["rec.mask_embeddings"])
@@ -121,33 +123,18 @@ def test_sdpa_recognition_gradients_equal_plain(golden):
         features, _, biases = side_outputs(model, io["input.batch"])
     weights = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(2))
     grads = []
-    for fast in (True, False):
+    for recognize in (tower.recognize, lambda *args: clip_oracles.recognize(tower, *args)):
         bias = biases[0].clone().requires_grad_(True)
-        (tower.recognize(features, [bias], 12, fast=fast) * weights).sum().backward()
+        (recognize(features, [bias], 12) * weights).sum().backward()
         grads.append(bias.grad)
     close(grads[0], grads[1])
-
-
-def test_hooked_recognition_blocks_run_the_plain_path(golden):
-    """Forward hooks (e.g. the parity recorder) observe the block forward, which the SDPA path skips."""
-    model, _, io = golden
-    tower = model.model.clip_tower
-    seen = []
-    handle = tower.recognition_blocks[0].register_forward_hook(lambda m, a, out: seen.append(out.shape))
-    try:
-        with torch.no_grad():
-            features, _, biases = side_outputs(model, io["input.batch"])
-            tower.recognize(features, biases, 12)
-    finally:
-        handle.remove()
-    assert seen == [torch.Size([2, 29, 64])]
 
 
 # -- on-disk text-embedding cache -------------------------------------------------------------------------------------
 def test_disk_cache_second_model_reads_without_text_tower(golden, tmp_path, monkeypatch):
     model, description, _ = golden
     names = description["class_names"]
-    model._text_cache.clear()
+    model.inference_cache.clear()
     first = model.get_class_embeddings(class_names=names, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
     other = check_san_parity.build_model(GOLDEN, description).eval()  # same weights, new "process"
@@ -173,12 +160,12 @@ def test_disk_cache_misses_on_weight_or_template_change_and_adds_new_names(golde
         return original(input_ids, *args, **kwargs)
 
     def fresh_call():
-        model._text_cache.clear()
+        model.inference_cache.clear()
         return model.get_class_embeddings(class_names=names, cache_dir=tmp_path)
 
     tower.encode_class_names = counting
     try:
-        model._text_cache.clear()
+        model.inference_cache.clear()
         model.get_class_embeddings(class_names=names[:4], cache_dir=tmp_path)
         fresh_call()  # only the 2 new names are encoded
         assert encoded == [4, 2]
@@ -188,8 +175,9 @@ def test_disk_cache_misses_on_weight_or_template_change_and_adds_new_names(golde
         fresh_call()
         assert encoded == [4, 2, 6]
         model.config.prompt_templates = templates
-        with torch.no_grad():  # weight change (in place): a miss
+        with torch.no_grad():  # weight change (in place, then announced as documented): a miss
             tower.text_tower.ln_final.bias.add_(1e-3)
+        model.clear_inference_caches()
         fresh_call()
         assert encoded == [4, 2, 6, 6]
         assert len(list(tmp_path.glob("*.safetensors"))) == 3
@@ -199,7 +187,7 @@ def test_disk_cache_misses_on_weight_or_template_change_and_adds_new_names(golde
             if len(encoded) == 4:
                 tower.text_tower.ln_final.bias.sub_(1e-3)
         del tower.encode_class_names
-        model._text_cache.clear()
+        model.clear_inference_caches()
 
 
 # -- end to end -------------------------------------------------------------------------------------------------------

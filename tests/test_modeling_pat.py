@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from modeling_pat import PATConfig, PATForOpenVocabSegmentation, PATModel
+from modeling_pat.modeling_pat import PATDecodedLevel
 
 from conftest import tiny_config, tiny_model
 
@@ -41,11 +42,67 @@ def test_image_side_model_outputs(pixel_values):
         out = model(pixel_values, output_auxiliary_logits=True, output_hidden_states=True)
     assert out.attention_bias.shape == (2, config.attn_bias_num_heads, config.num_queries, 8, 10)
     assert out.query_embeddings.shape == (2, config.num_queries, config.side_hidden_size)
-    assert out.pixel_embeddings.shape == (2, config.side_hidden_size, 8, 10)
+    assert out.side_tokens.shape == (2, config.side_hidden_size, 8, 10)
+    assert out.pixel_embeddings is out.side_tokens  # the earlier name still reads
     assert len(out.auxiliary_outputs) == len(config.deep_supervision_layers) - 1
+    assert all(isinstance(level, PATDecodedLevel) for level in out.auxiliary_outputs)
+    assert out.auxiliary_outputs[0]["masks_queries_logits"].shape == (2, config.num_queries, 8, 10)  # still a dict
     assert len(out.clip_hidden_states) == config.clip_feature_layers + 1
     assert out.clip_hidden_states[0].shape == (2, 1 + 4 * 5, 64)
     assert len(out.side_hidden_states) == config.side_num_hidden_layers + 1
+    assert out.decoder_hidden_states is None  # SAN mode has no PAT decoder
+
+
+def test_pat_hidden_states_cover_the_side_vit_and_the_decoder(pixel_values):
+    torch.manual_seed(0)
+    config = tiny_config("pat-tiny")
+    model = PATModel(config).eval()
+    with torch.no_grad():
+        out = model(pixel_values, output_hidden_states=True)
+        plain = model(pixel_values)
+    assert plain.side_hidden_states is None and plain.decoder_hidden_states is None
+    assert len(out.side_hidden_states) == config.side_num_hidden_layers + 1
+    stages = [s for s in ("late", "mid", "early") if s in config.decoder_stages]
+    assert len(out.decoder_hidden_states) == len(stages) + config.decoder_num_extra_layers
+    assert out.decoder_hidden_states[-1].shape == (2, config.decoder_hidden_size, 32, 40)
+
+    # the segmentation model hands them on
+    full = tiny_model(preset="pat-tiny")
+    with torch.no_grad():
+        top = full(pixel_values, output_hidden_states=True)
+        inner = full.model(pixel_values, output_hidden_states=True)
+    for name in ("clip_hidden_states", "side_hidden_states", "decoder_hidden_states"):
+        assert len(getattr(top, name)) == len(getattr(inner, name))
+        torch.testing.assert_close(getattr(top, name)[-1], getattr(inner, name)[-1], rtol=0, atol=0)
+    assert full(pixel_values).side_hidden_states is None
+
+
+def test_the_semantic_branch_runs_between_the_side_blocks_of_the_pyramid_stages(pixel_values, monkeypatch):
+    """`run_side_adapter` stops the side ViT after each pyramid block, hands the semantic branch the block's side
+    tokens before fusion and its queries, and continues with the global tokens it returns."""
+    torch.manual_seed(0)
+    config = tiny_config("pat-tiny")
+    model = PATModel(config).eval()
+    calls = []
+
+    def recorder(stage, side_tokens, global_tokens, local_tokens):
+        calls.append((stage, tuple(side_tokens.shape), tuple(global_tokens.shape), sorted(local_tokens)))
+        local_tokens[stage] = torch.zeros(1)
+        return torch.full_like(global_tokens, float(len(calls)))
+
+    monkeypatch.setattr(model.tokenization, "semantic_stage", recorder)
+    with torch.no_grad():
+        features = model.clip_tower.extract_features(model.clip_input(pixel_values))
+        side = model.run_side_adapter(pixel_values, features, model.side_adapter.output_layers[-1:])
+    q, tokens = config.num_queries, (2, 8 * 10, config.side_hidden_size)
+    assert calls == [
+        ("early", tokens, (2, q, config.side_hidden_size), []),
+        ("mid", tokens, (2, q, config.side_hidden_size), ["early"]),
+        ("late", tokens, (2, q, config.side_hidden_size), ["early", "mid"]),
+    ]
+    assert sorted(side.local_tokens) == ["early", "late", "mid"]
+    for i, position in enumerate(config.pyramid_side_layers, start=1):
+        assert torch.all(side.hidden_states[position][:, :q] == i)  # the returned global tokens went on
 
 
 def test_return_dict_false_gives_the_same_values_as_a_tuple(model, pixel_values):
@@ -113,10 +170,10 @@ def test_label_dtype_and_size_tensors_are_checked_naming_expected_and_actual(mod
     with pytest.raises(ValueError, match=r"`image_sizes` must be an integer tensor of shape \(batch_size, 2\) = "
                                          r"\(2, 2\), got torch.int64 \(1, 2\)"):
         model(pixel_values, image_sizes=sizes[:1])
-    with pytest.raises(ValueError, match=r"`image_sizes` .* got torch.float32 \(2, 2\)"):
-        model(pixel_values, image_sizes=sizes.float())
+    with pytest.raises(ValueError, match=r"`original_sizes` .* got torch.float32 \(2, 2\)"):
+        model(pixel_values, original_sizes=sizes.float())
     with torch.no_grad():
-        assert model(pixel_values, image_sizes=sizes).image_sizes.tolist() == sizes.tolist()
+        assert model(pixel_values, image_sizes=sizes, original_sizes=sizes).image_sizes.tolist() == sizes.tolist()
 
 
 def test_pixel_values_are_checked(model):
@@ -167,7 +224,7 @@ def test_value_checks_read_only_host_tensors():
     """Finiteness is checked on CPU tensors only: on an accelerator, reading the values would make every forward wait
     for the device. A meta tensor (no values at all) stands in for a device tensor: shape and dtype are still checked,
     values are never read; on the CPU the same tensors are refused."""
-    from modeling_pat.modeling_pat import _check_class_embeddings, prepare_pixel_values
+    from modeling_pat.modeling_pat import PATDecodedLevel, _check_class_embeddings, prepare_pixel_values
 
     nan_images = torch.full((1, 3, 64, 64), float("nan"))
     nan_embeddings = torch.full((2, 8), float("nan"))
@@ -223,8 +280,41 @@ def test_text_cache_is_reused_and_invalidated_by_weight_edits(model):
     with torch.no_grad():
         projection = model.model.clip_tower.clip.text_projection
         projection.add_(torch.randn(projection.shape, generator=torch.Generator().manual_seed(0)))
+    model.clear_inference_caches()  # the documented call after an in-place edit
     recomputed = model.get_class_embeddings(class_names=["cat", "sky"])
     assert recomputed is not first and not torch.allclose(recomputed, first)
+
+
+def test_text_cache_is_bypassed_while_a_text_parameter_trains():
+    model = tiny_model()
+    names = ["cat", "sky"]
+    first = model.get_class_embeddings(class_names=names)
+    projection = model.model.clip_tower.clip.text_projection
+    projection.requires_grad_(True)
+    with torch.no_grad():  # an optimiser step: no call announces it
+        projection.add_(torch.randn(projection.shape, generator=torch.Generator().manual_seed(0)))
+    assert not torch.allclose(model.get_class_embeddings(class_names=names), first)
+    assert model.get_class_embeddings(class_names=names) is not model.get_class_embeddings(class_names=names)
+
+
+def test_text_fingerprint_is_kept_across_moves_and_modes_and_redone_on_new_weights(monkeypatch):
+    import modeling_pat.modeling_pat as modeling
+
+    model = tiny_model()
+    hashed = []
+    real = modeling.fingerprint_text_weights
+    monkeypatch.setattr(modeling, "fingerprint_text_weights", lambda params: hashed.append(1) or real(params))
+    fingerprint = model.text_weights_fingerprint()
+    model.to("cpu").train().eval()
+    assert model.text_weights_fingerprint() == fingerprint and len(hashed) == 1
+    model.load_state_dict(model.state_dict())  # same values, but loaded weights are hashed again
+    assert model.text_weights_fingerprint() == fingerprint and len(hashed) == 2
+    model.to(torch.float64)  # a dtype change: other bytes
+    assert model.text_weights_fingerprint() != fingerprint and len(hashed) == 3
+    with torch.no_grad():
+        model.model.clip_tower.clip.ln_final.bias.add_(1.0)
+    model.clear_inference_caches()
+    assert len({model.text_weights_fingerprint(), fingerprint}) == 2 and len(hashed) == 4
 
 
 def test_text_cache_is_shared_safely_by_threads(model, monkeypatch):
@@ -258,7 +348,7 @@ def test_text_embeddings_made_under_autocast_are_full_precision(model):
     names = ["cat", "sky"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = model.get_class_embeddings(class_names=names)
-    model._text_cache.clear()
+    model.inference_cache.clear()
     plain = model.get_class_embeddings(class_names=names)
     assert under_autocast.dtype == torch.float32
     torch.testing.assert_close(under_autocast, plain, rtol=0, atol=0)
@@ -460,3 +550,40 @@ def test_each_pat_module_gets_its_documented_init():
     assert _close_std(codebooks, 1.0)  # choice V2: N(0, 1)
     side = model.model.side_adapter
     assert _close_std(side.pos_embed, std) and _close_std(side.query_embed, std, 0.3)
+
+# -- transformers conventions: attention implementation, outputs, keyword arguments ------------------------------------
+def test_attention_implementation_is_sdpa_and_nothing_else(tmp_path):
+    model = tiny_model()
+    assert model.config._attn_implementation == "sdpa"
+    model.save_pretrained(tmp_path)
+    loaded = PATForOpenVocabSegmentation.from_pretrained(tmp_path, attn_implementation="sdpa")
+    assert loaded.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match='attn_implementation="eager" is not supported'):
+        PATForOpenVocabSegmentation.from_pretrained(tmp_path, attn_implementation="eager")
+    with pytest.raises(ValueError, match="flex_attention"):  # refused by transformers itself (not _supports_flex_attn)
+        PATForOpenVocabSegmentation.from_pretrained(tmp_path, attn_implementation="flex_attention")
+    config = tiny_config()
+    config._attn_implementation = "eager"
+    with pytest.raises(ValueError, match="not supported.*scaled_dot_product_attention"):
+        PATForOpenVocabSegmentation(config)
+    with pytest.raises(ValueError, match="not supported"):
+        model.set_attn_implementation("eager")
+
+
+def test_output_attentions_and_unknown_keywords_are_refused(model, pixel_values):
+    with pytest.raises(ValueError, match="output_attentions=True is not supported.*scaled_dot_product_attention"):
+        model(pixel_values, output_attentions=True)
+    with pytest.raises(TypeError, match="class_names"):
+        model(pixel_values, class_names=["cat"])  # not a forward argument: get_class_embeddings takes names
+    with torch.no_grad():
+        assert isinstance(model(pixel_values, output_attentions=False, return_dict=False), tuple)
+
+
+def test_class_names_hit_the_text_cache_when_ids_live_on_an_accelerator(monkeypatch):
+    # names are keyed by their text, whatever device their ids are tokenised onto (simulated: the host check says no)
+    import modeling_pat.modeling_pat as modeling
+
+    model = tiny_model()
+    monkeypatch.setattr(modeling, "_ids_on_host", lambda input_ids: False)
+    first = model.get_class_embeddings(class_names=["cat", "dog"])
+    assert model.get_class_embeddings(class_names=["cat", "dog"]) is first

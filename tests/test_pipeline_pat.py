@@ -232,9 +232,9 @@ def test_text_tower_runs_once_per_vocabulary(pat_folder):
     calls = []
     original = tower.encode_text
 
-    def counting_encode_text(input_ids, **kwargs):  # kwargs: encode_text's options (e.g. `truncate`)
+    def counting_encode_text(input_ids):
         calls.append(input_ids.shape[0])
-        return original(input_ids, **kwargs)
+        return original(input_ids)
 
     tower.encode_text = counting_encode_text
     images = [str(fixture_image(CAT)), str(fixture_image(STREET))]
@@ -248,10 +248,27 @@ def test_text_tower_runs_once_per_vocabulary(pat_folder):
     pipe(images[0])
     pipe(images[1])
     assert len(calls) == 3  # the id2label vocabulary
-    with torch.no_grad():  # an in-place edit of a text weight makes the cached embeddings stale
+    with torch.no_grad():  # an in-place edit of a text weight, announced as documented: the embeddings are stale
         pipe.model.model.clip_tower.clip.ln_final.weight.mul_(1.5)
+    pipe.model.clear_inference_caches()
     pipe(images[0], candidate_labels=["cat", "car"])
     assert len(calls) == 4
+
+
+def test_custom_template_vocabularies_are_tokenised_once_per_device(pat_folder, monkeypatch):
+    """Tokenising costs more than a tiny model's forward: the ids of a custom-template vocabulary are kept in the
+    model's inference cache, and dropped with it when the model moves."""
+    pipe = pipeline("image-segmentation", model=str(pat_folder))
+    tokenised = []
+    original = pipe.model.prompt_input_ids
+    monkeypatch.setattr(pipe.model, "prompt_input_ids", lambda *args: tokenised.append(1) or original(*args))
+    image, templates = str(fixture_image(CAT)), ["a photo of a {}."]
+    pipe(image, candidate_labels=["cat", "car"], prompt_templates=templates)
+    pipe(image, candidate_labels=["cat", "car"], prompt_templates=templates)
+    assert len(tokenised) == 1
+    pipe.model.to("cpu")
+    pipe(image, candidate_labels=["cat", "car"], prompt_templates=templates)
+    assert len(tokenised) == 2
 
 
 def test_label_and_subtask_errors(segmenter):

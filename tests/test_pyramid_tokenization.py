@@ -165,13 +165,11 @@ def test_full_size_shapes_of_architecture_table_3_14(height, width):
     tokenization = PATPyramidTokenization(config).eval()
     h, w = height // 16, width // 16  # side grid 40x40 / 40x54
     terms = {position: torch.randn(1, 240, h, w) for position in config.pyramid_side_layers}
-    local = {}
-    hook = tokenization.semantic_hook(local)
-    sequence = torch.randn(1, 100 + h * w, 240)
-    for position in config.pyramid_side_layers:  # the semantic branch as the side ViT calls it
-        sequence = hook(position, sequence, sequence)
+    local, queries = {}, torch.randn(1, 100, 240)
     with torch.no_grad():
-        out = tokenization(torch.randn(1, 3, height, width), terms, sequence[:, :100], torch.randn(1, 240, h, w), local)
+        for stage in tokenization.stage_positions:  # the semantic branch as `PATModel.run_side_adapter` calls it
+            queries = tokenization.semantic_stage(stage, torch.randn(1, h * w, 240), queries, local)
+        out = tokenization(torch.randn(1, 3, height, width), terms, queries, torch.randn(1, 240, h, w), local)
     assert {k: tuple(v.shape) for k, v in out.local_tokens.items()} == {
         "early": (1, 128, 32), "mid": (1, 64, 32), "late": (1, 32, 32)}
     assert {k: tuple(v.shape) for k, v in out.pyramid.quantized.items()} == {
@@ -181,3 +179,23 @@ def test_full_size_shapes_of_architecture_table_3_14(height, width):
     assert tuple(out.pixel_features.shape) == (1, 256, 4 * h, 4 * w)
     assert tuple(out.masks_queries_logits.shape) == (1, 100, 4 * h, 4 * w)
     assert tuple(out.reconstruction.shape) == (1, 3, height, width)
+
+
+@pytest.mark.parametrize("shared_decoder", [True, False])
+def test_reconstruction_takes_the_decoder_the_config_names_in_one_place(shared_decoder, pixels, monkeypatch):
+    """`reconstruct` decodes with the pixel decoder when there is one, else reuses (or runs) the shared decoder;
+    the model's forward and `decode_codes` both go through it and agree."""
+    model = build(shared_decoder=shared_decoder)
+    tokenization = model.tokenization
+    with torch.no_grad():
+        out = model(pixels, output_reconstruction=True)
+        codes = {**out.codebook_indices}
+        decoded = tokenization.decode_codes(codes)
+        torch.testing.assert_close(decoded, out.reconstruction, rtol=1e-5, atol=1e-5)
+        pyramid = {s: out.quantized_features[s] for s in ("early", "mid", "late")}
+        shared = tokenization.decoder(out.quantized_features["latent"], pyramid, None)
+        calls = []
+        used = tokenization.pixel_decoder if not shared_decoder else tokenization.decoder
+        monkeypatch.setattr(used, "forward", lambda *args, **kwargs: calls.append(1) or shared)
+        tokenization.reconstruct(out.quantized_features["latent"], pyramid, shared)
+    assert calls == ([] if shared_decoder else [1])  # the shared decoder's output is reused, the pixel one decodes

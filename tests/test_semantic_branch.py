@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_pat.configuration_pat import PATConfig
+from modeling_pat.constants import PYRAMID_STAGES
 from modeling_pat.semantic_branch import (
-    PATGlobalTokenAttention,
     PATHypersphereAttention,
     PATSemanticBranch,
     PATTokenMixer,
@@ -98,19 +98,6 @@ def test_token_mixer_mixes_along_tokens_not_channels():
     assert diff[2] > 0 and torch.all(diff[[0, 1, 3, 4]] == 0)
 
 
-@pytest.mark.parametrize("kv_dim", [C, 256])
-def test_global_attention_keeps_shape_and_is_residual(kv_dim):
-    torch.manual_seed(0)
-    layer = PATGlobalTokenAttention(C, kv_dim, num_heads=6)
-    tokens, memory = torch.randn(2, Q, C), torch.randn(2, 40, kv_dim)
-    out = layer(tokens, memory)
-    assert out.shape == tokens.shape and not torch.allclose(out, tokens)
-    with torch.no_grad():
-        layer.attn.out_proj.weight.zero_()
-        layer.attn.out_proj.bias.zero_()
-    assert torch.equal(layer(tokens, memory), tokens)
-
-
 def stage_inputs(branch: PATSemanticBranch, seed: int = 0):
     """Random codebooks (K_s, D), side tokens z_s (1, L, C) and global tokens (1, Q, C) for the three stages."""
     g = torch.Generator().manual_seed(seed)
@@ -122,8 +109,8 @@ def stage_inputs(branch: PATSemanticBranch, seed: int = 0):
 def run_stages(branch: PATSemanticBranch, codebooks, side, global_tokens):
     """All three stages in order, as the side ViT calls them; returns the local tokens and final global tokens."""
     locals_, previous = [], None
-    for stage in range(3):
-        previous, global_tokens = branch.forward_stage(stage, codebooks[stage], previous, side[stage], global_tokens)
+    for stage, name in enumerate(PYRAMID_STAGES):
+        previous, global_tokens = branch.forward_stage(name, codebooks[stage], previous, side[stage], global_tokens)
         locals_.append(previous)
     return locals_, global_tokens
 
@@ -149,10 +136,10 @@ def test_without_token_mixer_global_tokens_change_only_through_attention():
     branch = PATSemanticBranch(PATConfig(use_token_mixer=False)).eval()
     codebooks, side, global_tokens = stage_inputs(branch)
     with torch.no_grad():
-        local, out = branch.forward_stage(1, codebooks[1], torch.randn(1, 128, D), side[1], global_tokens)
+        local, out = branch.forward_stage("mid", codebooks[1], torch.randn(1, 128, D), side[1], global_tokens)
         torch.testing.assert_close(out, branch.global_attn["mid"](global_tokens, side[1]), rtol=0, atol=0)
         # no flow between stages either: the previous local tokens are ignored
-        torch.testing.assert_close(local, branch.forward_stage(1, codebooks[1], None, side[1], global_tokens)[0])
+        torch.testing.assert_close(local, branch.forward_stage("mid", codebooks[1], None, side[1], global_tokens)[0])
 
 
 def test_token_mixer_feeds_local_tokens_into_global_tokens_and_next_stage():
@@ -160,14 +147,14 @@ def test_token_mixer_feeds_local_tokens_into_global_tokens_and_next_stage():
     branch = PATSemanticBranch(PATConfig()).eval()
     codebooks, side, global_tokens = stage_inputs(branch)
     with torch.no_grad():
-        local, out = branch.forward_stage(0, codebooks[0], None, side[0], global_tokens)
+        local, out = branch.forward_stage("early", codebooks[0], None, side[0], global_tokens)
         mixed = global_tokens + branch.global_mixers["early"](local)
         torch.testing.assert_close(out, branch.global_attn["early"](mixed, side[0]))
-        mid_a = branch.forward_stage(1, codebooks[1], local, side[1], global_tokens)[0]
-        mid_b = branch.forward_stage(1, codebooks[1], torch.randn_like(local), side[1], global_tokens)[0]
+        mid_a = branch.forward_stage("mid", codebooks[1], local, side[1], global_tokens)[0]
+        mid_b = branch.forward_stage("mid", codebooks[1], torch.randn_like(local), side[1], global_tokens)[0]
     assert not torch.allclose(mid_a, mid_b)
     with pytest.raises(ValueError, match="previous stage"):
-        branch.forward_stage(1, codebooks[1], None, side[1], global_tokens)
+        branch.forward_stage("mid", codebooks[1], None, side[1], global_tokens)
 
 
 @pytest.mark.parametrize("use_token_mixer", [True, False])

@@ -152,6 +152,7 @@ def merge_lora(model):
     for attribute in ("peft_config", "_hf_peft_config_loaded"):
         model.__dict__.pop(attribute, None)
     model._hf_peft_config_loaded = False
+    model.clear_inference_caches()  # the base weights changed in place (the text weights' fingerprint included)
     return model
 
 

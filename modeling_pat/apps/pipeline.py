@@ -30,6 +30,7 @@ gives the same pipeline with no process-wide side effect.
 """
 
 import collections.abc
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -54,8 +55,6 @@ logger = hf_logging.get_logger(__name__)
 TASK = "image-segmentation"
 SEGMENT_SUBTASKS = ("instance", "panoptic")
 SLIDING_WINDOW_KEYS = ("sliding_window", "window_stride", "window_size")
-# Bound on the pipeline's memo of tokenised vocabularies (custom prompt templates only; ids never go stale).
-_MAX_MEMOISED_VOCABULARIES = 8
 
 
 @dataclass(frozen=True)
@@ -419,14 +418,11 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         return self.model.get_class_embeddings(input_ids=self.prompt_input_ids(vocabulary))
 
     def prompt_input_ids(self, vocabulary: PATVocabulary) -> torch.Tensor:
-        """(N, T, 77) ids of a vocabulary with custom templates, tokenised by the model once and memoised."""
-        memo = self.__dict__.setdefault("_prompt_ids_memo", {})
+        """(N, T, 77) ids of a vocabulary with custom templates, on the model's device: tokenised once and kept in
+        the model's inference cache (dropped with it, e.g. when the model moves to another device)."""
         key = (vocabulary.names, vocabulary.templates)
-        if key not in memo:
-            if len(memo) >= _MAX_MEMOISED_VOCABULARIES:
-                memo.pop(next(iter(memo)))
-            memo[key] = self.model.prompt_input_ids(list(vocabulary.names), list(vocabulary.templates))
-        return memo[key]
+        compute = functools.partial(self.model.prompt_input_ids, list(vocabulary.names), list(vocabulary.templates))
+        return self.model.inference_cache.get("pipeline.prompt_input_ids", key, compute)
 
     # -- batching of mixed image sizes -----------------------------------------------------------------------------
     def get_iterator(

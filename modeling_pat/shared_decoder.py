@@ -26,8 +26,8 @@ SPADE and cross-attention. Its upsampling is folded into the next kept stage (e.
 stage upsamples by 4), or into a final upsampler when the dropped stages are the last ones, so the output
 always lives on the early stage's grid and the heads are unchanged.
 
-Shapes: B batch, Q queries, C decoder width (256), D code dim (32), T side width (240), H x W a stage grid,
-L = H * W tokens, N windows, w window size.
+Shape symbols: see `modeling_pat.py` (maps (B, C_dec, H_s, W_s), codes (B, C_code, H_s, W_s), global tokens
+(B, Q, C_side), R windows of r x r tokens).
 """
 
 import math
@@ -36,16 +36,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_pat import PATConfig
+from .constants import DECODING_ORDER, PYRAMID_STAGES
+from .layers import PATChannelLayerNorm, PATGlobalTokenAttention, PATMLP, PATSelfAttention, channel_layer_norm
 from .samplers import build_upsampler
-from .semantic_branch import PATGlobalTokenAttention
-from .side_adapter import PATChannelLayerNorm, PATMLP
-
-
-STAGES = ("early", "mid", "late")
-DECODING_ORDER = ("late", "mid", "early")
-MLP_BLOCK_TOKENS = 4096  # tokens per block of the decoder MLP at inference (see `PATDecoderLayer.mlp_residual`)
 
 
 def sincos_position_embedding_2d(
@@ -73,30 +69,30 @@ def sincos_position_embedding_2d(
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) with H, W multiples of w -> (B * N, w * w, C), windows in row-major order per image."""
+    """(B, H_s, W_s, C) with H_s, W_s multiples of r -> (B * R, r * r, C), windows in row-major order per image."""
     b, h, w, c = x.shape
     x = x.view(b, h // window, window, w // window, window, c)
-    return x.transpose(2, 3).reshape(-1, window * window, c)  # (B, H/w, W/w, w, w, C) -> (B*N, w*w, C)
+    return x.transpose(2, 3).reshape(-1, window * window, c)  # (B, H_s/r, W_s/r, r, r, C) -> (B*R, r*r, C)
 
 
 def window_merge(windows: torch.Tensor, height: int, width: int, window: int) -> torch.Tensor:
-    """(B * N, w * w, C) -> (B, H, W, C), the inverse of `window_partition`."""
+    """(B * R, r * r, C) -> (B, H_s, W_s, C), the inverse of `window_partition`."""
     c = windows.shape[-1]
     x = windows.view(-1, height // window, width // window, window, window, c)
-    return x.transpose(2, 3).reshape(-1, height, width, c)  # (B, H/w, w, W/w, w, C) -> (B, H, W, C)
+    return x.transpose(2, 3).reshape(-1, height, width, c)  # (B, H_s/r, r, W_s/r, r, C) -> (B, H_s, W_s, C)
 
 
 def window_roll(window: int, shift: int) -> int:
-    """Rows / columns the map is rolled up-left so that its w x w windows start where the shifted regions start.
+    """Rows / columns the map is rolled up-left so that its r x r windows start where the shifted regions start.
 
-    Regions of a map padded by `shift` at the top / left start at rows r with (r + shift) % w == 0, i.e. at
-    -shift mod w (= shift for an even window, not for an odd one).
+    Regions of a map padded by `shift` at the top / left start at rows i with (i + shift) % window == 0, i.e. at
+    -shift mod window (= shift for an even window, not for an odd one).
     """
     return -shift % window
 
 
 def window_grid(x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, H', W', C): zero-padded at the bottom / right to multiples of w, then rolled up-left by
+    """(B, H_s, W_s, C) -> (B, H', W', C): zero-padded at the bottom / right to multiples of r, then rolled up-left by
     `window_roll(w, shift)`, so that every region of `window_region_mask` lies inside one window."""
     height, width = x.shape[1:3]
     x = F.pad(x, (0, 0, 0, -width % window, 0, -height % window))
@@ -105,7 +101,7 @@ def window_grid(x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
 
 
 def window_region_mask(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor | None:
-    """(N, w*w, w*w) boolean: query and key lie in one region, in the windows of `window_grid`; None if all do.
+    """(R, r*r, r*r) boolean: query and key lie in one region, in the windows of `window_grid`; None if all do.
 
     The regions are the windows of the map padded by `shift` at the top / left: rows (r + shift) // w, columns
     likewise, on real pixels only. The cyclic roll puts the bottom / right border regions in one window with the
@@ -124,12 +120,12 @@ def window_region_mask(height: int, width: int, window: int, shift: int, device=
     rows, cols = index(height, padded_h), index(width, padded_w)
     region = torch.where((rows[:, None] >= 0) & (cols[None] >= 0), rows[:, None] * padded_w + cols[None], -1)
     region = window_grid(region[None, :, :, None], window, shift)
-    region = window_partition(region, window)[..., 0]  # (N, w*w)
+    region = window_partition(region, window)[..., 0]  # (R, r*r)
     return region[:, :, None] == region[:, None, :]
 
 
 def window_region_bias(height: int, width: int, window: int, shift: int, device=None, dtype=None):
-    """(N, 1, w*w, w*w) additive attention mask (0 / -inf) of `window_region_mask`, broadcast over heads; or None.
+    """(R, 1, r*r, r*r) additive attention mask (0 / -inf) of `window_region_mask`, broadcast over heads; or None.
 
     Additive rather than boolean: SDPA's CPU kernel is about 40% slower with a boolean mask.
     """
@@ -139,33 +135,28 @@ def window_region_bias(height: int, width: int, window: int, shift: int, device=
     return torch.zeros(keep.shape, device=device, dtype=dtype).masked_fill_(~keep, float("-inf"))[:, None]
 
 
-class PATDecoderAttention(nn.Module):
+class PATDecoderAttention(PATSelfAttention):
     """Multi-head self-attention over a map of tokens, global or in (optionally shifted) non-overlapping windows (TR1).
 
     The sin-cos PE is added to the inputs of the q and k projections (DETR; v sees none); by linearity this is
-    qkv(x) + W_qk pos. That position term depends only on the grid and the weights, so in eval mode outside
-    autograd it is kept from one call to the next (see `position_term`).
+    qkv(x) + W_qk pos. That position term depends only on the grid and the weights, so at inference it is kept in the
+    model's `PATInferenceCache` (see `position_term`).
 
-    Windows: the per-token projections commute with the window partition, so the C-wide tokens are rolled,
+    Windows: the per-token projections commute with the window partition, so the C_dec-wide tokens are rolled,
     padded and partitioned once and qkv, attention and the output projection all run on windows (doing it to the
     3C-wide q/k/v instead would move three times the memory). The additive mask of shifted or padded windows is
-    kept between calls too (see `region_bias`).
+    kept in the inference cache too (see `region_bias`).
 
     Shape:
-        x: (B, H, W, C) -> (B, H, W, C)
+        x: (B, H_s, W_s, C_dec) -> (B, H_s, W_s, C_dec); R windows of r x r tokens
     """
 
     def __init__(self, dim: int, num_heads: int, window: int | None = None, shift: bool = False):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be a multiple of num_heads ({num_heads}).")
+        super().__init__(dim, num_heads)
         if window is not None and window < 1:
             raise ValueError(f"window must be positive or None, got {window}.")
-        self.num_heads, self.window, self.shift = num_heads, window, shift
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self._position_cache = None  # (key, term, weight): see `position_term`
-        self._bias_cache = None  # (key, bias): see `region_bias`
+        self.window, self.shift = window, shift
+        self.inference_cache = None  # the model's `PATInferenceCache`, handed over by `post_init`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
@@ -174,11 +165,11 @@ class PATDecoderAttention(nn.Module):
             return self.proj(self.attend(qkv)).view(b, h, w, c)
         size = self.window
         shift = size // 2 if self.shift else 0
-        grid = window_grid(x, size, shift)  # (B, H', W', C), H' and W' multiples of w
-        qkv = self.with_position(self.qkv(window_partition(grid, size)), h, w, shift)  # (B*N, w*w, 3C)
-        bias = self.region_bias(h, w, shift, qkv.device, qkv.dtype)  # (N, 1, w*w, w*w) or None
+        grid = window_grid(x, size, shift)  # (B, H', W', C), H' and W' multiples of r
+        qkv = self.with_position(self.qkv(window_partition(grid, size)), h, w, shift)  # (B*R, r*r, 3C)
+        bias = self.region_bias(h, w, shift, qkv.device, qkv.dtype)  # (R, 1, r*r, r*r) or None
         if bias is not None and b > 1:
-            bias = bias.repeat(b, 1, 1, 1)  # (B*N, 1, w*w, w*w): windows of all images, broadcast over heads
+            bias = bias.repeat(b, 1, 1, 1)  # (B*R, 1, r*r, r*r): windows of all images, broadcast over heads
         out = window_merge(self.proj(self.attend(qkv, bias)), *grid.shape[1:3], size)
         roll = window_roll(size, shift)
         if roll:
@@ -186,78 +177,59 @@ class PATDecoderAttention(nn.Module):
         return out[:, :h, :w]
 
     def with_position(self, qkv: torch.Tensor, height: int, width: int, shift: int | None) -> torch.Tensor:
-        """Adds W_qk pos to the q and k thirds of (B, L, 3C) or windowed (B*N, w*w, 3C) projections, in place."""
-        term = self.position_term(height, width, shift, qkv.device, qkv.dtype)  # (L, 2C) or (N, w*w, 2C)
+        """Adds W_qk pos to the q and k thirds of (B, L, 3C) or windowed (B*R, r*r, 3C) projections, in place."""
+        term = self.position_term(height, width, shift, qkv.device, qkv.dtype)  # (L, 2C) or (R, r*r, 2C)
         c2 = term.shape[-1]
         qkv.unflatten(0, (-1, *term.shape[:-2]))[..., :c2] += term  # in place: saves a pass over the 3C tensor
         return qkv
 
-    def position_term(self, height: int, width: int, shift: int | None, device, dtype) -> torch.Tensor:
-        """W_qk pos (no bias: qkv adds it): (L, 2C), or (N, w*w, 2C) in the layout of `window_grid` (shift given).
-
-        Kept between calls only in eval mode, outside autograd (or with frozen weights), outside `torch.compile`,
-        keyed by grid, layout, device, dtype and the qkv weight's address and in-place version (the cache holds
-        the weight it was computed from, so a replaced weight cannot reuse its address). A mode switch
-        (`train()` / `eval()`) drops it: optimizers that update weights without a version bump (fused AdamW, as
-        Trainer uses by default) always pass through `train()` first. Weights edited through `.data` in eval mode
-        are not seen: call `model.eval()` again after such an edit. Memory: one (H*W, 2C) term per layer, about
-        170 MB for pat-clip-vit-b16 at 640x640 in fp32.
-        """
-        weight = self.qkv.weight
-        reuse = (
-            not self.training
-            and not (torch.is_grad_enabled() and weight.requires_grad)
+    def cached(self, name: str, key: tuple, compute):
+        """`compute()`, kept in the model's inference cache at inference (eval mode, no gradient through this
+        layer's weights, not under `torch.compile`); recomputed every call while training."""
+        usable = (
+            self.inference_cache is not None
+            and not self.training
+            and not (torch.is_grad_enabled() and self.qkv.weight.requires_grad)
             and not torch.compiler.is_compiling()
-            and not weight.is_inference()  # inference tensors have no version counter
         )
-        if reuse:
-            key = (height, width, self.window, shift, device, dtype, weight.data_ptr(), weight._version)
-            cache = self._position_cache
-            if cache is not None and cache[0] == key:
-                return cache[1]
-        c = weight.shape[-1]
-        term = F.linear(sincos_position_embedding_2d(height, width, c, device, dtype), weight[: 2 * c])  # (L, 2C)
-        if shift is not None:  # zero on padding
-            term = window_partition(window_grid(term.view(1, height, width, 2 * c), self.window, shift), self.window)
-        if reuse:
-            self._position_cache = (key, term, weight.detach())
-        return term
+        if not usable:
+            return compute()
+        return self.inference_cache.get(f"shared_decoder.{name}@{id(self)}", key, compute)
+
+    def position_term(self, height: int, width: int, shift: int | None, device, dtype) -> torch.Tensor:
+        """W_qk pos (no bias: qkv adds it): (L, 2C), or (R, r*r, 2C) in the layout of `window_grid` (shift given).
+
+        Cached per grid, layout, device and dtype (the cache's invalidation rule covers the weights). Memory: one
+        (L, 2C) term per layer, about 170 MB for pat-clip-vit-b16 at 640x640 in fp32.
+        """
+
+        def compute() -> torch.Tensor:
+            weight = self.qkv.weight
+            c = weight.shape[-1]
+            term = F.linear(sincos_position_embedding_2d(height, width, c, device, dtype), weight[: 2 * c])
+            if shift is None:
+                return term  # (L, 2C)
+            grid = window_grid(term.view(1, height, width, 2 * c), self.window, shift)  # zero on padding
+            return window_partition(grid, self.window)
+
+        return self.cached("position_term", (height, width, shift, device, dtype), compute)
 
     def region_bias(self, height: int, width: int, shift: int, device, dtype) -> torch.Tensor | None:
-        """`window_region_bias` for this layer's windows, kept from one call to the next (outside `torch.compile`).
+        """`window_region_bias` for this layer's windows, cached per grid, device and dtype. Memory: about 26 MB per
+        shifted layer for pat-clip-vit-b16 at 640x640 in fp32."""
 
-        It depends only on the grid. Built outside inference mode and never requiring grad, so one made under
-        `torch.inference_mode()` can serve training too. Memory: about 26 MB per shifted layer for pat-clip-vit-b16
-        at 640x640 in fp32.
-        """
-        if torch.compiler.is_compiling():
+        def compute():
             return window_region_bias(height, width, self.window, shift, device, dtype)
-        key = (height, width, self.window, shift, device, dtype)
-        cache = self._bias_cache  # one read: a concurrent call may replace it
-        if cache is None or cache[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                cache = (key, window_region_bias(height, width, self.window, shift, device, dtype))
-            self._bias_cache = cache
-        return cache[1]
 
-    def train(self, mode: bool = True):
-        self._position_cache = None  # weights may have changed without a version bump (see `position_term`)
-        return super().train(mode)
-
-    def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, L, 3C) fused q/k/v, optional additive mask (N, 1, L, L) over the keys -> (N, L, C)."""
-        n, length, c3 = qkv.shape
-        # (N, L, 3C) -> (N, L, 3, heads, C/heads) -> three (N, heads, L, C/heads)
-        q, k, v = qkv.view(n, length, 3, self.num_heads, -1).transpose(1, 3).unbind(2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return out.transpose(1, 2).reshape(n, length, c3 // 3)  # (N, heads, L, C/heads) -> (N, L, C)
+        return self.cached("region_bias", (height, width, shift, device, dtype), compute)
 
 
-class PATDecoderLayer(nn.Module):
-    """Pre-norm transformer layer on a map: y + Attn(LN y), then + MLP(LN y) with GELU.
+class PATDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer layer on a map: y + Attn(LN y), then + MLP(LN y) with GELU (recomputed in the backward
+    pass under gradient checkpointing).
 
     Shape:
-        y: (B, C, H, W) -> (B, C, H, W)
+        y: (B, C_dec, H_s, W_s) -> (B, C_dec, H_s, W_s)
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window: int | None = None, shift: bool = False):
@@ -269,24 +241,15 @@ class PATDecoderLayer(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        x = y.permute(0, 2, 3, 1).contiguous()  # (B, C, H, W) -> (B, H, W, C): the layer acts on tokens
+        x = y.permute(0, 2, 3, 1).contiguous()  # (B, C_dec, H_s, W_s) -> (B, H_s, W_s, C_dec): tokens
         x = x + self.attn(self.norm1(x))
-        x = self.mlp_residual(x)
+        # all tokens at once, in inference and training alike. A blocked MLP (blocks of 4,096 tokens) measured on 1
+        # CPU thread at 640 x 640 (pat-clip-vit-b16): forward time within the noise, peak 160 MB lower (1,020 -> 855
+        # MB over the weights); nothing saved in training, and its loop over the token count fixes the batch and
+        # image size in torch.export / dynamic-shape ONNX graphs
+        x = x + self.mlp(self.norm2(x))
         # back to standard NCHW memory: the convs and samplers downstream may `view` their inputs
         return x.permute(0, 3, 1, 2).contiguous()
-
-    def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
-        """x + MLP(LN x) on (B, H, W, C) tokens; outside autograd in blocks of tokens, written into x.
-
-        A 160x160 map has a 100 MB hidden activation; per block of MLP_BLOCK_TOKENS it stays in the CPU cache
-        between the two matmuls and the GELU (a third faster on CPU, same values: the MLP acts per token).
-        """
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.shape[:-1].numel() <= MLP_BLOCK_TOKENS:
-            return x + self.mlp(self.norm2(x))
-        x = x.contiguous()
-        for block in x.view(-1, x.shape[-1]).split(MLP_BLOCK_TOKENS):  # views of x: += writes into it
-            block += self.mlp(self.norm2(block))
-        return x
 
 
 class PATSpade(nn.Module):
@@ -296,7 +259,7 @@ class PATSpade(nn.Module):
     tokens. The condition is nearest-resized to y's grid when it differs (codes are discrete: no blending).
 
     Shape:
-        y: (B, C, H, W), condition: (B, D, h, w) -> (B, C, H, W)
+        y: (B, C_dec, H_s, W_s), condition: (B, C_code) on any stage grid -> (B, C_dec, H_s, W_s)
     """
 
     def __init__(self, channels: int, code_dim: int, hidden_dim: int, eps: float = 1e-6):
@@ -309,10 +272,7 @@ class PATSpade(nn.Module):
     def forward(self, y: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         if condition.shape[-2:] != y.shape[-2:]:
             condition = F.interpolate(condition, size=y.shape[-2:], mode="nearest")
-        # written over dim 1 rather than as a permuted F.layer_norm, so the output keeps y's NCHW memory layout;
-        # statistics in fp32 as nn.LayerNorm's under autocast (a no-op for fp32 maps)
-        var, mean = torch.var_mean(y.float(), dim=1, unbiased=False, keepdim=True)
-        normalized = ((y - mean) * torch.rsqrt(var + self.eps)).to(y.dtype)
+        normalized = channel_layer_norm(y, self.eps)
         hidden = self.shared(condition.to(y.dtype))
         return torch.addcmul(normalized + self.beta(hidden), normalized, self.gamma(hidden))  # norm * (1 + g) + b
 
@@ -321,21 +281,23 @@ class PATSpade(nn.Module):
 class PATDecoderOutput:
     """Output of `PATSharedDecoder`.
 
-    pixel_features: of shape `(batch_size, hidden_size, height, width)`, y_final on the early stage's grid.
-    global_tokens: of shape `(batch_size, num_queries, side_hidden_size)`, e_final; None when decoded without.
-    stage_features: y after each kept stage's SPADE, in decoding order (late, mid, early).
+    pixel_features: (B, C_dec, H_early, W_early), y_final on the early stage's grid.
+    global_tokens: (B, Q, C_side), e_final; None when decoded without.
+    hidden_states: y (B, C_dec, H_s, W_s) after each kept stage's SPADE, in decoding order (late, mid, early), then
+        after each extra layer; with `output_hidden_states=True` only.
     """
 
     pixel_features: torch.Tensor
     global_tokens: torch.Tensor | None = None
-    stage_features: list[torch.Tensor] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 class PATDecoderStage(nn.Module):
     """One top-down stage: y <- SPADE(Layer(Up(y)), z_q); e <- e + CrossAttn(LN e, LN y).
 
     Shape:
-        y: (B, C, h, w), quantized: (B, D, H, W), tokens: (B, Q, T) or None -> (B, C, H, W), (B, Q, T) or None
+        y: (B, C_dec, H_{s+1}, W_{s+1}), quantized: (B, C_code, H_s, W_s), tokens: (B, Q, C_side) or None
+        -> (B, C_dec, H_s, W_s), (B, Q, C_side) or None
     """
 
     def __init__(self, upsampler: nn.Module, layer: nn.Module, spade: nn.Module, cross_attn: nn.Module | None):
@@ -345,7 +307,8 @@ class PATDecoderStage(nn.Module):
     def forward(self, y: torch.Tensor, quantized: torch.Tensor, tokens: torch.Tensor | None):
         y = self.spade(self.layer(self.upsampler(y)), quantized)
         if self.cross_attn is not None and tokens is not None:
-            tokens = self.cross_attn(tokens, y.flatten(2).transpose(1, 2))  # memory (B, C, H, W) -> (B, L, C)
+            memory = y.flatten(2).transpose(1, 2)  # (B, C_dec, H_s, W_s) -> (B, H_s * W_s, C_dec)
+            tokens = self.cross_attn(tokens, memory)
         return y, tokens
 
 
@@ -377,17 +340,17 @@ class PATSharedDecoder(nn.Module):
     "separate decoders" ablation), so no parameter is left without a gradient.
 
     Shape:
-        z_latent: (B, D, H, W); quantized[s]: (B, D, k_s H, k_s W); global_tokens: (B, Q, T) or None
-        -> pixel_features (B, C, k_early H, k_early W), global_tokens (B, Q, T) or None
+        z_latent: (B, C_code, H, W); quantized[s]: (B, C_code, H_s, W_s); global_tokens: (B, Q, C_side) or None
+        -> pixel_features (B, C_dec, H_early, W_early), global_tokens (B, Q, C_side) or None
     """
 
     def __init__(self, config: PATConfig, decode_global_tokens: bool = True):
         super().__init__()
-        unknown = set(config.decoder_stages) - set(STAGES)
+        unknown = set(config.decoder_stages) - set(PYRAMID_STAGES)
         if unknown:
-            raise ValueError(f"decoder_stages must be a subset of {STAGES}, got unknown {sorted(unknown)}.")
+            raise ValueError(f"decoder_stages must be a subset of {PYRAMID_STAGES}, got unknown {sorted(unknown)}.")
         dim, groups = config.decoder_hidden_size, config.dysample_groups
-        scales = dict(zip(STAGES, config.pyramid_scales))
+        scales = dict(zip(PYRAMID_STAGES, config.pyramid_scales))
         kept = [s for s in DECODING_ORDER if s in config.decoder_stages]
         layer_scales = [scales[s] for s in kept] + [scales["early"]] * config.decoder_num_extra_layers
         plan = iter(attention_plan(layer_scales, config.decoder_attn_window))
@@ -414,22 +377,24 @@ class PATSharedDecoder(nn.Module):
         z_latent: torch.Tensor,
         quantized: dict[str, torch.Tensor],
         global_tokens: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
     ) -> PATDecoderOutput:
-        y, tokens, stage_features = self.input_proj(z_latent), global_tokens, []
+        y, tokens, hidden_states = self.input_proj(z_latent), global_tokens, []
         for name, stage in self.stages.items():
             y, tokens = stage(y, quantized[name], tokens)
-            stage_features.append(y)
+            hidden_states.append(y)
         y = self.final_upsampler(y)
         for layer in self.extra_layers:
             y = layer(y)
-        return PATDecoderOutput(y, tokens, stage_features)
+            hidden_states.append(y)
+        return PATDecoderOutput(y, tokens, tuple(hidden_states) if output_hidden_states else None)
 
 
 class PATMaskHead(nn.Module):
     """Final masks (M1): einsum of MLP_q(global tokens) and the 1x1-conv MLP_p(pixel features).
 
     Shape:
-        global_tokens: (B, Q, T), pixel_features: (B, C, H, W) -> (B, Q, H, W)
+        global_tokens: (B, Q, C_side), pixel_features: (B, C_dec, H_early, W_early) -> (B, Q, H_early, W_early)
     """
 
     def __init__(self, config: PATConfig):
@@ -448,7 +413,7 @@ class PATReconstructionHead(nn.Module):
     Predicts the normalised input image (the network's input space).
 
     Shape:
-        pixel_features: (B, C, H, W) -> (B, 3, 4H, 4W)
+        pixel_features: (B, C_dec, H_early, W_early) -> (B, 3, 4 H_early, 4 W_early)
     """
 
     def __init__(self, channels: int = 256, hidden: int = 128, out_channels: int = 3):

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_pat import PATConfig
-from modeling_pat.decoder import (
+from modeling_pat.inference_cache import PATInferenceCache
+from modeling_pat.shared_decoder import (
     PATDecoderAttention,
     PATDecoderLayer,
     PATMaskHead,
@@ -99,27 +100,39 @@ def test_window_attention_matches_explicitly_masked_global_attention(grid, shift
     torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("window", [None, 4])
-def test_position_term_is_reused_only_outside_autograd_and_follows_weight_edits(window):
+def cached_attention(window, shift) -> PATDecoderAttention:
+    """An attention layer holding its own inference cache, as a model's `post_init` hands it one."""
     torch.manual_seed(0)
-    attn = PATDecoderAttention(DIM, HEADS, window=window, shift=window is not None).eval()
+    attn = PATDecoderAttention(DIM, HEADS, window=window, shift=shift)
+    attn.inference_cache = PATInferenceCache()
+    return attn
+
+
+def position_entries(attn) -> list:
+    return [key for key in attn.inference_cache._entries if key.startswith("shared_decoder.position_term")]
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_position_term_is_cached_at_inference_only_and_cleared_after_weight_edits(window):
+    attn = cached_attention(window, window is not None).eval()
     x = torch.randn(2, 9, 13, DIM)
     with torch.no_grad():
         first = attn(x)
-        cached = attn._position_cache[1]
+        assert len(position_entries(attn)) == 1
+        kept = len(attn.inference_cache)
         torch.testing.assert_close(attn(x), first, rtol=0, atol=0)
-        assert attn._position_cache[1] is cached  # same grid, same weights: reused
-        attn.qkv.weight.mul_(1.5)  # edited in place: the cached term is stale
+        assert len(attn.inference_cache) == kept  # same grid: reused, nothing added
+        attn.qkv.weight.mul_(1.5)  # edited in place: the documented rule is to clear the caches
+        attn.inference_cache.clear()
         torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
-        assert attn._position_cache[1] is not cached
-        # an edit the version counter does not see (as fused optimizers do): a mode switch drops the cache
-        attn.qkv.weight.data.mul_(0.5)
-        attn.train().eval()
-        torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
+    attn.inference_cache.clear()
     attn.train()
     with torch.no_grad():
         attn(x)
-    assert attn._position_cache is None  # training mode keeps nothing
+    assert len(attn.inference_cache) == 0  # training mode neither reads nor fills the cache
+    attn.eval()
+    attn(x)  # eval mode under autograd with trainable weights: recomputed, not cached
+    assert len(attn.inference_cache) == 0
     # under autograd the term is recomputed, so the q/k weights get the position term's gradient
     attn.zero_grad()
     attn(x).sum().backward()
@@ -130,36 +143,40 @@ def test_position_term_is_reused_only_outside_autograd_and_follows_weight_edits(
 
 
 def test_attention_of_a_module_built_in_inference_mode():
-    with torch.inference_mode():  # inference-tensor weights have no version counter: no position term is kept
+    with torch.inference_mode():
         attn = PATDecoderAttention(DIM, HEADS, window=4, shift=True).eval()
+        attn.inference_cache = PATInferenceCache()
         x = torch.randn(1, 9, 13, DIM)
         torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(attn(x), masked_reference(attn, x), rtol=1e-5, atol=1e-5)  # from the cache
 
 
-def test_region_bias_is_kept_per_grid_and_a_cached_one_serves_training():
-    torch.manual_seed(0)
-    attn = PATDecoderAttention(DIM, HEADS, window=4, shift=True)
+def test_region_bias_is_cached_per_grid_at_inference():
+    attn = cached_attention(4, True).eval()
     x = torch.randn(2, 9, 13, DIM)
     with torch.inference_mode():
         first = attn(x)
-        cached = attn._bias_cache[1]
-        assert cached.shape == (12, 1, 16, 16)  # 9 x 13 padded to 12 x 16: 3 x 4 windows of 4 x 4
-        assert torch.equal(cached.isinf(), ~window_region_mask(9, 13, 4, 2)[:, None])
-        assert not cached.is_inference()  # built outside inference mode: autograd may save it
+        bias = attn.region_bias(9, 13, 2, x.device, x.dtype)
+        assert bias.shape == (12, 1, 16, 16)  # 9 x 13 padded to 12 x 16: 3 x 4 windows of 4 x 4
+        assert torch.equal(bias.isinf(), ~window_region_mask(9, 13, 4, 2)[:, None])
+        assert attn.region_bias(9, 13, 2, x.device, x.dtype) is bias  # same grid: reused
         torch.testing.assert_close(attn(x), first, rtol=0, atol=0)
-        assert attn._bias_cache[1] is cached  # same grid: reused
-        attn(torch.randn(1, 8, 8, DIM))
-        assert attn._bias_cache[1] is not cached  # another grid: rebuilt
-        attn(x)
-        cached = attn._bias_cache[1]
-    out = attn(x)  # autograd with the bias made under inference mode
-    assert attn._bias_cache[1] is cached
+        assert attn.region_bias(8, 8, 2, x.device, x.dtype) is not bias  # another grid: its own entry
+    attn.train()
+    out = attn(x)  # training: the bias is built for the call (autograd may save it)
     out.sum().backward()
     torch.testing.assert_close(out, masked_reference(attn, x), rtol=1e-5, atol=1e-5)
-    expected = attn.qkv.weight.grad.clone()
-    attn.zero_grad()
-    masked_reference(attn, x).sum().backward()
-    torch.testing.assert_close(attn.qkv.weight.grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_models_decoder_attention_uses_the_models_cache():
+    from conftest import tiny_model
+
+    model = tiny_model(preset="pat-tiny")
+    layers = [m for m in model.modules() if isinstance(m, PATDecoderAttention)]
+    assert layers and all(m.inference_cache is model.inference_cache for m in layers)
+    with torch.no_grad():
+        model.model(torch.randn(1, 3, 128, 160))
+    assert any(key.startswith("shared_decoder.position_term") for key in model.inference_cache._entries)
 
 
 @pytest.mark.parametrize(
@@ -207,17 +224,6 @@ def test_decoder_layer_keeps_shape_and_has_gradients():
     assert all(p.grad is not None and p.grad.isfinite().all() for p in layer.parameters())  # padded map: no NaN
 
 
-def test_decoder_layer_blocked_mlp_at_inference_equals_the_autograd_path(monkeypatch):
-    torch.manual_seed(0)
-    layer = PATDecoderLayer(DIM, HEADS, 2.0, window=4, shift=True)
-    y = torch.randn(2, DIM, 9, 13)
-    expected = layer(y)  # grad enabled: one pass over all tokens
-    monkeypatch.setattr("modeling_pat.decoder.MLP_BLOCK_TOKENS", 10)  # 234 tokens -> 24 blocks, the last partial
-    with torch.inference_mode():
-        blocked = layer(y)
-    torch.testing.assert_close(blocked, expected, rtol=1e-5, atol=1e-6)
-
-
 def test_spade_with_zero_modulation_is_the_affine_free_norm():
     spade = PATSpade(DIM, CODE, 16)
     for conv in (spade.gamma, spade.beta):
@@ -259,11 +265,14 @@ def test_decoder_shapes_non_square():
     config = small_config()
     decoder = PATSharedDecoder(config)
     latent, quantized, tokens = decoder_inputs(config)
-    out = decoder(latent, quantized, tokens)
+    out = decoder(latent, quantized, tokens, output_hidden_states=True)
     assert out.pixel_features.shape == (2, DIM, 32, 40)
     assert out.global_tokens.shape == (2, QUERIES, SIDE)
     assert not torch.allclose(out.global_tokens, tokens)
-    assert [f.shape[-2:] for f in out.stage_features] == [(8, 10), (16, 20), (32, 40)]
+    # the kept stages (late, mid, early), then the extra layers
+    assert [f.shape[-2:] for f in out.hidden_states] == [(8, 10), (16, 20), (32, 40)] + [(32, 40)] * 2
+    torch.testing.assert_close(out.hidden_states[-1], out.pixel_features, rtol=0, atol=0)
+    assert decoder(latent, quantized, tokens).hidden_states is None
     windows = [(m.attn.window, m.attn.shift) for m in decoder.modules() if isinstance(m, PATDecoderLayer)]
     assert windows == [(None, False), (4, False), (4, True), (4, False), (4, True)]
     out.pixel_features.square().mean().backward()  # the loss ignores the tokens, so skip cross-attention grads
@@ -296,9 +305,9 @@ def test_dropping_decoder_stages_keeps_the_output_resolution(stages):
 def test_decoder_with_flat_pyramids(scales, size):
     config = small_config(pyramid_scales=scales)
     latent, quantized, tokens = decoder_inputs(config)
-    out = PATSharedDecoder(config)(latent, quantized, tokens)
+    out = PATSharedDecoder(config)(latent, quantized, tokens, output_hidden_states=True)
     assert out.pixel_features.shape == (2, DIM, *size)
-    assert all(f.shape[-2:] == size for f in out.stage_features)
+    assert all(f.shape[-2:] == size for f in out.hidden_states)
 
 
 def test_decoder_rejects_unknown_stages_and_non_dividing_scales():
