@@ -234,7 +234,7 @@ def run_training(model, processor, folder: Path, description: dict, training: di
             ours[f"train.{level}.matcher_points.{i}"] = points[level]["matcher_points"][i]
             ours[f"train.{level}.matcher_cost.{i}"] = match.cost
             ours[f"train.{level}.matched_indices.{i}"] = torch.stack([match.query_ids, match.target_ids])
-    from modeling_pat.losses import labels_to_targets
+    from modeling_pat.segmentation_loss import labels_to_targets
 
     targets = labels_to_targets(inputs["labels"], len(description["class_names"]), model.config.ignore_index)
     for i, target in enumerate(targets):

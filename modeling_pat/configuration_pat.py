@@ -69,8 +69,6 @@ def load_vocabulary(name: str) -> dict:
         return json.load(handle)
 
 
-# PAT's pyramid has exactly these stages, early (finest) to late; `pyramid_*` and `codebook_sizes` list one per stage.
-
 # The allowed range of every numeric PATConfig field, checked when a config is built or loaded (`validate_config`).
 # Counts and sizes: whole numbers >= 1 (a zero query, head, layer or codebook count builds an empty module that fails,
 # if at all, deep inside the forward pass).
@@ -94,8 +92,18 @@ WEIGHT_FIELDS = (
     "vq_loss_weight", "spatial_alignment_weight", "reconstruction_weight", "reconstruction_mse_weight",
     "reconstruction_l1_weight", "reconstruction_perceptual_weight", "initializer_range",
 )
+# PAT's fields (read only with `use_pyramid_tokenization`), in declaration order; the PAT presets write every one out.
+PAT_FIELDS = (
+    "pyramid_side_layers", "pyramid_scales", "codebook_sizes", "latent_codebook_size", "code_dim", "vq_beta",
+    "vq_diversity_weight", "vq_diversity_temperature", "use_vmf", "hsattn_kappa", "token_mixer_hidden_dim",
+    "use_token_mixer", "global_attn_num_heads", "use_pixel_residual", "unified_tokens", "dysample_groups",
+    "decoder_hidden_size", "decoder_num_attention_heads", "decoder_mlp_ratio", "decoder_num_extra_layers",
+    "decoder_attn_window", "decoder_stages", "shared_decoder", "spade_hidden_dim", "vq_loss_weight",
+    "use_spatial_alignment", "spatial_alignment_weight", "crf_num_samples", "reconstruction_weight",
+    "reconstruction_mse_weight", "reconstruction_l1_weight", "reconstruction_perceptual_weight", "perceptual_network",
+)
 REC_DOWNSAMPLE_METHODS = ("max", "avg", "bilinear", "bicubic", "nearest")
-PERCEPTUAL_NETWORKS = ("auto", "vgg", "clip", "none")  # see `pat_losses.build_perceptual_loss`
+PERCEPTUAL_NETWORKS = ("auto", "vgg", "clip", "none")  # see `tokenization_loss.resolve_perceptual_network`
 
 
 def validate_prompt_templates(templates, argument: str = "prompt_templates") -> list[str]:
@@ -327,6 +335,51 @@ class PATConfig(PreTrainedConfig):
         importance_sample_ratio, ignore_index.
 
     use_pyramid_tokenization (`bool`): False builds exactly SAN; True adds PAT's feature-pyramid tokenization.
+
+    PAT (read only with `use_pyramid_tokenization`; `PAT_FIELDS`). Each field names where it comes from: "paper"
+    is PAT (arXiv 2412.14145) as architecture.md section 3 reads it (section 3.0 lists what the paper fixes), "Table
+    II" its ablations, and an id is the choice taken where the paper is silent (the register of choices, README and
+    architecture.md section 3.17). Stages are early, mid, late (`constants.PYRAMID_STAGES`).
+        pyramid_side_layers (`list[int]`, (1, 2, 3)): side blocks after which each stage is read, the last three
+            fusion depths. Paper (section 3.0, 3.1).
+        pyramid_scales (`list[int]`, (4, 2, 1)): each stage's upsampling of the side grid. Paper (3.0); Table II
+            rows (4, 4, 4) / (1, 1, 1); choice S1 (1x is the side grid).
+        codebook_sizes (`list[int]`, (128, 64, 32)) and latent_codebook_size (`int`, 256): K per codebook, the
+            latent being the side ViT's output. Paper (3.0, 3.8).
+        code_dim (`int`, 32): width of every code, C_code. Paper (3.0).
+        use_vmf (`bool`, True): vMF-VQ and HSAttn (paper Eq. 2); False is Table II's "No vMF meanshift". Choices
+            V1 (l2-normalised lookup), H1.
+        vq_beta (`float`, 0.25): commitment weight of the VQ loss. Choice V2 (3.2).
+        vq_diversity_weight (`float`, 1.0), vq_diversity_temperature (`float`, 0.1): the codebook-usage term. Choice
+            V3 (added; README register).
+        hsattn_kappa (`float`, 30): HSAttn's fixed concentration. Choice H1 (3.3, MSMFormer's value).
+        token_mixer_hidden_dim (`int`, 256): the TokenMixers' hidden width (paper: "3-layer MLP"). Choice T1 (3.4).
+        use_token_mixer (`bool`, True): False is Table II's "no TokenMixer". Choice T1.
+        global_attn_num_heads (`int`, 6): heads of the global tokens' cross-attention. Choice G1 (3.7).
+        use_pixel_residual (`bool`, True): the pixel residual of paper Eq. 2; False is Table II's row. Choice P1.
+        unified_tokens (`bool`, False): Table II's unified pixel/segmentation tokens: the global tokens read from
+            the latent codebook through a TokenMixer (README register, "Unified tokens").
+        dysample_groups (`int`, 4): DySample's offset groups, G. Choice U1 (3.5; the paper names DySample).
+        decoder_hidden_size (`int`, 256): the shared decoder's width, C_dec. Paper (3.0, 3.9).
+        decoder_num_attention_heads (`int`, 8), decoder_mlp_ratio (`float`, 4.0): its Transformer layers. Choice
+            TR1.
+        decoder_num_extra_layers (`int`, 2): Transformer layers after the three stages. Paper (3.0); choice R1.
+        decoder_attn_window (`int` or None, 16): window side r of the decoder's attention above the side grid;
+            None is the paper-literal global attention. DECISIONS 7 (README register, "Decoder attention").
+        decoder_stages (`list[str]`, all three): the stages the decoder keeps; Table II's FPN rows (3.16).
+        shared_decoder (`bool`, True): one decoder for pixels and segmentation (paper Eq. 3); False is Table II's
+            "separate decoding". Choice R1.
+        spade_hidden_dim (`int`, 128): SPADE's hidden width. Choice SP1 (3.9).
+        vq_loss_weight (`float`, 0.1): weight of the summed VQ losses. Paper (3.0, 3.12).
+        use_spatial_alignment (`bool`, True), spatial_alignment_weight (`float`, 0.1): the CRF + TV term; False is
+            Table II's row. Paper weight (3.12); choice SA1 (FeatUp's CRF, inner weights 1:1).
+        crf_num_samples (`int`, 1000): pixels the CRF samples per image. Choice SA1 (FeatUp's value).
+        reconstruction_weight (`float`, 1.0): weight of the reconstruction group. Paper (3.0, 3.12).
+        reconstruction_mse_weight (1.0), reconstruction_l1_weight (0.1), reconstruction_perceptual_weight (0.1)
+            (`float`): the group's inner weights (paper: ViT-VQGAN's combination). Choice RL1 (3.12).
+        perceptual_network (`str`, "auto"): the perceptual term's features, "vgg" (LPIPS-style VGG16, read from the
+            local torch cache), "clip" (the frozen CLIP trunk) or "none". "auto" is resolved once, when a model is
+            built (VGG16 when its weights are cached, else CLIP), and the result is stored here and saved. Choice RL1.
     """
 
     model_type = "pat"
@@ -379,7 +432,7 @@ class PATConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     use_pyramid_tokenization: bool = False
 
-    # PAT (architecture.md section 3; every default is the register's choice). Stages: early, mid, late.
+    # PAT (`PAT_FIELDS`, documented above; every default is the paper's value or the register's choice)
     pyramid_side_layers: list[int] | tuple[int, ...] = (1, 2, 3)
     pyramid_scales: list[int] | tuple[int, ...] = (4, 2, 1)
     codebook_sizes: list[int] | tuple[int, ...] = (128, 64, 32)
@@ -401,7 +454,7 @@ class PATConfig(PreTrainedConfig):
     decoder_mlp_ratio: float = 4.0
     decoder_num_extra_layers: int = 2
     decoder_attn_window: int | None = 16
-    decoder_stages: list[str] | tuple[str, ...] = ("early", "mid", "late")
+    decoder_stages: list[str] | tuple[str, ...] = PYRAMID_STAGES
     shared_decoder: bool = True
     spade_hidden_dim: int = 128
     vq_loss_weight: float = 0.1
@@ -417,7 +470,7 @@ class PATConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         candidates = [key for key in kwargs if key not in KNOWN_EXTRA_KWARGS and not key.startswith("_")]
         super().__post_init__(**kwargs)
-        unknown = sorted(key for key in candidates if key in self.__dict__)  # kept, not consumed or dropped
+        unknown = sorted(key for key in candidates if key in vars(self))  # set as attributes: kept
         if unknown:
             saved_with = f" (saved with transformers {self.transformers_version})" if self.transformers_version else ""
             warnings.warn(
@@ -452,4 +505,6 @@ class PATConfig(PreTrainedConfig):
         return cls.from_json_file(str(path))
 
 
-__all__ = ["PATConfig", "VILD_TEMPLATES", "stuff_class_names", "validate_config", "validate_prompt_templates"]
+__all__ = [
+    "PAT_FIELDS", "PATConfig", "VILD_TEMPLATES", "stuff_class_names", "validate_config", "validate_prompt_templates",
+]

@@ -36,7 +36,7 @@ one thing everywhere; channel counts are always subscripted):
 | `MLPMaskDecoder` | `PATMaskDecoder` (`mask_decoder.py`) |
 | `FeatureExtractor` / `RecWithAttnbiasHead` | `PATClipTower.extract_features` / `.recognize` (`clip_tower.py`) |
 | `LearnableBgOvClassifier` | `PATClipTower.encode_class_names` + `PATOpenVocabClassifier` |
-| `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`losses.py`) |
+| `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`segmentation_loss.py`) |
 """
 
 import functools
@@ -50,22 +50,22 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
 from .configuration_pat import PATConfig, validate_prompt_templates
+from .constants import PYRAMID_STAGES
 from .inference_cache import PATInferenceCache
-from .losses import PATSegmentationLoss, labels_to_targets
-from .pat_losses import PATTokenizationLoss
 from .layers import PATChannelLayerNorm
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
 from .quantizer import PATQuantizerOutput, PATVectorQuantizer, autocast_off
 from .samplers import PATOffsetConv2d
+from .segmentation_loss import PATSegmentationLoss, labels_to_targets
 from .side_adapter import PATFusionProjection, PATSideAdapter, PATSideAdapterOutput, PATSideLevel
 from .text_embedding_cache import fingerprint_text_weights, read_text_cache, text_cache_path, update_text_cache
+from .tokenization_loss import PATTokenizationLoss, perceptual_feature_network, resolve_perceptual_network
 from .weights_files import bad_weights_error, candidate_weights_files
 
 
@@ -208,8 +208,7 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
 class PATPreTrainedModel(PreTrainedModel):
     """Weight initialisation and the attributes transformers reads; no forward."""
 
-    config: PATConfig
-    config_class = PATConfig
+    config: PATConfig  # transformers reads `config_class` from this annotation
     base_model_prefix = "model"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
@@ -263,8 +262,20 @@ class PATPreTrainedModel(PreTrainedModel):
         return resolved
 
     def post_init(self):
+        self._keep_open_clip_init()
         super().post_init()
         self.attach_inference_cache(PATInferenceCache())
+
+    def _keep_open_clip_init(self) -> None:
+        """Mark CLIP's modules initialised: open_clip gave them its own init (per tensor: OpenAI's text-tower stds,
+        `width ** -0.5` embeddings, torch defaults elsewhere) when it built them, and transformers' generic rule must
+        not replace it. Built on the meta device (from_pretrained), nothing was initialised: CLIP tensors missing from
+        a checkpoint then get the generic rule."""
+        for tower in self.modules():
+            if isinstance(tower, PATClipTower):
+                for module in tower.clip.modules():
+                    if not any(param.is_meta for param in module.parameters(recurse=False)):
+                        module._is_hf_initialized = True  # transformers' "already initialised" flag
 
     def attach_inference_cache(self, cache: PATInferenceCache) -> None:
         """Give `cache` to this model and every sub-module that declares an `inference_cache` attribute (an outer
@@ -299,12 +310,24 @@ class PATPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """The random init of a fresh model (real weights come from a checkpoint), per module:
+
+        * CLIP (open_clip's model): open_clip's own init, kept (`_keep_open_clip_init`).
+        * Linear, Conv2d, ConvTranspose2d (side ViT, mask decoder, every PAT layer, the quantizers' projections):
+          weight N(0, `initializer_range`), bias 0; timm's ViT init, which SAN's side ViT uses.
+        * LayerNorm, `PATChannelLayerNorm`: weight 1, bias 0.
+        * nn.MultiheadAttention: torch's own (Xavier-uniform input projections, zero biases).
+        * `PATSideAdapter` position, query and query-position embeddings: N(0, `initializer_range`).
+        * `PATFusionProjection` (SAN's fusion 1x1 conv): SAN's Caffe2 Xavier fill, Kaiming-uniform with a = 1, bias 0.
+        * `PATOffsetConv2d` (DySample offsets, choice U1): N(0, 0.001), bias 0, so offsets start near the fixed grid.
+        * `PATVectorQuantizer.codebook` (choice V2): N(0, 1), uniform directions once normalised.
+        * `PATOpenVocabClassifier.void_embedding`: N(0, 1 / D), a unit-scale random direction.
+        """
         # Modules with their own init are handled before the generic rule: transformers initialises children first
         # and never re-initialises a tensor, so a parent cannot override a child conv's generic init afterwards.
         if isinstance(module, (PATFusionProjection, PATOffsetConv2d)):
             module.reset_parameters()  # SAN's Caffe2 Xavier fill; DySample offsets near zero
             return
-        # CLIP keeps open_clip's own random init in a fresh model (real weights always come from a checkpoint).
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, PATSideAdapter):
@@ -572,7 +595,7 @@ def _is_host_tensor(tensor: torch.Tensor) -> bool:
 
 
 def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> torch.Tensor:
-    """(B, 1, H, W) float mask of the real (unpadded) pixels of each image; all ones without `image_sizes`."""
+    """(B, 1, H_img, W_img) float mask of the real (unpadded) pixels of each image; all ones without `image_sizes`."""
     batch, _, height, width = pixel_values.shape
     if image_sizes is None:
         return pixel_values.new_ones(batch, 1, height, width)
@@ -626,7 +649,10 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         self.criterion = PATSegmentationLoss(config)
         self.tokenization_loss = None
         if config.use_pyramid_tokenization:
-            self.tokenization_loss = PATTokenizationLoss(config, clip_feature_fn=self.clip_perceptual_features)
+            # resolved once, here, and kept in the config (saved with the model): the loss never depends on the cache
+            config.perceptual_network = resolve_perceptual_network(config.perceptual_network)
+            network = perceptual_feature_network(config.perceptual_network, self.model)
+            self.tokenization_loss = PATTokenizationLoss(config, perceptual_network=network)
         # (dtypes of the text parameters, sha256 of their bytes): `text_weights_fingerprint`, kept with the model
         self._text_fingerprint: tuple[tuple[torch.dtype, ...], str] | None = None
         self.post_init()
@@ -791,19 +817,6 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         dtype = self.model.clip_tower.text_tower.text_projection.dtype
         return torch.stack([rows[name] for name in class_names]).to(self.device, dtype)
 
-    def clip_perceptual_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """[0, 1] images (B, 3, H, W) -> frozen-CLIP feature maps after each trunk block (the fallback perceptual
-        network when no VGG weights are available: they cannot be downloaded here; gradients reach the images).
-
-        The images enter in CLIP's dtype (a bf16 model gets fp32 images from the loss) and the maps leave in fp32.
-        """
-        tower = self.model.clip_tower
-        # copied without waiting for the device (new_tensor's copy would, at every training step)
-        mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
-        std = torch.tensor(OPENAI_CLIP_STD, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
-        pixel_values = self.model.clip_input((images - mean) / std).to(next(tower.visual.parameters()).dtype)
-        return [fmap.float() for fmap in tower.extract_features(pixel_values).maps[1:]]
-
     def default_class_names(self) -> list[str]:
         id2label = self.config.id2label or {}
         return [id2label[i] for i in sorted(id2label, key=int)]
@@ -928,7 +941,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             # coarser pyramids (e.g. scales 1, 1, 1) reconstruct at a lower resolution: compare at that size
             image = F.adaptive_avg_pool2d(image, reconstruction.shape[-2:])
             valid = F.adaptive_avg_pool2d(valid, reconstruction.shape[-2:]) > 0.5
-        pyramid = {name: outputs.quantized_features[name] for name in ("early", "mid", "late")}
+        pyramid = {name: outputs.quantized_features[name] for name in PYRAMID_STAGES}
         return self.tokenization_loss(
             image, pyramid, outputs.codebook_losses, reconstruction, valid_mask=valid, generator=generator
         )

@@ -1,8 +1,9 @@
 """PAT's vector quantiser: vMF-VQ (choice V1, ViT-VQGAN's factorised l2-normalised lookup) or Euclidean VQ.
 
-Shapes: B batch, C input channels, D code dim, K codebook size, H x W grid, N tokens, M = B*H*W (or B*N) positions.
-One code path serves both layouts: the core works on channels-last (..., D) tensors, and the VQ loss is a mean over
-all elements times D, which equals the mean over positions of the squared L2 norm whatever the layout.
+Paper: arXiv 2412.14145, Eq. 2 (vMFVQ); architecture.md section 3.2; choices V1, V2, V3. Shapes in the symbols of
+`modeling_pat.py`'s table: a (B, C_side, H_s, W_s) map in, codes of width C_code from a codebook of K rows. The core
+works on channels-last (..., C_code) vectors; its VQ loss is a mean over all elements times C_code, which equals the
+mean over positions of the squared L2 distance.
 """
 
 import contextlib
@@ -16,10 +17,10 @@ from torch import nn
 
 @dataclass
 class PATQuantizerOutput:
-    """Quantiser result; maps are (B, D, H, W) from `forward` and (B, N, D) from `forward_tokens`."""
+    """Quantiser result: maps (B, C_code, H_s, W_s), indices (B, H_s, W_s)."""
 
     quantized: torch.Tensor  # straight-through codes: value e_k*, gradient to `encoded`
-    indices: torch.Tensor  # (B, H, W) or (B, N) int64
+    indices: torch.Tensor  # (B, H_s, W_s) int64
     loss: torch.Tensor  # codebook term + beta * commitment term (+ diversity_weight * diversity)
     encoded: torch.Tensor  # h: the (normalised) projection, before quantisation
     perplexity: torch.Tensor  # exp(entropy of the batch's code histogram), in [1, K]
@@ -49,7 +50,8 @@ def code_statistics(indices: torch.Tensor, codebook_size: int) -> tuple[torch.Te
 
 
 class PATVectorQuantizer(nn.Module):
-    """(B, C, H, W) -> `PATQuantizerOutput`: 1x1 projection to D, nearest of K codes, straight-through, VQ loss."""
+    """(B, C_side, H_s, W_s) -> `PATQuantizerOutput`: 1x1 projection to C_code, nearest of K codes,
+    straight-through, VQ loss."""
 
     # vMF (`use_vmf=True`): projection and codes are l2-normalised and the assignment is the cosine argmax, the MAP
     # code of an equal-concentration vMF mixture. Euclidean (`use_vmf=False`, the "No vMF meanshift" ablation): raw
@@ -79,7 +81,8 @@ class PATVectorQuantizer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # choice V2: N(0, 1) codes (directions uniform on the sphere once normalised); proj keeps torch's default
+        # choice V2: N(0, 1) codes (directions uniform on the sphere once normalised). Standalone, proj gets torch's
+        # default; inside a PAT model, `PATPreTrainedModel._init_weights` gives it N(0, initializer_range).
         nn.init.normal_(self.codebook)
         self.proj.reset_parameters()
 
@@ -87,32 +90,32 @@ class PATVectorQuantizer(nn.Module):
         return F.normalize(x, dim=dim) if self.use_vmf else x
 
     def normalized_codebook(self) -> torch.Tensor:
-        """(K, D): the codes as used for assignment and lookup (unit rows for vMF, raw rows for Euclidean)."""
+        """(K, C_code): the codes as used for assignment and lookup (unit rows for vMF, raw rows for Euclidean)."""
         return self._normalize(self.codebook, dim=-1)
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """(...) int64 -> (..., D) codes, differentiable w.r.t. the codebook."""
+        """(...) int64 -> (..., C_code) codes, differentiable w.r.t. the codebook."""
         return F.embedding(indices, self.normalized_codebook())
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) int64 -> (B, D, H, W): the quantised map of given indices (equals `quantized` for them)."""
-        return self.codes_from_indices(indices).permute(0, 3, 1, 2)  # (B, H, W, D) -> (B, D, H, W)
+        """(B, H_s, W_s) int64 -> (B, C_code, H_s, W_s): the quantised map of given indices (`quantized` for them)."""
+        return self.codes_from_indices(indices).permute(0, 3, 1, 2)  # (B, H_s, W_s, C_code) -> (B, C_code, H_s, W_s)
 
     @torch.no_grad()
     def assign(self, encoded: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (...) int64: nearest code (cosine argmax for vMF, squared-distance argmin otherwise)."""
+        """(..., C_code) -> (...) int64: nearest code (cosine argmax for vMF, squared-distance argmin otherwise)."""
         # fp32 and autocast off (no-ops in fp32): in bf16 about 1% of the argmaxes flip between near-equal codes
         with autocast_off(encoded.device.type):
-            flat = encoded.reshape(-1, self.code_dim).float()  # (M, D)
-            codebook = self.normalized_codebook().float()  # (K, D)
-            similarity = flat @ codebook.T  # (M, K)
+            flat = encoded.reshape(-1, self.code_dim).float()  # (B * L_s, C_code), L_s = H_s * W_s
+            codebook = self.normalized_codebook().float()  # (K, C_code)
+            similarity = flat @ codebook.T  # (B * L_s, K)
             if not self.use_vmf:
                 # argmin ||h - e||^2 = argmax (2 h.e - ||e||^2); ||h||^2 is the same for every code
                 similarity = 2 * similarity - codebook.pow(2).sum(-1)
         return similarity.argmax(-1).view(encoded.shape[:-1])
 
     def diversity(self, encoded: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> scalar log K - H(mean soft assignment): 0 when the batch spreads evenly over all K codes.
+        """(..., C_code) -> scalar log K - H(mean soft assignment): 0 when the batch spreads evenly over all K codes.
 
         Without it a learnable codebook with no EMA or restarts (choice V2) collapses onto a few codes: codes that
         are never chosen get no gradient. The soft assignment gives every code a gradient, stays stateless (nothing
@@ -120,7 +123,7 @@ class PATVectorQuantizer(nn.Module):
         """
         flat = encoded.reshape(-1, self.code_dim)
         codebook = self.normalized_codebook().to(flat.dtype)
-        logits = flat @ codebook.T  # (M, K)
+        logits = flat @ codebook.T  # (B * L_s, K)
         if not self.use_vmf:
             logits = 2 * logits - codebook.pow(2).sum(-1) - flat.pow(2).sum(-1, keepdim=True)  # -||h - e||^2
         mean_assignment = (logits.float() / self.diversity_temperature).softmax(-1).mean(0)  # (K,)
@@ -128,7 +131,7 @@ class PATVectorQuantizer(nn.Module):
         return math.log(self.codebook_size) - entropy  # a host number: no copy to the device
 
     def _quantize(self, encoded: torch.Tensor) -> PATQuantizerOutput:
-        """(..., D) channels-last encoded vectors -> output fields in the same layout."""
+        """(..., C_code) channels-last encoded vectors -> output fields in the same layout."""
         indices = self.assign(encoded)
         codes = self.codes_from_indices(indices).to(encoded.dtype)
         # straight-through h + sg(e - h), written so that the forward value is exactly e (eval output == lookup)
@@ -153,17 +156,12 @@ class PATVectorQuantizer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> PATQuantizerOutput:
-        # (B, C, H, W) -> (B, D, H, W) -> (B, H, W, D) for the core, and back for the map outputs
+        # (B, C_side, H_s, W_s) -> (B, C_code, H_s, W_s) -> (B, H_s, W_s, C_code) for the core, and back for the maps
         encoded = self._normalize(self.proj(x), dim=1)
         out = self._quantize(encoded.permute(0, 2, 3, 1))
         out.quantized = out.quantized.permute(0, 3, 1, 2).contiguous()  # NCHW, as convs' weight gradients need
         out.encoded = encoded
         return out
-
-    def forward_tokens(self, x: torch.Tensor) -> PATQuantizerOutput:
-        """(B, N, C) -> `PATQuantizerOutput` with (B, N, D) maps and (B, N) indices (same weights as `forward`)."""
-        encoded = self._normalize(F.linear(x, self.proj.weight.flatten(1), self.proj.bias), dim=-1)
-        return self._quantize(encoded)
 
     def extra_repr(self) -> str:
         return (

@@ -1,7 +1,9 @@
 """PATConfig: presets load, validate and round-trip; bad settings fail at construction with a clear message."""
 
+import dataclasses
 import json
 import math
+import re
 import typing
 
 import pytest
@@ -10,6 +12,7 @@ from modeling_pat import PATConfig
 from modeling_pat.configuration_pat import (
     COUNT_FIELDS,
     OPTIONAL_COUNT_FIELDS,
+    PAT_FIELDS,
     POSITIVE_FIELDS,
     PRESETS_DIR,
     VILD_TEMPLATES,
@@ -33,6 +36,40 @@ def test_preset_loads_validates_and_round_trips(tmp_path, name):
     config.save_pretrained(tmp_path)
     again = PATConfig.from_pretrained(tmp_path)
     assert again.to_diff_dict() == config.to_diff_dict()
+
+
+def test_pat_fields_are_the_fields_after_the_pat_switch():
+    names = [field.name for field in dataclasses.fields(PATConfig)]
+    assert list(PAT_FIELDS) == names[names.index("use_pyramid_tokenization") + 1 :]
+
+
+@pytest.mark.parametrize("name", [p for p in PRESETS if p.startswith("pat-")])
+def test_pat_presets_write_every_pat_field_out(name):
+    written = json.loads((PRESETS_DIR / f"{name}.json").read_text())
+    assert written["use_pyramid_tokenization"] is True
+    assert [field for field in PAT_FIELDS if field not in written] == []
+
+
+def pat_docstring_entries() -> list[str]:
+    """The PAT section of PATConfig's docstring, one string per entry (an entry starts at 8 spaces of indent)."""
+    doc = PATConfig.__doc__
+    lines = doc[doc.index("PAT (read only with `use_pyramid_tokenization`") :].splitlines()
+    entries = []
+    for line in lines[1:]:
+        if line.startswith(" " * 8) and not line.startswith(" " * 9):
+            entries.append(line.strip())
+        elif line.startswith(" " * 12) and entries:
+            entries[-1] += " " + line.strip()
+    return entries
+
+
+def test_every_pat_field_is_documented_with_its_paper_reference_or_choice():
+    entries = pat_docstring_entries()
+    for field in PAT_FIELDS:
+        # the entry that names the field before its description (after the first "): ")
+        documented = [e for e in entries if re.search(rf"(^|, | and ){field} \(", e.split("): ", 1)[0])]
+        assert len(documented) == 1, field
+        assert re.search(r"Paper|paper Eq|Table II|Choice|DECISIONS|register", documented[0]), field
 
 
 def test_san_presets_carry_the_reference_hyperparameters():

@@ -412,6 +412,19 @@ def test_trainable_parameter_counts_match_the_official_logs(preset, expected):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [({}, 17_337_025), ({"shared_decoder": False}, 23_192_705)])
+def test_pat_trainable_parameter_counts_are_the_documented_ones(overrides, expected):
+    """README, register of choices "N1": SAN's 8,370,866 plus PAT's additions; 23M only with separate decoders."""
+    config = PATConfig.from_preset("pat-clip-vit-b16")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    with torch.device("meta"):
+        model = PATForOpenVocabSegmentation(config)
+    trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+    assert sum(trainable.values()) == expected
+    assert sum(n for name, n in trainable.items() if not name.startswith("model.tokenization.")) == 8_370_866
+
+
 def test_mixed_size_real_photos_end_to_end():
     from PIL import Image
 
@@ -453,6 +466,90 @@ def test_a_damaged_weights_file_is_named_by_from_pretrained(tmp_path, model, dam
             loader.from_pretrained(tmp_path)
         assert str(weights) in str(caught.value)
 
+
+def test_auto_perceptual_network_is_resolved_once_and_saved(monkeypatch, tmp_path):
+    from modeling_pat.tokenization_loss import PATClipPerceptualFeatures, vgg16_weights_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG weights: "auto" means CLIP
+    model = tiny_model(preset="pat-tiny")
+    assert model.config.perceptual_network == "clip"
+    network = model.tokenization_loss.perceptual.feature_network.network
+    assert isinstance(network, PATClipPerceptualFeatures) and network.image_model is model.model
+    assert not any("tokenization_loss" in name for name in model.state_dict())  # CLIP is not saved twice
+    model.save_pretrained(tmp_path / "saved")
+    assert PATConfig.from_pretrained(tmp_path / "saved").perceptual_network == "clip"
+    vgg16_weights_path().parent.mkdir(parents=True)
+    vgg16_weights_path().write_bytes(b"")  # VGG weights appear in the cache afterwards
+    reloaded = PATForOpenVocabSegmentation.from_pretrained(tmp_path / "saved")
+    assert reloaded.tokenization_loss.perceptual_network_name == "clip"  # the saved choice, not the cache's
+    assert PATForOpenVocabSegmentation(tiny_config("pat-tiny")).config.perceptual_network == "vgg"  # a new build
+
+
+def test_clip_perceptual_features_are_the_trunk_maps_of_the_resized_image(pixel_values):
+    model = tiny_model(preset="pat-tiny")
+    images = torch.rand(1, 3, 64, 96)
+    maps = model.tokenization_loss.perceptual.feature_network(images)
+    assert len(maps) == model.config.clip_feature_layers
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+    with torch.no_grad():
+        expected = model.model.clip_tower.extract_features(model.model.clip_input((images - mean) / std)).maps[1:]
+    for got, want in zip(maps, expected, strict=True):
+        torch.testing.assert_close(got, want.float())
+
+
+def _close_std(tensor: torch.Tensor, expected: float, tolerance: float = 0.15) -> bool:
+    return abs(tensor.float().std().item() - expected) <= tolerance * expected
+
+
+def test_a_fresh_model_keeps_open_clips_init_of_clip():
+    import open_clip
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = PATForOpenVocabSegmentation(config)
+    clip_config = config.clip_config
+    torch.manual_seed(1)
+    reference = open_clip.model.CLIP(
+        embed_dim=clip_config["embed_dim"], vision_cfg=clip_config["vision_cfg"], text_cfg=clip_config["text_cfg"],
+        quick_gelu=config.clip_quick_gelu,
+    ).state_dict()
+    ours = {k.removeprefix("model.clip_tower.clip."): v for k, v in model.state_dict().items()
+            if k.startswith("model.clip_tower.clip.")}
+    assert ours.keys() == reference.keys()
+    for name, expected in reference.items():
+        got = ours[name]
+        if expected.numel() == 1 or expected.float().std() == 0:  # constants: norms, zero biases, logit_scale
+            assert torch.equal(got, expected), name
+        elif expected.numel() >= 256:  # the same distribution, other draws (smaller tensors: too noisy to compare)
+            assert _close_std(got, expected.float().std().item(), 0.2), name
+            assert not torch.equal(got, expected), name
+
+
+def test_each_pat_module_gets_its_documented_init():
+    from modeling_pat.modeling_pat import PATFusionProjection, PATOffsetConv2d, PATVectorQuantizer  # as it sees them
+
+    model = tiny_model(preset="pat-tiny")
+    std = model.config.initializer_range
+    clip = set(model.model.clip_tower.clip.modules())
+    for name, module in model.named_modules():
+        if module in clip:
+            continue
+        if isinstance(module, PATFusionProjection):  # Caffe2 Xavier fill: U(-sqrt(3 / fan_in), sqrt(3 / fan_in))
+            bound = (3 / module.weight[0].numel()) ** 0.5
+            assert module.weight.abs().max() <= bound and _close_std(module.weight, bound / 3**0.5), name
+        elif isinstance(module, PATOffsetConv2d):
+            assert _close_std(module.weight, 0.001), name
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            assert module.weight.numel() < 1024 or _close_std(module.weight, std), name  # small ones: too noisy
+        elif isinstance(module, torch.nn.LayerNorm) or type(module).__name__ == "PATChannelLayerNorm":
+            assert module.weight is None or torch.equal(module.weight, torch.ones_like(module.weight)), name
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.LayerNorm)):
+            assert module.bias is None or not module.bias.any(), name
+    codebooks = torch.cat([m.codebook.flatten() for m in model.modules() if isinstance(m, PATVectorQuantizer)])
+    assert _close_std(codebooks, 1.0)  # choice V2: N(0, 1)
+    side = model.model.side_adapter
+    assert _close_std(side.pos_embed, std) and _close_std(side.query_embed, std, 0.3)
 
 # -- transformers conventions: attention implementation, outputs, keyword arguments ------------------------------------
 def test_attention_implementation_is_sdpa_and_nothing_else(tmp_path):

@@ -116,17 +116,6 @@ def test_code_statistics_uniform_histogram():
     torch.testing.assert_close(usage, torch.tensor(0.5))
 
 
-def test_forward_tokens_matches_map_forward():
-    quantizer = make_quantizer()
-    x = features(2, 12, 3, 4)
-    maps = quantizer(x)
-    tokens = quantizer.forward_tokens(x.flatten(2).transpose(1, 2))  # (B, C, H, W) -> (B, L, C)
-    assert tokens.quantized.shape == tokens.encoded.shape == (2, 12, 8)
-    assert torch.equal(tokens.indices, maps.indices.flatten(1))
-    torch.testing.assert_close(tokens.quantized, maps.quantized.flatten(2).transpose(1, 2))
-    torch.testing.assert_close(tokens.loss, maps.loss)
-
-
 def test_reset_parameters_and_no_buffers():
     quantizer = make_quantizer(codebook_size=256, code_dim=32)
     nn.init.zeros_(quantizer.codebook)

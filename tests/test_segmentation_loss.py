@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_pat.losses import (
+from modeling_pat.segmentation_loss import (
     PATHungarianMatcher,
     PATSegmentationLoss,
     PATTarget,

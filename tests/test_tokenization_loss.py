@@ -6,13 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_pat.pat_losses import (
+from modeling_pat.tokenization_loss import (
     PATPerceptualLoss,
     PATTokenizationLoss,
-    build_perceptual_loss,
+    PATVGG16Features,
     crf_loss,
     load_vgg16_features,
+    perceptual_feature_network,
     reconstruction_loss,
+    resolve_perceptual_network,
     spatial_alignment_loss,
     tv_loss,
     vgg16_weights_path,
@@ -197,24 +199,27 @@ def test_feature_fn_modules_stay_out_of_the_module_tree():
     assert module_loss.state_dict() == {}
 
 
-def test_vgg_without_local_weights_raises_a_clear_error(monkeypatch, tmp_path):
+def test_vgg_without_local_weights_raises_a_clear_error_at_first_use(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
     assert vgg16_weights_path() == tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    network = perceptual_feature_network("vgg")  # building needs no file: inference never calls it
     with pytest.raises(RuntimeError, match=r"VGG16 ImageNet weights at .*vgg16-397923af\.pth.*nothing is downloaded"):
-        build_perceptual_loss("vgg")
-    with pytest.raises(RuntimeError, match="no local VGG16 weights"):
-        build_perceptual_loss("auto")
+        network(torch.rand(1, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="nothing is downloaded"):
+        PATVGG16Features.from_torch_hub_cache()
 
 
-def test_auto_falls_back_to_clip_and_none_builds_nothing(monkeypatch, tmp_path):
+def test_auto_resolves_to_clip_without_vgg_weights_and_kinds_build_their_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    perceptual = build_perceptual_loss("auto", clip_feature_fn=toy_features)
-    assert perceptual.name == "clip" and perceptual.feature_fn is toy_features
-    assert build_perceptual_loss("none") is None
-    with pytest.raises(ValueError, match="clip_feature_fn"):
-        build_perceptual_loss("clip")
-    with pytest.raises(ValueError, match="Unknown perceptual_network"):
-        build_perceptual_loss("alexnet")
+    assert resolve_perceptual_network("auto") == "clip"
+    assert [resolve_perceptual_network(kind) for kind in ("vgg", "clip", "none")] == ["vgg", "clip", "none"]
+    image_model = torch.nn.Identity()
+    assert perceptual_feature_network("clip", image_model).image_model is image_model
+    assert perceptual_feature_network("none") is None
+    with pytest.raises(ValueError, match="image model"):
+        perceptual_feature_network("clip")
+    with pytest.raises(ValueError, match="not resolved"):
+        perceptual_feature_network("auto")
 
 
 def test_vgg_loads_from_the_local_cache_only(monkeypatch, tmp_path):
@@ -229,13 +234,14 @@ def test_vgg_loads_from_the_local_cache_only(monkeypatch, tmp_path):
     torch.save(state, vgg16_weights_path())
     features = load_vgg16_features(vgg16_weights_path())
     torch.testing.assert_close(features[28].weight, state["features.28.weight"])
-    for kind in ("vgg", "auto"):
-        perceptual = build_perceptual_loss(kind, clip_feature_fn=toy_features)
-        assert perceptual.name == "vgg16"
-    maps = perceptual.feature_fn(torch.rand(1, 3, 32, 32))
+    assert resolve_perceptual_network("auto") == "vgg"
+    network = perceptual_feature_network("vgg")
+    maps = network(torch.rand(1, 3, 32, 32))  # reads the file now
+    torch.testing.assert_close(network.features[28].weight, state["features.28.weight"])
     assert [tuple(m.shape[1:]) for m in maps] == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2)]
+    perceptual = PATPerceptualLoss(network, network.name)
+    assert perceptual.name == "vgg16" and list(perceptual.parameters()) == []
     assert math.isfinite(perceptual(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)).item())
-
 
 
 def test_a_truncated_vgg_file_raises_oserror_naming_it(tmp_path):
@@ -271,7 +277,7 @@ def tokenization_inputs(seed: int = 0):
 
 def run_tokenization_loss(**overrides):
     config = tiny_config(perceptual_network="clip", **overrides)
-    loss_fn = PATTokenizationLoss(config, clip_feature_fn=toy_features)
+    loss_fn = PATTokenizationLoss(config, perceptual_network=toy_features)
     image, quantized, vq_losses, reconstruction, indices = tokenization_inputs()
     return loss_fn(image, quantized, vq_losses, reconstruction, crf_sample_indices=indices)
 
@@ -328,7 +334,16 @@ def test_spatial_alignment_off_removes_its_terms():
 
 
 def test_perceptual_network_name_is_reported():
-    assert PATTokenizationLoss(tiny_config(perceptual_network="clip"), toy_features).perceptual_network_name == "clip"
+    assert PATTokenizationLoss(tiny_config(perceptual_network="clip"), toy_features).perceptual_network_name == (
+        "function"  # a plain callable is named by its type; the package's networks carry a `name`
+    )
+    network = perceptual_feature_network("clip", torch.nn.Identity())
+    assert PATTokenizationLoss(tiny_config(perceptual_network="clip"), network).perceptual_network_name == "clip"
     assert PATTokenizationLoss(tiny_config(perceptual_network="none")).perceptual_network_name == "none"
     # a zero perceptual weight builds no network, so no CLIP function (or VGG file) is needed
     assert PATTokenizationLoss(tiny_config(reconstruction_perceptual_weight=0.0)).perceptual is None
+
+
+def test_a_perceptual_term_without_its_network_is_refused():
+    with pytest.raises(ValueError, match=r"perceptual_network='clip' .* needs its feature network"):
+        PATTokenizationLoss(tiny_config(perceptual_network="clip"))

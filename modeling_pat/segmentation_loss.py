@@ -1,10 +1,13 @@
 """SAN's segmentation loss (the Mask2Former criterion): Hungarian matching, void-weighted CE, point-sampled BCE + Dice.
 
-Shapes: B batch, Q queries, N classes (+1 = void last), M matched masks, T targets of one image, P points,
-h x w mask-logit grid, H x W label grid. Points are (x, y) in [0, 1) and sampled with grid_sample(2p - 1).
+Shapes in the symbols of `modeling_pat.py`'s table: B, Q, N classes (+1 = void last), M target segments of one
+image, M_B the matched (query, segment) pairs of the whole batch (the sum over images of min(Q, M)), P points. Mask
+logits lie on their own grid H x W (the side grid; PAT's final level: the early grid H_s x W_s), labels and target
+masks on the input's H_img x W_img. Points are (x, y) in [0, 1) and sampled with grid_sample(2p - 1).
 
 Randomness: the matcher draws one (P, 2) point set per image, all images in one (B, P, 2) draw; the mask loss draws
-(M, 3P, 2) candidates and (M, P - 0.75P, 2) extra points, in that order, final level first, then the auxiliary levels.
+(M_B, 3P, 2) candidates and (M_B, P - 0.75P, 2) extra points, in that order, final level first, then the auxiliary
+levels.
 Every draw goes through `_PointSource`, which uses the given generator (on its device), else the default generator of
 the logits' device, or takes recorded points from `sampling_points` (used by the parity tests).
 
@@ -25,7 +28,7 @@ from .configuration_pat import PATConfig
 
 @dataclass
 class PATTarget:
-    """Targets of one image: `class_ids` (T,) int64 and `masks` (T, H, W) float 0/1."""
+    """Targets of one image: `class_ids` (M,) int64 and `masks` (M, H_img, W_img) float 0/1."""
 
     class_ids: torch.Tensor
     masks: torch.Tensor
@@ -33,7 +36,7 @@ class PATTarget:
 
 @dataclass
 class PATMatch:
-    """Hungarian result of one image: `query_ids`, `target_ids` (both (min(Q, T),) int64) and `cost` (Q, T)."""
+    """Hungarian result of one image: `query_ids`, `target_ids` (both (min(Q, M),) int64) and `cost` (Q, M)."""
 
     query_ids: torch.Tensor
     target_ids: torch.Tensor
@@ -42,14 +45,15 @@ class PATMatch:
 
 @dataclass
 class PATLossLevel:
-    """Per-level record: matches per image and the mask-loss points (M, P, 2), for inspection and parity checks."""
+    """Per-level record: matches per image and the mask-loss points (M_B, P, 2), for inspection and parity checks."""
 
     matches: list[PATMatch] = field(default_factory=list)
     mask_points: torch.Tensor | None = None
 
 
 def labels_to_targets(labels: torch.Tensor, num_classes: int, ignore_index: int) -> list[PATTarget]:
-    """(B, H, W) semantic label maps -> one `PATTarget` per image (sorted class ids present, one binary mask each).
+    """(B, H_img, W_img) semantic label maps -> one `PATTarget` per image (sorted class ids present, one binary mask
+    each).
 
     The classes present in every image are found on the labels' device and read back in one host copy (a
     `torch.unique` per image would wait for the device once per image); the ids go back to it in one copy.
@@ -72,8 +76,8 @@ def labels_to_targets(labels: torch.Tensor, num_classes: int, ignore_index: int)
 
 
 def _class_presence(labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """(B, H, W) labels -> (B, N + 2) bool: class n occurs in image b; column N: ignored pixels, N + 1: ids outside
-    0..N-1 (an error). A scatter on the labels' device, without waiting for it."""
+    """(B, H_img, W_img) labels -> (B, N + 2) bool: class n occurs in image b; column N: ignored pixels, N + 1: ids
+    outside 0..N-1 (an error). A scatter on the labels' device, without waiting for it."""
     in_vocabulary = (labels >= 0) & (labels < num_classes)
     outside = torch.where(labels == ignore_index, num_classes, num_classes + 1)
     columns = torch.where(in_vocabulary & (labels != ignore_index), labels, outside).flatten(1).long()
@@ -82,13 +86,13 @@ def _class_presence(labels: torch.Tensor, num_classes: int, ignore_index: int) -
 
 
 def point_sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(M, h, w) maps at (M, P, 2) points in [0, 1) -> (M, P), bilinear, align_corners=False."""
-    grid = 2.0 * points[:, :, None, :] - 1.0  # (M, P, 1, 2)
+    """(M_B, H, W) maps at (M_B, P, 2) points in [0, 1) -> (M_B, P), bilinear, align_corners=False."""
+    grid = 2.0 * points[:, :, None, :] - 1.0  # (M_B, P, 1, 2)
     return F.grid_sample(maps[:, None], grid.to(maps.dtype), align_corners=False)[:, 0, :, 0]
 
 
 def pairwise_sigmoid_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(Q, P) logits, (T, P) targets -> (Q, T) mean BCE-with-logits over the points."""
+    """(Q, P) logits, (M, P) targets -> (Q, M) mean BCE-with-logits over the points."""
     pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
     neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
     cost = torch.einsum("qp,tp->qt", pos, targets) + torch.einsum("qp,tp->qt", neg, 1 - targets)
@@ -96,7 +100,7 @@ def pairwise_sigmoid_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(Q, P) logits, (T, P) targets -> (Q, T) Dice loss with +1 smoothing."""
+    """(Q, P) logits, (M, P) targets -> (Q, M) Dice loss with +1 smoothing."""
     probs = logits.sigmoid()
     numerator = 2 * torch.einsum("qp,tp->qt", probs, targets)
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
@@ -104,12 +108,12 @@ def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """(M, P) logits and targets -> scalar: sum over masks of the mean BCE over points, / num_masks."""
+    """(M_B, P) logits and targets -> scalar: sum over masks of the mean BCE over points, / num_masks."""
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1).sum() / num_masks
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """(M, P) logits and targets -> scalar: sum over masks of 1 - (2|x.t| + 1) / (|x| + |t| + 1), / num_masks."""
+    """(M_B, P) logits and targets -> scalar: sum over masks of 1 - (2|x.t| + 1) / (|x| + |t| + 1), / num_masks."""
     probs = logits.sigmoid()
     numerator = 2 * (probs * targets).sum(-1)
     denominator = probs.sum(-1) + targets.sum(-1)
@@ -120,7 +124,7 @@ class _PointSource:
     """Hands out the random points of one loss pass: fresh draws from `generator`, or recorded ones.
 
     Without a generator the points are drawn by the default generator of the device they are used on: drawn on the
-    host, the millions of points of a batch (M x 3P x 2 per level) cost more than the rest of a GPU training step.
+    host, the millions of points of a batch (M_B x 3P x 2 per level) cost more than the rest of a GPU training step.
     """
 
     def __init__(self, recorded: dict | None, generator: torch.Generator | None):
@@ -152,7 +156,7 @@ class _PointSource:
 
 
 class PATHungarianMatcher(nn.Module):
-    """class logits (B, Q, N+1) and mask logits (B, Q, h, w) vs targets -> one `PATMatch` per image."""
+    """class logits (B, Q, N+1) and mask logits (B, Q, H, W) vs targets -> one `PATMatch` per image."""
 
     def __init__(self, cost_class: float, cost_mask: float, cost_dice: float, num_points: int):
         super().__init__()
@@ -174,7 +178,7 @@ class PATHungarianMatcher(nn.Module):
         return matches
 
     def costs(self, class_logits, mask_logits, targets: list[PATTarget], points: _PointSource, level: str):
-        """-> per image the (Q, T) matching cost, on the logits' device."""
+        """-> per image the (Q, M) matching cost, on the logits' device."""
         batch, num_queries = mask_logits.shape[:2]
         probs = class_logits.float().softmax(-1)  # (B, Q, N+1)
         # all queries and targets of an image share one point set
@@ -195,7 +199,8 @@ class PATHungarianMatcher(nn.Module):
 def sample_uncertain_points(
     mask_logits: torch.Tensor, num_points: int, oversample_ratio: float, importance_ratio: float, points, level: str
 ) -> torch.Tensor:
-    """(M, h, w) logits -> (M, P, 2) points: the most uncertain (|logit| smallest) of 3P candidates, plus random ones.
+    """(M_B, H, W) logits -> (M_B, P, 2) points: the most uncertain (|logit| smallest) of 3P candidates, plus random
+    ones.
 
     PointRend's importance sampling, with the same draw order: candidates first, then the extra random points.
     """
@@ -204,7 +209,7 @@ def sample_uncertain_points(
     num_uncertain = int(importance_ratio * num_points)
     candidates = points.draw(level, "oversampled_points", (num_masks, num_candidates, 2), mask_logits.device)
     uncertainty = -point_sample(mask_logits, candidates).abs()
-    top = torch.topk(uncertainty, k=num_uncertain, dim=1).indices  # (M, P_uncertain)
+    top = torch.topk(uncertainty, k=num_uncertain, dim=1).indices  # (M_B, importance_ratio * P)
     chosen = torch.gather(candidates, 1, top[..., None].expand(-1, -1, 2))
     extra = points.draw(level, "random_points", (num_masks, num_points - num_uncertain, 2), mask_logits.device)
     return torch.cat([chosen, extra], dim=1)
@@ -212,7 +217,7 @@ def sample_uncertain_points(
 
 @dataclass
 class _MatchedPairs:
-    """The matched (query, target) pairs of a whole batch, M of them in image order, as (M,) index tensors on the
+    """The matched (query, target) pairs of a whole batch, M_B of them in image order, as (M_B,) index tensors on the
     device: `image_ids`, `query_ids`, `target_ids` (into the batch's concatenated targets) and `local_target_ids`
     (into the image's targets); `counts`: pairs per image, on the host."""
 
@@ -237,7 +242,7 @@ class _MatchedPairs:
         return cls(image_ids, query_ids, target_ids, local_ids, [len(m.query_ids) for m in matches])
 
     def gather_masks(self, targets: list[PATTarget]) -> torch.Tensor:
-        """(M, H, W) target mask of every pair, image by image (no copy of the batch's unmatched masks)."""
+        """(M_B, H_img, W_img) target mask of every pair, image by image (no copy of the batch's unmatched masks)."""
         per_image = self.local_target_ids.split(self.counts)
         return torch.cat([t.masks[ids.to(t.masks.device)] for t, ids in zip(targets, per_image)])
 
@@ -280,9 +285,9 @@ class PATSegmentationLoss(nn.Module):
         return F.cross_entropy(class_logits.float().transpose(1, 2), target_classes, weight)
 
     def mask_losses(self, mask_logits, targets, matched, num_masks, points, level):
-        """(B, Q, h, w) logits -> (BCE, Dice, points) on importance-sampled points of the matched pairs."""
-        pred = mask_logits[matched.image_ids, matched.query_ids]  # (M, h, w)
-        gt = matched.gather_masks(targets).to(pred)  # (M, H, W)
+        """(B, Q, H, W) logits -> (BCE, Dice, points) on importance-sampled points of the matched pairs."""
+        pred = mask_logits[matched.image_ids, matched.query_ids]  # (M_B, H, W)
+        gt = matched.gather_masks(targets).to(pred)  # (M_B, H_img, W_img)
         with torch.no_grad():
             coords = sample_uncertain_points(
                 pred.detach(), self.num_points, self.oversample_ratio, self.importance_ratio, points, level
@@ -304,7 +309,7 @@ class PATSegmentationLoss(nn.Module):
 
         Returns (total weighted loss, weighted terms, unweighted terms, per-level records).
         `sampling_points` = {"final" | "aux0" | ...: {"matcher_points": [(1, P, 2) per image],
-        "oversampled_points": (M, 3P, 2), "random_points": (M, P/4, 2)}} replaces every random draw.
+        "oversampled_points": (M_B, 3P, 2), "random_points": (M_B, P/4, 2)}} replaces every random draw.
         """
         points = _PointSource(sampling_points, generator)
         num_masks = self.count_masks(targets, levels[0][0].device)

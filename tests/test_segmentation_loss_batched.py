@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from modeling_pat.losses import (
+from modeling_pat.segmentation_loss import (
     PATSegmentationLoss,
     _PointSource,
     dice_loss,
@@ -141,7 +141,7 @@ def test_points_without_a_generator_are_drawn_on_the_device_they_are_used_on(mon
 
 
 def test_pat_pixel_draws_without_a_generator_happen_on_the_features_device(monkeypatch):
-    from modeling_pat.pat_losses import sample_pixel_indices
+    from modeling_pat.tokenization_loss import sample_pixel_indices
 
     devices = []
     real_randint = torch.randint

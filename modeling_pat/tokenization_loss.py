@@ -5,9 +5,10 @@
     L_SA  = sum over s in (early, mid, late) of CRF(x_s, z_q,s) + TV(z_q,s)        (inner weights 1:1, SA1)
     L_rec = mse_weight * MSE + l1_weight * L1 + perceptual_weight * perceptual     (on [0, 1] images, RL1)
 
-The segmentation loss (SAN's criterion) lives in `losses.py`; the model adds both.
+The segmentation loss (SAN's criterion) lives in `segmentation_loss.py`; the model adds both.
 
-Shapes: B batch, D channels of a feature map, H x W its grid, n sampled pixels, L feature layers.
+Shapes in the symbols of `modeling_pat.py`'s table: B, code maps z_q (B, C_code, H_s, W_s) per stage s, images
+(B, 3, H_img, W_img), P sampled pixels of the CRF, F feature layers of the perceptual network.
 
 Conventions of the CRF, checked against FeatUp's `SampledCRFLoss` (featup/losses.py):
 * n pixels are drawn uniformly with replacement, one set shared by the whole batch. FeatUp draws rows and columns
@@ -17,9 +18,9 @@ Conventions of the CRF, checked against FeatUp's `SampledCRFLoss` (featup/losses
 * The colour distance is taken on the normalised image, as FeatUp does; FeatUp's guidance is ImageNet-normalised,
   ours is the model input (CLIP mean/std), area-resized to the feature grid. CLIP's std (~0.27) is a little wider
   than ImageNet's (~0.226), so the same photo gives ~0.7x FeatUp's squared colour distances.
-* The loss is the mean over (B, n, n), the diagonal included.
+* The loss is the mean over (B, P, P), the diagonal included.
 * Deviation: squared distances use the Gram form |a|^2 + |b|^2 - 2 a.b, so memory is O(B n^2) rather than the
-  O(B D n^2) of FeatUp's broadcast difference (1.5 GB per stage for B = 12, D = 32, n = 1000).
+  O(B C_code P^2) of FeatUp's broadcast difference (1.5 GB per stage for B = 12, C_code = 32, P = 1000).
 """
 
 from collections.abc import Callable, Sequence
@@ -32,10 +33,10 @@ from torch import nn
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .configuration_pat import PATConfig
+from .constants import PYRAMID_STAGES
 from .weights_files import torch_load_weights
 
 
-SPATIAL_ALIGNMENT_STAGES = ("early", "mid", "late")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # end index (exclusive) in torchvision's `vgg16().features` of each LPIPS layer: relu1_2 ... relu5_3
@@ -47,10 +48,10 @@ VGG16_LAYER_ENDS = {"relu1_2": 4, "relu2_2": 9, "relu3_3": 16, "relu4_3": 23, "r
 
 
 def pairwise_squared_distances(points: torch.Tensor) -> torch.Tensor:
-    """(B, C, n) -> (B, n, n) squared Euclidean distances, Gram form, clamped at 0 against round-off."""
+    """(B, channels, P) -> (B, P, P) squared Euclidean distances, Gram form, clamped at 0 against round-off."""
     # centring changes no distance but shrinks |a|^2 + |b|^2 - 2 a.b's cancellation error (exact 0 for equal points)
     points = points - points.mean(-1, keepdim=True)
-    squared_norms = points.square().sum(1)  # (B, n)
+    squared_norms = points.square().sum(1)  # (B, P)
     # autocast would run the einsum in half precision, and the cancellation would then lose ~3 digits
     with torch.autocast(device_type=points.device.type, enabled=False):
         gram = torch.einsum("bci,bcj->bij", points, points)
@@ -58,7 +59,7 @@ def pairwise_squared_distances(points: torch.Tensor) -> torch.Tensor:
 
 
 def sample_pixel_indices(num_pixels: int, num_samples: int, generator=None, device=None) -> torch.Tensor:
-    """(n,) flat pixel indices drawn uniformly with replacement (on the generator's device, then moved; without a
+    """(P,) flat pixel indices drawn uniformly with replacement (on the generator's device, then moved; without a
     generator on `device`, so that a GPU step neither draws on the host nor copies the indices up)."""
     generator_device = generator.device if generator is not None else (device or "cpu")
     indices = torch.randint(0, num_pixels, (num_samples,), generator=generator, device=generator_device)
@@ -66,9 +67,9 @@ def sample_pixel_indices(num_pixels: int, num_samples: int, generator=None, devi
 
 
 def crf_kernel(positions, colours, alpha, beta, gamma, w1, w2, shift) -> torch.Tensor:
-    """(1, 2, n) positions in [0, 1], (B, 3, n) colours -> (B, n, n) appearance + smoothness kernel."""
-    position_distances = pairwise_squared_distances(positions)  # (1, n, n)
-    colour_distances = pairwise_squared_distances(colours)  # (B, n, n)
+    """(1, 2, P) positions in [0, 1], (B, 3, P) colours -> (B, P, P) appearance + smoothness kernel."""
+    position_distances = pairwise_squared_distances(positions)  # (1, P, P)
+    colour_distances = pairwise_squared_distances(colours)  # (B, P, P)
     appearance = w1 * torch.exp(-position_distances / (2 * alpha) - colour_distances / (2 * beta))
     smoothness = w2 * torch.exp(-position_distances / (2 * gamma))
     return appearance + smoothness - shift
@@ -87,9 +88,10 @@ def crf_loss(
     generator: torch.Generator | None = None,
     sample_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, 3, H, W) normalised image, (B, D, H, W) features -> scalar mean over (B, n, n) of K_ij * |f_i - f_j|^2.
+    """(B, 3, H_s, W_s) normalised image, (B, C_code, H_s, W_s) codes -> scalar mean over (B, P, P) of
+    K_ij * |f_i - f_j|^2.
 
-    `sample_indices` (n,) flat indices into H * W replace the random draw (tests, parity) and `num_samples`.
+    `sample_indices` (P,) flat indices into H_s * W_s replace the random draw (tests, parity) and `num_samples`.
     """
     if image.shape[0] != features.shape[0] or image.shape[-2:] != features.shape[-2:]:
         raise ValueError(f"image {tuple(image.shape)} and features {tuple(features.shape)} must share B, H and W.")
@@ -98,16 +100,16 @@ def crf_loss(
         sample_indices = sample_pixel_indices(height * width, num_samples, generator, features.device)
     sample_indices = sample_indices.to(features.device)
     rows, cols = sample_indices // width, sample_indices % width
-    positions = torch.stack([rows / height, cols / width]).float()[None]  # (1, 2, n)
+    positions = torch.stack([rows / height, cols / width]).float()[None]  # (1, 2, P)
     # the kernel and distances run in fp32 even under autocast: exp() of large negative numbers
-    colours = _fp32(image.flatten(2)[:, :, sample_indices])  # (B, 3, n)
-    values = _fp32(features.flatten(2)[:, :, sample_indices])  # (B, D, n)
+    colours = _fp32(image.flatten(2)[:, :, sample_indices])  # (B, 3, P)
+    values = _fp32(features.flatten(2)[:, :, sample_indices])  # (B, C_code, P)
     kernel = crf_kernel(positions, colours, alpha, beta, gamma, w1, w2, shift)
     return (kernel * pairwise_squared_distances(values)).mean()
 
 
 def tv_loss(features: torch.Tensor) -> torch.Tensor:
-    """(B, D, H, W) -> scalar (sum (d_y f)^2 + sum (d_x f)^2) / (B D H W), on the features themselves.
+    """(B, C_code, H_s, W_s) -> scalar (sum (d_y f)^2 + sum (d_x f)^2) / (B C_code H_s W_s), on the features themselves.
 
     FeatUp's `TVLoss` formula; FeatUp's trainer feeds it the feature magnitude, which is constant for PAT's unit
     codes, so here it acts on z_q directly (architecture.md section 3.12).
@@ -120,7 +122,7 @@ def tv_loss(features: torch.Tensor) -> torch.Tensor:
 
 
 def area_resize(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 3, h, w) by area averaging.
+    """(B, 3, H_img, W_img) -> (B, 3, H_s, W_s) by area averaging.
 
     `F.interpolate(mode="area")` is `adaptive_avg_pool2d`, which also handles non-integer ratios (e.g. 864 -> 54).
     """
@@ -136,10 +138,11 @@ def spatial_alignment_loss(
     generator: torch.Generator | None = None,
     sample_indices: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(B, 3, H, W) normalised image, {stage: (B, D, h, w)} -> (sum, {"loss_crf_<stage>", "loss_tv_<stage>"}).
+    """(B, 3, H_img, W_img) normalised image, {stage: (B, C_code, H_s, W_s)} -> (sum, {"loss_crf_<stage>",
+    "loss_tv_<stage>"}).
 
     Inner weights 1:1 (SA1), so the dict values sum to the total. Stages draw their pixels in dict order;
-    `sample_indices` {stage: (n,)} replaces those draws. Padded pixels can be drawn too (as in FeatUp, which has
+    `sample_indices` {stage: (P,)} replaces those draws. Padded pixels can be drawn too (as in FeatUp, which has
     no padding): their colour is the normalised 0, so they mostly pair with each other through the colour kernel.
     """
     terms = {}
@@ -196,25 +199,31 @@ def load_vgg16_features(path: Path) -> nn.Sequential:
 
 
 class PATVGG16Features:
-    """Frozen VGG16: (B, 3, H, W) images in [0, 1] -> [relu1_2, relu2_2, relu3_3, relu4_3, relu5_3] maps.
+    """Frozen VGG16: (B, 3, H_img, W_img) images in [0, 1] -> [relu1_2, relu2_2, relu3_3, relu4_3, relu5_3] maps.
 
-    Deliberately not an `nn.Module`: it stays outside the PAT model's module tree, so it is never saved in PAT
-    checkpoints, counted among PAT parameters, or wiped by from_pretrained's meta-device construction. It follows
-    the input's device instead.
+    Not an `nn.Module`, so it stays outside the PAT model's module tree (never saved in PAT checkpoints, counted among
+    PAT parameters or wiped by from_pretrained's meta-device construction); it follows the input's device. Without
+    `features`, the weights are read from the local torch hub cache at the first call (a RuntimeError with
+    instructions when the file is absent; nothing is downloaded), so a model whose config names VGG loads and runs
+    inference on a machine without them.
     """
 
-    def __init__(self, features: nn.Sequential):
+    name = "vgg16"
+
+    def __init__(self, features: nn.Sequential | None = None):
         self.features = features
 
     @classmethod
     def from_torch_hub_cache(cls) -> "PATVGG16Features":
-        """Load from the local torch hub cache only; RuntimeError with instructions when the file is absent."""
+        """Load from the local torch hub cache now; RuntimeError with instructions when the file is absent."""
         path = vgg16_weights_path()
         if path is None or not path.is_file():
             raise RuntimeError(_missing_vgg_message(path))
         return cls(load_vgg16_features(path))
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if self.features is None:
+            self.features = self.from_torch_hub_cache().features
         self.features.to(images.device)  # a no-op once it is there
         # copied without waiting for the device (new_tensor's copy would)
         mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype).to(images.device, non_blocking=True).view(1, 3, 1, 1)
@@ -229,34 +238,66 @@ class PATVGG16Features:
         return outputs
 
 
+class PATClipPerceptualFeatures:
+    """The frozen CLIP trunk of an image model (`PATModel`) as the perceptual network: (B, 3, H_img, W_img) images in
+    [0, 1] -> the (B, C_clip, h, w) maps after each trunk block, in fp32 (gradients reach the images).
+
+    The images are CLIP-normalised, resized as the model resizes CLIP's input (`clip_input`) and enter in CLIP's dtype.
+    Holds a reference to the image model, not a copy, and is not an `nn.Module` (the CLIP weights are the model's own).
+    """
+
+    name = "clip"
+
+    def __init__(self, image_model: nn.Module):
+        self.image_model = image_model
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        tower = self.image_model.clip_tower
+        # copied without waiting for the device (new_tensor's copy would, at every training step)
+        mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
+        std = torch.tensor(OPENAI_CLIP_STD, dtype=images.dtype).to(images.device, non_blocking=True)[:, None, None]
+        pixel_values = self.image_model.clip_input((images - mean) / std).to(next(tower.visual.parameters()).dtype)
+        return [fmap.float() for fmap in tower.extract_features(pixel_values).maps[1:]]
+
+
+class _OutsideModuleTree:
+    """Holds a feature network without registering it: a VGG or the model's own CLIP must not enter the loss's (and
+    so the PAT model's) parameters or state dict."""
+
+    def __init__(self, network: Callable[[torch.Tensor], list[torch.Tensor]]):
+        self.network = network
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.network(images)
+
+
 def unit_feature_distance(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) pair -> scalar mean over (B, h, w) of the channel sum of |unit(a) - unit(b)|^2 (LPIPS, no lin)."""
+    """A pair of feature maps (B, channels, height, width) -> scalar mean over the batch and grid of the channel sum
+    of |unit(a) - unit(b)|^2 (LPIPS, no lin)."""
     features = F.normalize(_fp32(features), dim=1, eps=1e-10)
     reference = F.normalize(_fp32(reference), dim=1, eps=1e-10)
     return (features - reference).square().sum(1).mean()
 
 
 class PATPerceptualLoss(nn.Module):
-    """LPIPS without learned weights: (B, 3, H, W) images and targets in [0, 1] -> scalar sum over layers.
+    """LPIPS without learned weights: (B, 3, H_img, W_img) images and targets in [0, 1] -> scalar sum over the F layers.
 
-    Per layer: unit-normalise over channels, square the difference, sum over channels, average over (B, h, w).
+    Per layer: unit-normalise over channels, square the difference, sum over channels, average over batch and grid.
     LPIPS's learned 1x1 "lin" weights need downloaded weights; this is its uncalibrated baseline (each layer in
-    [0, 4]). `feature_fn` maps [0, 1] images to a list of (B, C_l, h_l, w_l) maps and does its own input
-    normalisation. It is kept out of the module tree (it may be the model's own frozen CLIP, or a VGG that must
-    not enter PAT checkpoints). `feature_fn=None` gives a zero loss. `name` says which network a run used.
+    [0, 4]). `feature_network`, given at construction, maps [0, 1] images to a list of F (B, channels, height,
+    width) maps and does its own input normalisation; it is kept out of the module tree (`_OutsideModuleTree`).
+    `name` says which network a run used.
     """
 
-    def __init__(self, feature_fn: Callable[[torch.Tensor], list[torch.Tensor]] | None, name: str):
+    def __init__(self, feature_network: Callable[[torch.Tensor], list[torch.Tensor]], name: str):
         super().__init__()
-        object.__setattr__(self, "feature_fn", feature_fn)  # bypass nn.Module registration on purpose
+        self.feature_network = _OutsideModuleTree(feature_network)
         self.name = name
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.feature_fn is None:
-            return images.new_zeros((), dtype=torch.float32)
         with torch.no_grad():  # the target is data: its features need no graph
-            target_features = self.feature_fn(targets)
-        image_features = self.feature_fn(images)
+            target_features = self.feature_network(targets)
+        image_features = self.feature_network(images)
         distances = [unit_feature_distance(a, b) for a, b in zip(image_features, target_features, strict=True)]
         return torch.stack(distances).sum()
 
@@ -264,25 +305,29 @@ class PATPerceptualLoss(nn.Module):
         return f"name={self.name!r}"
 
 
-def build_perceptual_loss(kind: str, clip_feature_fn: Callable | None = None) -> PATPerceptualLoss | None:
-    """Kind "vgg", "clip", "auto" (VGG16 if its weights are cached, else CLIP) or "none" -> the loss or None."""
-    if kind == "none":
-        return None
+def resolve_perceptual_network(kind: str) -> str:
+    """`perceptual_network` as a model is built: "auto" becomes "vgg" when torchvision's VGG16 weights are in the
+    local torch hub cache and "clip" otherwise; "vgg", "clip" and "none" stay. The model stores the result in its
+    config (saved with it), so the loss never changes later because a file appeared in or left the cache."""
     if kind == "auto":
         path = vgg16_weights_path()
-        kind = "vgg" if path is not None and path.is_file() else "clip"
-        if kind == "clip" and clip_feature_fn is None:
-            raise RuntimeError(
-                "perceptual_network='auto' found no local VGG16 weights and was given no CLIP feature function. "
-                + _missing_vgg_message(path)
-            )
+        return "vgg" if path is not None and path.is_file() else "clip"
+    return kind
+
+
+def perceptual_feature_network(kind: str, image_model: nn.Module | None = None):
+    """The feature network of a resolved `perceptual_network` kind: `PATVGG16Features` (weights read at first use),
+    `PATClipPerceptualFeatures(image_model)`, or None for "none"."""
     if kind == "vgg":
-        return PATPerceptualLoss(PATVGG16Features.from_torch_hub_cache(), "vgg16")
+        return PATVGG16Features()
     if kind == "clip":
-        if clip_feature_fn is None:
-            raise ValueError("perceptual_network='clip' needs `clip_feature_fn` (frozen-CLIP feature maps).")
-        return PATPerceptualLoss(clip_feature_fn, "clip")
-    raise ValueError(f"Unknown perceptual_network {kind!r}; expected 'vgg', 'clip', 'auto' or 'none'.")
+        if image_model is None:
+            raise ValueError("perceptual_network='clip' needs the image model whose frozen CLIP gives the features.")
+        return PATClipPerceptualFeatures(image_model)
+    if kind == "none":
+        return None
+    raise ValueError(f"perceptual_network {kind!r} is not resolved; expected 'vgg', 'clip' or 'none' "
+                     "(`resolve_perceptual_network` turns 'auto' into one of them).")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -290,7 +335,7 @@ def build_perceptual_loss(kind: str, clip_feature_fn: Callable | None = None) ->
 
 
 def denormalize(images: torch.Tensor, image_mean, image_std) -> torch.Tensor:
-    """(B, 3, H, W) model-normalised -> (B, 3, H, W) in [0, 1] space (not clamped: clamping would stop gradients)."""
+    """(B, 3, H_img, W_img) model-normalised -> the same in [0, 1] space (not clamped: that would stop gradients)."""
     # copied without waiting (a blocking host-to-device copy would wait for the device at every step)
     mean = torch.as_tensor(image_mean, dtype=torch.float32).to(images.device, non_blocking=True).view(1, -1, 1, 1)
     std = torch.as_tensor(image_std, dtype=torch.float32).to(images.device, non_blocking=True).view(1, -1, 1, 1)
@@ -308,11 +353,11 @@ def reconstruction_loss(
     perceptual: PATPerceptualLoss | None = None,
     valid_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(B, 3, H, W) pair, model-normalised -> (total, {"loss_rec_mse", "loss_rec_l1", "loss_rec_perceptual"}).
+    """(B, 3, H_img, W_img) pair, model-normalised -> (total, {"loss_rec_mse", "loss_rec_l1", "loss_rec_perceptual"}).
 
     The dict values carry their inner weights and sum to the total. Every term is computed on the de-normalised
     [0, 1] images, the scale the RL1 weights were chosen for (VQGAN-style losses on [0, 1] pixels), not on the ~4x
-    wider normalised values. `valid_mask` (B, 1, H, W) or (B, H, W), 1 on
+    wider normalised values. `valid_mask` (B, 1, H_img, W_img) or (B, H_img, W_img), 1 on
     real pixels: MSE and L1 average over valid pixels only; for the perceptual term the padded pixels of the
     reconstruction are replaced by the target's, so only real pixels create a feature difference.
     """
@@ -344,7 +389,7 @@ def _fp32(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _as_mask(valid_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) or (B, 1, H, W) 0/1 or bool -> (B, 1, H, W) float32 on `like`'s device."""
+    """(B, H_img, W_img) or (B, 1, H_img, W_img) 0/1 or bool -> (B, 1, H_img, W_img) float32 on `like`'s device."""
     mask = valid_mask[:, None] if valid_mask.dim() == 3 else valid_mask
     if mask.shape[0] != like.shape[0] or mask.shape[-2:] != like.shape[-2:]:
         raise ValueError(f"valid_mask {tuple(valid_mask.shape)} does not match images {tuple(like.shape)}.")
@@ -374,8 +419,9 @@ class PATTokenizationLoss(nn.Module):
       (reconstruction_weight x inner weight x term).
     Do not sum the whole dict: that would count every group twice.
 
-    With `use_spatial_alignment=False` no loss_spatial_alignment / loss_sa_* entries exist. The perceptual network
-    is built only when its weight is non-zero; `perceptual_network_name` says which one ("vgg16", "clip", "none").
+    With `use_spatial_alignment=False` no loss_spatial_alignment / loss_sa_* entries exist. The perceptual term's
+    feature network is given at construction (`perceptual_feature_network`) and used only when its weight is
+    non-zero; `perceptual_network_name` says which one ("vgg16", "clip", "none").
     """
 
     GROUP_KEYS = ("loss_vq", "loss_spatial_alignment", "loss_reconstruction")
@@ -383,7 +429,7 @@ class PATTokenizationLoss(nn.Module):
     def __init__(
         self,
         config: PATConfig,
-        clip_feature_fn: Callable | None = None,
+        perceptual_network: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
         image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         image_std: Sequence[float] = OPENAI_CLIP_STD,
     ):
@@ -399,11 +445,23 @@ class PATTokenizationLoss(nn.Module):
             "perceptual_weight": config.reconstruction_perceptual_weight,
         }
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
-        needs_perceptual = config.reconstruction_weight != 0 and config.reconstruction_perceptual_weight != 0
-        self.perceptual = None
-        if needs_perceptual:
-            self.perceptual = build_perceptual_loss(config.perceptual_network, clip_feature_fn)
+        self.perceptual = self._perceptual_loss(config, perceptual_network)
         self.perceptual_network_name = self.perceptual.name if self.perceptual is not None else "none"
+
+    @staticmethod
+    def _perceptual_loss(config: PATConfig, network) -> PATPerceptualLoss | None:
+        """The perceptual term over `network`; None when its weight is zero or the config chooses "none"."""
+        if config.reconstruction_weight == 0 or config.reconstruction_perceptual_weight == 0:
+            return None
+        if config.perceptual_network == "none":
+            return None
+        if network is None:
+            raise ValueError(
+                f"perceptual_network={config.perceptual_network!r} with reconstruction_perceptual_weight="
+                f"{config.reconstruction_perceptual_weight} needs its feature network: pass `perceptual_network` "
+                "(e.g. `perceptual_feature_network(kind, image_model)`), or set perceptual_network='none'."
+            )
+        return PATPerceptualLoss(network, getattr(network, "name", type(network).__name__))
 
     def forward(
         self,
@@ -415,17 +473,18 @@ class PATTokenizationLoss(nn.Module):
         generator: torch.Generator | None = None,
         crf_sample_indices: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Normalised, padded input (B, 3, H, W); z_q {stage: (B, D, h, w)}; {stage: scalar}; (B, 3, H, W) or None.
+        """Normalised, padded input (B, 3, H_img, W_img); z_q {stage: (B, C_code, H_s, W_s)}; {stage: scalar};
+        the reconstruction (B, 3, H_img, W_img) or None.
 
         Spatial alignment covers the early/mid/late stages present in `quantized` (not the latent codebook);
-        `reconstruction=None` (head skipped) leaves out the reconstruction group. `valid_mask` (B, 1, H, W) marks
-        real pixels for the reconstruction terms; `crf_sample_indices` {stage: (n,)} fixes the CRF samples.
+        `reconstruction=None` (head skipped) leaves out the reconstruction group. `valid_mask` (B, 1, H_img, W_img)
+        marks real pixels for the reconstruction terms; `crf_sample_indices` {stage: (P,)} fixes the CRF samples.
         """
         terms: dict[str, torch.Tensor] = {}
         if vq_losses:
             self._add_group(terms, "loss_vq", self.vq_weight, *vq_loss(vq_losses), prefix="loss_vq")
         if self.use_spatial_alignment:
-            stages = {s: quantized[s] for s in SPATIAL_ALIGNMENT_STAGES if s in quantized}
+            stages = {s: quantized[s] for s in PYRAMID_STAGES if s in quantized}  # not the latent codebook
             group = spatial_alignment_loss(image, stages, self.crf_num_samples, generator, crf_sample_indices)
             self._add_group(terms, "loss_spatial_alignment", self.spatial_alignment_weight, *group, prefix="loss_sa")
         if reconstruction is not None:
@@ -461,18 +520,19 @@ class PATTokenizationLoss(nn.Module):
 
 
 __all__ = [
+    "PATClipPerceptualFeatures",
     "PATPerceptualLoss",
     "PATTokenizationLoss",
     "PATVGG16Features",
-    "SPATIAL_ALIGNMENT_STAGES",
     "area_resize",
-    "build_perceptual_loss",
     "crf_kernel",
     "crf_loss",
     "denormalize",
     "load_vgg16_features",
     "pairwise_squared_distances",
+    "perceptual_feature_network",
     "reconstruction_loss",
+    "resolve_perceptual_network",
     "sample_pixel_indices",
     "spatial_alignment_loss",
     "tv_loss",
