@@ -39,170 +39,42 @@ one thing everywhere; channel counts are always subscripted):
 | `SetCriterion` + `HungarianMatcher` | `PATSegmentationLoss` + `PATHungarianMatcher` (`segmentation_loss.py`) |
 """
 
-import functools
-import os
-import warnings
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
+from .class_embeddings import PATClassEmbeddingsMixin
 from .clip_tower import PATClipFeatures, PATClipTower, PATOpenVocabClassifier
-from .configuration_pat import PATConfig, validate_prompt_templates
+from .configuration_pat import PATConfig
 from .constants import PYRAMID_STAGES
 from .inference_cache import PATInferenceCache
 from .layers import PATChannelLayerNorm
+from .model_inputs import (
+    check_class_embeddings,
+    check_labels,
+    check_sizes,
+    prepare_pixel_values,
+    refuse_attention_weights,
+    valid_pixel_mask,
+)
+from .model_outputs import (
+    PATDecodedLevel,
+    PATForOpenVocabSegmentationOutput,
+    PATModelOutput,
+    clip_hidden_states,
+    tokenization_fields,
+)
 from .pixel_branch import PATPixelBranchOutput
 from .pyramid_tokenization import PATPyramidTokenization, PATTokenizationOutput
 from .quantizer import PATQuantizerOutput, PATVectorQuantizer, autocast_off
 from .samplers import PATOffsetConv2d
 from .segmentation_loss import PATSegmentationLoss, labels_to_targets
 from .side_adapter import PATFusionProjection, PATSideAdapter, PATSideAdapterOutput, PATSideLevel
-from .text_embedding_cache import fingerprint_text_weights, read_text_cache, text_cache_path, update_text_cache
 from .tokenization_loss import PATTokenizationLoss, perceptual_feature_network, resolve_perceptual_network
 from .weights_files import bad_weights_error, candidate_weights_files
-
-
-# Classes per text-tower call in `get_class_embeddings` (x the prompt templates): bounds memory for large vocabularies.
-TEXT_CHUNK_CLASSES = 64
-
-
-@dataclass
-class PATModelOutput(ModelOutput):
-    r"""
-    masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, height, width)`):
-        Mask-proposal logits of the final level on the side grid (stride `side_patch_size`).
-    mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
-        Unit CLIP embedding of each proposal (the recognition head's [SOS] tokens).
-    attention_bias (`torch.FloatTensor` of shape `(batch_size, num_heads, num_queries, height, width)`):
-        Attention bias of the final level (the first one when `attn_bias_num_layers > 1`).
-    query_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, side_hidden_size)`):
-        Query tokens of the final side level.
-    side_tokens (`torch.FloatTensor` of shape `(batch_size, side_hidden_size, height, width)`):
-        Side tokens (the side ViT's patch tokens) of the final side level, as a map. (`pixel_embeddings` is a
-        read-only alias kept for scripts written against earlier versions.)
-    auxiliary_outputs (`list[PATDecodedLevel]`):
-        Deep-supervision levels before the final one (training, or `output_auxiliary_logits=True`), each with
-        `masks_queries_logits`, `mask_embeddings` and `attention_bias` (a `ModelOutput`, so also a dict).
-    clip_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-        CLIP trunk outputs 0..`clip_feature_layers`, each `(batch_size, 1 + clip_tokens, clip_width)`.
-    side_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-        Side ViT sequences [queries; side tokens] after the embedding and after each block (after fusion and, in PAT
-        mode, the semantic branch's query update), each `(batch_size, num_queries + height * width,
-        side_hidden_size)`.
-    decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, PAT mode, returned with `output_hidden_states=True`):
-        The shared decoder's map after each kept stage (late, mid, early) and each extra layer, each
-        `(batch_size, decoder_hidden_size, h_s, w_s)`.
-    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*, PAT mode):
-        The image rebuilt from the tokens, in the normalised input space (training, or `output_reconstruction`).
-    quantized_features / codebook_indices (`dict[str, torch.Tensor]`, *optional*, PAT mode):
-        Per codebook (`early`, `mid`, `late`, `latent`): the straight-through quantised maps `(batch_size, code_dim,
-        h_s, w_s)` and the code indices `(batch_size, h_s, w_s)`.
-    codebook_losses / codebook_perplexity / codebook_usage (`dict[str, torch.FloatTensor]`, *optional*, PAT mode):
-        Per codebook: the VQ loss (codebook + commitment), the perplexity of the code usage in the batch and the
-        fraction of codes used.
-    local_tokens (`dict[str, torch.FloatTensor]`, *optional*, PAT mode):
-        The semantic branch's local tokens per pyramid stage, `(batch_size, codebook_size, code_dim)`.
-    """
-
-    masks_queries_logits: torch.FloatTensor | None = None
-    mask_embeddings: torch.FloatTensor | None = None
-    attention_bias: torch.FloatTensor | None = None
-    query_embeddings: torch.FloatTensor | None = None
-    side_tokens: torch.FloatTensor | None = None
-    auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
-    clip_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    side_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    reconstruction: torch.FloatTensor | None = None
-    quantized_features: dict[str, torch.Tensor] | None = None
-    codebook_indices: dict[str, torch.Tensor] | None = None
-    codebook_losses: dict[str, torch.Tensor] | None = None
-    codebook_perplexity: dict[str, torch.Tensor] | None = None
-    codebook_usage: dict[str, torch.Tensor] | None = None
-    local_tokens: dict[str, torch.Tensor] | None = None
-
-    @property
-    def pixel_embeddings(self) -> torch.FloatTensor | None:
-        """The earlier name of `side_tokens`."""
-        return self.side_tokens
-
-
-@dataclass
-class PATDecodedLevel(ModelOutput):
-    r"""
-    One decoded level: SAN's mask decoder (or PAT's final masks) and CLIP's recognition under the attention bias.
-
-    masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, height, width)`):
-        Mask-proposal logits (B, Q, H, W) on the side grid (SAN) or (B, Q, H_early, W_early) (PAT's final level).
-    mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
-        Unit CLIP embedding (B, Q, D) of each proposal.
-    attention_bias (`torch.FloatTensor` of shape `(batch_size, num_heads, num_queries, height, width)`):
-        The first recognition layer's attention bias (B, A_clip, Q, H, W).
-    """
-
-    masks_queries_logits: torch.FloatTensor | None = None
-    mask_embeddings: torch.FloatTensor | None = None
-    attention_bias: torch.FloatTensor | None = None
-
-
-@dataclass
-class PATForOpenVocabSegmentationOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
-        Sum of the weighted loss terms.
-    class_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, num_classes + 1)`):
-        Scaled cosine similarity of each proposal with each class; the last column is the void class.
-    masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, height, width)`):
-        Mask-proposal logits on the side grid.
-    auxiliary_logits (`list[dict]`, *optional*):
-        `class_queries_logits` and `masks_queries_logits` of each deep-supervision level before the final one.
-    loss_dict (`dict[str, torch.FloatTensor]`, *optional*):
-        The weighted loss terms that sum to `loss`: SAN's `loss_ce`, `loss_mask`, `loss_dice` (and `_0`, `_1`, ... for
-        auxiliary levels) and, in PAT mode, the group totals `loss_vq`, `loss_spatial_alignment`,
-        `loss_reconstruction`.
-    loss_details (`dict[str, torch.FloatTensor]`, *optional*, PAT mode):
-        For logging: the PAT groups broken down per codebook / stage / term (`loss_vq_early`, `loss_sa_crf_mid`,
-        `loss_rec_mse`, ...), each weighted; they sum to their group, not to `loss`.
-    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*, PAT mode):
-        The image rebuilt from the tokens (normalised input space), when computed.
-    codebook_perplexity (`dict[str, torch.FloatTensor]`, *optional*, PAT mode):
-        Perplexity of each codebook's usage in the batch (`early`, `mid`, `late`, `latent`).
-    text_embeddings (`torch.FloatTensor` of shape `(num_classes + 1, embed_dim)`):
-        The unit classifier rows (class names, then void) the logits were computed with.
-    mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
-        Unit CLIP embedding of each proposal.
-    image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`):
-        Unpadded (height, width) of each image inside `pixel_values`, used by post-processing to crop the padding:
-        the tensor given to `forward` (keep the processor's CPU tensor for post-processing that never waits for the
-        device), or the padded size on the CPU.
-    padded_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, on the CPU):
-        (height, width) of `pixel_values`, the size the mask logits are upsampled to before cropping.
-    clip_hidden_states / side_hidden_states / decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        With `output_hidden_states=True`: those of `PATModelOutput` (decoder ones in PAT mode only).
-    """
-
-    loss: torch.FloatTensor | None = None
-    class_queries_logits: torch.FloatTensor | None = None
-    masks_queries_logits: torch.FloatTensor | None = None
-    auxiliary_logits: list[dict[str, torch.Tensor]] | None = None
-    loss_dict: dict[str, torch.Tensor] | None = None
-    loss_details: dict[str, torch.Tensor] | None = None
-    reconstruction: torch.FloatTensor | None = None
-    codebook_perplexity: dict[str, torch.Tensor] | None = None
-    text_embeddings: torch.FloatTensor | None = None
-    mask_embeddings: torch.FloatTensor | None = None
-    image_sizes: torch.LongTensor | None = None
-    padded_sizes: torch.LongTensor | None = None
-    clip_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    side_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class PATPreTrainedModel(PreTrainedModel):
@@ -462,185 +334,14 @@ class PATModel(PATPreTrainedModel):
             query_embeddings=last.queries,
             side_tokens=last.side_tokens,
             auxiliary_outputs=auxiliary if output_auxiliary_logits else None,
-            clip_hidden_states=_clip_hidden_states(clip_features) if output_hidden_states else None,
+            clip_hidden_states=clip_hidden_states(clip_features) if output_hidden_states else None,
             side_hidden_states=tuple(side.hidden_states) if output_hidden_states else None,
-            **(_tokenization_fields(tokens) if pat else {}),
+            **(tokenization_fields(tokens) if pat else {}),
         )
 
 
-def _clip_hidden_states(clip_features: PATClipFeatures) -> tuple[torch.Tensor, ...]:
-    """CLIP trunk outputs as (B, 1 + L_clip, C_clip) sequences [class token; CLIP tokens]."""
-    return tuple(
-        torch.cat([cls[:, None], fmap.flatten(2).transpose(1, 2)], dim=1)
-        for fmap, cls in zip(clip_features.maps, clip_features.cls_tokens)
-    )
-
-
-def _tokenization_fields(tokens: PATTokenizationOutput) -> dict[str, Any]:
-    """PAT-only output fields, keyed by codebook name (early, mid, late, latent)."""
-    quantizers = tokens.quantizer_outputs()
-    return {
-        "reconstruction": tokens.reconstruction,
-        "quantized_features": {name: out.quantized for name, out in quantizers.items()},
-        "codebook_indices": {name: out.indices for name, out in quantizers.items()},
-        "codebook_losses": {name: out.loss for name, out in quantizers.items()},
-        "codebook_perplexity": {name: out.perplexity for name, out in quantizers.items()},
-        "codebook_usage": {name: out.usage for name, out in quantizers.items()},
-        "local_tokens": tokens.local_tokens,
-        "decoder_hidden_states": tokens.decoder_hidden_states,
-    }
-
-
-def prepare_pixel_values(pixel_values: torch.Tensor, size_divisibility: int, dtype: torch.dtype) -> torch.Tensor:
-    """Checked images in the model's dtype: clear errors instead of a shape or dtype error deep inside a conv.
-
-    Shape and dtype are checked everywhere; a float tensor of another dtype (fp64 from numpy, fp32 into a bf16
-    model) is cast to `dtype`, as the pipeline and the CLI do; integer images are refused (they are not normalised).
-    The finiteness check reads the values, so it runs on CPU tensors only: on an accelerator it would make every
-    forward wait for the device. Images that reach the model through the processor, the pipeline or the CLI were
-    checked on the host there.
-    """
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-        raise ValueError(
-            f"`pixel_values` must have shape (batch_size, 3, height, width), got {tuple(pixel_values.shape)}; "
-            "use PATImageProcessor to prepare images."
-        )
-    if not pixel_values.is_floating_point():
-        raise TypeError(
-            f"`pixel_values` must be a float tensor of normalised images (the model runs in {dtype}), got "
-            f"{pixel_values.dtype}; use PATImageProcessor to prepare images."
-        )
-    height, width = pixel_values.shape[-2:]
-    if height == 0 or width == 0 or height % size_divisibility or width % size_divisibility:
-        raise ValueError(
-            f"`pixel_values` height and width ({height}, {width}) must be positive multiples of size_divisibility="
-            f"{size_divisibility}; pad them (PATImageProcessor does)."
-        )
-    if _is_host_tensor(pixel_values) and not bool(torch.isfinite(pixel_values).all()):
-        raise ValueError("`pixel_values` contains NaN or infinite values; check the images and their preprocessing.")
-    return pixel_values.to(dtype)
-
-
-def _check_class_embeddings(class_embeddings: torch.Tensor, embed_dim: int) -> None:
-    """(N, D) float embeddings with N >= 1 and D = CLIP's embedding dim; finite when on the CPU (see
-    `prepare_pixel_values`). Any float dtype is accepted: the classifier casts them to fp32."""
-    if not isinstance(class_embeddings, torch.Tensor):
-        raise TypeError(f"`class_embeddings` must be a torch.Tensor, got {type(class_embeddings).__name__}.")
-    if not class_embeddings.is_floating_point():
-        raise TypeError(
-            f"`class_embeddings` must be a float tensor (the classifier runs in {torch.float32}), got "
-            f"{class_embeddings.dtype}; compute them with `model.get_class_embeddings`."
-        )
-    if class_embeddings.ndim != 2 or class_embeddings.shape[0] == 0 or class_embeddings.shape[1] != embed_dim:
-        raise ValueError(
-            f"`class_embeddings` must have shape (num_classes >= 1, {embed_dim}), got {tuple(class_embeddings.shape)}; "
-            "compute them with `model.get_class_embeddings`."
-        )
-    if _is_host_tensor(class_embeddings) and not bool(torch.isfinite(class_embeddings).all()):
-        bad = (~torch.isfinite(class_embeddings).all(dim=1)).nonzero().flatten().tolist()
-        raise ValueError(
-            f"`class_embeddings` contains NaN or infinite values (rows {bad[:10]}{' ...' if len(bad) > 10 else ''}); "
-            "compute them with `model.get_class_embeddings`."
-        )
-
-
-def _check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: int) -> None:
-    """(N, T, context length) integer token ids, at most CLIP's context long; ids within the vocabulary when on the
-    CPU (an id outside it is an IndexError deep in the embedding on the CPU, a device-side assert on a GPU)."""
-    if (
-        not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 3 or 0 in input_ids.shape
-        or input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool
-    ):
-        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise ValueError(
-            "`input_ids` must be integer token ids of shape (num_classes, num_templates, seq_len), each at least 1, "
-            f"got {getattr(input_ids, 'dtype', '')} {shape}; use PATProcessor(text=[...])."
-        )
-    if input_ids.shape[-1] > context_length:
-        raise ValueError(
-            f"`input_ids` are {input_ids.shape[-1]} tokens long; CLIP's text context holds {context_length}."
-        )
-    if _is_host_tensor(input_ids):
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= vocab_size:
-            raise ValueError(
-                f"`input_ids` must lie in [0, {vocab_size - 1}] (CLIP's vocabulary), got values in [{low}, {high}]."
-            )
-
-
-def _input_ids_key(input_ids: torch.Tensor) -> tuple:
-    """Text-cache key of a vocabulary given as ids: on the host their shape and a hash of their bytes; on an
-    accelerator the shape and device only, the ids being compared on the device on a hit (`_same_input_ids`): hashing
-    them would copy the whole (N, T, context length) array to the host at every training step."""
-    if _ids_on_host(input_ids):
-        return ("ids", tuple(input_ids.shape), hash(input_ids.detach().numpy().tobytes()))
-    return ("device ids", tuple(input_ids.shape), str(input_ids.device), input_ids.dtype)
-
-
-def _ids_on_host(input_ids: torch.Tensor) -> bool:
-    return input_ids.device.type == "cpu"
-
-
-def _same_input_ids(kept: torch.Tensor | None, input_ids: torch.Tensor | None) -> bool:
-    """Whether a cache entry holds these ids: always for host keys (their hash is in the key), else compared on the
-    device (one boolean read back instead of the ids)."""
-    return kept is None or torch.equal(kept, input_ids)
-
-
-def _is_host_tensor(tensor: torch.Tensor) -> bool:
-    """Whether a value check is free of device synchronisation (and of graph breaks while torch.compile traces)."""
-    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-def _valid_pixel_mask(pixel_values: torch.Tensor, image_sizes: torch.Tensor | None) -> torch.Tensor:
-    """(B, 1, H_img, W_img) float mask of the real (unpadded) pixels of each image; all ones without `image_sizes`."""
-    batch, _, height, width = pixel_values.shape
-    if image_sizes is None:
-        return pixel_values.new_ones(batch, 1, height, width)
-    # compared on the device: reading the sizes back would make every training step wait for it
-    sizes = image_sizes.to(pixel_values.device)
-    rows = torch.arange(height, device=pixel_values.device)[None, :, None] < sizes[:, 0, None, None]
-    cols = torch.arange(width, device=pixel_values.device)[None, None, :] < sizes[:, 1, None, None]
-    return (rows & cols)[:, None].to(pixel_values.dtype)
-
-
-def _refuse_attention_weights(output_attentions: bool | None, config: PATConfig) -> None:
-    """A ValueError for `output_attentions=True` (or the config's): SDPA, the only attention, returns no weights."""
-    if output_attentions or (output_attentions is None and getattr(config, "output_attentions", False)):
-        raise ValueError(
-            "output_attentions=True is not supported: the model's attention runs torch's "
-            "scaled_dot_product_attention (attn_implementation='sdpa'), which does not return attention weights."
-        )
-
-
-def _check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
-    """Label maps must be (B, H, W) integer maps at the padded input size (the image processor pads them)."""
-    expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
-    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != expected:
-        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"`labels` must be a tensor of shape (batch_size, height, width) = {expected}, got {shape}.")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"`labels` must hold integer class ids (torch.long), got {labels.dtype}.")
-
-
-def _check_sizes(sizes: torch.Tensor | None, name: str, batch_size: int) -> None:
-    """`image_sizes` / `original_sizes`: integer (batch_size, 2) rows of (height, width), as the processor gives."""
-    if sizes is None:
-        return
-    if not isinstance(sizes, torch.Tensor) or sizes.is_floating_point() or tuple(sizes.shape) != (batch_size, 2):
-        found = f"{sizes.dtype} {tuple(sizes.shape)}" if isinstance(sizes, torch.Tensor) else type(sizes).__name__
-        raise ValueError(
-            f"`{name}` must be an integer tensor of shape (batch_size, 2) = ({batch_size}, 2), got {found}."
-        )
-
-
-class PATForOpenVocabSegmentation(PATPreTrainedModel):
+class PATForOpenVocabSegmentation(PATClassEmbeddingsMixin, PATPreTrainedModel):
     """SAN/PAT with the open-vocabulary classifier: class logits over any class names (+ void) and the loss."""
-
-    # Folder of the optional on-disk text-embedding cache (`get_class_embeddings`); None: memory only.
-    text_embedding_cache_dir: str | os.PathLike | None = None
 
     def __init__(self, config: PATConfig):
         super().__init__(config)
@@ -656,170 +357,6 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         # (dtypes of the text parameters, sha256 of their bytes): `text_weights_fingerprint`, kept with the model
         self._text_fingerprint: tuple[tuple[torch.dtype, ...], str] | None = None
         self.post_init()
-
-    # -- text side -------------------------------------------------------------------------------------------------
-    def prompt_input_ids(self, class_names: list[str], templates=None) -> torch.Tensor:
-        """Class names -> (N, T, 77) ids of every name in every template (`config.prompt_templates` by default)."""
-        templates = list(self.config.prompt_templates) if templates is None else validate_prompt_templates(templates)
-        prompts = [template.format(name) for name in class_names for template in templates]
-        ids = self.model.clip_tower.tokenize(prompts).reshape(len(class_names), len(templates), -1)
-        full = (ids[..., -1] != 0).any(dim=1)  # the last position holds a token only when the prompt was cut to fit
-        if bool(full.any()):
-            names = [n if len(n) <= 40 else n[:37] + "..." for n, f in zip(class_names, full.tolist()) if f]
-            warnings.warn(
-                f"Class name(s) {names[:3]}{' ...' if len(names) > 3 else ''} fill CLIP's {ids.shape[-1]}-token "
-                "context in a prompt template and were truncated (their end is ignored); shorten them.",
-                UserWarning,
-                stacklevel=2,
-            )
-        return ids.to(self.device)
-
-    def get_class_embeddings(
-        self, input_ids: torch.Tensor | None = None, class_names: list[str] | None = None, cache_dir=None
-    ):
-        """(N, T, context length) ids or N class names (default: `config.id2label`) -> (N, D) unit class embeddings,
-        cached.
-
-        Cached in memory per vocabulary in the model's inference cache (`inference_cache.py`: dropped when weights
-        are loaded, the model moves or switches mode, or `clear_inference_caches()` is called after an in-place edit;
-        bypassed while a text parameter is trainable). Class names are also cached on disk when `cache_dir` (default:
-        `self.text_embedding_cache_dir`) is set: one row per name in a file keyed by the text weights
-        (`text_weights_fingerprint`), the prompt templates and the cache format, so another process starts without
-        running the text tower, and a weight or template change misses. Only names not on disk are encoded.
-        Thread-safe: concurrent callers wait, so a vocabulary asked for by several threads is encoded once.
-        """
-        if input_ids is None:
-            class_names = class_names if class_names is not None else self.default_class_names()
-            if len(class_names) == 0:
-                raise ValueError(
-                    "No class names: pass `class_names`, `input_ids` (PATProcessor(text=[...])) or `class_embeddings`, "
-                    "or give the model a default vocabulary in `config.id2label`."
-                )
-            key = ("names", tuple(class_names), tuple(self.config.prompt_templates))
-        else:
-            tower = self.model.clip_tower
-            _check_input_ids(input_ids, tower.text_tower.token_embedding.num_embeddings, tower.context_length)
-            key = _input_ids_key(input_ids)
-        compute = functools.partial(self._compute_class_embeddings, input_ids, class_names, cache_dir)
-        if self._text_tower_trainable():  # its weights may change at every step, unseen by the cache
-            return compute()[1]
-        _, embeddings = self.inference_cache.get(
-            "text_embeddings", key, compute, valid=lambda entry: _same_input_ids(entry[0], input_ids)
-        )
-        return embeddings
-
-    def _compute_class_embeddings(self, input_ids, class_names, cache_dir) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """A text-cache entry: (the ids when they are on an accelerator, to be compared there at the next lookup
-        since their key has no content; else None, (N, D) embeddings), from the disk cache or the text tower."""
-        cache_dir = self.text_embedding_cache_dir if cache_dir is None else cache_dir
-        if input_ids is None and cache_dir is not None:
-            embeddings = self._disk_cached_class_embeddings(list(class_names), cache_dir)
-        else:
-            ids = self.prompt_input_ids(class_names) if input_ids is None else input_ids
-            embeddings = self._encode_class_names(ids)
-        kept_ids = None if input_ids is None or _ids_on_host(input_ids) else input_ids.detach().clone()
-        return kept_ids, embeddings
-
-    def _text_tower_trainable(self) -> bool:
-        return any(param.requires_grad for param in self.model.clip_tower.text_parameters())
-
-    def _encode_class_names(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(N, T, context length) ids -> (N, D) through the text tower, in chunks of classes.
-
-        Always in the weights' dtype, autocast off: the result is cached per vocabulary (and on disk), so embeddings
-        made under a training step's autocast must not be what a later full-precision evaluation gets.
-        """
-        # in chunks of classes: 1,000 names x 14 templates at once would need GBs of activations
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
-            chunks = input_ids.to(self.device).split(TEXT_CHUNK_CLASSES)
-            return torch.cat([self.model.clip_tower.encode_class_names(chunk) for chunk in chunks])
-
-    def text_weights_fingerprint(self) -> str:
-        """sha256 of the text tower's weights (`fingerprint_text_weights`): the text embeddings' key on disk.
-
-        Computed once and kept with the model: a model from `from_pretrained` starts with the fingerprint its config
-        carries (`save_pretrained` stores it), so a new process does not hash the tower. Hashed again after
-        `load_state_dict`, after `clear_inference_caches()` (call it when editing weights in place), after a dtype
-        change, and at every call while a text parameter is trainable. A move to another device keeps it."""
-        params = self.model.clip_tower.text_parameters()
-        dtypes = tuple(param.dtype for param in params)
-        if any(param.requires_grad for param in params):
-            return fingerprint_text_weights(params)
-        if self._text_fingerprint is None or self._text_fingerprint[0] != dtypes:
-            self._text_fingerprint = (dtypes, fingerprint_text_weights(params))
-        return self._text_fingerprint[1]
-
-    def clear_inference_caches(self) -> None:
-        """`PATPreTrainedModel.clear_inference_caches`, and the text weights' fingerprint is hashed again at its next
-        use: call this after editing weights in place (nothing else can see such an edit)."""
-        super().clear_inference_caches()
-        self._text_fingerprint = None
-
-    def _text_parameter_names(self) -> list[str]:
-        """State-dict names of `text_parameters()`, in that order (the order the fingerprint hashes them in)."""
-        names = {id(param): name for name, param in self.named_parameters(remove_duplicate=False)}
-        return [names[id(param)] for param in self.model.clip_tower.text_parameters()]
-
-    def _saved_text_fingerprint(self, state_dict: dict | None) -> str | None:
-        """`config.text_weights_fingerprint` ("<dtype>:<sha256>") of the text weights about to be saved: the
-        memoised fingerprint of the model's own weights, or a hash of `state_dict`'s when one is passed. None when
-        those weights are missing or not of one dtype (nothing is then stored and a loader hashes them)."""
-        if state_dict is None:
-            tensors = self.model.clip_tower.text_parameters()
-        else:
-            tensors = [state_dict.get(name) for name in self._text_parameter_names()]
-            if any(not isinstance(t, torch.Tensor) for t in tensors):
-                return None
-        dtypes = {t.dtype for t in tensors}
-        if len(dtypes) != 1 or any(t.device.type == "meta" for t in tensors):
-            return None
-        digest = self.text_weights_fingerprint() if state_dict is None else fingerprint_text_weights(tensors)
-        return f"{str(dtypes.pop()).removeprefix('torch.')}:{digest}"
-
-    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with the text weights' fingerprint in the saved config
-        (`config.text_weights_fingerprint`), so a process that loads the model reads it instead of hashing."""
-        self.config.text_weights_fingerprint = self._saved_text_fingerprint(state_dict)
-        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, output_loading_info=False, **kwargs):
-        """`PATPreTrainedModel.from_pretrained`; the config's text-weights fingerprint becomes the model's for the
-        weights just loaded, unless a text weight was missing from the files or loaded in another dtype."""
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        model._adopt_saved_text_fingerprint(info)
-        return (model, info) if output_loading_info else model
-
-    def _adopt_saved_text_fingerprint(self, loading_info: dict) -> None:
-        saved = self.config.text_weights_fingerprint
-        if saved is None:
-            return
-        dtype, _, digest = saved.partition(":")
-        names = set(self._text_parameter_names())
-        mismatched = {key for key, *_ in loading_info.get("mismatched_keys", ())}
-        not_loaded = set(loading_info.get("missing_keys", ())) | mismatched
-        params = self.model.clip_tower.text_parameters()
-        if names & not_loaded or any(str(p.dtype).removeprefix("torch.") != dtype for p in params):
-            return
-        self._text_fingerprint = (tuple(param.dtype for param in params), digest)
-
-    def _disk_cached_class_embeddings(self, class_names: list[str], cache_dir) -> torch.Tensor:
-        """(N, D) embeddings of `class_names` from the on-disk cache; names not there are encoded and added."""
-        templates = tuple(self.config.prompt_templates)
-        fingerprint = self.text_weights_fingerprint()
-        path = text_cache_path(cache_dir, fingerprint, templates)
-        rows = read_text_cache(path, fingerprint, templates)  # {} (with a warning) when the file is not trustworthy
-        missing = [name for name in dict.fromkeys(class_names) if name not in rows]
-        if missing:
-            encoded = dict(zip(missing, self._encode_class_names(self.prompt_input_ids(missing)).to("cpu")))
-            rows.update(encoded)
-            update_text_cache(path, encoded, fingerprint, templates)  # merged under a lock; a warning if unwritable
-        dtype = self.model.clip_tower.text_tower.text_projection.dtype
-        return torch.stack([rows[name] for name in class_names]).to(self.device, dtype)
-
-    def default_class_names(self) -> list[str]:
-        id2label = self.config.id2label or {}
-        return [id2label[i] for i in sorted(id2label, key=int)]
 
     def classify(self, mask_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
         """(B, Q, D) mask embeddings, (N+1, D) classifier rows -> (B, Q, N+1) logits = exp(logit_scale) * cosine.
@@ -878,11 +415,11 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         Other keyword arguments are a TypeError (`return_dict` is taken by `can_return_tuple`). With neither
         `input_ids` nor `class_embeddings`, the vocabulary is `config.id2label`.
         """
-        _refuse_attention_weights(output_attentions, self.config)
+        refuse_attention_weights(output_attentions, self.config)
         if sum(x is not None for x in (input_ids, class_embeddings)) > 1:
             raise ValueError("Pass at most one of `input_ids` and `class_embeddings`.")
         if class_embeddings is not None:
-            _check_class_embeddings(class_embeddings, self.classifier.void_embedding.shape[-1])
+            check_class_embeddings(class_embeddings, self.classifier.void_embedding.shape[-1])
         else:
             class_embeddings = self.get_class_embeddings(input_ids=input_ids)
         text_embeddings = self.classifier(class_embeddings)
@@ -892,7 +429,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             output_reconstruction=want_aux, return_dict=True,
         )
         for name, sizes in (("image_sizes", image_sizes), ("original_sizes", original_sizes)):
-            _check_sizes(sizes, name, pixel_values.shape[0])  # after the model: `pixel_values` is known good there
+            check_sizes(sizes, name, pixel_values.shape[0])  # after the model: `pixel_values` is known good there
         class_logits = self.classify(outputs.mask_embeddings, text_embeddings)
         auxiliary = [
             {"class_queries_logits": self.classify(aux["mask_embeddings"], text_embeddings),
@@ -901,7 +438,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         ]
         loss, loss_dict, loss_details = None, None, None
         if labels is not None:
-            _check_labels(labels, pixel_values)
+            check_labels(labels, pixel_values)
             loss, loss_dict = self.compute_loss(
                 class_logits, outputs.masks_queries_logits, auxiliary, labels, loss_sampling_points, loss_generator
             )
@@ -938,7 +475,7 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
 
     def compute_tokenization_loss(self, pixel_values, outputs: PATModelOutput, image_sizes=None, generator=None):
         """PAT's VQ, spatial-alignment and reconstruction losses (weighted) -> (total, weighted terms)."""
-        image, valid = pixel_values, _valid_pixel_mask(pixel_values, image_sizes)
+        image, valid = pixel_values, valid_pixel_mask(pixel_values, image_sizes)
         reconstruction = outputs.reconstruction
         if reconstruction is not None and reconstruction.shape[-2:] != image.shape[-2:]:
             # coarser pyramids (e.g. scales 1, 1, 1) reconstruct at a lower resolution: compare at that size

@@ -157,7 +157,7 @@ def test_pat_pixel_draws_without_a_generator_happen_on_the_features_device(monke
 
 
 def test_valid_pixel_mask_is_built_without_reading_the_sizes_back(monkeypatch):
-    from modeling_pat.modeling_pat import _valid_pixel_mask
+    from modeling_pat.model_inputs import valid_pixel_mask
 
     pixel_values = torch.zeros(3, 3, 8, 12)
     sizes = torch.tensor([[8, 12], [5, 7], [1, 12]])
@@ -169,18 +169,18 @@ def test_valid_pixel_mask_is_built_without_reading_the_sizes_back(monkeypatch):
         raise AssertionError("image sizes read back to the host")
 
     monkeypatch.setattr(torch.Tensor, "tolist", no_host_read)
-    assert torch.equal(_valid_pixel_mask(pixel_values, sizes), expected)
-    assert torch.equal(_valid_pixel_mask(pixel_values, None), torch.ones(3, 1, 8, 12))
+    assert torch.equal(valid_pixel_mask(pixel_values, sizes), expected)
+    assert torch.equal(valid_pixel_mask(pixel_values, None), torch.ones(3, 1, 8, 12))
 
 
 def test_device_input_ids_hit_the_text_cache_without_a_host_copy(monkeypatch):
     # ids on an accelerator (simulated: the host check says no) are compared on the device, never copied to the host
-    import modeling_pat.modeling_pat as modeling
+    import modeling_pat.class_embeddings as modeling
     from conftest import tiny_model
 
     model = tiny_model()
     ids = model.prompt_input_ids(["cat", "dog"])
-    monkeypatch.setattr(modeling, "_ids_on_host", lambda input_ids: False)
+    monkeypatch.setattr(modeling, "ids_on_host", lambda input_ids: False)
     encoded = []
     real_encode = model._encode_class_names
     monkeypatch.setattr(model, "_encode_class_names", lambda input_ids: encoded.append(1) or real_encode(input_ids))

@@ -130,7 +130,7 @@ def test_two_processes_filling_one_cache_keep_every_row(tmp_path):
 
 def _count_hashes(monkeypatch) -> list:
     """Records every hash of the text tower (`fingerprint_text_weights`) the model makes from now on."""
-    import modeling_pat.modeling_pat as modeling
+    import modeling_pat.class_embeddings as modeling
 
     calls = []
     real = modeling.fingerprint_text_weights
