@@ -11,19 +11,20 @@ one thing everywhere; channel counts are always subscripted):
 | symbol | meaning |
 |---|---|
 | B | batch size |
-| Q | mask queries: SAN's query / [SOS] tokens, PAT's global tokens (100) |
+| Q | mask queries: SAN's query / [SOS] tokens, PAT's global tokens (100); Q_k of them kept as segments |
 | N | classes of the vocabulary; N + 1 with the learnable void class last |
 | T | prompt templates per class name |
 | A | attention heads (A_clip = CLIP heads = attention-bias heads, A_side, A_dec) |
 | D | CLIP's joint image-text embedding size (512 for ViT-B/16) |
-| C_clip, C_side, C_dec, C_code, C_mask | widths: CLIP visual (768), side ViT (240), PAT decoder (256), code vectors (32), mask embeddings (256) |
+| C_clip, C_side, C_dec | widths: CLIP visual (768), side ViT (240), PAT decoder (256) |
+| C_code, C_mask | widths: code vectors (32), SAN's mask embeddings (256) |
 | K | codebook size (K_s for codebook s) |
 | h x w | CLIP token grid (CLIP input size / CLIP patch size) |
 | H x W | side grid (input size / side patch size, 40 x 40 at 640 x 640) |
 | H_s x W_s | grid of pyramid stage s: early 4H x 4W, mid 2H x 2W, late and latent H x W (with the default scales) |
-| L | tokens of a flattened grid: L = H * W (L_clip = h * w) |
+| L | tokens of a flattened grid: L = H * W (L_clip = h * w); S = Q + 1 + L_clip a CLIP recognition sequence |
 | H_img x W_img | the model input's pixel size (padded); H_out x W_out a requested output size |
-| M | ground-truth segments of one image (training targets) |
+| M | ground-truth segments of one image (training targets); M_B matched (query, segment) pairs of a batch |
 | P | sampled points (matcher, mask loss, CRF pixels) |
 | R | attention windows of r x r tokens (PAT decoder) |
 | F | feature layers (perceptual loss) |
