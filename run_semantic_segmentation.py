@@ -66,6 +66,7 @@ from modeling_pat.apps.finetuning import (
 from modeling_pat.apps.optimization import POLY_LR_SCHEDULER_KWARGS
 from modeling_pat.apps.pretrained import resolve_pretrained
 from modeling_pat.apps.training import checkpoint_problem, last_complete_checkpoint
+from modeling_pat.open_clip_backend import load_clip_weights, pretrained_clip_weights
 from modeling_pat.weights_files import bad_weights_error
 
 
@@ -314,27 +315,19 @@ def clip_weights_file(config: PATConfig, choice: str) -> str | None:
         return None
     if choice != "auto" and Path(choice).is_file():
         return choice
-    import open_clip
-
     name = config.clip_model_name
     tag = DEFAULT_CLIP_WEIGHTS.get(name) if choice == "auto" else choice
     if tag is None:
         logger.warning("CLIP %r has no pretrained weights in open_clip: the CLIP towers stay random.", name)
         return None
-    known = open_clip.get_model_config(name)
-    if known is None or (config.clip_config is not None and dict(config.clip_config) != dict(known)):
-        raise SetupError(f"--clip_pretrained {tag}: the config's CLIP is not open_clip's {name!r} architecture.")
-    pretrained_cfg = open_clip.pretrained.get_pretrained_cfg(name, tag)
-    if not pretrained_cfg:
-        raise SetupError(f"open_clip has no pretrained weights {tag!r} for {name!r} "
-                         f"(available: {open_clip.list_pretrained_tags_by_model(name)}).")
     try:
-        return open_clip.pretrained.download_pretrained(pretrained_cfg, cache_dir=None)
-    except Exception as error:
+        return pretrained_clip_weights(name, tag, config.clip_config)
+    except ValueError as error:
+        raise SetupError(f"--clip_pretrained {tag}: {error}") from error
+    except OSError as error:
         raise SetupError(
-            f"Could not get the pretrained CLIP weights {tag!r} of open_clip {name!r}: {type(error).__name__}: "
-            f"{str(error).splitlines()[0]}\nThe Hugging Face Hub is not reachable from this machine (or the files "
-            "are not cached). Either\n"
+            f"Could not get the pretrained CLIP weights {tag!r} of open_clip {name!r}: {error}\n"
+            "The Hugging Face Hub is not reachable from this machine (or the files are not cached). Either\n"
             "  * run once where the Hub is reachable (open_clip caches the file), or\n"
             "  * pass --clip_pretrained /path/to/open_clip_pytorch_model.bin (or .safetensors), or\n"
             "  * start from the official SAN weights: --model_name_or_path san-vit-b16 (fetched and converted "
@@ -365,10 +358,8 @@ def build_model(model_args: ModelArguments) -> PATForOpenVocabSegmentation:
     weights = clip_weights_file(config, model_args.clip_pretrained)  # before the build: fail fast when offline
     model = PATForOpenVocabSegmentation(config)
     if weights is not None:
-        import open_clip
-
         try:
-            open_clip.load_checkpoint(model.model.clip_tower.clip, weights)
+            load_clip_weights(model.model.clip_tower.clip, weights)
         except Exception as error:  # truncated, corrupt or not CLIP's weights: name the file and the problem
             bad = bad_weights_error([weights])  # safetensors itself only says "Error while deserializing header"
             detail = str(error).strip().splitlines()[0] if str(error).strip() else ""

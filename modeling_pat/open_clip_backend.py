@@ -9,6 +9,8 @@ its transformer blocks and its tokenizer. No other module of the package imports
   of query rows, each with its own additive mask or causal flag (mask recognition and the text tower).
 * `clip_tokenizer_from_open_clip` / `tokenize`: open_clip's BPE tokenizer as a transformers `CLIPTokenizer`, and
   open_clip's own tokenisation (the reference the processor reproduces).
+* `pretrained_clip_weights` / `load_clip_weights`: open_clip's published CLIP weights (downloaded by open_clip into
+  its cache) and loading them into a model's CLIP, for training from CLIP rather than from a converted checkpoint.
 
 Shapes use the package's symbols (see `modeling_pat.py`); here S = Q + 1 + L_clip is a recognition sequence (Q [SOS]
 tokens, the class token, the CLIP patches).
@@ -397,6 +399,31 @@ def clip_tokenizer_from_open_clip(
     )
 
 
+# -- pretrained CLIP weights ---------------------------------------------------------------------------------------
+def pretrained_clip_weights(name: str, tag: str, clip_config: dict | None = None) -> str:
+    """The local file of open_clip's pretrained weights `tag` of architecture `name`, downloaded (and cached) by
+    open_clip when missing. ValueError when the config's CLIP is not `name`'s architecture or `tag` does not exist;
+    OSError (naming the cause) when the file cannot be fetched, e.g. offline."""
+    known = open_clip.get_model_config(name)
+    if known is None or (clip_config is not None and dict(clip_config) != dict(known)):
+        raise ValueError(f"the config's CLIP is not open_clip's {name!r} architecture.")
+    pretrained_cfg = open_clip.pretrained.get_pretrained_cfg(name, tag)
+    if not pretrained_cfg:
+        raise ValueError(
+            f"open_clip has no pretrained weights {tag!r} for {name!r} "
+            f"(available: {open_clip.list_pretrained_tags_by_model(name)})."
+        )
+    try:
+        return open_clip.pretrained.download_pretrained(pretrained_cfg, cache_dir=None)
+    except Exception as error:  # network, hub and file errors come in many types: one OSError naming the cause
+        raise OSError(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
+
+
+def load_clip_weights(clip: nn.Module, path: str) -> None:
+    """Load an open_clip checkpoint file (.bin, .pt or .safetensors) into the open_clip model `clip`, strictly."""
+    open_clip.load_checkpoint(clip, path)
+
+
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
     "EvaVisionTower",
@@ -406,6 +433,8 @@ __all__ = [
     "clip_tokenizer_from_open_clip",
     "full_recognition_mask",
     "is_open_clip_architecture",
+    "load_clip_weights",
+    "pretrained_clip_weights",
     "resize_clip_positional_embedding",
     "sdpa_block_forward",
     "text_tower",

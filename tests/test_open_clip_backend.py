@@ -14,6 +14,8 @@ from modeling_pat.open_clip_backend import (
     clip_tokenizer_from_open_clip,
     full_recognition_mask,
     is_open_clip_architecture,
+    load_clip_weights,
+    pretrained_clip_weights,
     sdpa_block_forward,
     tokenize,
     vision_tower_view,
@@ -97,3 +99,33 @@ def test_tokenizer_reproduces_open_clips_ids_and_knows_its_architectures():
     assert is_open_clip_architecture("ViT-B-16") and not is_open_clip_architecture("no-such-clip")
     with pytest.raises(ValueError, match="no-such-clip"):
         clip_tokenizer_from_open_clip("no-such-clip")
+
+
+def test_pretrained_clip_weights_refuse_unknown_tags_and_other_architectures():
+    with pytest.raises(ValueError, match=r"no pretrained weights 'no-such-tag' for 'ViT-B-16' \(available: \["):
+        pretrained_clip_weights("ViT-B-16", "no-such-tag")
+    with pytest.raises(ValueError, match="not open_clip's 'ViT-B-16' architecture"):
+        pretrained_clip_weights("ViT-B-16", "openai", clip_config={"embed_dim": 8})
+
+
+def test_pretrained_clip_weights_that_cannot_be_fetched_are_an_oserror_naming_the_cause(monkeypatch):
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("the Hub is not reachable")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", offline)
+    with pytest.raises(OSError, match="ConnectionError: the Hub is not reachable"):
+        pretrained_clip_weights("ViT-B-16", "openai")
+
+
+def test_load_clip_weights_loads_an_open_clip_checkpoint_strictly(tmp_path):
+    from conftest import tiny_model
+
+    donor, model = tiny_model(seed=1).model.clip_tower.clip, tiny_model(seed=2).model.clip_tower.clip
+    torch.save(donor.state_dict(), tmp_path / "clip.bin")
+    load_clip_weights(model, str(tmp_path / "clip.bin"))
+    assert all(torch.equal(a, b) for a, b in zip(donor.state_dict().values(), model.state_dict().values()))
+    torch.save({"unexpected": torch.zeros(1)}, tmp_path / "other.bin")
+    with pytest.raises(RuntimeError):
+        load_clip_weights(model, str(tmp_path / "other.bin"))

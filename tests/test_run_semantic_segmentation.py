@@ -345,6 +345,21 @@ def test_a_config_out_of_range_is_a_setup_error_naming_the_field(tmp_path):
         runner.resolve_config("no-such-preset")
 
 
+def test_clip_weights_that_cannot_be_fetched_stop_with_the_alternatives(monkeypatch):
+    """--clip_pretrained auto offline: a SetupError saying why and what to do instead, before any model is built."""
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("the Hub is not reachable")
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", offline)
+    config = PATConfig.from_preset("san-clip-vit-b16")
+    with pytest.raises(runner.SetupError, match=r"(?s)'openai' of open_clip 'ViT-B-16': ConnectionError.*none"):
+        runner.clip_weights_file(config, "auto")
+    with pytest.raises(runner.SetupError, match=r"--clip_pretrained no-such-tag: open_clip has no pretrained"):
+        runner.clip_weights_file(config, "no-such-tag")
+
+
 def test_clip_weights_from_a_checkpoint_file(tmp_path):
     """--config_name + --clip_pretrained FILE: open_clip weights are loaded into the (frozen) CLIP tower."""
     torch.manual_seed(1)
