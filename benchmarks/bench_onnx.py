@@ -37,7 +37,7 @@ from benchmarks.bench_inference import (  # noqa: E402
     time_calls,
 )
 from modeling_pat import PATImageProcessor, PATProcessor  # noqa: E402
-from modeling_pat.apps.cli import compute_class_embeddings  # noqa: E402
+from modeling_pat.apps.model_loading import compute_class_embeddings  # noqa: E402
 from modeling_pat.apps.onnx_export import OUTPUT_NAMES, export_onnx  # noqa: E402
 
 

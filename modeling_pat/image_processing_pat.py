@@ -66,11 +66,6 @@ try:
 except ImportError:  # PIL is optional for images given as arrays or tensors
     PIL = None
 
-# The names these helpers had before the split (imported by applications and users' scripts).
-_field = output_field
-_size_at = size_at
-_size_rows = size_rows
-_mask_outputs = mask_outputs
 
 
 class PATImageProcessorKwargs(ImagesKwargs, total=False):
@@ -156,7 +151,7 @@ def reduce_labels(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     return torch.where(label == ignore_index, label, reduced)
 
 
-def _resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[height, width] int64 -> `size` int64 by nearest-exact sampling: input row floor((y + 0.5) * height /
     size[0]) (pixel centres), columns alike."""
     if tuple(label.shape) == tuple(size):
@@ -376,7 +371,7 @@ class PATImageProcessor(TorchvisionBackend):
         if labels is not None:
             if do_reduce_labels:
                 labels = [reduce_labels(label, ignore_index) for label in labels]
-            labels = [_resize_label(label, image_size) for label, image_size in zip(labels, image_sizes, strict=True)]
+            labels = [resize_label(label, image_size) for label, image_size in zip(labels, image_sizes, strict=True)]
 
         if do_pad:
             padded_size = self._padded_size(image_sizes, pad_size, size_divisibility)
@@ -387,7 +382,7 @@ class PATImageProcessor(TorchvisionBackend):
                 self.rescale_and_normalize(image, *normalise, out=slot[:, : image.shape[-2], : image.shape[-1]])
             images = batch if return_tensors is not None else list(batch)
             if labels is not None:
-                labels = [_pad_bottom_right(label, padded_size, ignore_index) for label in labels]
+                labels = [pad_bottom_right(label, padded_size, ignore_index) for label in labels]
         else:
             images = [self.rescale_and_normalize(image[None], *normalise)[0] for image in images]
 
@@ -548,7 +543,7 @@ def _per_channel(values, num_channels: int) -> list[float]:
     return values
 
 
-def _pad_bottom_right(tensor: torch.Tensor, size: tuple[int, int], value: float) -> torch.Tensor:
+def pad_bottom_right(tensor: torch.Tensor, size: tuple[int, int], value: float) -> torch.Tensor:
     """[..., height, width] -> [..., *size], the new rows and columns at the bottom/right filled with `value`."""
     pad_height = size[0] - tensor.shape[-2]
     pad_width = size[1] - tensor.shape[-1]

@@ -864,7 +864,9 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Semantic label maps at the size of `pixel_values`, `config.ignore_index` where unlabelled.
         image_sizes / original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
-            From the image processor; `image_sizes` is carried to the output for post-processing.
+            From the image processor; `image_sizes` is carried to the output for post-processing, `original_sizes`
+            is accepted (and its shape checked) so that `model(**processor(...))` works: post-processing takes the
+            output sizes as `target_sizes`.
         loss_sampling_points (`dict`, *optional*):
             Recorded random points that replace the loss's random draws (see `PATSegmentationLoss.forward`).
         loss_generator (`torch.Generator`, *optional*):
@@ -873,7 +875,8 @@ class PATForOpenVocabSegmentation(PATPreTrainedModel):
             Not supported: every attention runs `F.scaled_dot_product_attention`, which returns no weights; True is
             a ValueError (as is `config.output_attentions`).
 
-        Other keyword arguments are a TypeError (`return_dict` is taken by `can_return_tuple`). With neither `input_ids` nor `class_embeddings`, the vocabulary is `config.id2label`.
+        Other keyword arguments are a TypeError (`return_dict` is taken by `can_return_tuple`). With neither
+        `input_ids` nor `class_embeddings`, the vocabulary is `config.id2label`.
         """
         _refuse_attention_weights(output_attentions, self.config)
         if sum(x is not None for x in (input_ids, class_embeddings)) > 1:

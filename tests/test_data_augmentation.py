@@ -13,7 +13,7 @@ from modeling_pat.apps.data import (
     rgb_to_hsv_uint8,
 )
 from modeling_pat.apps.data.augmentation import _convert
-from modeling_pat.image_processing_pat import _resize_label
+from modeling_pat.image_processing_pat import resize_label
 
 
 def test_san_augmentation_geometry_and_padding():
@@ -51,7 +51,7 @@ def test_label_resize_twins_agree(size):
     cols = [min((2 * x + 1) * 131 // (2 * size[1]), 130) for x in range(size[1])]
     expected = label[np.ix_(rows, cols)]
     np.testing.assert_array_equal(resize_label_nearest(label, size), expected)
-    torch.testing.assert_close(_resize_label(torch.from_numpy(label.astype(np.int64)), size),
+    torch.testing.assert_close(resize_label(torch.from_numpy(label.astype(np.int64)), size),
                                torch.from_numpy(expected.astype(np.int64)), rtol=0, atol=0)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from modeling_pat import PATProcessor
 from modeling_pat.apps import demo_app
-from modeling_pat.apps.cli import ModelLoadError
+from modeling_pat.apps.model_loading import ModelLoadError
 from modeling_pat.demo import main as demo_main
 from modeling_pat.apps.demo_app import SUBTASKS, DemoInputError, SegmentationDemo
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from conversion_scripts import convert_san_to_hf as convert
 from modeling_pat import PATForOpenVocabSegmentation, PATImageProcessor, PATProcessor
 from modeling_pat.apps import onnx_export
-from modeling_pat.apps.cli import compute_class_embeddings, load_model
+from modeling_pat.apps.model_loading import compute_class_embeddings, load_model
 
 from conftest import FIXTURES, GOLDEN
 

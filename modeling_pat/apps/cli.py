@@ -24,7 +24,8 @@ a JSON key); an existing file is replaced only when it is a previous result of t
 this run. Otherwise the image's results get the next free stem (`<stem>-2`, `<stem>-3`, ...), reported at the end.
 Previous results found in an input folder or glob are not segmented again (name such a file itself to segment it).
 Every file is written under a temporary name and renamed when complete, so none is ever half-written. The result files,
-their names and that rule are in `result_files`; this module checks the arguments, loads the model and runs it.
+their names and that rule are in `result_files`, loading `--model` in `model_loading`; this module checks the
+arguments and runs the job.
 
 Exit codes: 0 success; 1 unexpected runtime error (e.g. out of memory); 2 usage error (bad arguments, an input that
 matches no image, no or duplicate labels, unavailable device); 3 the model could not be loaded; 4 some images could
@@ -45,7 +46,6 @@ from tqdm import tqdm
 
 from modeling_pat_cli import (  # the console script's front: it parses the arguments before this module loads
     DEFAULT_MODEL,
-    DTYPE_NAMES,
     EXIT_MODEL,
     EXIT_OK,
     EXIT_RUNTIME,
@@ -54,48 +54,28 @@ from modeling_pat_cli import (  # the console script's front: it parses the argu
     segment_main,
 )
 
-from ..configuration_pat import PATConfig, load_vocabulary, stuff_class_names
+from ..configuration_pat import load_vocabulary, stuff_class_names
 from ..image_processing_pat import load_image, padding_groups
 from ..modeling_pat import PATForOpenVocabSegmentation
 from ..processing_pat import PATProcessor, validate_class_names
-from .pretrained import (
-    OFFICIAL_MODELS,
-    WeightsUnavailableError,
-    clear_cache,
-    converted_cache_dir,
-    hub_offline,
-    list_cache,
-    resolve_pretrained,
+from .model_loading import (
+    DTYPES,
+    HOW_TO_GET_WEIGHTS,
+    ModelLoadError,
+    UsageError,
+    compute_class_embeddings,
+    first_line,
+    load_model,
+    resolve_device,
 )
+from .pretrained import OFFICIAL_MODELS, clear_cache, converted_cache_dir, list_cache
 from .result_files import output_stems, result_files, result_kind, result_name_taken, write_outputs
 from .sliding_window import sliding_window_segmentation
 from .visualization import make_palette
 
 
-RANDOM_PREFIX = "random:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 POSTPROCESS_BUDGET = 2**28  # floats the full-resolution post-processing may hold per image (1 GiB in float32)
-
-HOW_TO_GET_WEIGHTS = """\
-To get a model: --model takes a name ({names}: the official SAN checkpoints, fetched from the Hugging Face Hub
-repository Mendel192/san and converted once into a local cache), a downloaded official .pth file, a save_pretrained
-folder or a Hub id (owner/name). Offline, fetch the default's file once where the Hub is reachable (same HF_HOME):
-  hf download Mendel192/san san_vit_b_16.pth
-Or try the whole pipeline offline with random weights: --model random:san-tiny"""
-
-
-class UsageError(Exception):
-    """Bad command-line input: exit code 2."""
-
-
-class ModelLoadError(Exception):
-    """The model (or its processor) could not be loaded: exit code 3. `complete`: the message already says how to
-    get the model (a named official model), so no general instructions are added."""
-
-    def __init__(self, message: str, complete: bool = False):
-        super().__init__(message)
-        self.complete = complete
 
 
 # -- arguments (parsed by modeling_pat_cli before torch is imported; checked here) ------------------------------------
@@ -151,71 +131,6 @@ def _expand(pattern: str) -> list[Path]:
         matches = sorted(glob.glob(pattern, recursive=True))
         return [Path(m) for m in matches if os.path.isfile(m)]
     return []
-
-
-# -- model ------------------------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but PyTorch sees no CUDA device (use --device cpu or auto).")
-    return torch.device(name)
-
-
-def load_model(spec: str | None, device: torch.device, dtype: torch.dtype, revision: str | None = None):
-    """`--model` -> (model in eval mode on `device` in `dtype`, processor); raises ModelLoadError with instructions."""
-    spec = spec or DEFAULT_MODEL
-    if spec.startswith(RANDOM_PREFIX):
-        model, processor = _random_model(spec.removeprefix(RANDOM_PREFIX))
-        return model.to(device=device, dtype=dtype).eval(), processor
-    try:  # a folder, an official name or .pth file (fetched / converted once), or a Hub id
-        source = resolve_pretrained(spec, revision=revision)
-    except WeightsUnavailableError as error:
-        raise ModelLoadError(str(error), complete=spec in OFFICIAL_MODELS) from error
-    except ValueError as error:  # a local file that is not an official SAN checkpoint
-        raise ModelLoadError(f"--model {spec!r} could not be converted: {_first_line(error)}") from error
-    except OSError as error:  # a truncated or corrupt checkpoint, or a damaged cached one: the message names the file
-        raise ModelLoadError(f"--model {spec!r}: {_first_line(error)}", complete=True) from error
-    failure = f"could not load {spec!r}" + ("" if Path(source).is_dir() else " from the Hugging Face Hub")
-    model, processor = _pretrained_model(source, dtype, failure, revision)
-    return model.to(device=device, dtype=dtype).eval(), processor
-
-
-def _random_model(preset: str):
-    """A model with random weights from a named preset (offline smoke tests); seeded, so runs are repeatable."""
-    try:
-        config = PATConfig.from_preset(preset)
-    except ValueError as error:
-        raise ModelLoadError(str(error)) from error
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = PATForOpenVocabSegmentation(config)
-    return model, PATProcessor.from_config(config)
-
-
-def _pretrained_model(spec: str, dtype: torch.dtype, failure: str, revision: str | None = None):
-    try:
-        model = PATForOpenVocabSegmentation.from_pretrained(spec, dtype=dtype, revision=revision)
-    except Exception as error:  # OSError (offline / not found), ValueError / KeyError (not a PAT model), ...
-        offline = " (offline mode: HF_HUB_OFFLINE is set)" if hub_offline() and not Path(spec).is_dir() else ""
-        raise ModelLoadError(f"{failure}{offline}: {_first_line(error)}") from error
-    try:
-        processor = PATProcessor.from_pretrained(spec, revision=revision)
-    except Exception:  # a folder with weights and config only: the config says everything the processor needs
-        processor = PATProcessor.from_config(model.config)
-    return model, processor
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
-def compute_class_embeddings(model, processor, class_names: list[str]) -> torch.Tensor:
-    """(N, D) unit text embeddings of the class names, computed once per run (the model encodes them in chunks of
-    classes, so large vocabularies stay within memory)."""
-    input_ids = processor.encode_class_names(class_names)["input_ids"]
-    return model.get_class_embeddings(input_ids=input_ids.to(model.device))
 
 
 # -- images -----------------------------------------------------------------------------------------------------------
@@ -391,7 +306,7 @@ class SegmentationJob:
 
 def _describe_os_error(error: OSError) -> str:
     """'<file>: <reason>' of a failed write, one line (the final name, not the temporary one, when a rename failed)."""
-    reason = error.strerror or _first_line(error)
+    reason = error.strerror or first_line(error)
     file = error.filename2 or error.filename
     return f"{file}: {reason}" if file else reason
 
@@ -407,7 +322,7 @@ def segment_files(
             try:
                 batch.append((path, stem, read_image(path)))
             except Exception as error:  # any decoding failure: report the file, keep going
-                failures.append((path, f"{type(error).__name__}: {_first_line(error)}"))
+                failures.append((path, f"{type(error).__name__}: {first_line(error)}"))
                 if not quiet:
                     tqdm.write(f"warning: skipping {path}: cannot read it as an image", file=sys.stderr)
                 progress.update(1)
@@ -528,7 +443,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"pat-segment: error: the model could not be loaded.\n{error}{instructions}", file=sys.stderr)
         return EXIT_MODEL
     except torch.OutOfMemoryError as error:
-        message = f"out of memory ({_first_line(error)}); try a smaller --batch-size"
+        message = f"out of memory ({first_line(error)}); try a smaller --batch-size"
         print(f"pat-segment: error: {message}", file=sys.stderr)
         return EXIT_RUNTIME
 

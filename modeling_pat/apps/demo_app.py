@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from modeling_pat_cli import (  # the console script's front: it parses the arguments before this module loads
+    DEFAULT_MODEL,
     EXIT_MODEL,
     EXIT_OK,
     EXIT_USAGE,
@@ -41,18 +42,15 @@ from modeling_pat_cli import (  # the console script's front: it parses the argu
 from ..configuration_pat import VOCABULARY_FILES, load_vocabulary
 from ..image_processing_pat import load_image
 from ..processing_pat import validate_class_names
-from .cli import (
-    DEFAULT_MODEL,
+from .cli import SegmentOptions, segment_batch, segment_batch_results
+from .model_loading import (
     DTYPES,
     HOW_TO_GET_WEIGHTS,
     ModelLoadError,
-    SegmentOptions,
     UsageError,
     compute_class_embeddings,
     load_model,
     resolve_device,
-    segment_batch,
-    segment_batch_results,
 )
 from .region_query import query_region
 from .result_files import write_outputs

@@ -29,6 +29,7 @@ peft is an optional dependency (`pip install modeling_pat[lora]`), imported only
 """
 
 from collections import defaultdict
+from contextlib import suppress
 
 from torch import nn
 
@@ -149,8 +150,8 @@ def merge_lora(model):
             module.merge()
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, module.get_base_layer())
-    for attribute in ("peft_config", "_hf_peft_config_loaded"):
-        model.__dict__.pop(attribute, None)
+    with suppress(AttributeError):  # transformers' adapter integration sets it on the model when an adapter is added
+        del model.peft_config
     model._hf_peft_config_loaded = False
     model.clear_inference_caches()  # the base weights changed in place (the text weights' fingerprint included)
     return model

@@ -39,21 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from modeling_pat_cli import DEFAULT_MODEL, EXIT_MODEL, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE  # torch-free front
+
 from ..configuration_pat import VOCABULARY_FILES
-from .cli import (
-    DEFAULT_MODEL,
-    EXIT_MODEL,
-    EXIT_OK,
-    EXIT_RUNTIME,
-    EXIT_USAGE,
-    HOW_TO_GET_WEIGHTS,
-    ModelLoadError,
-    UsageError,
-    compute_class_embeddings,
-    load_model,
-    parse_labels,
-    vocabulary_class_names,
-)
+from .cli import parse_labels, vocabulary_class_names
+from .model_loading import HOW_TO_GET_WEIGHTS, ModelLoadError, UsageError, compute_class_embeddings, load_model
 from .pretrained import OFFICIAL_MODELS
 
 

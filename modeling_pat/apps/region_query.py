@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..image_processing_pat import _field, _size_at, get_padded_size, resize_mask_logits
+from ..image_processing_pat import get_padded_size
+from ..post_processing import output_field, resize_mask_logits, size_at
 
 
 @dataclass(eq=False)
@@ -89,7 +90,8 @@ class PATRegionProposals:
     ) -> "PATRegionProposals":
         """From model outputs (`class_queries_logits`, `masks_queries_logits`, and `image_sizes` / `padded_sizes`
         when present, as post-processing uses them) for image `image_index`, at `target_size` (H_out, W_out)."""
-        class_logits, mask_logits = _field(outputs, "class_queries_logits"), _field(outputs, "masks_queries_logits")
+        class_logits = output_field(outputs, "class_queries_logits")
+        mask_logits = output_field(outputs, "masks_queries_logits")
         if class_logits is None or mask_logits is None:
             raise ValueError("`outputs` must have `class_queries_logits` and `masks_queries_logits`.")
         if not 0 <= image_index < class_logits.shape[0]:
@@ -97,10 +99,10 @@ class PATRegionProposals:
         height, width = (int(v) for v in target_size)
         if height < 1 or width < 1:
             raise ValueError(f"`target_size` must be a positive (height, width), got {tuple(target_size)}.")
-        image_sizes, padded_sizes = _field(outputs, "image_sizes"), _field(outputs, "padded_sizes")
-        image_size = _size_at(image_sizes, image_index)
+        image_sizes, padded_sizes = output_field(outputs, "image_sizes"), output_field(outputs, "padded_sizes")
+        image_size = size_at(image_sizes, image_index)
         if padded_sizes is not None:
-            padded_size = _size_at(padded_sizes, image_index)
+            padded_size = size_at(padded_sizes, image_index)
         elif image_sizes is not None:
             padded_size = get_padded_size([[int(v) for v in row] for row in image_sizes], size_divisibility)
         else:

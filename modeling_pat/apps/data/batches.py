@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ...image_processing_pat import PATImageProcessor, _pad_bottom_right, get_padded_size, padding_groups
+from ...image_processing_pat import PATImageProcessor, get_padded_size, pad_bottom_right, padding_groups
 from .augmentation import SANTrainAugmentation
 from .splits import SegmentationSplit
 
@@ -114,7 +114,7 @@ class SegmentationCollator:
         padded = get_padded_size(sizes, self.size_divisibility)
         batch["pixel_values"] = self._padded_pixels(examples)
         if "labels" in examples[0]:
-            batch["labels"] = torch.stack([_pad_bottom_right(e["labels"], padded, self.ignore_index) for e in examples])
+            batch["labels"] = torch.stack([pad_bottom_right(e["labels"], padded, self.ignore_index) for e in examples])
         for key in ("image_sizes", "original_sizes"):
             if key in examples[0]:
                 batch[key] = torch.stack([torch.as_tensor(e[key], dtype=torch.int64) for e in examples])
@@ -123,7 +123,7 @@ class SegmentationCollator:
         if "semantic_labels" in examples[0]:
             label_size = get_padded_size([e["semantic_labels"].shape for e in examples], size_divisibility=1)
             batch["semantic_labels"] = torch.stack(
-                [_pad_bottom_right(e["semantic_labels"], label_size, self.ignore_index) for e in examples]
+                [pad_bottom_right(e["semantic_labels"], label_size, self.ignore_index) for e in examples]
             )
         if "file_name" in examples[0]:
             batch["file_name"] = [e["file_name"] for e in examples]
@@ -132,7 +132,7 @@ class SegmentationCollator:
     def _padded_pixels(self, examples: list[dict]) -> torch.Tensor:
         """(B, 3, Hp, Wp): the examples' images padded with 0 to their largest size, a multiple of the divisibility."""
         padded = get_padded_size([e["pixel_values"].shape[-2:] for e in examples], self.size_divisibility)
-        return torch.stack([_pad_bottom_right(e["pixel_values"], padded, 0.0) for e in examples])
+        return torch.stack([pad_bottom_right(e["pixel_values"], padded, 0.0) for e in examples])
 
     def _grouped_eval_batch(self, examples: list[dict], groups: list[list[int]]) -> dict:
         # `image_sizes` first: Trainer counts a batch's examples by the first tensor it finds in it.
