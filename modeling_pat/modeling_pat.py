@@ -291,7 +291,9 @@ class PATModel(PATPreTrainedModel):
         output_auxiliary_logits: bool | None = None,
         output_hidden_states: bool | None = None,
         output_reconstruction: bool | None = None,
-        **kwargs,
+        output_attentions: bool | None = None,
+        image_sizes: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
     ) -> PATModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
@@ -301,8 +303,18 @@ class PATModel(PATPreTrainedModel):
             Decode the deep-supervision levels before the final one too (default: in training mode only).
         output_reconstruction (`bool`, *optional*):
             PAT mode: also reconstruct the image (default: in training mode only).
+        output_attentions (`bool`, *optional*):
+            Not supported (SDPA returns no weights): True is a ValueError.
+        image_sizes / original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+            What the image processor returns beside `pixel_values`, accepted (shape-checked) so that
+            `model(**image_processor(images))` works; the image-side model does no post-processing with them.
+
+        Other keyword arguments are a TypeError (`return_dict` is taken by `can_return_tuple`).
         """
+        refuse_attention_weights(output_attentions, self.config)
         pixel_values = prepare_pixel_values(pixel_values, self.config.size_divisibility, self.input_dtype)
+        for name, sizes in (("image_sizes", image_sizes), ("original_sizes", original_sizes)):
+            check_sizes(sizes, name, pixel_values.shape[0])
         output_auxiliary_logits = self.training if output_auxiliary_logits is None else output_auxiliary_logits
         output_reconstruction = self.training if output_reconstruction is None else output_reconstruction
         output_hidden_states = (

@@ -480,3 +480,19 @@ def test_output_attentions_and_unknown_keywords_are_refused(model, pixel_values)
         model(pixel_values, class_names=["cat"])  # not a forward argument: get_class_embeddings takes names
     with torch.no_grad():
         assert isinstance(model(pixel_values, output_attentions=False, return_dict=False), tuple)
+
+
+def test_image_side_model_takes_the_image_processors_outputs_and_refuses_other_keywords(pixel_values):
+    from modeling_pat import PATImageProcessor
+
+    model = PATModel(tiny_config()).eval()
+    inputs = PATImageProcessor(do_resize=False)(images=list(pixel_values[:1].clamp(0, 1) * 255), return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)  # pixel_values, image_sizes, original_sizes
+    assert outputs.masks_queries_logits.shape[0] == 1
+    with pytest.raises(TypeError, match="class_names"):
+        model(pixel_values, class_names=["cat"])
+    with pytest.raises(ValueError, match="output_attentions=True is not supported"):
+        model(pixel_values, output_attentions=True)
+    with pytest.raises(ValueError, match=r"`image_sizes` must be an integer tensor of shape \(batch_size, 2\)"):
+        model(pixel_values, image_sizes=torch.zeros(5, 2, dtype=torch.long))
