@@ -479,7 +479,7 @@ def register_pipeline() -> None:
         )
     finally:
         registry_logger.setLevel(level)
-    if "_registered_impl" in PATImageSegmentationPipeline.__dict__:
+    if "_registered_impl" in vars(PATImageSegmentationPipeline):
         del PATImageSegmentationPipeline._registered_impl
 
 
