@@ -269,10 +269,12 @@ class PATModel(PATPreTrainedModel):
         if tokenization is None:
             return side(pixel_values, clip_features.maps, output_layers=levels)
         state = side.start(pixel_values, clip_features.maps, levels, query_embed=tokenization.query_embed())
-        local_tokens = state.output.local_tokens
+        local_tokens, previous = state.output.local_tokens, None
         for stage, position in tokenization.stage_positions.items():
             side_tokens = side.run(state, position)  # (B, L, C_side), before fusion
-            side.set_queries(state, tokenization.semantic_stage(stage, side_tokens, side.queries(state), local_tokens))
+            previous, global_tokens = tokenization.semantic_stage(stage, side_tokens, side.queries(state), previous)
+            local_tokens[stage] = previous
+            side.set_queries(state, global_tokens)
         return side.finish(state)
 
     def encode_tokens(self, pixel_values: torch.Tensor) -> tuple[PATPixelBranchOutput, PATQuantizerOutput]:

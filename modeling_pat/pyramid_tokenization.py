@@ -81,21 +81,16 @@ class PATPyramidTokenization(nn.Module):
         return self.query_mixer(self.latent_quantizer.codebook[None])
 
     def semantic_stage(
-        self, stage: str, side_tokens: torch.Tensor, global_tokens: torch.Tensor, local_tokens: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        """The semantic branch after pyramid stage `stage`'s side block (Eq. 2) -> updated global tokens (B, Q, C_side).
+        self, stage: str, side_tokens: torch.Tensor, global_tokens: torch.Tensor, previous_local: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The semantic branch after pyramid stage `stage`'s side block (Eq. 2) -> (local tokens e_s (B, K_s, C_code),
+        updated global tokens (B, Q, C_side)).
 
         side_tokens (B, L, C_side) are z_s, the block's output *before* fusion (the paper's side features);
-        global_tokens (B, Q, C_side) are the side ViT's query tokens. The local tokens e_s (B, K_s, C_code) are added
-        to `local_tokens` under the stage name (the next stage reads them).
+        global_tokens (B, Q, C_side) are the side ViT's query tokens; previous_local are the previous stage's local
+        tokens (None at the first stage).
         """
-        index = PYRAMID_STAGES.index(stage)
-        previous = local_tokens.get(PYRAMID_STAGES[index - 1]) if index > 0 else None
-        local, global_tokens = self.semantic_branch.forward_stage(
-            stage, self.codebook(stage), previous, side_tokens, global_tokens
-        )
-        local_tokens[stage] = local
-        return global_tokens
+        return self.semantic_branch.forward_stage(stage, self.codebook(stage), previous_local, side_tokens, global_tokens)
 
     def forward(
         self,

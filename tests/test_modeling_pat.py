@@ -82,10 +82,10 @@ def test_the_semantic_branch_runs_between_the_side_blocks_of_the_pyramid_stages(
     model = PATModel(config).eval()
     calls = []
 
-    def recorder(stage, side_tokens, global_tokens, local_tokens):
-        calls.append((stage, tuple(side_tokens.shape), tuple(global_tokens.shape), sorted(local_tokens)))
-        local_tokens[stage] = torch.zeros(1)
-        return torch.full_like(global_tokens, float(len(calls)))
+    def recorder(stage, side_tokens, global_tokens, previous_local):
+        previous = None if previous_local is None else int(previous_local.item())
+        calls.append((stage, tuple(side_tokens.shape), tuple(global_tokens.shape), previous))
+        return torch.full((1,), float(len(calls))), torch.full_like(global_tokens, float(len(calls)))
 
     monkeypatch.setattr(model.tokenization, "semantic_stage", recorder)
     with torch.no_grad():
@@ -93,9 +93,9 @@ def test_the_semantic_branch_runs_between_the_side_blocks_of_the_pyramid_stages(
         side = model.run_side_adapter(pixel_values, features, model.side_adapter.output_layers[-1:])
     q, tokens = config.num_queries, (2, 8 * 10, config.side_hidden_size)
     assert calls == [
-        ("early", tokens, (2, q, config.side_hidden_size), []),
-        ("mid", tokens, (2, q, config.side_hidden_size), ["early"]),
-        ("late", tokens, (2, q, config.side_hidden_size), ["early", "mid"]),
+        ("early", tokens, (2, q, config.side_hidden_size), None),
+        ("mid", tokens, (2, q, config.side_hidden_size), 1),  # each stage gets the previous one's local tokens
+        ("late", tokens, (2, q, config.side_hidden_size), 2),
     ]
     assert sorted(side.local_tokens) == ["early", "late", "mid"]
     for i, position in enumerate(config.pyramid_side_layers, start=1):

@@ -168,7 +168,8 @@ def test_full_size_shapes_of_architecture_table_3_14(height, width):
     local, queries = {}, torch.randn(1, 100, 240)
     with torch.no_grad():
         for stage in tokenization.stage_positions:  # the semantic branch as `PATModel.run_side_adapter` calls it
-            queries = tokenization.semantic_stage(stage, torch.randn(1, h * w, 240), queries, local)
+            previous = local[list(local)[-1]] if local else None
+            local[stage], queries = tokenization.semantic_stage(stage, torch.randn(1, h * w, 240), queries, previous)
         out = tokenization(torch.randn(1, 3, height, width), terms, queries, torch.randn(1, 240, h, w), local)
     assert {k: tuple(v.shape) for k, v in out.local_tokens.items()} == {
         "early": (1, 128, 32), "mid": (1, 64, 32), "late": (1, 32, 32)}
