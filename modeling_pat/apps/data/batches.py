@@ -15,7 +15,9 @@ from .splits import SegmentationSplit
 def _normalize(image: np.ndarray, processor: PATImageProcessor) -> torch.Tensor:
     """uint8 [H_img, W_img, 3] -> float32 [3, H_img, W_img] normalised exactly as the image processor does (no resize,
     no pad)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    # channels first while still uint8: the float arithmetic then runs over contiguous memory, about twice as fast as
+    # through the channels-last strides (the same elementwise operations, so the same values)
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
     normalised = processor.rescale_and_normalize(
         tensor, processor.do_rescale, processor.rescale_factor, processor.do_normalize,
         processor.image_mean, processor.image_std,
