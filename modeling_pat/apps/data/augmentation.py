@@ -149,8 +149,8 @@ class _HSVTables:
 _hsv_tables = _HSVTables()
 
 
-def rgb_to_hsv_uint8(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> uint8 HSV in OpenCV's 8-bit convention (H in 0..179 = degrees / 2, S and V in 0..255)."""
+def _rgb_to_hsv_formula(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> uint8 HSV by the formulas, through the small tables: what `rgb_to_hsv_uint8`'s table holds."""
     tables = _hsv_tables()
     r, g, b = (image[..., channel].astype(np.int16) for channel in range(3))  # (channel views: max over the last
     value = np.maximum(np.maximum(r, g), b)  # axis of size 3 is many times slower)
@@ -165,50 +165,9 @@ def rgb_to_hsv_uint8(image: np.ndarray) -> np.ndarray:
     return hsv
 
 
-def _table_index(row: np.ndarray, column: np.ndarray) -> np.ndarray:
-    """Flat index row * 256 + column of a 256-column table, built in place in the index type `take` uses."""
-    index = row.astype(np.intp)
-    index <<= 8
-    index += column
-    return index
-
-
-def hsv_uint8_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """Inverse of `rgb_to_hsv_uint8` (OpenCV's HSV2RGB for 8-bit images): one lookup per pixel in a table of every
-    (H, S, V) triple's result (`_rgb_of_every_hsv`), four bytes per entry so that a pixel is one 32-bit read."""
-    index = _table_index(hsv[..., 0], hsv[..., 1])  # H * 256 + S
-    index <<= 8
-    index += hsv[..., 2]
-    rgb = _rgb_of_every_hsv().take(index).view(np.uint8)  # [..., 4]: R, G, B and a zero byte
-    return rgb.reshape(*hsv.shape[:-1], 4)[..., :3]
-
-
-class _RGBOfEveryHSV:
-    """Lazily built table of `_hsv_uint8_to_rgb_formula` at all 180 x 256 x 256 HSV triples, packed as uint32 (45 MB,
-    built in about a second once per process; forked loader workers share the parent's). The per-pixel formula
-    (float chroma, rounding, sector placement) cost a loader worker about 7 ms per 640 x 640 crop, the lookup 1.5 ms;
-    the table holds the formula's own bytes, so the outputs are unchanged."""
-
-    def __init__(self):
-        self._table = None
-
-    def __call__(self) -> np.ndarray:
-        if self._table is None:
-            grid = np.empty((256, 256, 3), dtype=np.uint8)  # (S, V) of one hue
-            grid[..., 1], grid[..., 2] = np.arange(256, dtype=np.uint8)[:, None], np.arange(256, dtype=np.uint8)
-            table = np.zeros((180, 256, 256, 4), dtype=np.uint8)
-            for hue in range(180):
-                grid[..., 0] = hue
-                table[hue, ..., :3] = _hsv_uint8_to_rgb_formula(grid)
-            self._table = table.view(np.uint32).reshape(-1)
-        return self._table
-
-
-_rgb_of_every_hsv = _RGBOfEveryHSV()
-
-
 def _hsv_uint8_to_rgb_formula(hsv: np.ndarray) -> np.ndarray:
-    """OpenCV's HSV2RGB float32 formulas through small tables, elementwise: what `hsv_uint8_to_rgb`'s table holds."""
+    """uint8 HSV -> uint8 RGB by OpenCV's HSV2RGB float32 formulas, through the small tables: what
+    `hsv_uint8_to_rgb`'s table holds."""
     tables = _hsv_tables()
     hue, saturation, value = (hsv[..., channel] for channel in range(3))
     chroma = tables["chroma"].ravel().take(_table_index(value, saturation))
@@ -221,6 +180,76 @@ def _hsv_uint8_to_rgb_formula(hsv: np.ndarray) -> np.ndarray:
         source = tables["order"][:, channel].take(hue)
         rgb[..., channel] = np.where(source == 0, largest, np.where(source == 1, middle, smallest))
     return rgb
+
+
+def _table_index(row: np.ndarray, column: np.ndarray) -> np.ndarray:
+    """Flat index row * 256 + column of a 256-column table, built in place in the index type `take` uses."""
+    index = row.astype(np.intp)
+    index <<= 8
+    index += column
+    return index
+
+
+def _triple_index(first: np.ndarray, second: np.ndarray, third: np.ndarray) -> np.ndarray:
+    """Flat index (first * 256 + second) * 256 + third of a table over three uint8 inputs."""
+    index = _table_index(first, second)
+    index <<= 8
+    index += third
+    return index
+
+
+class _EveryTriple:
+    """A lazily built table of a uint8 -> uint8 conversion at every input triple (first, second, third), the outputs
+    packed into one `packed_dtype` word per entry so that a pixel's lookup is one read. Built by running `formula`
+    over the inputs one `first` level at a time, so each entry is the formula's own bytes; forked loader workers
+    share a table the parent built.
+
+    The per-pixel formulas (float chroma, rounding, sector placement one way; case analysis, differences and two
+    table reads the other) cost a loader worker about 7 and 3.6 ms per 640 x 640 crop, the lookups 1.5 and 1.3 ms."""
+
+    def __init__(self, formula, first_levels: int, outputs: int, packed_dtype):
+        self.formula, self.first_levels, self.outputs, self.packed_dtype = formula, first_levels, outputs, packed_dtype
+        self._table = None
+
+    def __call__(self) -> np.ndarray:
+        if self._table is None:
+            width = np.dtype(self.packed_dtype).itemsize
+            grid = np.empty((256, 256, 3), dtype=np.uint8)  # (second, third) at one first level
+            grid[..., 1], grid[..., 2] = np.arange(256, dtype=np.uint8)[:, None], np.arange(256, dtype=np.uint8)
+            table = np.zeros((self.first_levels, 256, 256, width), dtype=np.uint8)
+            for level in range(self.first_levels):
+                grid[..., 0] = level
+                table[level, ..., : self.outputs] = self.formula(grid)[..., : self.outputs]
+            self._table = table.view(self.packed_dtype).reshape(-1)
+        return self._table
+
+    def lookup(self, first: np.ndarray, second: np.ndarray, third: np.ndarray) -> np.ndarray:
+        """[...] x 3 uint8 -> [..., outputs] uint8 (a view into the packed words)."""
+        packed = self().take(_triple_index(first, second, third)).view(np.uint8)
+        return packed.reshape(*first.shape, -1)[..., : self.outputs]
+
+
+# (R, G, B) -> (H, S): 32 MB; V is the largest channel, cheaper to take than to store. (H, S, V) -> (R, G, B): 45 MB,
+# four bytes per entry (the fourth zero).
+_hue_saturation_of_every_rgb = _EveryTriple(_rgb_to_hsv_formula, 256, 2, np.uint16)
+_rgb_of_every_hsv = _EveryTriple(_hsv_uint8_to_rgb_formula, 180, 3, np.uint32)
+
+
+def _hsv_planes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 RGB [..., 3] -> the H, S and V planes [...] (views; interleaving them costs more than the lookup)."""
+    red, green, blue = (image[..., channel] for channel in range(3))
+    hue_saturation = _hue_saturation_of_every_rgb.lookup(red, green, blue)
+    return hue_saturation[..., 0], hue_saturation[..., 1], np.maximum(np.maximum(red, green), blue)
+
+
+def rgb_to_hsv_uint8(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> uint8 HSV in OpenCV's 8-bit convention (H in 0..179 = degrees / 2, S and V in 0..255)."""
+    return np.stack(_hsv_planes(image), axis=-1)
+
+
+def hsv_uint8_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of `rgb_to_hsv_uint8` (OpenCV's HSV2RGB for 8-bit images)."""
+    return _rgb_of_every_hsv.lookup(hsv[..., 0], hsv[..., 1], hsv[..., 2])
 
 
 def photometric_distortion(
@@ -240,16 +269,16 @@ def photometric_distortion(
 
     def saturation(img):
         if rng.integers(2):
-            hsv = rgb_to_hsv_uint8(img)
-            hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*saturation_range))
-            return hsv_uint8_to_rgb(hsv)
+            hue_plane, saturation_plane, value = _hsv_planes(img)
+            saturation_plane = _convert(saturation_plane, alpha=rng.uniform(*saturation_range))
+            return _rgb_of_every_hsv.lookup(hue_plane, saturation_plane, value)
         return img
 
     def hue(img):
         if rng.integers(2):
-            hsv = rgb_to_hsv_uint8(img)
-            hsv[..., 0] = (hsv[..., 0].astype(np.int64) + rng.integers(-hue_delta, hue_delta + 1)) % 180
-            return hsv_uint8_to_rgb(hsv)
+            hue_plane, saturation_plane, value = _hsv_planes(img)
+            shifted = (np.arange(180) + rng.integers(-hue_delta, hue_delta + 1)) % 180  # H -> (H + shift) mod 180
+            return _rgb_of_every_hsv.lookup(shifted.astype(np.uint8).take(hue_plane), saturation_plane, value)
         return img
 
     image = brightness(np.ascontiguousarray(image))
