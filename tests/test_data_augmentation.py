@@ -119,9 +119,11 @@ def test_hsv_tables_reproduce_the_float_formulas():
 
 @pytest.mark.parametrize("alpha, beta", [(1.0, -31.7), (1.0, 25.5), (0.51, 0.0), (1.37, 0.0), (1.5, 0.0)])
 def test_brightness_and_contrast_table_reproduces_the_float_formula(alpha, beta):
-    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    expected = np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
-    np.testing.assert_array_equal(_convert(values, alpha, beta), expected)
+    values = np.random.default_rng(0).permutation(np.arange(256, dtype=np.uint8).repeat(3)).reshape(16, 16, 3)
+    # contiguous with an even size (looked up two bytes at a time), a strided view and an odd size (byte by byte)
+    for view in (values, values[:, ::2], values[:15, :15, :1]):
+        expected = np.clip(view.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(_convert(view, alpha, beta), expected)
 
 
 def test_label_resize_window_is_the_crop_of_the_resized_map():

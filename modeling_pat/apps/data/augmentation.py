@@ -84,12 +84,20 @@ def resize_label_nearest(label: np.ndarray, size: tuple[int, int], window: tuple
     rows = np.minimum(((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64), height - 1)
     cols = np.minimum(((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64), width - 1)
     rows, cols = rows[top : top + crop_height], cols[left : left + crop_width]
-    return label[rows[:, None], cols[None, :]]
+    return label.take(rows, axis=0).take(cols, axis=1)  # two gathers: half the time of one 2-D fancy index
+
+
+# the two bytes of each 16-bit word 0..65535 in memory order (whatever the machine's byte order)
+_BYTE_PAIRS = np.arange(65536, dtype=np.uint16).view(np.uint8).reshape(65536, 2)
 
 
 def _convert(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
     """uint8 -> uint8 clip(v * alpha + beta), computed in float32 for the 256 values once, then looked up."""
     table = np.clip(np.arange(256, dtype=np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+    if values.flags.c_contiguous and values.size % 2 == 0:
+        # two bytes per lookup in a table of every byte pair (128 kB): half the index conversions and reads
+        pairs = table.take(_BYTE_PAIRS).view(np.uint16).reshape(-1)
+        return pairs.take(values.reshape(-1).view(np.uint16)).view(np.uint8).reshape(values.shape)
     return table.take(values)
 
 
