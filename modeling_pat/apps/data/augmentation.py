@@ -243,6 +243,13 @@ _hue_saturation_of_every_rgb = _EveryTriple(_rgb_to_hsv_formula, 256, 2, np.uint
 _rgb_of_every_hsv = _EveryTriple(_hsv_uint8_to_rgb_formula, 180, 3, np.uint32)
 
 
+def build_colour_tables() -> None:
+    """Build the HSV conversion tables now (about a second, 77 MB): a process that does so before starting forked
+    DataLoader workers shares one copy with all of them instead of each worker building its own at its first image."""
+    _hue_saturation_of_every_rgb()
+    _rgb_of_every_hsv()
+
+
 def _hsv_planes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """uint8 RGB [..., 3] -> the H, S and V planes [...] (views; interleaving them costs more than the lookup)."""
     red, green, blue = (image[..., channel] for channel in range(3))
@@ -296,6 +303,7 @@ def photometric_distortion(
 
 
 __all__ = [
+    "build_colour_tables",
     "hsv_uint8_to_rgb",
     "photometric_distortion",
     "resize_image",

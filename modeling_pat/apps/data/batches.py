@@ -8,7 +8,7 @@ import torch
 from transformers import TrainerCallback
 
 from ...image_processing_pat import PATImageProcessor, get_padded_size, pad_bottom_right, padding_groups
-from .augmentation import SANTrainAugmentation
+from .augmentation import SANTrainAugmentation, build_colour_tables
 from .splits import SegmentationSplit
 
 
@@ -44,6 +44,8 @@ class SegmentationTrainDataset(torch.utils.data.Dataset):
         self.processor = processor
         self.seed = int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        if augmentation.photometric_distortion:
+            build_colour_tables()  # before any worker forks, so that all share the parent's tables
 
     def __len__(self) -> int:
         return len(self.split)
