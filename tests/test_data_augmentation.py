@@ -48,6 +48,16 @@ def test_san_augmentation_geometry_and_padding():
     np.testing.assert_array_equal(again[0], augment(image, label, np.random.default_rng(5))[0])
 
 
+def test_augmentation_without_jitter_takes_any_pixel_layout():
+    """A channels-reversed (BGR -> RGB) view, no colour jitter, no resize: the crop is copied as the values say."""
+    bgr = np.random.default_rng(0).integers(0, 256, (50, 70, 3)).astype(np.uint8)
+    augment = SANTrainAugmentation(crop_size=64, short_edges=(50,), photometric_distortion=False, flip_prob=1.0)
+    image, _, (height, width) = augment(bgr[..., ::-1], np.zeros((50, 70), dtype=np.int64), np.random.default_rng(0))
+    crop = image[:height, :width]
+    assert (height, width) == (50, 64)
+    assert any(np.array_equal(crop, bgr[:, left : left + 64, ::-1][:, ::-1]) for left in range(7))
+
+
 @pytest.mark.parametrize("size", [(37, 53), (97, 131), (128, 96), (300, 41)])
 def test_label_resize_twins_agree(size):
     """Training (numpy) and the image processor (torch) resize labels with one rule: output pixel y takes input

@@ -59,9 +59,18 @@ class SANTrainAugmentation:
         content = (crop_height, crop_width)
         padded_image = np.full((self.crop_size, self.crop_size, 3), self.image_pad_value, dtype=np.uint8)
         padded_label = np.full((self.crop_size, self.crop_size), self.ignore_index, dtype=np.int64)
-        padded_image[:crop_height, :crop_width] = image
+        _copy_pixels(padded_image[:crop_height, :crop_width], image)
         padded_label[:crop_height, :crop_width] = label
         return padded_image, padded_label, content
+
+
+def _copy_pixels(destination: np.ndarray, source: np.ndarray) -> None:
+    """destination[...] = source for [H, W, C] uint8 arrays, a whole C-byte pixel per step where both keep a pixel's
+    bytes together (a flipped crop copied byte by byte took 2.5x as long)."""
+    if destination.strides[-1] == source.strides[-1] == 1:
+        pixel = np.dtype((np.void, source.shape[-1]))
+        destination, source = destination.view(pixel), source.view(pixel)
+    destination[...] = source
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
