@@ -110,10 +110,11 @@ def _convert(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.nd
     return table.take(values)
 
 
-# OpenCV's 8-bit HSV formulas in float32, as functions of a few small integers, tabulated once per process: an
-# image's conversion is then integer arithmetic and table lookups (SAN's colour jitter makes up to two round trips
-# per image; the elementwise float formulas on a 640 x 640 crop made them most of a loader worker's time). Every table entry is
-# the formula's float32 result for that entry's inputs, so the outputs are the formulas' exactly.
+# OpenCV's 8-bit HSV formulas in float32, as functions of a few small integers, tabulated once per process (SAN's
+# colour jitter makes up to two round trips per image; the elementwise float formulas on a 640 x 640 crop made them
+# most of a loader worker's time). The small tables give `_rgb_to_hsv_formula` / `_hsv_uint8_to_rgb_formula`, which
+# fill the tables of every input triple (`_EveryTriple`) that the jitter looks pixels up in. Every entry is the
+# formula's float32 result for that entry's inputs, so the outputs are the formulas' exactly.
 def _hsv_saturation(value: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """S (0..255, float32) of max channel `value` and max - min `delta` (float32 integers)."""
     return np.round(np.where(value > 0, delta * 255.0 / np.maximum(value, 1e-6), 0.0))
