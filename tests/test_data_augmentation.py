@@ -1,11 +1,16 @@
 """SAN's training augmentation (`modeling_pat/apps/data/augmentation.py`): geometry, padding, the label resize and
 the photometric distortion against detectron2's float formulas."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from modeling_pat import PATImageProcessor
 from modeling_pat.apps.data import (
+    SAN_TRAIN_SHORT_EDGES,
     SANTrainAugmentation,
     hsv_uint8_to_rgb,
     photometric_distortion,
@@ -13,7 +18,8 @@ from modeling_pat.apps.data import (
     rgb_to_hsv_uint8,
 )
 from modeling_pat.apps.data.augmentation import _convert
-from modeling_pat.image_processing_pat import resize_label
+from modeling_pat.apps.data.batches import _normalize
+from modeling_pat.image_processing_pat import get_resize_output_size, resize_label
 
 
 def test_san_augmentation_geometry_and_padding():
@@ -40,6 +46,16 @@ def test_san_augmentation_geometry_and_padding():
     assert flips == {True, False}  # both flipped and unflipped crops occur
     again = augment(image, label, np.random.default_rng(5))
     np.testing.assert_array_equal(again[0], augment(image, label, np.random.default_rng(5))[0])
+
+
+def test_augmentation_without_jitter_takes_any_pixel_layout():
+    """A channels-reversed (BGR -> RGB) view, no colour jitter, no resize: the crop is copied as the values say."""
+    bgr = np.random.default_rng(0).integers(0, 256, (50, 70, 3)).astype(np.uint8)
+    augment = SANTrainAugmentation(crop_size=64, short_edges=(50,), photometric_distortion=False, flip_prob=1.0)
+    image, _, (height, width) = augment(bgr[..., ::-1], np.zeros((50, 70), dtype=np.int64), np.random.default_rng(0))
+    crop = image[:height, :width]
+    assert (height, width) == (50, 64)
+    assert any(np.array_equal(crop, bgr[:, left : left + 64, ::-1][:, ::-1]) for left in range(7))
 
 
 @pytest.mark.parametrize("size", [(37, 53), (97, 131), (128, 96), (300, 41)])
@@ -113,9 +129,11 @@ def test_hsv_tables_reproduce_the_float_formulas():
 
 @pytest.mark.parametrize("alpha, beta", [(1.0, -31.7), (1.0, 25.5), (0.51, 0.0), (1.37, 0.0), (1.5, 0.0)])
 def test_brightness_and_contrast_table_reproduces_the_float_formula(alpha, beta):
-    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    expected = np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
-    np.testing.assert_array_equal(_convert(values, alpha, beta), expected)
+    values = np.random.default_rng(0).permutation(np.arange(256, dtype=np.uint8).repeat(3)).reshape(16, 16, 3)
+    # contiguous with an even size (looked up two bytes at a time), a strided view and an odd size (byte by byte)
+    for view in (values, values[:, ::2], values[:15, :15, :1]):
+        expected = np.clip(view.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(_convert(view, alpha, beta), expected)
 
 
 def test_label_resize_window_is_the_crop_of_the_resized_map():
@@ -124,3 +142,81 @@ def test_label_resize_window_is_the_crop_of_the_resized_map():
         top, left, height, width = window
         expected = resize_label_nearest(label, size)[top : top + height, left : left + width]
         np.testing.assert_array_equal(resize_label_nearest(label, size, window=window), expected)
+
+
+# The augmentation and normalisation as first written (full-size resize then crop, the float HSV formulas, the
+# processor on a channels-last view): the oracle every faster path must reproduce byte for byte.
+def reference_example(augment, image, label, rng, processor):
+    height, width = label.shape
+    short = int(augment.short_edges[rng.integers(len(augment.short_edges))])
+    new_height, new_width = get_resize_output_size(height, width, short, augment.max_long_edge)
+    crop_height, crop_width = min(augment.crop_size, new_height), min(augment.crop_size, new_width)
+    top = int(rng.integers(new_height - crop_height + 1))
+    left = int(rng.integers(new_width - crop_width + 1))
+    resized = np.asarray(Image.fromarray(image).resize((new_width, new_height), Image.BILINEAR))
+    image = resized[top : top + crop_height, left : left + crop_width]
+    label = resize_label_nearest(label, (new_height, new_width))[top : top + crop_height, left : left + crop_width]
+    if augment.photometric_distortion:
+        image = reference_photometric_distortion(image, rng)
+    if rng.random() < augment.flip_prob:
+        image, label = image[:, ::-1], label[:, ::-1]
+    padded_image = np.full((augment.crop_size, augment.crop_size, 3), augment.image_pad_value, dtype=np.uint8)
+    padded_label = np.full((augment.crop_size, augment.crop_size), augment.ignore_index, dtype=np.int64)
+    padded_image[:crop_height, :crop_width], padded_label[:crop_height, :crop_width] = image, label
+    pixels = torch.from_numpy(padded_image).permute(2, 0, 1)[None]
+    pixels = processor.rescale_and_normalize(pixels, processor.do_rescale, processor.rescale_factor,
+                                             processor.do_normalize, processor.image_mean, processor.image_std)[0]
+    return pixels, torch.from_numpy(padded_label), (crop_height, crop_width)
+
+
+def reference_photometric_distortion(image, rng):
+    def convert(img, alpha=1.0, beta=0.0):
+        return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    def brightness(img):
+        return convert(img, beta=rng.uniform(-32, 32)) if rng.integers(2) else img
+
+    def contrast(img):
+        return convert(img, alpha=rng.uniform(0.5, 1.5)) if rng.integers(2) else img
+
+    def saturation(img):
+        if rng.integers(2):
+            hsv = formula_rgb_to_hsv(img)
+            hsv[..., 1] = convert(hsv[..., 1], alpha=rng.uniform(0.5, 1.5))
+            return formula_hsv_to_rgb(hsv)
+        return img
+
+    def hue(img):
+        if rng.integers(2):
+            hsv = formula_rgb_to_hsv(img)
+            hsv[..., 0] = (hsv[..., 0].astype(np.int64) + rng.integers(-18, 19)) % 180
+            return formula_hsv_to_rgb(hsv)
+        return img
+
+    image = brightness(image)
+    if rng.integers(2):
+        return hue(saturation(contrast(image)))
+    return contrast(hue(saturation(image)))
+
+
+PHOTOS = Path(__file__).parent / "fixtures" / "data" / "images"
+
+
+@pytest.mark.parametrize("crop_size, short_edges", [(640, SAN_TRAIN_SHORT_EDGES), (160, (96, 150, 224, 333))])
+def test_training_examples_equal_the_first_implementation(crop_size, short_edges):
+    """Photos of several sizes (JPEG and PNG), every draw of scale, crop, jitter and flip over 12 seeds each: the
+    dataset's pixel values, labels and sizes equal the oracle's exactly."""
+    augment = SANTrainAugmentation(crop_size=crop_size, short_edges=short_edges)
+    processor = PATImageProcessor()
+    photos = sorted(PHOTOS.glob("*"))[::3]
+    assert len(photos) >= 4
+    for number, path in enumerate(photos):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        label = np.random.default_rng(number).integers(0, 200, image.shape[:2])
+        for seed in range(12):
+            rng = np.random.default_rng([seed, number])
+            image_out, label_out, content = augment(image, label, np.random.default_rng([seed, number]))
+            pixels, labels, expected_content = reference_example(augment, image, label, rng, processor)
+            assert content == expected_content
+            assert torch.equal(_normalize(image_out, processor), pixels), (path.name, seed)
+            assert torch.equal(torch.from_numpy(np.ascontiguousarray(label_out)), labels), (path.name, seed)

@@ -54,6 +54,23 @@ def test_train_dataset_is_a_function_of_seed_epoch_index(ade_split):
     assert torch.equal(from_worker_epoch0, twin.__class__(ade_split, augment, processor, seed=7)[0]["pixel_values"])
 
 
+def test_train_dataset_builds_the_colour_tables_before_workers_fork(ade_split, monkeypatch):
+    """The HSV tables are built when the dataset is made (in the process that will fork the workers), not at a
+    worker's first image; without the colour jitter they are not built at all."""
+    from modeling_pat.apps.data import augmentation as module
+
+    for name in ("_hue_saturation_of_every_rgb", "_rgb_of_every_hsv"):
+        fresh = module._EveryTriple(getattr(module, name).formula, getattr(module, name).first_levels,
+                                    getattr(module, name).outputs, getattr(module, name).packed_dtype)
+        monkeypatch.setattr(module, name, fresh)
+    plain = SANTrainAugmentation(crop_size=64, photometric_distortion=False)
+    SegmentationTrainDataset(ade_split, plain, PATImageProcessor())
+    assert module._rgb_of_every_hsv._table is None and module._hue_saturation_of_every_rgb._table is None
+    SegmentationTrainDataset(ade_split, SANTrainAugmentation(crop_size=64), PATImageProcessor())
+    assert module._rgb_of_every_hsv._table.nbytes == 180 * 256 * 256 * 4
+    assert module._hue_saturation_of_every_rgb._table.nbytes == 256 * 256 * 256 * 2
+
+
 def test_epoch_callback_counts_from_the_global_step(ade_split):
     dataset = SegmentationTrainDataset(ade_split, SANTrainAugmentation(crop_size=64), PATImageProcessor())
     callback = EpochCallback(dataset)

@@ -28,6 +28,21 @@ def test_label_mapping_tables():
     assert coco(np.array([[0, 11, 12, 181, 255]])).tolist() == [[0, 255, 11, 170, 255]]  # 11 is never annotated
 
 
+@pytest.mark.parametrize("table_size", [200, 256, 300])
+def test_label_mapping_of_8_bit_maps_equals_the_widened_path(table_size):
+    """uint8 maps (the usual PNG labels) take a one-gather path when the table covers every 8-bit value: the same
+    int64 values as mapping the widened map, values beyond a shorter table ignored."""
+    rng = np.random.default_rng(0)
+    mapping = LabelMapping(255, lut=rng.integers(0, 150, table_size))
+    stored = rng.integers(0, 256, (37, 53)).astype(np.uint8)
+    mapped = mapping(stored)
+    assert mapped.dtype == np.int64
+    np.testing.assert_array_equal(mapped, mapping(stored.astype(np.int64)))
+    values = stored.astype(np.int64)
+    expected = np.where(values < table_size, mapping.lut[np.minimum(values, table_size - 1)], 255)
+    np.testing.assert_array_equal(mapped, expected)
+
+
 # -- training data checked when a split is loaded (naming the file) ----------------------------------------------------
 def _two_class_folder(root, label_fn, stems=ADE_STEMS[:2]):
     """A folder dataset with the classes wall / sky whose labels `label_fn(stem)` writes."""

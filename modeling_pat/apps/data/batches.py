@@ -8,14 +8,16 @@ import torch
 from transformers import TrainerCallback
 
 from ...image_processing_pat import PATImageProcessor, get_padded_size, pad_bottom_right, padding_groups
-from .augmentation import SANTrainAugmentation
+from .augmentation import SANTrainAugmentation, build_colour_tables
 from .splits import SegmentationSplit
 
 
 def _normalize(image: np.ndarray, processor: PATImageProcessor) -> torch.Tensor:
     """uint8 [H_img, W_img, 3] -> float32 [3, H_img, W_img] normalised exactly as the image processor does (no resize,
     no pad)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    # channels first while still uint8: the float arithmetic then runs over contiguous memory, about twice as fast as
+    # through the channels-last strides (the same elementwise operations, so the same values)
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
     normalised = processor.rescale_and_normalize(
         tensor, processor.do_rescale, processor.rescale_factor, processor.do_normalize,
         processor.image_mean, processor.image_std,
@@ -42,6 +44,8 @@ class SegmentationTrainDataset(torch.utils.data.Dataset):
         self.processor = processor
         self.seed = int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        if augmentation.photometric_distortion:
+            build_colour_tables()  # before any worker forks, so that all share the parent's tables
 
     def __len__(self) -> int:
         return len(self.split)

@@ -151,9 +151,13 @@ class LabelMapping:
     lut: np.ndarray | None = None
 
     def __call__(self, label: np.ndarray) -> np.ndarray:
-        label = single_channel_label(label, "label map").astype(np.int64)
+        label = single_channel_label(label, "label map")
         if self.lut is None:
-            return label
+            return label.astype(np.int64)
+        if label.dtype == np.uint8 and len(self.lut) >= 256:
+            # every 8-bit value has an entry: one gather instead of a widened copy, a range test, a clip and a select
+            return self.lut.take(label)
+        label = label.astype(np.int64)
         inside = (label >= 0) & (label < len(self.lut))
         return np.where(inside, self.lut[np.clip(label, 0, len(self.lut) - 1)], self.ignore_index)
 
