@@ -122,3 +122,53 @@ def test_importing_the_package_loads_only_the_re_exported_applications():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert set(ast.literal_eval(result.stdout.strip().splitlines()[-1])) == EAGER_APPS
+
+
+# The names `modeling_pat.data` exported before the applications moved to `modeling_pat.apps.data`.
+DATA_NAMES_BEFORE_THE_SPLIT = (
+    "BENCHMARKS",
+    "BenchmarkLayout",
+    "DatasetSpec",
+    "EpochCallback",
+    "FOLDER_OPTIONS",
+    "HUB_OPTIONS",
+    "IMAGE_COLUMNS",
+    "IMAGE_EXTENSIONS",
+    "KIND_ALIASES",
+    "LABEL_COLUMNS",
+    "LABEL_EXTENSIONS",
+    "LabelFileError",
+    "LabelMapping",
+    "SANTrainAugmentation",
+    "SAN_TRAIN_SHORT_EDGES",
+    "SPLIT_ALIASES",
+    "SegmentationCollator",
+    "SegmentationEvalDataset",
+    "SegmentationSplit",
+    "SegmentationTrainDataset",
+    "check_label_values",
+    "check_split",
+    "default_data_root",
+    "hsv_uint8_to_rgb",
+    "load_benchmark",
+    "load_folder",
+    "load_hub_dataset",
+    "load_split",
+    "load_vocabulary",
+    "pair_files",
+    "palette_to_class_indices",
+    "photometric_distortion",
+    "read_id2label",
+    "resize_image",
+    "resize_label_nearest",
+    "rgb_to_hsv_uint8",
+    "single_channel_label",
+)
+
+
+def test_modeling_pat_data_keeps_every_name_it_exported_before_the_split():
+    import modeling_pat.data as data
+
+    missing = [name for name in DATA_NAMES_BEFORE_THE_SPLIT if not hasattr(data, name)]
+    assert not missing, missing
+    assert set(DATA_NAMES_BEFORE_THE_SPLIT) <= set(data.__all__)
