@@ -342,13 +342,7 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         # sliding window: (H_out, W_out), a list entry or un-batched (1, H_out, W_out)
         if "segmentation" in model_outputs:
             return semantic_annotation(model_outputs["segmentation"][0], vocabulary.names)
-        columns = model_outputs["label_columns"][0]  # (U+1,) bool: this image's classes + void within the union
-        outputs = {
-            "class_queries_logits": model_outputs["class_queries_logits"][:, :, columns],
-            "masks_queries_logits": model_outputs["masks_queries_logits"],
-            "image_sizes": model_outputs["image_sizes"],
-            "padded_sizes": model_outputs["padded_sizes"],
-        }
+        outputs = image_mask_outputs(model_outputs)
         segmentation = self.image_processor.post_process_semantic_segmentation(
             outputs, target_sizes=model_outputs["target_size"]
         )[0]
@@ -364,13 +358,7 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
             raise ValueError(f"subtask={subtask!r} needs the mask proposals; sliding-window inference gives "
                              "the semantic label map only (use subtask='semantic' or no sliding_window).")
         vocabulary = _leaves(model_outputs["vocabulary"])[0]
-        columns = model_outputs["label_columns"][0]  # (U+1,) bool: this image's classes + void within the union
-        outputs = {
-            "class_queries_logits": model_outputs["class_queries_logits"][:, :, columns],
-            "masks_queries_logits": model_outputs["masks_queries_logits"],
-            "image_sizes": model_outputs["image_sizes"],
-            "padded_sizes": model_outputs["padded_sizes"],
-        }
+        outputs = image_mask_outputs(model_outputs)
         target_sizes = _per_image_sizes(model_outputs["target_size"])[:1]
         if subtask == "instance":
             result = self.image_processor.post_process_instance_segmentation(
@@ -443,6 +431,18 @@ class PATImageSegmentationPipeline(ImageSegmentationPipeline):
         )
         model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+
+def image_mask_outputs(model_outputs: dict) -> dict:
+    """One image's model outputs as post-processing takes them, its class columns only: the batch's logits cover the
+    union of the batch's vocabularies, `label_columns` (N_union + 1,) marks this image's classes and void."""
+    columns = model_outputs["label_columns"][0]
+    return {
+        "class_queries_logits": model_outputs["class_queries_logits"][:, :, columns],
+        "masks_queries_logits": model_outputs["masks_queries_logits"],
+        "image_sizes": model_outputs["image_sizes"],
+        "padded_sizes": model_outputs["padded_sizes"],
+    }
 
 
 def semantic_annotation(segmentation: torch.Tensor, names) -> list[dict]:
