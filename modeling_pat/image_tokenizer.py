@@ -69,8 +69,9 @@ class PATImageTokenizer(PATPreTrainedModel):
         return self.model.tokenization.decode_codes({name: codes[name].to(self.device) for name in CODEBOOKS})
 
     @can_return_tuple
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> PATImageTokenizerOutput:
-        """Encode and decode in one pass (differentiable through the straight-through codes)."""
+    def forward(self, pixel_values: torch.Tensor) -> PATImageTokenizerOutput:
+        """Encode and decode in one pass (differentiable through the straight-through codes); `return_dict` is taken
+        by `can_return_tuple`, any other keyword is a TypeError."""
         pyramid, latent = self.model.encode_tokens(pixel_values)
         outputs = {**pyramid.quantizer_outputs, "latent": latent}
         return PATImageTokenizerOutput(

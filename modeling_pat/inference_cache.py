@@ -2,7 +2,8 @@
 
 One rule for every entry: a cached value is valid while the weights, their dtype and device, and the mode stay as they
 were when it was computed. `PATPreTrainedModel` therefore clears its cache when
-- weights are loaded (`load_state_dict`, which `from_pretrained` also goes through),
+- weights are loaded with `load_state_dict` (a model from `from_pretrained` starts with an empty cache: `post_init`
+  attaches a fresh one, and nothing is computed before its weights are in place),
 - the model moves or changes dtype (`.to`, `.cuda`, `.half`, ...: all go through `nn.Module._apply`),
 - it switches between training and evaluation mode (`train` / `eval`),
 and values that gradients flow through are never read from it while training (gradients must flow through the
@@ -19,16 +20,15 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 
-# One process-wide lock rather than one per cache: a lock cannot be deep-copied or pickled, and models must stay both.
-_LOCK = threading.RLock()
-
-
 class PATInferenceCache:
     """A keyed store of inference-only values, grouped by owner (e.g. "decoder.position_term")."""
 
     def __init__(self, max_entries_per_owner: int = 8):
         self.max_entries_per_owner = max_entries_per_owner
         self._entries: dict[str, dict[Hashable, Any]] = {}
+        # one lock per cache (so one model's slow text encoding never holds up another model); re-entrant because a
+        # value's computation may read another entry of the same cache
+        self._lock = threading.RLock()
 
     def get(
         self, owner: str, key: Hashable, compute: Callable[[], Any], valid: Callable[[Any], bool] | None = None
@@ -38,7 +38,7 @@ class PATInferenceCache:
         token ids on an accelerator, compared there rather than hashed): a kept value it rejects is computed again
         and replaced. Concurrent callers wait for one another, so a value asked for by several threads is computed
         once."""
-        with _LOCK:
+        with self._lock:
             entries = self._entries.setdefault(owner, {})
             if key in entries and (valid is None or valid(entries[key])):
                 return entries[key]
@@ -50,7 +50,7 @@ class PATInferenceCache:
             return value
 
     def clear(self) -> None:
-        with _LOCK:
+        with self._lock:
             self._entries.clear()
 
     def __len__(self) -> int:
@@ -64,4 +64,7 @@ class PATInferenceCache:
         return PATInferenceCache(self.max_entries_per_owner)  # a copy starts empty: its weights may be changed next
 
     def __getstate__(self):
-        return {"max_entries_per_owner": self.max_entries_per_owner, "_entries": {}}
+        return {"max_entries_per_owner": self.max_entries_per_owner}  # pickled empty, without its lock
+
+    def __setstate__(self, state):
+        self.__init__(state["max_entries_per_owner"])

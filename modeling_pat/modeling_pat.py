@@ -158,22 +158,24 @@ class PATPreTrainedModel(PreTrainedModel):
                 module.inference_cache = cache
 
     def clear_inference_caches(self) -> None:
-        """Drop every value derived from the weights (see `inference_cache.py`). Called on loading weights, on a
-        move or dtype change and on a train/eval switch; call it after editing weights in place."""
+        """Drop every value derived from the weights (see `inference_cache.py`). Called on loading weights; call it
+        after editing weights in place. (A subclass may also forget values keyed on the weights' bytes here.)"""
+        self._drop_inference_cache()
+
+    def _drop_inference_cache(self) -> None:
+        """Empty the inference cache only: what a mode switch or a move needs, since the weights' values stay."""
         cache = getattr(self, "inference_cache", None)
         if cache is not None:
             cache.clear()
 
-    # A mode switch or a move leaves the weights' values as they were: only the cache goes (the base method, not an
-    # override that also forgets values keyed on the weights' bytes, such as the text weights' fingerprint).
     def train(self, mode: bool = True):
         if mode != self.training:
-            PATPreTrainedModel.clear_inference_caches(self)
+            self._drop_inference_cache()
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):
         result = super()._apply(fn, recurse)
-        PATPreTrainedModel.clear_inference_caches(self)  # `.to`, `.half`, ...: cached tensors are on the old device
+        self._drop_inference_cache()  # `.to`, `.half`, ...: cached tensors are on the old device or dtype
         return result
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -245,7 +247,7 @@ class PATModel(PATPreTrainedModel):
 
     def decode_level(self, level: PATSideLevel, clip_features: PATClipFeatures) -> PATDecodedLevel:
         """One side level -> mask logits (B, Q, H, W), attention biases and unit mask embeddings (B, Q, D)."""
-        mask_logits, attn_biases = self.side_adapter.mask_decoder(level.queries, level.side_tokens)
+        mask_logits, attn_biases = self.side_adapter.decode_masks(level)
         mask_embeddings = self.clip_tower.recognize(clip_features, attn_biases, self.config.num_queries)
         return PATDecodedLevel(mask_logits, mask_embeddings, attn_biases[0])
 
@@ -253,7 +255,7 @@ class PATModel(PATPreTrainedModel):
         self, tokens: PATTokenizationOutput, level: PATSideLevel, clip_features: PATClipFeatures
     ) -> PATDecodedLevel:
         """PAT's final level (choice M2): decoder masks, recognised under SAN's bias built from the final tokens."""
-        attn_biases = self.side_adapter.mask_decoder.query_attention_bias(tokens.global_tokens, level.side_tokens)
+        attn_biases = self.side_adapter.attention_bias(tokens.global_tokens, level.side_tokens)
         mask_embeddings = self.clip_tower.recognize(clip_features, attn_biases, self.config.num_queries)
         return PATDecodedLevel(tokens.masks_queries_logits, mask_embeddings, attn_biases[0])
 

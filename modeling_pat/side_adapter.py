@@ -136,6 +136,16 @@ class PATSideAdapter(nn.Module):
         self.mask_decoder = PATMaskDecoder(config)
         self.output_layers = tuple(config.deep_supervision_layers)
 
+    def decode_masks(self, level: PATSideLevel) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """SAN's head on one level: mask logits (B, Q, H, W) and the attention biases, one (B, A_clip, Q, H, W) per
+        recognition block."""
+        return self.mask_decoder(level.queries, level.side_tokens)
+
+    def attention_bias(self, queries: torch.Tensor, side_tokens: torch.Tensor) -> list[torch.Tensor]:
+        """The attention biases alone, for queries (B, Q, C_side) that are not a side level's (PAT's final global
+        tokens, choice M2) over side tokens (B, C_side, H, W)."""
+        return self.mask_decoder.query_attention_bias(queries, side_tokens)
+
     @property
     def depth(self) -> int:
         return len(self.layers)

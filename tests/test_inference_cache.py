@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import time
 
 import torch
 
@@ -60,3 +61,26 @@ def test_copies_start_empty_and_keep_one_shared_cache():
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert len(clone.inference_cache) == 0
         assert clone.model.inference_cache is clone.inference_cache
+
+
+def test_one_models_slow_computation_does_not_hold_up_another_model():
+    import threading
+
+    first, second = PATInferenceCache(), PATInferenceCache()
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        release.wait(5)
+        return "slow"
+
+    worker = threading.Thread(target=first.get, args=("owner", "key", slow))
+    worker.start()
+    started.wait(5)
+    try:
+        begin = time.perf_counter()
+        assert second.get("owner", "key", lambda: "fast") == "fast"
+        assert time.perf_counter() - begin < 2  # under one shared lock it waits the 5 s of `release.wait`
+    finally:
+        release.set()
+        worker.join()
