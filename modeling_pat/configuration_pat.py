@@ -337,9 +337,9 @@ class PATConfig(PreTrainedConfig):
     use_pyramid_tokenization (`bool`): False builds exactly SAN; True adds PAT's feature-pyramid tokenization.
 
     PAT (read only with `use_pyramid_tokenization`; `PAT_FIELDS`). Each field names where it comes from: "paper"
-    is PAT (arXiv 2412.14145) as architecture.md section 3 reads it (section 3.0 lists what the paper fixes), "Table
-    II" its ablations, and an id is the choice taken where the paper is silent (the register of choices, README and
-    architecture.md section 3.17). Stages are early, mid, late (`constants.PYRAMID_STAGES`).
+    is PAT (arXiv 2412.14145; a number in parentheses is a section of the project's design notes on the paper),
+    "Table II" its ablations, and an id is the choice taken where the paper is silent (the README's register of
+    choices: id, question, choice). Stages are early, mid, late (`constants.PYRAMID_STAGES`).
         pyramid_side_layers (`list[int]`, (1, 2, 3)): side blocks after which each stage is read, the last three
             fusion depths. Paper (section 3.0, 3.1).
         pyramid_scales (`list[int]`, (4, 2, 1)): each stage's upsampling of the side grid. Paper (3.0); Table II
@@ -365,7 +365,7 @@ class PATConfig(PreTrainedConfig):
             TR1.
         decoder_num_extra_layers (`int`, 2): Transformer layers after the three stages. Paper (3.0); choice R1.
         decoder_attn_window (`int` or None, 16): window side r of the decoder's attention above the side grid;
-            None is the paper-literal global attention. DECISIONS 7 (README register, "Decoder attention").
+            None is the paper-literal global attention. Choice W1.
         decoder_stages (`list[str]`, all three): the stages the decoder keeps; Table II's FPN rows (3.16).
         shared_decoder (`bool`, True): one decoder for pixels and segmentation (paper Eq. 3); False is Table II's
             "separate decoding". Choice R1.

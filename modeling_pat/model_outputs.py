@@ -15,7 +15,8 @@ from .pyramid_tokenization import PATTokenizationOutput
 class PATModelOutput(ModelOutput):
     r"""
     masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, height, width)`):
-        Mask-proposal logits of the final level on the side grid (stride `side_patch_size`).
+        Mask-proposal logits of the final level: on the side grid H x W (stride `side_patch_size`) in SAN mode, on
+        the early stage's grid H_s x W_s (stride 4 with the default scales) in PAT mode.
     mask_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, embed_dim)`):
         Unit CLIP embedding of each proposal (the recognition head's [SOS] tokens).
     attention_bias (`torch.FloatTensor` of shape `(batch_size, num_heads, num_queries, height, width)`):
@@ -98,7 +99,7 @@ class PATForOpenVocabSegmentationOutput(ModelOutput):
     class_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, num_classes + 1)`):
         Scaled cosine similarity of each proposal with each class; the last column is the void class.
     masks_queries_logits (`torch.FloatTensor` of shape `(batch_size, num_queries, height, width)`):
-        Mask-proposal logits on the side grid.
+        Mask-proposal logits: the side grid in SAN mode, the early stage's grid in PAT mode (see `PATModelOutput`).
     auxiliary_logits (`list[dict]`, *optional*):
         `class_queries_logits` and `masks_queries_logits` of each deep-supervision level before the final one.
     loss_dict (`dict[str, torch.FloatTensor]`, *optional*):

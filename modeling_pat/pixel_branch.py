@@ -1,4 +1,4 @@
-"""PAT's pixel branch (architecture.md section 3.6, choices P1, P2): the quantised feature pyramid z_q.
+"""PAT's pixel branch (choices P1, P2): the quantised feature pyramid z_q.
 
 Per stage s (early, mid, late at scales of the side grid, by default 4x, 2x, 1x = strides 4, 8, 16):
     x_s = Down(x_{s-1})                  image-derived residual pyramid, x_{-1} = the normalised image

@@ -1,4 +1,4 @@
-"""PAT's feature-pyramid tokenization on top of SAN (architecture.md section 3), as one unit `PATPyramidTokenization`.
+"""PAT's feature-pyramid tokenization on top of SAN, as one unit `PATPyramidTokenization`.
 
 It owns every PAT addition and is called by `PATModel` at three points:
 1. between the side ViT's blocks, after each pyramid block: the semantic branch (HSAttn on the local tokens,

@@ -1,6 +1,6 @@
 """PAT's vector quantiser: vMF-VQ (choice V1, ViT-VQGAN's factorised l2-normalised lookup) or Euclidean VQ.
 
-Paper: arXiv 2412.14145, Eq. 2 (vMFVQ); architecture.md section 3.2; choices V1, V2, V3. Shapes in the symbols of
+Paper: arXiv 2412.14145, Eq. 2 (vMFVQ); choices V1, V2, V3. Shapes in the symbols of
 `modeling_pat.py`'s table: a (B, C_side, H_s, W_s) map in, codes of width C_code from a codebook of K rows. The core
 works on channels-last (..., C_code) vectors; its VQ loss is a mean over all elements times C_code, which equals the
 mean over positions of the squared L2 distance.

@@ -1,4 +1,4 @@
-"""PAT's semantic branch (architecture.md sections 3.3, 3.4, 3.7; choices H1, T1, G1): local and global tokens.
+"""PAT's semantic branch (choices H1, T1, G1): local and global tokens.
 
 After each pyramid block of the side ViT (stages early, mid, late), Eq. 2 of the paper updates two token sets:
     q_s = E_s + TokenMixer_{s-1 -> s}(e_{s-1})      (early: q = E_early)
@@ -78,7 +78,7 @@ class PATTokenMixer(nn.Module):
 
 
 class PATSemanticBranch(nn.Module):
-    """Per-stage local/global token updates of Eq. 2 inside the side ViT (architecture.md section 3.7, steps 3-5).
+    """Per-stage local/global token updates of Eq. 2 inside the side ViT.
 
     Modules are keyed by stage name ("early", "mid", "late"):
         hsattn[s]         HSAttn, codes (C_code) attend to side tokens (C_side) -> local tokens e_s (B, K_s, C_code)

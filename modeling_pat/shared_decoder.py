@@ -1,4 +1,4 @@
-"""PAT's shared decoder and heads (architecture.md sections 3.9-3.11; choices R1, SP1, TR1, M1, RH1).
+"""PAT's shared decoder and heads (choices R1, W1, SP1, TR1, M1, RH1).
 
 Top-down decoding (R1), from the latent codes on the side grid to the early stage's grid:
     y = Conv1x1(z_latent);  e = g_8
@@ -11,7 +11,7 @@ Top-down decoding (R1), from the latent codes on the side grid to the early stag
     y = TransformerLayer_x(y), decoder_num_extra_layers times
 Heads: masks = MLP_q(e) . MLP_p(y) (M1); reconstruction = ConvT(GELU(ConvT(LN y))) at 4x (RH1).
 
-Attention (DECISIONS section 7): global on the side grid (scale 1, 40x40 = 1,600 tokens at 640 px, cheap), and
+Attention (choice W1): global on the side grid (scale 1, 40x40 = 1,600 tokens at 640 px, cheap), and
 non-overlapping `decoder_attn_window` x `decoder_attn_window` windows on every larger map (80x80, 160x160),
 with the window grid shifted by half a window in every other windowed layer (mid: plain, early: shifted,
 extra 1: plain, extra 2: shifted) so information crosses window borders. The shifted windows are those of the

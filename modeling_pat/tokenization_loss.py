@@ -1,4 +1,4 @@
-"""PAT's tokenization losses (architecture.md section 3.12, choices SA1, RL1): VQ, spatial alignment, reconstruction.
+"""PAT's tokenization losses (choices SA1, RL1): VQ, spatial alignment, reconstruction.
 
     L_tok = vq_loss_weight * L_VQ + spatial_alignment_weight * L_SA + reconstruction_weight * L_rec
     L_VQ  = sum over the codebooks (early, mid, late, latent) of the quantizer losses (computed by the quantizer)
@@ -112,7 +112,7 @@ def tv_loss(features: torch.Tensor) -> torch.Tensor:
     """(B, C_code, H_s, W_s) -> scalar (sum (d_y f)^2 + sum (d_x f)^2) / (B C_code H_s W_s), on the features themselves.
 
     FeatUp's `TVLoss` formula; FeatUp's trainer feeds it the feature magnitude, which is constant for PAT's unit
-    codes, so here it acts on z_q directly (architecture.md section 3.12).
+    codes, so here it acts on z_q directly (choice SA1).
     """
     batch, channels, height, width = features.shape
     features = _fp32(features)

@@ -1,6 +1,6 @@
 """The SAN / PAT optimisation recipe: AdamW parameter groups (which parameters get weight decay) and the schedule.
 
-SAN (`train_net.py` `build_optimizer` + `configs/Base-coco-stuff-164K-171.yaml`, architecture.md section 1.11) and PAT
+SAN (`train_net.py` `build_optimizer` + `configs/Base-coco-stuff-164K-171.yaml`) and PAT
 (section 3.13, choices V2 / TS1):
 
 | setting | value | how to get it with `Trainer` |

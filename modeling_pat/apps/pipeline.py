@@ -1,6 +1,6 @@
 """`PATImageSegmentationPipeline`: the stock image-segmentation pipeline plus open-vocabulary `candidate_labels`.
 
-A strict superset of transformers' `ImageSegmentationPipeline` (hf_conventions.md section 3.4):
+A strict superset of transformers' `ImageSegmentationPipeline`:
 
 * For a SAN/PAT model it accepts `candidate_labels` (a list of names, one comma-separated string, or one list per
   image for a list of images) and `prompt_templates`; without labels it segments with `config.id2label`.
@@ -12,9 +12,9 @@ A strict superset of transformers' `ImageSegmentationPipeline` (hf_conventions.m
 per-class confidence), `mask` a PIL mode "L" image (0 / 255) at the original image size. So the semantic path asks
 post-processing for the label map only, never for the (N, H_out, W_out) scores, which keeps its CPU class pruning.
 
-Text embeddings come from `model.get_class_embeddings`, whose cache is keyed by vocabulary and text-weight version,
+Text embeddings come from `model.get_class_embeddings`, cached per vocabulary in the model's inference cache,
 and are passed to the model as `class_embeddings`, so the text tower runs once per vocabulary, not once per image.
-(So, unlike the sketch in hf_conventions.md 3.4, labels are not tokenised per image in `preprocess`: each image
+(So labels are not tokenised per image in `preprocess`: each image
 carries its resolved vocabulary, and `_forward` looks the embeddings up for the batch.) A batch whose images have
 different vocabularies runs once over their union; each image's logits are then its own columns plus void.
 

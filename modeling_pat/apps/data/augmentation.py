@@ -13,7 +13,7 @@ SAN_TRAIN_SHORT_EDGES = tuple(int(x * 0.1 * 640) for x in range(5, 16))  # 320, 
 
 @dataclass
 class SANTrainAugmentation:
-    """SAN's training augmentation (architecture.md section 1.2; Mask2Former's semantic dataset mapper):
+    """SAN's training augmentation (Mask2Former's semantic dataset mapper, as SAN's configs set it):
 
     1. resize the short edge to a size drawn from `short_edges` (320..960 in steps of 64), the long edge capped at
        `max_long_edge` (detectron2 `ResizeShortestEdge`, "choice"); image bilinear (PIL), label nearest;
