@@ -26,9 +26,9 @@ class PATImageTokenizerOutput(ModelOutput):
     reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
         The image decoded from its codes, in the normalised input space of `PATImageProcessor`.
     codes (`dict[str, torch.LongTensor]`):
-        Code indices per codebook (`early`, `mid`, `late`, `latent`), each `(batch_size, h_s, w_s)`.
+        Code indices per codebook (`early`, `mid`, `late`, `latent`), each `(batch_size, H_s, W_s)`.
     quantized (`dict[str, torch.FloatTensor]`):
-        The code vectors per codebook, `(batch_size, code_dim, h_s, w_s)`.
+        The code vectors per codebook, `(batch_size, code_dim, H_s, W_s)`.
     perplexity (`dict[str, torch.FloatTensor]`):
         Perplexity of each codebook's usage over the batch (how many codes are effectively in use).
     """
@@ -40,7 +40,8 @@ class PATImageTokenizerOutput(ModelOutput):
 
 
 class PATImageTokenizer(PATPreTrainedModel):
-    """Image (B, 3, H, W) <-> PAT codes {early, mid, late, latent}; weights shared with PATForOpenVocabSegmentation."""
+    """Image (B, 3, H_img, W_img) <-> PAT codes {early, mid, late, latent}; weights shared with
+    PATForOpenVocabSegmentation."""
 
     # a full segmentation checkpoint also holds the open-vocabulary classifier, which the tokenizer does not use
     _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
@@ -54,7 +55,7 @@ class PATImageTokenizer(PATPreTrainedModel):
 
     @torch.no_grad()
     def encode(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) normalised, padded images -> code indices {name: (B, h_s, w_s)}."""
+        """(B, 3, H_img, W_img) normalised, padded images -> code indices {name: (B, H_s, W_s)}."""
         pyramid, latent = self.model.encode_tokens(pixel_values)
         codes = {name: out.indices for name, out in pyramid.quantizer_outputs.items()}
         codes["latent"] = latent.indices
@@ -62,7 +63,8 @@ class PATImageTokenizer(PATPreTrainedModel):
 
     @torch.no_grad()
     def decode(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Code indices {early, mid, late, latent: (B, h_s, w_s)} -> (B, 3, H, W) image, normalised input space."""
+        """Code indices {early, mid, late, latent: (B, H_s, W_s)} -> (B, 3, H_img, W_img) image, in the normalised
+        input space."""
         missing = [name for name in CODEBOOKS if name not in codes]
         if missing:
             raise ValueError(f"`codes` lacks the codebooks {missing}; `encode` returns all of {list(CODEBOOKS)}.")

@@ -87,7 +87,7 @@ def check_input_ids(input_ids: torch.Tensor, vocab_size: int, context_length: in
 
 
 def check_labels(labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
-    """Label maps must be (B, H, W) integer maps at the padded input size (the image processor pads them)."""
+    """Label maps must be (B, H_img, W_img) integer maps at the padded input size (the image processor pads them)."""
     expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
     if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != expected:
         shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__

@@ -37,12 +37,12 @@ class PATModelOutput(ModelOutput):
         side_hidden_size)`.
     decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, PAT mode, returned with `output_hidden_states=True`):
         The shared decoder's map after each kept stage (late, mid, early) and each extra layer, each
-        `(batch_size, decoder_hidden_size, h_s, w_s)`.
+        `(batch_size, decoder_hidden_size, H_s, W_s)`.
     reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*, PAT mode):
         The image rebuilt from the tokens, in the normalised input space (training, or `output_reconstruction`).
     quantized_features / codebook_indices (`dict[str, torch.Tensor]`, *optional*, PAT mode):
         Per codebook (`early`, `mid`, `late`, `latent`): the straight-through quantised maps `(batch_size, code_dim,
-        h_s, w_s)` and the code indices `(batch_size, h_s, w_s)`.
+        H_s, W_s)` and the code indices `(batch_size, H_s, W_s)`.
     codebook_losses / codebook_perplexity / codebook_usage (`dict[str, torch.FloatTensor]`, *optional*, PAT mode):
         Per codebook: the VQ loss (codebook + commitment), the perplexity of the code usage in the batch and the
         fraction of codes used.

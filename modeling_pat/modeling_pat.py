@@ -29,6 +29,7 @@ one thing everywhere; channel counts are always subscripted):
 | R | attention windows of r x r tokens (PAT decoder) |
 | F | feature layers (perceptual loss) |
 | G | offset groups (DySample) |
+| C | a generic layer's channels (`layers.py`, `samplers.py`): whichever width its caller gives it |
 
 | paper / SAN code | here |
 |---|---|

@@ -97,14 +97,15 @@ def check_sdpa_blocks(blocks, where: str) -> None:
 
 
 def sdpa_block_forward(block: nn.Module, x: torch.Tensor, groups) -> torch.Tensor:
-    """One open_clip `ResidualAttentionBlock` on (B, S, C) tokens with `F.scaled_dot_product_attention`, by row groups.
+    """One open_clip `ResidualAttentionBlock` on (B, S, C_clip) tokens with `F.scaled_dot_product_attention`, by row
+    groups.
 
     `groups`: ((start, end, attn_mask, is_causal), ...) consecutive query-row ranges from 0, each with its own
     additive mask (broadcastable to (B, A, end - start, S)) or causal flag; keys and values are always all S tokens.
-    Rows past the last group are not computed: the output is (B, R, C), R = the last group's `end` (every op after
-    the attention acts per token, so leaving rows out changes no other row). Same maths as the block's own forward
-    (`nn.MultiheadAttention`), to float rounding. The block's `forward` is not called, so forward hooks registered on
-    the block or on its attention module do not run (hooks on its norms, MLP and output projection do).
+    Rows past the last group are not computed: the output is (B, rows, C_clip), rows = the last group's `end` (every
+    op after the attention acts per token, so leaving rows out changes no other row). Same maths as the block's own
+    forward (`nn.MultiheadAttention`), to float rounding. The block's `forward` is not called, so forward hooks
+    registered on the block or on its attention module do not run (hooks on its norms, MLP and output projection do).
     """
     attn = block.attn
     batch, length, width = x.shape
@@ -127,7 +128,7 @@ def sdpa_block_forward(block: nn.Module, x: torch.Tensor, groups) -> torch.Tenso
         )
         for start, end, mask, causal in groups
     ]
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (B, A, R, C / A)
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (B, A, rows, C_clip / A)
     out = attn.out_proj(out.transpose(1, 2).reshape(batch, rows, width))
     x = x[:, :rows] + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))

@@ -136,7 +136,7 @@ class PATVectorQuantizer(nn.Module):
         codes = self.codes_from_indices(indices).to(encoded.dtype)
         # straight-through h + sg(e - h), written so that the forward value is exactly e (eval output == lookup)
         quantized = codes.detach() + (encoded - encoded.detach())
-        # mean over all elements * D == mean over positions of the squared L2 distance
+        # mean over all elements * C_code == mean over positions of the squared L2 distance
         codebook_term = F.mse_loss(codes, encoded.detach()) * self.code_dim
         commitment_term = F.mse_loss(encoded, codes.detach()) * self.code_dim
         perplexity, usage = code_statistics(indices, self.codebook_size)

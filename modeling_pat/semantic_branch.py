@@ -42,7 +42,7 @@ class PATHypersphereAttention(nn.Module):
         self.use_vmf = use_vmf
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        # one head axis, (B, K_s, C) -> (B, 1, K_s, C): the ONNX exporter translates 4-D attention only
+        # one head axis, (B, K_s, C_code) -> (B, 1, K_s, C_code): the ONNX exporter translates 4-D attention only
         q, k, v = self.q_proj(queries)[:, None], self.k_proj(keys)[:, None], self.v_proj(keys)[:, None]
         if not self.use_vmf:
             return F.scaled_dot_product_attention(q, k, v)[:, 0]  # default scale 1/sqrt(dim)

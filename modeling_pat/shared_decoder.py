@@ -47,7 +47,7 @@ from .samplers import build_upsampler
 def sincos_position_embedding_2d(
     height: int, width: int, dim: int, device=None, dtype=None, temperature: float = 10000.0
 ) -> torch.Tensor:
-    """(H*W, C) fixed 2-D sine-cosine encoding (DETR): first half encodes the row, second half the column.
+    """(H*W, C_dec) fixed 2-D sine-cosine encoding (DETR): first half encodes the row, second half the column.
 
     Positions are pixel centres normalised to (0, 2*pi), so one image location gets the same code at every stage
     of the top-down decoder. Sines and cosines are concatenated rather than interleaved as in DETR: a fixed
@@ -56,30 +56,30 @@ def sincos_position_embedding_2d(
     if dim % 4:
         raise ValueError(f"the 2-D sin-cos embedding needs a width divisible by 4, got {dim}.")
     quarter = dim // 4
-    freqs = temperature ** (-torch.arange(quarter, device=device, dtype=torch.float32) / quarter)  # (C/4,)
+    freqs = temperature ** (-torch.arange(quarter, device=device, dtype=torch.float32) / quarter)  # (C_dec/4,)
 
-    def encode(length: int) -> torch.Tensor:  # (length, C/2)
+    def encode(length: int) -> torch.Tensor:  # (length, C_dec/2)
         positions = (torch.arange(length, device=device, dtype=torch.float32) + 0.5) / length * (2 * math.pi)
         angles = positions[:, None] * freqs
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
     rows = encode(height)[:, None].expand(height, width, dim // 2)
     cols = encode(width)[None].expand(height, width, dim // 2)
-    return torch.cat([rows, cols], dim=-1).reshape(height * width, dim).to(dtype)  # (H, W, C) -> (L, C)
+    return torch.cat([rows, cols], dim=-1).reshape(height * width, dim).to(dtype)  # (H, W, C_dec) -> (L, C_dec)
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H_s, W_s, C) with H_s, W_s multiples of r -> (B * R, r * r, C), windows in row-major order per image."""
+    """(B, H_s, W_s, C_dec), H_s and W_s multiples of r -> (B * R, r * r, C_dec), windows row-major per image."""
     b, h, w, c = x.shape
     x = x.view(b, h // window, window, w // window, window, c)
-    return x.transpose(2, 3).reshape(-1, window * window, c)  # (B, H_s/r, W_s/r, r, r, C) -> (B*R, r*r, C)
+    return x.transpose(2, 3).reshape(-1, window * window, c)  # (B, H_s/r, W_s/r, r, r, C_dec) -> (B*R, r*r, C_dec)
 
 
 def window_merge(windows: torch.Tensor, height: int, width: int, window: int) -> torch.Tensor:
-    """(B * R, r * r, C) -> (B, H_s, W_s, C), the inverse of `window_partition`."""
+    """(B * R, r * r, C_dec) -> (B, H_s, W_s, C_dec), the inverse of `window_partition`."""
     c = windows.shape[-1]
     x = windows.view(-1, height // window, width // window, window, window, c)
-    return x.transpose(2, 3).reshape(-1, height, width, c)  # (B, H_s/r, r, W_s/r, r, C) -> (B, H_s, W_s, C)
+    return x.transpose(2, 3).reshape(-1, height, width, c)  # (B, H_s/r, r, W_s/r, r, C_dec) -> (B, H_s, W_s, C_dec)
 
 
 def window_roll(window: int, shift: int) -> int:
@@ -92,8 +92,8 @@ def window_roll(window: int, shift: int) -> int:
 
 
 def window_grid(x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
-    """(B, H_s, W_s, C) -> (B, H', W', C): zero-padded at the bottom / right to multiples of r, then rolled up-left by
-    `window_roll(w, shift)`, so that every region of `window_region_mask` lies inside one window."""
+    """(B, H_s, W_s, C_dec) -> (B, H', W', C_dec): zero-padded at the bottom / right to multiples of r, then rolled
+    up-left by `window_roll(window, shift)`, so that every region of `window_region_mask` lies inside one window."""
     height, width = x.shape[1:3]
     x = F.pad(x, (0, 0, 0, -width % window, 0, -height % window))
     roll = window_roll(window, shift)
@@ -103,7 +103,7 @@ def window_grid(x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
 def window_region_mask(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor | None:
     """(R, r*r, r*r) boolean: query and key lie in one region, in the windows of `window_grid`; None if all do.
 
-    The regions are the windows of the map padded by `shift` at the top / left: rows (r + shift) // w, columns
+    The regions are the windows of the map padded by `shift` at the top / left: rows (i + shift) // r for row i, columns
     likewise, on real pixels only. The cyclic roll puts the bottom / right border regions in one window with the
     top / left ones; the mask keeps them apart, so nothing attends across the image border (Swin's shifted-window
     mask), and it hides the padding from real pixels. Padding tokens attend to padding only (their outputs are
@@ -165,7 +165,7 @@ class PATDecoderAttention(PATSelfAttention):
             return self.proj(self.attend(qkv)).view(b, h, w, c)
         size = self.window
         shift = size // 2 if self.shift else 0
-        grid = window_grid(x, size, shift)  # (B, H', W', C), H' and W' multiples of r
+        grid = window_grid(x, size, shift)  # (B, H', W', C_dec), H' and W' multiples of r
         qkv = self.with_position(self.qkv(window_partition(grid, size)), h, w, shift)  # (B*R, r*r, 3C)
         bias = self.region_bias(h, w, shift, qkv.device, qkv.dtype)  # (R, 1, r*r, r*r) or None
         if bias is not None and b > 1:
@@ -259,7 +259,7 @@ class PATSpade(nn.Module):
     tokens. The condition is nearest-resized to y's grid when it differs (codes are discrete: no blending).
 
     Shape:
-        y: (B, C_dec, H_s, W_s), condition: (B, C_code) on any stage grid -> (B, C_dec, H_s, W_s)
+        y: (B, C_dec, H_s, W_s), condition: (B, C_code, H_s', W_s') on any stage grid -> (B, C_dec, H_s, W_s)
     """
 
     def __init__(self, channels: int, code_dim: int, hidden_dim: int, eps: float = 1e-6):
@@ -408,7 +408,7 @@ class PATMaskHead(nn.Module):
 
 
 class PATReconstructionHead(nn.Module):
-    """Image reconstruction (RH1): channel LN, ConvT(C -> hidden, 2, 2), GELU, ConvT(hidden -> 3, 2, 2).
+    """Image reconstruction (RH1): channel LN, ConvT(C_dec -> hidden, 2, 2), GELU, ConvT(hidden -> 3, 2, 2).
 
     Predicts the normalised input image (the network's input space).
 

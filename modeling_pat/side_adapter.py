@@ -158,10 +158,10 @@ class PATSideAdapter(nn.Module):
         """
         pos = self.pos_embed
         if pos.shape[1] != grid[0] * grid[1]:
-            pos = pos.reshape(1, *self.pos_grid, -1).permute(0, 3, 1, 2)  # (1, L0, C) -> (1, C, H0, W0)
+            pos = pos.reshape(1, *self.pos_grid, -1).permute(0, 3, 1, 2)  # (1, L0, C_side) -> (1, C_side, H0, W0)
             pos = F.interpolate(pos, size=tuple(grid), mode="bicubic", align_corners=False)
             pos = pos.flatten(2).transpose(1, 2)
-        # rows of (Q+L, C), not slices of a (1, Q+L, C) cat: the parameters' gradients then come back with the
+        # rows of (Q+L, C_side), not slices of a (1, Q+L, C_side) cat: the parameters' gradients then come back with the
         # parameters' own strides (a slice's batch stride is Q+L rows, and DDP's buckets compare all strides)
         return torch.cat([self.query_pos_embed[0], pos[0]])[None]
 
@@ -187,7 +187,7 @@ class PATSideAdapter(nn.Module):
         side_tokens = self.patch_embed(pixel_values)  # (B, C_side, H, W)
         b, _, h, w = side_tokens.shape
         positions = self.positional_embedding((h, w))
-        queries = self.query_embed[0] if query_embed is None else query_embed  # (Q, C): see `positional_embedding`
+        queries = self.query_embed[0] if query_embed is None else query_embed  # (Q, C_side): see `positional_embedding`
         x = torch.cat([queries.expand(b, -1, -1), side_tokens.flatten(2).transpose(1, 2)], dim=1) + positions
         output_layers = self.output_layers if output_layers is None else tuple(output_layers)
         # built field by field: torch.compile does not trace dataclass default factories

@@ -11,7 +11,7 @@ Shapes in the symbols of `modeling_pat.py`'s table: B, code maps z_q (B, C_code,
 (B, 3, H_img, W_img), P sampled pixels of the CRF, F feature layers of the perceptual network.
 
 Conventions of the CRF, checked against FeatUp's `SampledCRFLoss` (featup/losses.py):
-* n pixels are drawn uniformly with replacement, one set shared by the whole batch. FeatUp draws rows and columns
+* P pixels are drawn uniformly with replacement, one set shared by the whole batch. FeatUp draws rows and columns
   with two `randint` calls; a flat index `randint(0, H * W)` has the same distribution.
 * Positions are (row / H, col / W), as in FeatUp (pixel index over size, no half-pixel offset; only differences
   enter the kernel, so the offset would cancel anyway).
@@ -19,7 +19,7 @@ Conventions of the CRF, checked against FeatUp's `SampledCRFLoss` (featup/losses
   ours is the model input (CLIP mean/std), area-resized to the feature grid. CLIP's std (~0.27) is a little wider
   than ImageNet's (~0.226), so the same photo gives ~0.7x FeatUp's squared colour distances.
 * The loss is the mean over (B, P, P), the diagonal included.
-* Deviation: squared distances use the Gram form |a|^2 + |b|^2 - 2 a.b, so memory is O(B n^2) rather than the
+* Deviation: squared distances use the Gram form |a|^2 + |b|^2 - 2 a.b, so memory is O(B P^2) rather than the
   O(B C_code P^2) of FeatUp's broadcast difference (1.5 GB per stage for B = 12, C_code = 32, P = 1000).
 """
 

@@ -167,7 +167,7 @@ class PATSegmentationTrainer(PATTrainer):
         ]
 
     def _compute_segmentation_metrics(self, eval_prediction) -> dict:
-        """Summed per-image areas (N, 4, C) of all processes -> scalars for Trainer; per-class arrays kept aside."""
+        """Summed per-image areas (images, 4, N) of all processes -> scalars for Trainer; per-class arrays kept aside."""
         task = self._task
         fns = self.metric_fns
         areas = np.asarray(eval_prediction.predictions).reshape(-1, 4, task.dataset.split.num_labels)

@@ -186,7 +186,7 @@ def _check_top_k(top_k) -> None:
 
 
 def _check_points(points, size) -> list[tuple[float, float]]:
-    """(x, y), a list of them or an (N, 2) tensor / array -> list of (x, y); each inside the (H_out, W_out) image."""
+    """(x, y), a list of them or a (points, 2) tensor / array -> list of (x, y); each inside the (H_out, W_out) image."""
     values = points.double() if isinstance(points, torch.Tensor) else torch.as_tensor(points, dtype=torch.float64)
     if values.ndim == 1:
         values = values[None]
