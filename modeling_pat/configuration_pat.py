@@ -309,6 +309,8 @@ class PATConfig(PreTrainedConfig):
         num_queries (`int`): query ("global") tokens, one mask proposal each.
         fusion_clip_layers / fusion_side_layers (`list[int]`): CLIP output i (0 = after `ln_pre`, i = after block i)
             is added to the side tokens after side block j (0 = before the first block), pairwise.
+        fusion_layer_norm_eps (`float`): epsilon of the LayerNorm that normalises each CLIP map before its fusion
+            projection (SAN's `input_proj`).
         deep_supervision_layers (`list[int]`): side blocks (1-indexed) whose outputs are decoded in training;
             the last one is the final output.
 
@@ -318,6 +320,8 @@ class PATConfig(PreTrainedConfig):
         attn_bias_num_layers (`int`): distinct biases for the recognition layers (1 = shared by all).
         rescale_attn_bias (`bool`): learnable scalar affine on the bias.
         rec_mask_value (`float`): additive mask constant of the recognition layers (SAN uses -100, not -inf).
+        rec_downsample_method (`str`): how the side-grid attention bias is pooled to CLIP's grid for recognition,
+            one of `REC_DOWNSAMPLE_METHODS` (SAN: "max").
 
     Text classifier:
         prompt_templates (`list[str]`): templates ensembled per class name, each with exactly one `{}` (replaced by
@@ -329,6 +333,9 @@ class PATConfig(PreTrainedConfig):
 
     Input:
         size_divisibility (`int`): the padded input size is a multiple of this.
+
+    initializer_range (`float`): standard deviation of the N(0, std) init of a fresh model's linear and conv layers
+        and of the side adapter's embeddings (`PATPreTrainedModel._init_weights`; CLIP keeps open_clip's own init).
 
     Loss (Mask2Former criterion, as SAN):
         class_weight, mask_weight, dice_weight, no_object_weight, train_num_points, oversample_ratio,

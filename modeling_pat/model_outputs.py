@@ -1,6 +1,7 @@
 """The model's output dataclasses (`PATModelOutput`, `PATDecodedLevel`, `PATForOpenVocabSegmentationOutput`) and the
 helpers that fill their optional fields. Shapes in the symbols of `modeling_pat.py`'s table."""
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,8 @@ class PATModelOutput(ModelOutput):
     query_embeddings (`torch.FloatTensor` of shape `(batch_size, num_queries, side_hidden_size)`):
         Query tokens of the final side level.
     side_tokens (`torch.FloatTensor` of shape `(batch_size, side_hidden_size, height, width)`):
-        Side tokens (the side ViT's patch tokens) of the final side level, as a map. (`pixel_embeddings` is a
-        read-only alias kept for scripts written against earlier versions.)
+        Side tokens (the side ViT's patch tokens) of the final side level, as a map. (`pixel_embeddings`, the
+        earlier name, still reads it with a FutureWarning.)
     auxiliary_outputs (`list[PATDecodedLevel]`):
         Deep-supervision levels before the final one (training, or `output_auxiliary_logits=True`), each with
         `masks_queries_logits`, `mask_embeddings` and `attention_bias` (a `ModelOutput`, so also a dict).
@@ -69,7 +70,12 @@ class PATModelOutput(ModelOutput):
 
     @property
     def pixel_embeddings(self) -> torch.FloatTensor | None:
-        """The earlier name of `side_tokens`."""
+        """Deprecated: the earlier name of `side_tokens` (one name per tensor), kept for old scripts; warns."""
+        warnings.warn(
+            "`PATModelOutput.pixel_embeddings` is deprecated and will be removed; use `side_tokens`.",
+            FutureWarning,
+            stacklevel=2,
+        )
         return self.side_tokens
 
 

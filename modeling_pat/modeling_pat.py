@@ -308,6 +308,9 @@ class PATModel(PATPreTrainedModel):
             Decode the deep-supervision levels before the final one too (default: in training mode only).
         output_reconstruction (`bool`, *optional*):
             PAT mode: also reconstruct the image (default: in training mode only).
+        output_hidden_states (`bool`, *optional*):
+            Fill `clip_hidden_states`, `side_hidden_states` and, in PAT mode, `decoder_hidden_states` (default:
+            `config.output_hidden_states`).
         output_attentions (`bool`, *optional*):
             Not supported (SDPA returns no weights): True is a ValueError.
         image_sizes / original_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
@@ -422,6 +425,12 @@ class PATForOpenVocabSegmentation(PATClassEmbeddingsMixin, PATPreTrainedModel):
             From the image processor; `image_sizes` is carried to the output for post-processing, `original_sizes`
             is accepted (and its shape checked) so that `model(**processor(...))` works: post-processing takes the
             output sizes as `target_sizes`.
+        output_auxiliary_logits (`bool`, *optional*):
+            Return `auxiliary_logits`, the deep-supervision levels before the final one (default: in training mode
+            or when `labels` are given).
+        output_hidden_states (`bool`, *optional*):
+            Fill `clip_hidden_states`, `side_hidden_states` and, in PAT mode, `decoder_hidden_states` (default:
+            `config.output_hidden_states`).
         loss_sampling_points (`dict`, *optional*):
             Recorded random points that replace the loss's random draws (see `PATSegmentationLoss.forward`).
         loss_generator (`torch.Generator`, *optional*):

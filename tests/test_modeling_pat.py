@@ -40,7 +40,8 @@ def test_image_side_model_outputs(pixel_values):
     assert out.attention_bias.shape == (2, config.attn_bias_num_heads, config.num_queries, 8, 10)
     assert out.query_embeddings.shape == (2, config.num_queries, config.side_hidden_size)
     assert out.side_tokens.shape == (2, config.side_hidden_size, 8, 10)
-    assert out.pixel_embeddings is out.side_tokens  # the earlier name still reads
+    with pytest.warns(FutureWarning, match="use `side_tokens`"):
+        assert out.pixel_embeddings is out.side_tokens  # the earlier name still reads, deprecated
     assert len(out.auxiliary_outputs) == len(config.deep_supervision_layers) - 1
     assert all(isinstance(level, PATDecodedLevel) for level in out.auxiliary_outputs)
     assert out.auxiliary_outputs[0]["masks_queries_logits"].shape == (2, config.num_queries, 8, 10)  # still a dict
