@@ -262,23 +262,24 @@ class PATModel(PATPreTrainedModel):
 
     def run_side_adapter(
         self, pixel_values: torch.Tensor, clip_features: PATClipFeatures, levels
-    ) -> PATSideAdapterOutput:
+    ) -> tuple[PATSideAdapterOutput, dict[str, torch.Tensor]]:
         """The side ViT; in PAT mode, the semantic branch updates its query tokens after each pyramid block.
 
         The side ViT runs in steps up to each pyramid block (`PATSideAdapter.run`); the semantic branch then reads
         that block's side tokens before fusion and its query tokens, and its global tokens replace the queries.
+        Returns the side ViT's output and PAT's local tokens e_s (B, K_s, C_code) by stage name ({} in SAN mode).
         """
         side, tokenization = self.side_adapter, self.tokenization
         if tokenization is None:
-            return side(pixel_values, clip_features.maps, output_layers=levels)
+            return side(pixel_values, clip_features.maps, output_layers=levels), {}
         state = side.start(pixel_values, clip_features.maps, levels, query_embed=tokenization.query_embed())
-        local_tokens, previous = state.output.local_tokens, None
+        local_tokens, previous = {}, None
         for stage, position in tokenization.stage_positions.items():
             side_tokens = side.run(state, position)  # (B, L, C_side), before fusion
             previous, global_tokens = tokenization.semantic_stage(stage, side_tokens, side.queries(state), previous)
             local_tokens[stage] = previous
             side.set_queries(state, global_tokens)
-        return side.finish(state)
+        return side.finish(state), local_tokens
 
     def encode_tokens(self, pixel_values: torch.Tensor) -> tuple[PATPixelBranchOutput, PATQuantizerOutput]:
         """PAT only: the image's codes without the decoder or heads -> (pyramid quantizer outputs, latent ones)."""
@@ -286,7 +287,7 @@ class PATModel(PATPreTrainedModel):
             raise ValueError("Tokens exist only in PAT mode (config.use_pyramid_tokenization=True).")
         pixel_values = prepare_pixel_values(pixel_values, self.config.size_divisibility, self.input_dtype)
         clip_features = self.clip_tower.extract_features(self.clip_input(pixel_values))
-        side = self.run_side_adapter(pixel_values, clip_features, self.side_adapter.output_layers[-1:])
+        side, _ = self.run_side_adapter(pixel_values, clip_features, self.side_adapter.output_layers[-1:])
         return self.tokenization.encode(pixel_values, side.fusion_terms, side.levels[-1].side_tokens)
 
     @can_return_tuple
@@ -334,13 +335,13 @@ class PATModel(PATPreTrainedModel):
         # 2. side adapter on the full-resolution image, fusing CLIP features (+ PAT's semantic branch)
         all_levels = self.side_adapter.output_layers
         levels = all_levels[-1:] if pat or not output_auxiliary_logits else all_levels  # PAT: block 8 only (M3)
-        side = self.run_side_adapter(pixel_values, clip_features, levels)
+        side, local_tokens = self.run_side_adapter(pixel_values, clip_features, levels)
         last = side.levels[-1]
         # 3. masks + attention bias per level, and CLIP recognition of each mask under that bias
         tokens = None
         if pat:  # pixel branch, latent VQ, shared decoder; SAN's own head on block 8 is the auxiliary level
             tokens = self.tokenization(
-                pixel_values, side.fusion_terms, last.queries, last.side_tokens, side.local_tokens,
+                pixel_values, side.fusion_terms, last.queries, last.side_tokens, local_tokens,
                 reconstruct=output_reconstruction, output_hidden_states=output_hidden_states,
             )
             auxiliary = [self.decode_level(last, clip_features)] if output_auxiliary_logits else []

@@ -37,13 +37,11 @@ class PATSideAdapterOutput:
         (after fusion and PAT's query update, before the position re-add).
     fusion_terms: the projected CLIP term f (B, C_side, H, W) added at each fused side position (PAT's pixel branch
         quantises them).
-    local_tokens: PAT only: the semantic branch's local tokens e_s (B, K_s, C_code) by pyramid stage name.
     """
 
     levels: list[PATSideLevel]
     hidden_states: list[torch.Tensor]
     fusion_terms: dict[int, torch.Tensor]
-    local_tokens: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -165,18 +163,24 @@ class PATSideAdapter(nn.Module):
         # parameters' own strides (a slice's batch stride is Q+L rows, and DDP's buckets compare all strides)
         return torch.cat([self.query_pos_embed[0], pos[0]])[None]
 
-    def fuse(self, position: int, x: torch.Tensor, clip_maps: list[torch.Tensor], grid, fusion_terms: dict):
+    def fuse(self, position: int, x: torch.Tensor, clip_maps: list[torch.Tensor], grid):
         """Add CLIP output `fusion_map[position]` to the side tokens of x (B, Q + L, C_side); queries are untouched.
 
-        The projected term f (B, C_side, H, W) is kept in `fusion_terms[position]` (PAT's pixel branch reuses it).
+        Returns (the fused sequence, the projected term f (B, C_side, H, W)), or (x, None) at a position without
+        fusion. The caller keeps f: PAT's pixel branch reuses it.
         """
         if position not in self.fusion_map:
-            return x
+            return x, None
         q = self.num_queries
         fusion = self.fusion_layers[f"layer_{position}"]
         term = fusion(clip_maps[self.fusion_map[position]], grid)
-        fusion_terms[position] = term
-        return torch.cat([x[:, :q], x[:, q:] + term.flatten(2).transpose(1, 2)], dim=1)
+        return torch.cat([x[:, :q], x[:, q:] + term.flatten(2).transpose(1, 2)], dim=1), term
+
+    def _fuse_into(self, state: "PATSideState", x: torch.Tensor) -> None:
+        """Fuse at the state's position: the fused sequence becomes the state's, the term goes to its output."""
+        state.x, term = self.fuse(state.position, x, state.clip_maps, state.grid)
+        if term is not None:
+            state.output.fusion_terms[state.position] = term
 
     def start(self, pixel_values, clip_maps, output_layers=None, query_embed=None) -> PATSideState:
         """Embed the image and the queries and apply fusion 0 -> the state at position 0.
@@ -191,9 +195,9 @@ class PATSideAdapter(nn.Module):
         x = torch.cat([queries.expand(b, -1, -1), side_tokens.flatten(2).transpose(1, 2)], dim=1) + positions
         output_layers = self.output_layers if output_layers is None else tuple(output_layers)
         # built field by field: torch.compile does not trace dataclass default factories
-        output = PATSideAdapterOutput(levels=[], hidden_states=[], fusion_terms={}, local_tokens={})
+        output = PATSideAdapterOutput(levels=[], hidden_states=[], fusion_terms={})
         state = PATSideState(x, (h, w), positions, list(clip_maps), output_layers, output)
-        state.x = self.fuse(0, x, state.clip_maps, (h, w), state.output.fusion_terms)
+        self._fuse_into(state, x)
         return state
 
     def run(self, state: PATSideState, until: int) -> torch.Tensor | None:
@@ -210,7 +214,7 @@ class PATSideAdapter(nn.Module):
             self._record(state)
             state.position += 1
             before = self.layers[state.position - 1](state.x)
-            state.x = self.fuse(state.position, before, state.clip_maps, state.grid, state.output.fusion_terms)
+            self._fuse_into(state, before)
         return None if before is None else before[:, self.num_queries :]
 
     def queries(self, state: PATSideState) -> torch.Tensor:

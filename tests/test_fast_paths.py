@@ -41,7 +41,7 @@ def side_outputs(model, pixel_values):
     """CLIP features and the final level's attention biases, as the model's forward computes them."""
     inner = model.model
     features = inner.clip_tower.extract_features(inner.clip_input(pixel_values))
-    side = inner.run_side_adapter(pixel_values, features, inner.side_adapter.output_layers[-1:]).levels[-1]
+    side = inner.run_side_adapter(pixel_values, features, inner.side_adapter.output_layers[-1:])[0].levels[-1]
     mask_logits, biases = inner.side_adapter.mask_decoder(side.queries, side.side_tokens)
     return features, mask_logits, biases
 

@@ -91,14 +91,14 @@ def test_the_semantic_branch_runs_between_the_side_blocks_of_the_pyramid_stages(
     monkeypatch.setattr(model.tokenization, "semantic_stage", recorder)
     with torch.no_grad():
         features = model.clip_tower.extract_features(model.clip_input(pixel_values))
-        side = model.run_side_adapter(pixel_values, features, model.side_adapter.output_layers[-1:])
+        side, local_tokens = model.run_side_adapter(pixel_values, features, model.side_adapter.output_layers[-1:])
     q, tokens = config.num_queries, (2, 8 * 10, config.side_hidden_size)
     assert calls == [
         ("early", tokens, (2, q, config.side_hidden_size), None),
         ("mid", tokens, (2, q, config.side_hidden_size), 1),  # each stage gets the previous one's local tokens
         ("late", tokens, (2, q, config.side_hidden_size), 2),
     ]
-    assert sorted(side.local_tokens) == ["early", "late", "mid"]
+    assert sorted(local_tokens) == ["early", "late", "mid"]
     for i, position in enumerate(config.pyramid_side_layers, start=1):
         assert torch.all(side.hidden_states[position][:, :q] == i)  # the returned global tokens went on
 

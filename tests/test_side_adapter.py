@@ -22,7 +22,7 @@ def test_outputs_shapes_follow_config_for_non_square_input():
     pixels = torch.randn(2, 3, 128, 160)
     output = adapter(pixels, clip_maps(config))
     outputs, hidden, terms = output.levels, output.hidden_states, output.fusion_terms
-    assert sorted(terms) == sorted(config.fusion_side_layers) and output.local_tokens == {}
+    assert sorted(terms) == sorted(config.fusion_side_layers)
     grid = (128 // config.side_patch_size, 160 // config.side_patch_size)
     assert len(outputs) == len(config.deep_supervision_layers)
     for out in outputs:
@@ -50,13 +50,12 @@ def test_fusion_touches_patch_tokens_only():
     config = tiny_config()
     adapter = PATSideAdapter(config, clip_channels=64)
     x = torch.randn(2, config.num_queries + 64, config.side_hidden_size)
-    terms = {}
-    fused = adapter.fuse(0, x, clip_maps(config, grid=(4, 4)), (8, 8), terms)
+    fused, term = adapter.fuse(0, x, clip_maps(config, grid=(4, 4)), (8, 8))
     torch.testing.assert_close(fused[:, : config.num_queries], x[:, : config.num_queries])
-    torch.testing.assert_close(fused[:, config.num_queries :] - x[:, config.num_queries :], terms[0].flatten(2).transpose(1, 2))
+    torch.testing.assert_close(fused[:, config.num_queries :] - x[:, config.num_queries :], term.flatten(2).transpose(1, 2))
     unfused_position = max(config.fusion_side_layers) + 1
-    assert adapter.fuse(unfused_position, x, clip_maps(config), (8, 8), terms) is x
-    assert list(terms) == [0]
+    unfused, no_term = adapter.fuse(unfused_position, x, clip_maps(config), (8, 8))
+    assert unfused is x and no_term is None
 
 
 def test_fusion_layer_projects_then_resizes_bilinearly():
