@@ -69,6 +69,19 @@ class PATMLP(nn.Module):
         return x
 
 
+class PATFeedForward(nn.Module):
+    """A transformer layer's feed-forward block: (..., C) -> (..., C), Linear to C * ratio, GELU (erf), Linear back.
+    Used by the side ViT's layers (SAN's `Mlp`: the names fc1 / fc2 are its checkpoint keys) and the PAT decoder's."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
 class PATSelfAttention(nn.Module):
     """(B, L, C) -> (B, L, C) multi-head self-attention, fused q/k/v projection in timm's layout (q, k, v rows),
     scaled dot-product attention with an optional additive bias, output projection.
@@ -119,4 +132,11 @@ class PATGlobalTokenAttention(nn.Module):
         return tokens + update
 
 
-__all__ = ["PATChannelLayerNorm", "PATGlobalTokenAttention", "PATMLP", "PATSelfAttention", "channel_layer_norm"]
+__all__ = [
+    "PATChannelLayerNorm",
+    "PATFeedForward",
+    "PATGlobalTokenAttention",
+    "PATMLP",
+    "PATSelfAttention",
+    "channel_layer_norm",
+]

@@ -40,7 +40,14 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_pat import PATConfig
 from .constants import DECODING_ORDER, PYRAMID_STAGES
-from .layers import PATChannelLayerNorm, PATGlobalTokenAttention, PATMLP, PATSelfAttention, channel_layer_norm
+from .layers import (
+    PATChannelLayerNorm,
+    PATFeedForward,
+    PATGlobalTokenAttention,
+    PATMLP,
+    PATSelfAttention,
+    channel_layer_norm,
+)
 from .samplers import build_upsampler
 
 
@@ -237,8 +244,7 @@ class PATDecoderLayer(GradientCheckpointingLayer):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = PATDecoderAttention(dim, num_heads, window, shift)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = PATFeedForward(dim, int(dim * mlp_ratio))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         x = y.permute(0, 2, 3, 1).contiguous()  # (B, C_dec, H_s, W_s) -> (B, H_s, W_s, C_dec): tokens

@@ -15,7 +15,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_pat import PATConfig
-from .layers import PATChannelLayerNorm, PATSelfAttention
+from .layers import PATChannelLayerNorm, PATFeedForward, PATSelfAttention
 from .mask_decoder import PATMaskDecoder
 
 
@@ -82,18 +82,6 @@ class PATFusionLayer(nn.Module):
         return F.interpolate(y, size=tuple(grid), mode="bilinear", align_corners=False)
 
 
-class PATSideMLP(nn.Module):
-    """(B, Q + L, C_side) -> same: Linear, GELU (erf), Linear."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class PATSideLayer(GradientCheckpointingLayer):
     """(B, Q + L, C_side) -> same: pre-norm ViT block (recomputed in the backward pass under gradient checkpointing)."""
 
@@ -102,7 +90,7 @@ class PATSideLayer(GradientCheckpointingLayer):
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = PATSelfAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = PATSideMLP(dim, int(dim * mlp_ratio))
+        self.mlp = PATFeedForward(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -255,6 +243,5 @@ __all__ = [
     "PATSideAdapterOutput",
     "PATSideLayer",
     "PATSideLevel",
-    "PATSideMLP",
     "PATSideState",
 ]

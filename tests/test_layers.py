@@ -82,3 +82,14 @@ def test_channel_layer_norm_without_affine_is_the_plain_normalisation():
     out = channel_layer_norm(x, 1e-6)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert out.is_contiguous()  # NCHW kept
+
+
+def test_feed_forward_is_linear_gelu_linear_with_sans_key_names():
+    from modeling_pat.layers import PATFeedForward
+
+    torch.manual_seed(0)
+    block = PATFeedForward(8, 32)
+    x = torch.randn(2, 5, 8)
+    expected = block.fc2.weight @ torch.nn.functional.gelu(block.fc1.weight @ x[..., None] + block.fc1.bias[:, None])
+    torch.testing.assert_close(block(x), expected[..., 0] + block.fc2.bias)
+    assert sorted(block.state_dict()) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]  # SAN's Mlp keys
