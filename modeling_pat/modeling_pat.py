@@ -98,15 +98,23 @@ class PATPreTrainedModel(PreTrainedModel):
     # Every attention runs `F.scaled_dot_product_attention`: "sdpa" is the one implementation (the default), and
     # `get_correct_attn_implementation` refuses any other rather than pretend to switch.
     _supports_sdpa = True
+    # Checkpoint keys renamed since models were first saved, read under their new names by `from_pretrained`: the
+    # PAT decoder's feed-forward was an nn.Sequential (mlp.0 / mlp.2) before it became `PATFeedForward`.
+    renamed_keys = {
+        r"(tokenization\.(?:pixel_)?decoder\..+\.mlp)\.0\.": r"\1.fc1.",
+        r"(tokenization\.(?:pixel_)?decoder\..+\.mlp)\.2\.": r"\1.fc2.",
+    }
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, then the config's frozen set again (loading builds the parameters anew,
         all trainable, which would otherwise train the whole CLIP, text tower included). A truncated or corrupt
         weights file raises an OSError naming the file and what is wrong with it (safetensors itself only says
-        "Error while deserializing header")."""
+        "Error while deserializing header"). Keys of earlier versions load under their new names (`renamed_keys`,
+        after any `key_mapping` the caller gives)."""
         from safetensors import SafetensorError
 
+        kwargs["key_mapping"] = {**(kwargs.get("key_mapping") or {}), **cls.renamed_keys}
         try:
             loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:

@@ -497,3 +497,25 @@ def test_image_side_model_takes_the_image_processors_outputs_and_refuses_other_k
         model(pixel_values, output_attentions=True)
     with pytest.raises(ValueError, match=r"`image_sizes` must be an integer tensor of shape \(batch_size, 2\)"):
         model(pixel_values, image_sizes=torch.zeros(5, 2, dtype=torch.long))
+
+
+def test_a_pat_model_saved_with_the_earlier_decoder_keys_still_loads(tmp_path):
+    """The decoder's feed-forward keys were mlp.0 / mlp.2 before `PATFeedForward` (mlp.fc1 / mlp.fc2)."""
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model(preset="pat-tiny")
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    old_names = {}
+    for key, value in load_file(weights).items():
+        if ".decoder." in key:
+            key = re.sub(r"\.mlp\.fc1\.", ".mlp.0.", re.sub(r"\.mlp\.fc2\.", ".mlp.2.", key))
+        old_names[key] = value
+    assert sum(key.endswith(".mlp.0.weight") for key in old_names) == 5  # three stages and two extra layers
+    save_file(old_names, weights, metadata={"format": "pt"})
+    loaded, info = PATForOpenVocabSegmentation.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for (name, expected), actual in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(expected, actual), name
