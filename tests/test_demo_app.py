@@ -236,6 +236,7 @@ def test_command_line_reports_an_unloadable_model(tmp_path):
     )
     assert done.returncode == 3, done.stderr
     assert "pat-demo: error: the model could not be loaded" in done.stderr and "random:san-tiny" in done.stderr
+    assert "{names}" not in done.stderr and "san-vit-b16" in done.stderr  # the instructions name the official models
     assert "Traceback" not in done.stderr
 
 

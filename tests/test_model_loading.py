@@ -60,3 +60,15 @@ def test_class_embeddings_are_unit_rows_one_per_name():
 def test_first_line_of_an_error():
     assert first_line(ValueError("bad file\nmore detail")) == "bad file"
     assert first_line(OSError()) == "OSError"
+
+
+def test_a_load_error_reports_the_instructions_unless_it_gives_its_own():
+    from modeling_pat.apps.model_loading import ModelLoadError
+    from modeling_pat.apps.pretrained import OFFICIAL_MODELS
+
+    general = ModelLoadError("no such folder").report()
+    assert general.startswith("the model could not be loaded.\nno such folder\n\n")
+    assert all(name in general for name in OFFICIAL_MODELS) and "{names}" not in general
+    assert ModelLoadError("offline: fetch it once", complete=True).report() == (
+        "the model could not be loaded.\noffline: fetch it once"
+    )

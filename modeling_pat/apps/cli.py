@@ -60,7 +60,6 @@ from ..modeling_pat import PATForOpenVocabSegmentation
 from ..processing_pat import PATProcessor, validate_class_names
 from .model_loading import (
     DTYPES,
-    HOW_TO_GET_WEIGHTS,
     ModelLoadError,
     UsageError,
     compute_class_embeddings,
@@ -68,7 +67,7 @@ from .model_loading import (
     load_model,
     resolve_device,
 )
-from .pretrained import OFFICIAL_MODELS, clear_cache, converted_cache_dir, list_cache
+from .pretrained import clear_cache, converted_cache_dir, list_cache
 from .result_files import output_stems, result_files, result_kind, result_name_taken, write_outputs
 from .sliding_window import sliding_window_segmentation
 from .visualization import make_palette
@@ -439,8 +438,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"pat-segment: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ModelLoadError as error:
-        instructions = "" if error.complete else "\n\n" + HOW_TO_GET_WEIGHTS.format(names=", ".join(OFFICIAL_MODELS))
-        print(f"pat-segment: error: the model could not be loaded.\n{error}{instructions}", file=sys.stderr)
+        print(f"pat-segment: error: {error.report()}", file=sys.stderr)
         return EXIT_MODEL
     except torch.OutOfMemoryError as error:
         message = f"out of memory ({first_line(error)}); try a smaller --batch-size"

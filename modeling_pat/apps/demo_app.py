@@ -45,7 +45,6 @@ from ..processing_pat import validate_class_names
 from .cli import SegmentOptions, segment_batch, segment_batch_results
 from .model_loading import (
     DTYPES,
-    HOW_TO_GET_WEIGHTS,
     ModelLoadError,
     UsageError,
     compute_class_embeddings,
@@ -439,7 +438,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"pat-demo: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ModelLoadError as error:
-        print(f"pat-demo: error: the model could not be loaded.\n{error}\n\n{HOW_TO_GET_WEIGHTS}", file=sys.stderr)
+        print(f"pat-demo: error: {error.report()}", file=sys.stderr)
         return EXIT_MODEL
     demo = SegmentationDemo(model, processor, model_id, max_pixels=args.max_pixels)
     page = build_interface(demo, sample_images(args.samples))

@@ -36,6 +36,11 @@ class ModelLoadError(Exception):
         super().__init__(message)
         self.complete = complete
 
+    def report(self) -> str:
+        """What a command prints after "<prog>: error: ": the failure, then how to get a model unless it says so."""
+        instructions = "" if self.complete else "\n\n" + HOW_TO_GET_WEIGHTS.format(names=", ".join(OFFICIAL_MODELS))
+        return f"the model could not be loaded.\n{self}{instructions}"
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":

@@ -43,7 +43,7 @@ from modeling_pat_cli import DEFAULT_MODEL, EXIT_MODEL, EXIT_OK, EXIT_RUNTIME, E
 
 from ..configuration_pat import VOCABULARY_FILES
 from .cli import parse_labels, vocabulary_class_names
-from .model_loading import HOW_TO_GET_WEIGHTS, ModelLoadError, UsageError, compute_class_embeddings, load_model
+from .model_loading import ModelLoadError, UsageError, compute_class_embeddings, load_model
 from .pretrained import OFFICIAL_MODELS
 
 
@@ -325,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ModelLoadError as error:
-        instructions = "" if error.complete else "\n\n" + HOW_TO_GET_WEIGHTS.format(names=", ".join(OFFICIAL_MODELS))
-        print(f"export: error: the model could not be loaded.\n{error}{instructions}", file=sys.stderr)
+        print(f"export: error: {error.report()}", file=sys.stderr)
         return EXIT_MODEL
     except ValueError as error:  # the post-export check
         print(f"export: error: {error}", file=sys.stderr)
