@@ -67,7 +67,6 @@ except ImportError:  # PIL is optional for images given as arrays or tensors
     PIL = None
 
 
-
 class PATImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     size_divisibility (`int`, *optional*, defaults to 32):
@@ -530,7 +529,6 @@ class PATImageProcessor(TorchvisionBackend):
         class_logits, mask_logits = mask_outputs(outputs, target_sizes)
         sizes = self._post_processing_sizes(outputs, target_sizes, class_logits.shape[0])
         return mask_proposals(class_logits, mask_logits, sizes)
-
 
 
 def _per_channel(values, num_channels: int) -> list[float]:

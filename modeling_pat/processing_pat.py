@@ -14,8 +14,6 @@ from .image_processing_pat import PATImageProcessor
 from .open_clip_backend import DEFAULT_CONTEXT_LENGTH, clip_tokenizer_from_open_clip, is_open_clip_architecture
 
 
-
-
 def clean_prompt(text: str) -> str:
     """open_clip's "lower" text cleaning: ftfy fix, HTML unescape (twice), whitespace collapse, lower-case."""
     try:
